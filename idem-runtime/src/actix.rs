@@ -1,0 +1,451 @@
+//! The actix-web adapter: raw body buffering, extractor re-run, response capture and replay,
+//! problem+json.
+
+use actix_web::body::{to_bytes_limited, BoxBody};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::StatusCode;
+use actix_web::{dev, web, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{Decision, Engine, Ticket};
+use crate::key::parse_key_headers;
+use crate::problem::{Problem, ProblemKind};
+use crate::store::Store;
+use crate::{Fingerprint, MemoryStore, Policy, StorageKey, StoredResponse};
+
+/// The header replays carry.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+type ScopeFn = dyn Fn(&HttpRequest) -> Option<String> + Send + Sync;
+
+/// The idempotency layer of one app: its store and settings, shared by every worker.
+///
+/// Register it with `App::new().app_data(idem.clone())`; every `#[idempotent]` handler finds it
+/// there.
+///
+/// ```
+/// use idem_runtime::{Idempotency, MemoryStore};
+/// let idem = Idempotency::builder()
+///     .store(MemoryStore::default())
+///     .scope(|req| req.headers().get("x-account").and_then(|v| v.to_str().ok()).map(String::from))
+///     .build();
+/// # let _ = idem;
+/// ```
+#[derive(Clone)]
+pub struct Idempotency {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    engine: Arc<Engine>,
+    header: HeaderName,
+    prefix: String,
+    scope: Option<Arc<ScopeFn>>,
+    max_response: usize,
+}
+
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("engine", &self.shared.engine)
+            .field("header", &self.shared.header)
+            .field("prefix", &self.shared.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builder for [`Idempotency`].
+pub struct IdempotencyBuilder {
+    store: Option<Arc<dyn Store>>,
+    header: HeaderName,
+    prefix: String,
+    store_timeout: Duration,
+    replay_headers: Vec<String>,
+    scope: Option<Arc<ScopeFn>>,
+    max_response: usize,
+}
+
+impl Idempotency {
+    /// Starts a builder: memory store, `Idempotency-Key` header, 2 s store deadline.
+    pub fn builder() -> IdempotencyBuilder {
+        IdempotencyBuilder {
+            store: None,
+            header: HeaderName::from_static("idempotency-key"),
+            prefix: "idem:".into(),
+            store_timeout: Duration::from_secs(2),
+            replay_headers: Vec::new(),
+            scope: None,
+            max_response: 8 << 20,
+        }
+    }
+
+    /// The engine (store, deadlines, replay allow-list).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.shared.engine
+    }
+}
+
+impl IdempotencyBuilder {
+    /// The store records live in (default: a fresh [`MemoryStore`]).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// The request header carrying the key (default `Idempotency-Key`).
+    pub fn header_name(mut self, name: HeaderName) -> Self {
+        self.header = name;
+        self
+    }
+
+    /// Prefix of every storage key (default `idem:`), to share a store between apps.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Deadline of every single store call (default 2 s).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// Response headers replayed on top of the defaults (`Content-Type`, `Location`, `ETag`,
+    /// `Link`, …). Credentials, `Date` and hop-by-hop headers are never replayed.
+    pub fn replay_headers<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.replay_headers
+            .extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Who sent a request: keys are scoped by it, so two principals never see each other's
+    /// responses. Return `None` for anonymous requests. The default hashes the `Authorization`
+    /// header when present. The value is hashed before use; it never reaches the store.
+    pub fn scope<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&HttpRequest) -> Option<String> + Send + Sync + 'static,
+    {
+        self.scope = Some(Arc::new(f));
+        self
+    }
+
+    /// Largest handler response stored for replay (default 8 MiB). A larger one is not stored:
+    /// the key is released and the client gets 500, so size this above your largest response.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response = bytes;
+        self
+    }
+
+    /// Finishes the builder.
+    pub fn build(self) -> Idempotency {
+        let store = self
+            .store
+            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        Idempotency {
+            shared: Arc::new(Shared {
+                engine: Arc::new(Engine::new(store, self.store_timeout, &self.replay_headers)),
+                header: self.header,
+                prefix: self.prefix,
+                scope: self.scope,
+                max_response: self.max_response,
+            }),
+        }
+    }
+}
+
+/// Turns a problem into its `application/problem+json` response.
+pub fn problem_response(p: &Problem) -> HttpResponse {
+    let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut b = HttpResponse::build(status);
+    b.insert_header((CONTENT_TYPE, "application/problem+json"));
+    if let Some(secs) = p.retry_after {
+        b.insert_header((RETRY_AFTER, secs.to_string()));
+    }
+    b.body(p.to_json())
+}
+
+fn reject(kind: ProblemKind, detail: impl Into<String>) -> HttpResponse {
+    problem_response(&Problem::new(kind, detail))
+}
+
+/// The handler as the macro hands it over: extractors re-run on the given payload, then the
+/// handler's response. `Err` means an extractor refused the request (nothing is cached).
+pub type HandlerResult = Result<HttpResponse, actix_web::Error>;
+
+/// Runs one request through the idempotency flow. Called by the code `#[idempotent]` generates.
+pub async fn run<F, Fut>(
+    req: HttpRequest,
+    payload: web::Payload,
+    policy: &'static Policy,
+    handler: F,
+) -> HttpResponse
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = HandlerResult> + 'static,
+{
+    let Some(idem) = find(&req) else {
+        static LOGGED: AtomicBool = AtomicBool::new(false);
+        if !LOGGED.swap(true, Ordering::Relaxed) {
+            tracing::error!(endpoint = policy.endpoint, "idem: no `Idempotency` registered on this app; add `.app_data(idempotency.clone())` to the App");
+        }
+        return reject(
+            ProblemKind::Internal,
+            "this endpoint is idempotent but the server has no idempotency layer configured",
+        );
+    };
+    let shared = &idem.shared;
+
+    let headers = req.headers().get_all(&shared.header).map(|v| v.as_bytes());
+    let key = match parse_key_headers(headers) {
+        Ok(Some(key)) => key,
+        Ok(None) if policy.required => {
+            return reject(
+                ProblemKind::KeyMissing,
+                format!(
+                    "this endpoint requires an {} header: 1 to 255 printable ASCII characters, \
+                     unique per operation (a UUID works well)",
+                    shared.header
+                ),
+            )
+        }
+        Ok(None) => return plain(req, payload.into_inner(), handler).await,
+        Err(e) => return reject(ProblemKind::KeyInvalid, e.to_string()),
+    };
+
+    let body = match buffer_body(&req, payload, policy.max_body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+
+    let principal = match &shared.scope {
+        Some(f) => f(&req),
+        None => req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|v| crate::fingerprint::sha256_hex(v.as_bytes())),
+    };
+    let storage_key = StorageKey::scoped(
+        &shared.prefix,
+        policy.endpoint,
+        principal.as_deref().unwrap_or("").as_bytes(),
+        &key,
+    );
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let fingerprint = Fingerprint::strict(req.method().as_str(), path, &content_type, &body);
+
+    match shared.engine.begin(policy, storage_key, fingerprint).await {
+        Decision::Replay(stored) => replay(&stored),
+        Decision::Reject(problem) => problem_response(&problem),
+        Decision::Unprotected => plain(req, dev::Payload::from(body), handler).await,
+        Decision::Execute(ticket) => execute(idem.clone(), ticket, req, body, handler).await,
+    }
+}
+
+fn find(req: &HttpRequest) -> Option<Idempotency> {
+    req.app_data::<Idempotency>().cloned().or_else(|| {
+        req.app_data::<web::Data<Idempotency>>()
+            .map(|d| d.get_ref().clone())
+    })
+}
+
+/// Reads the raw body (still compressed, if it was sent compressed), refusing more than `limit`.
+async fn buffer_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Bytes, HttpResponse> {
+    let too_large = || {
+        reject(
+            ProblemKind::BodyTooLarge,
+            format!("the request body is larger than this endpoint's limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize).min(limit));
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| {
+            reject(
+                ProblemKind::BodyUnreadable,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Runs the handler without idempotency (no key where none is required, or store down with
+/// `on_store_error = "proceed"`).
+async fn plain<F, Fut>(req: HttpRequest, payload: dev::Payload, handler: F) -> HttpResponse
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = HandlerResult>,
+{
+    handler(req, payload)
+        .await
+        .unwrap_or_else(|e| extractor_problem(&e))
+}
+
+/// Extractor errors (bad JSON, a missing query field, …) become problem+json with the status the
+/// extractor chose.
+fn extractor_problem(e: &actix_web::Error) -> HttpResponse {
+    let status = e.as_response_error().status_code();
+    problem_response(
+        &Problem::new(ProblemKind::RequestInvalid, e.to_string()).with_status(status.as_u16()),
+    )
+}
+
+async fn execute<F, Fut>(
+    idem: Idempotency,
+    ticket: Ticket,
+    req: HttpRequest,
+    body: Bytes,
+    handler: F,
+) -> HttpResponse
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = HandlerResult> + 'static,
+{
+    let guard = ticket.clone();
+    // A spawned task, so that a client that disconnects (which drops this future) cannot cancel
+    // the handler halfway through its side effects.
+    let task = actix_web::rt::spawn(async move {
+        let outcome = ticket
+            .keep_alive(async {
+                match handler(req, dev::Payload::from(body)).await {
+                    Ok(resp) => Ok(capture(&idem, resp).await),
+                    Err(e) => Err(e),
+                }
+            })
+            .await;
+        match outcome {
+            Ok(Ok((resp, stored))) => {
+                ticket.complete(&stored).await;
+                resp
+            }
+            Ok(Err(too_big)) => {
+                ticket.release().await;
+                too_big
+            }
+            Err(e) => {
+                // Validation failures are not an execution: cache nothing (Stripe does the same).
+                ticket.release().await;
+                extractor_problem(&e)
+            }
+        }
+    });
+    match task.await {
+        Ok(resp) => resp,
+        Err(join) => {
+            tracing::error!(key = %guard.key(), panicked = join.is_panic(), "idem: handler did not finish; releasing its key");
+            guard.release().await;
+            reject(
+                ProblemKind::HandlerFailed,
+                "the handler failed before producing a response; nothing was stored, \
+                 so a retry with the same key runs it again",
+            )
+        }
+    }
+}
+
+/// Buffers the handler's response and splits it into what the client gets now and what is
+/// stored for replay. `Err` when the body could not be buffered within the size limit.
+async fn capture(
+    idem: &Idempotency,
+    resp: HttpResponse,
+) -> Result<(HttpResponse, StoredResponse), HttpResponse> {
+    let limit = idem.shared.max_response;
+    let (head, body) = resp.into_parts();
+    let bytes = match to_bytes_limited(body, limit).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "idem: the handler's response body failed; nothing stored");
+            return Err(reject(
+                ProblemKind::HandlerFailed,
+                "the handler's response body failed; nothing was stored, so a retry runs it again",
+            ));
+        }
+        Err(_) => {
+            tracing::error!(
+                limit,
+                "idem: handler response larger than max_response_bytes; nothing stored"
+            );
+            return Err(reject(
+                ProblemKind::HandlerFailed,
+                "the handler's response is too large to be stored for replay",
+            ));
+        }
+    };
+    let engine = &idem.shared.engine;
+    let headers = head
+        .headers()
+        .iter()
+        .filter(|(name, _)| engine.is_replayed(name.as_str()))
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                Bytes::copy_from_slice(value.as_bytes()),
+            )
+        })
+        .collect();
+    let stored = StoredResponse {
+        status: head.status().as_u16(),
+        headers,
+        body: bytes.clone(),
+    };
+    Ok((head.set_body(BoxBody::new(bytes)), stored))
+}
+
+/// Builds the replay of a stored response: status, stored headers, body bytes, and
+/// `Idempotent-Replayed: true`.
+pub fn replay(stored: &StoredResponse) -> HttpResponse {
+    let Ok(status) = StatusCode::from_u16(stored.status) else {
+        return reject(
+            ProblemKind::Internal,
+            "the stored response has an invalid status",
+        );
+    };
+    let mut resp = HttpResponse::with_body(status, BoxBody::new(stored.body.clone()));
+    let headers = resp.headers_mut();
+    for (name, value) in &stored.headers {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(value.clone()),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    headers.insert(
+        HeaderName::from_static(REPLAYED_HEADER),
+        HeaderValue::from_static("true"),
+    );
+    resp
+}

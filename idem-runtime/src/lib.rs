@@ -1,0 +1,31 @@
+//! The engine of [idem](https://crates.io/crates/idem): `Idempotency-Key` parsing, request
+//! fingerprints, the record state machine, stores, and the actix-web adapter.
+//!
+//! Users depend on the `idem` facade, which re-exports this crate and the `#[idempotent]`
+//! attribute. The core (keys, fingerprints, records, stores, [`engine`]) knows nothing of any web
+//! framework; [`actix`] adapts it to actix-web.
+#![warn(missing_docs)]
+
+pub mod actix;
+#[cfg(feature = "conformance")]
+pub mod conformance;
+pub mod engine;
+pub mod fingerprint;
+pub mod key;
+pub mod policy;
+pub mod problem;
+pub mod record;
+pub mod store;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use actix::{Idempotency, IdempotencyBuilder};
+pub use engine::Engine;
+pub use fingerprint::Fingerprint;
+pub use key::{IdempotencyKey, KeyError, StorageKey};
+pub use policy::{Guarantee, OnConflict, OnStoreError, Policy};
+pub use problem::{Problem, ProblemKind};
+pub use record::{FencingToken, Record, RecordState, StoredResponse};
+pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+pub use store::{Begin, Fenced, Store, StoreError};

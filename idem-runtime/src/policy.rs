@@ -1,0 +1,72 @@
+//! What one endpoint asks for. The macro builds a `Policy` as a `const` from the attribute, after
+//! checking every value at compile time; hand-written code can build one with [`Policy::new`].
+
+use std::time::Duration;
+
+/// Which requests count as "the same" and which responses are kept (DESIGN §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Fingerprint of the exact body; every handler response is replayed byte for byte, 5xx
+    /// included.
+    Strict,
+}
+
+/// What a duplicate gets while the first request with its key is still running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// 409 Conflict with `Retry-After`.
+    RetryAfter,
+}
+
+/// What to do when the store cannot be reached or answers too late.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// Fail closed: 503 with `Retry-After`, the handler does not run.
+    Reject,
+    /// Fail open: run the handler without protection and log a warning.
+    Proceed,
+}
+
+/// One endpoint's idempotency settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Scope of the keys: the handler's module path and name.
+    pub endpoint: &'static str,
+    /// How long a completed response is replayed.
+    pub ttl: Duration,
+    /// Lifetime of the in-progress lock; renewed every `lease / 3` while the handler runs.
+    pub lease: Duration,
+    /// See [`Guarantee`].
+    pub guarantee: Guarantee,
+    /// See [`OnConflict`].
+    pub on_conflict: OnConflict,
+    /// Whether a request without a key is refused (400) or run plainly.
+    pub required: bool,
+    /// See [`OnStoreError`].
+    pub on_store_error: OnStoreError,
+    /// Largest request body accepted, in bytes (413 above it).
+    pub max_body: usize,
+}
+
+impl Policy {
+    /// Default TTL: 24 hours, as Stripe keeps keys.
+    pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
+    /// Default lease: 30 seconds.
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+    /// Default body limit: 2 MiB (actix-web's own JSON default).
+    pub const DEFAULT_MAX_BODY: usize = 2 * 1024 * 1024;
+
+    /// The defaults of DESIGN §5 for `endpoint`.
+    pub const fn new(endpoint: &'static str) -> Self {
+        Policy {
+            endpoint,
+            ttl: Self::DEFAULT_TTL,
+            lease: Self::DEFAULT_LEASE,
+            guarantee: Guarantee::Strict,
+            on_conflict: OnConflict::RetryAfter,
+            required: true,
+            on_store_error: OnStoreError::Reject,
+            max_body: Self::DEFAULT_MAX_BODY,
+        }
+    }
+}

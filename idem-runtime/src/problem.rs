@@ -1,0 +1,155 @@
+//! RFC 9457 problem details: every error idem returns to a client is one of these.
+
+use serde::Serialize;
+
+/// Each case a client can meet, with a stable `type` URI (DESIGN §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// No key where the endpoint requires one (400).
+    KeyMissing,
+    /// Key malformed, too long or repeated (400).
+    KeyInvalid,
+    /// Same key, different payload (422).
+    KeyReused,
+    /// Same key, first request still running (409).
+    InProgress,
+    /// Body over the endpoint's limit (413).
+    BodyTooLarge,
+    /// The request body could not be read (400).
+    BodyUnreadable,
+    /// Store unavailable, slow or full (503).
+    StoreUnavailable,
+    /// An extractor of the handler refused the request (its own status, usually 400).
+    RequestInvalid,
+    /// The handler panicked or its response could not be stored (500).
+    HandlerFailed,
+    /// The app has no `Idempotency` registered, or another server-side fault (500).
+    Internal,
+}
+
+impl ProblemKind {
+    /// HTTP status for this case.
+    pub fn status(self) -> u16 {
+        match self {
+            ProblemKind::KeyMissing
+            | ProblemKind::KeyInvalid
+            | ProblemKind::BodyUnreadable
+            | ProblemKind::RequestInvalid => 400,
+            ProblemKind::KeyReused => 422,
+            ProblemKind::InProgress => 409,
+            ProblemKind::BodyTooLarge => 413,
+            ProblemKind::StoreUnavailable => 503,
+            ProblemKind::HandlerFailed | ProblemKind::Internal => 500,
+        }
+    }
+
+    /// The stable `type` member.
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            ProblemKind::KeyMissing => "urn:idem:problem:key-missing",
+            ProblemKind::KeyInvalid => "urn:idem:problem:key-invalid",
+            ProblemKind::KeyReused => "urn:idem:problem:key-reused",
+            ProblemKind::InProgress => "urn:idem:problem:in-progress",
+            ProblemKind::BodyTooLarge => "urn:idem:problem:body-too-large",
+            ProblemKind::BodyUnreadable => "urn:idem:problem:body-unreadable",
+            ProblemKind::StoreUnavailable => "urn:idem:problem:store-unavailable",
+            ProblemKind::RequestInvalid => "urn:idem:problem:request-invalid",
+            ProblemKind::HandlerFailed => "urn:idem:problem:handler-failed",
+            ProblemKind::Internal => "urn:idem:problem:internal",
+        }
+    }
+
+    /// The short, fixed `title` member.
+    pub fn title(self) -> &'static str {
+        match self {
+            ProblemKind::KeyMissing => "Idempotency-Key is missing",
+            ProblemKind::KeyInvalid => "Idempotency-Key is invalid",
+            ProblemKind::KeyReused => "Idempotency-Key reused with a different payload",
+            ProblemKind::InProgress => "A request with this Idempotency-Key is in progress",
+            ProblemKind::BodyTooLarge => "Request body too large",
+            ProblemKind::BodyUnreadable => "Request body could not be read",
+            ProblemKind::StoreUnavailable => "Idempotency store unavailable",
+            ProblemKind::RequestInvalid => "Request rejected",
+            ProblemKind::HandlerFailed => "Handler failed",
+            ProblemKind::Internal => "Idempotency layer misconfigured",
+        }
+    }
+}
+
+/// One problem response: kind, a specific `detail`, and an optional `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Which case.
+    pub kind: ProblemKind,
+    /// A human-readable explanation of this occurrence.
+    pub detail: String,
+    /// Status when it differs from the kind's own (extractor errors keep theirs).
+    pub status_override: Option<u16>,
+    /// Seconds for the `Retry-After` header.
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    type_: &'a str,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+}
+
+impl Problem {
+    /// A problem of `kind` with `detail`.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Problem {
+            kind,
+            detail: detail.into(),
+            status_override: None,
+            retry_after: None,
+        }
+    }
+
+    /// Uses `status` instead of the kind's own.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status_override = Some(status);
+        self
+    }
+
+    /// The HTTP status of this problem.
+    pub fn status(&self) -> u16 {
+        self.status_override.unwrap_or(self.kind.status())
+    }
+
+    /// Adds `Retry-After: secs` (at least 1).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
+    /// The `application/problem+json` body.
+    pub fn to_json(&self) -> Vec<u8> {
+        let body = Body {
+            type_: self.kind.type_uri(),
+            title: self.kind.title(),
+            status: self.status(),
+            detail: &self.detail,
+        };
+        // Serializing a struct of strings and a number cannot fail.
+        serde_json::to_vec(&body).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_is_rfc9457() {
+        let p = Problem::new(ProblemKind::KeyReused, "different body").retry_after(0);
+        let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
+        assert_eq!(v["status"], 422);
+        assert_eq!(v["type"], "urn:idem:problem:key-reused");
+        assert_eq!(v["detail"], "different body");
+        assert_eq!(p.retry_after, Some(1));
+    }
+}

@@ -1,0 +1,363 @@
+//! The in-process store: a sharded map with per-entry deadlines, lazy expiry plus a sweeper
+//! thread, waiters woken on completion, and a hard cap in bytes.
+//!
+//! It never evicts a live record: when the cap is reached, new keys are refused with
+//! [`StoreError::Full`] (503) until records expire. A cache with an admission policy (moka and
+//! friends) may drop a live record, which would let a duplicate run twice.
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+use super::{Begin, Fenced, Store, StoreError};
+use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+
+const SHARDS: usize = 32;
+/// Bookkeeping bytes charged per entry on top of its key and response.
+const ENTRY_OVERHEAD: usize = 160;
+
+/// An in-memory [`Store`] for one process. Cheap to clone; clones share the records.
+///
+/// ```
+/// use idem_runtime::MemoryStore;
+/// let store = MemoryStore::builder().max_bytes(64 << 20).build();
+/// assert_eq!(store.used_bytes(), 0);
+/// ```
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<Mutex<HashMap<StorageKey, Entry>>>,
+    used: AtomicUsize,
+    entries: AtomicUsize,
+    max_bytes: usize,
+    next_token: AtomicU64,
+}
+
+struct Entry {
+    fingerprint: Fingerprint,
+    state: EntryState,
+    expires_at: Instant,
+    size: usize,
+}
+
+enum EntryState {
+    InProgress {
+        token: FencingToken,
+        done: Arc<Notify>,
+    },
+    Completed(StoredResponse),
+}
+
+/// Builder for [`MemoryStore`].
+#[derive(Debug, Clone)]
+pub struct MemoryStoreBuilder {
+    max_bytes: usize,
+    sweep_every: Option<Duration>,
+}
+
+impl Default for MemoryStore {
+    /// A store capped at 256 MiB, swept every second.
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl MemoryStoreBuilder {
+    /// Hard cap on the bytes records may take (keys, fingerprints, stored responses and
+    /// bookkeeping). New keys get [`StoreError::Full`] beyond it; responses of requests already
+    /// admitted are still stored, so the cap can be exceeded by at most the responses in flight.
+    pub fn max_bytes(mut self, bytes: usize) -> Self {
+        self.max_bytes = bytes;
+        self
+    }
+
+    /// How often the sweeper thread drops expired records; `None` leaves expiry lazy only.
+    pub fn sweep_every(mut self, every: Option<Duration>) -> Self {
+        self.sweep_every = every;
+        self
+    }
+
+    /// Builds the store and starts its sweeper thread, which stops once the store is dropped.
+    pub fn build(self) -> MemoryStore {
+        let inner = Arc::new(Inner {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            used: AtomicUsize::new(0),
+            entries: AtomicUsize::new(0),
+            max_bytes: self.max_bytes,
+            next_token: AtomicU64::new(1),
+        });
+        if let Some(every) = self.sweep_every {
+            let weak = Arc::downgrade(&inner);
+            // A thread rather than a task: the store may be built outside any runtime (before
+            // `HttpServer::new`), and must not depend on one worker's runtime staying alive.
+            let _ = std::thread::Builder::new()
+                .name("idem-memory-sweeper".into())
+                .spawn(move || sweeper(weak, every));
+        }
+        MemoryStore { inner }
+    }
+}
+
+fn sweeper(weak: Weak<Inner>, every: Duration) {
+    loop {
+        std::thread::sleep(every);
+        match weak.upgrade() {
+            Some(inner) => inner.sweep(Instant::now()),
+            None => return,
+        }
+    }
+}
+
+impl MemoryStore {
+    /// A builder with the defaults of [`MemoryStore::default`].
+    pub fn builder() -> MemoryStoreBuilder {
+        MemoryStoreBuilder {
+            max_bytes: 256 << 20,
+            sweep_every: Some(Duration::from_secs(1)),
+        }
+    }
+
+    /// Bytes currently charged against the cap.
+    pub fn used_bytes(&self) -> usize {
+        self.inner.used.load(Ordering::Relaxed)
+    }
+
+    /// Records currently held (live or expired but not yet swept).
+    pub fn len(&self) -> usize {
+        self.inner.entries.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every expired record now (the sweeper does this periodically).
+    pub fn sweep(&self) {
+        self.inner.sweep(Instant::now());
+    }
+}
+
+impl Inner {
+    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, HashMap<StorageKey, Entry>> {
+        // Storage keys end in hex of a SHA-256, so their last bytes are uniformly spread.
+        let idx = key.as_str().bytes().rev().take(4).fold(0usize, |acc, b| {
+            acc.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
+        // A poisoned shard only means a panic elsewhere while holding it; the map itself is
+        // still consistent (every mutation is a single insert/remove), so keep serving.
+        self.shards[idx % SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remove_entry(&self, map: &mut HashMap<StorageKey, Entry>, key: &StorageKey) {
+        if let Some(e) = map.remove(key) {
+            self.used.fetch_sub(e.size, Ordering::Relaxed);
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+            if let EntryState::InProgress { done, .. } = e.state {
+                done.notify_waiters();
+            }
+        }
+    }
+
+    fn resize(&self, entry: &mut Entry, new_size: usize) {
+        if new_size >= entry.size {
+            self.used
+                .fetch_add(new_size - entry.size, Ordering::Relaxed);
+        } else {
+            self.used
+                .fetch_sub(entry.size - new_size, Ordering::Relaxed);
+        }
+        entry.size = new_size;
+    }
+
+    fn sweep(&self, now: Instant) {
+        for shard in &self.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let expired: Vec<StorageKey> = map
+                .iter()
+                .filter(|(_, e)| e.expires_at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                self.remove_entry(&mut map, &k);
+            }
+        }
+    }
+
+    /// Makes room for `need` more bytes, dropping expired records of `map` if that helps.
+    fn admit(&self, map: &mut HashMap<StorageKey, Entry>, need: usize, now: Instant) -> bool {
+        if self.used.load(Ordering::Relaxed) + need <= self.max_bytes {
+            return true;
+        }
+        let expired: Vec<StorageKey> = map
+            .iter()
+            .filter(|(_, e)| e.expires_at <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.remove_entry(map, &k);
+        }
+        self.used.load(Ordering::Relaxed) + need <= self.max_bytes
+    }
+
+    /// Runs `f` on the live entry of `key` held by `token`.
+    fn with_lease<R>(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        f: impl FnOnce(&Self, &mut HashMap<StorageKey, Entry>) -> R,
+    ) -> Option<R> {
+        let mut map = self.shard(key);
+        let holds = matches!(
+            map.get(key),
+            Some(Entry { state: EntryState::InProgress { token: t, .. }, expires_at, .. })
+                if *t == token && *expires_at > Instant::now()
+        );
+        holds.then(|| f(self, &mut map))
+    }
+}
+
+fn fenced(done: Option<()>) -> Fenced {
+    match done {
+        Some(()) => Fenced::Done,
+        None => Fenced::Lost,
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn begin(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let inner = &*self.inner;
+        let now = Instant::now();
+        let mut map = inner.shard(key);
+        if let Some(e) = map.get(key) {
+            if e.expires_at > now {
+                if e.fingerprint != *fingerprint {
+                    return Ok(Begin::Mismatch);
+                }
+                return Ok(match &e.state {
+                    EntryState::InProgress { .. } => Begin::InProgress {
+                        lease_left: e.expires_at - now,
+                    },
+                    EntryState::Completed(r) => Begin::Replay(r.clone()),
+                });
+            }
+            inner.remove_entry(&mut map, key);
+        }
+        let size = key.as_str().len() + ENTRY_OVERHEAD;
+        if !inner.admit(&mut map, size, now) {
+            return Err(StoreError::Full);
+        }
+        let token = FencingToken(inner.next_token.fetch_add(1, Ordering::Relaxed));
+        map.insert(
+            key.clone(),
+            Entry {
+                fingerprint: *fingerprint,
+                state: EntryState::InProgress {
+                    token,
+                    done: Arc::new(Notify::new()),
+                },
+                expires_at: now + lease,
+                size,
+            },
+        );
+        inner.used.fetch_add(size, Ordering::Relaxed);
+        inner.entries.fetch_add(1, Ordering::Relaxed);
+        Ok(Begin::Acquired(token))
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<Fenced, StoreError> {
+        Ok(fenced(self.inner.with_lease(key, token, |inner, map| {
+            if let Some(e) = map.get_mut(key) {
+                let old = std::mem::replace(&mut e.state, EntryState::Completed(response.clone()));
+                e.expires_at = Instant::now() + ttl;
+                inner.resize(e, key.as_str().len() + ENTRY_OVERHEAD + response.size());
+                if let EntryState::InProgress { done, .. } = old {
+                    done.notify_waiters();
+                }
+            }
+        })))
+    }
+
+    async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        Ok(fenced(self.inner.with_lease(key, token, |inner, map| {
+            inner.remove_entry(map, key)
+        })))
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        Ok(fenced(self.inner.with_lease(key, token, |_, map| {
+            if let Some(e) = map.get_mut(key) {
+                e.expires_at = Instant::now() + lease;
+            }
+        })))
+    }
+
+    async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        let now = Instant::now();
+        let map = self.inner.shard(key);
+        Ok(map.get(key).filter(|e| e.expires_at > now).map(|e| Record {
+            fingerprint: e.fingerprint,
+            state: match &e.state {
+                EntryState::InProgress { token, .. } => RecordState::InProgress { token: *token },
+                EntryState::Completed(r) => RecordState::Completed {
+                    response: r.clone(),
+                },
+            },
+            expires_in: e.expires_at - now,
+        }))
+    }
+
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let (done, lease_left) = {
+            let map = self.inner.shard(key);
+            match map.get(key) {
+                Some(Entry {
+                    state: EntryState::InProgress { done, .. },
+                    expires_at,
+                    ..
+                }) => (
+                    done.clone(),
+                    expires_at.saturating_duration_since(Instant::now()),
+                ),
+                _ => return Ok(()),
+            }
+        };
+        // `notified()` counts `notify_waiters` calls from its creation on, so a completion
+        // between the lookup above and this line is not missed: re-check after creating it.
+        let notified = done.notified();
+        let still_running = matches!(
+            self.inner.shard(key).get(key),
+            Some(Entry { state: EntryState::InProgress { done: d, .. }, .. }) if Arc::ptr_eq(d, &done)
+        );
+        if still_running {
+            // An expired lease notifies nobody until swept, so never wait past it.
+            let _ = tokio::time::timeout(timeout.min(lease_left), notified).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,114 @@
+//! Where records live. Every store implements [`Store`]; the same conformance suite
+//! (`idem_runtime::conformance`, feature `conformance`) runs against each of them.
+
+use async_trait::async_trait;
+use std::time::Duration;
+use thiserror::Error;
+
+use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
+
+pub mod memory;
+
+/// The answer of [`Store::begin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// No live record existed; the caller now holds the lease with this token.
+    Acquired(FencingToken),
+    /// Another request with the same fingerprint holds the lease.
+    InProgress {
+        /// Time left on the current lease.
+        lease_left: Duration,
+    },
+    /// A record exists for another payload.
+    Mismatch,
+    /// The request already completed; here is its response.
+    Replay(StoredResponse),
+}
+
+/// What a token-checked write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// The token still held the lease; the write happened.
+    Done,
+    /// The lease expired or was taken over by another token; nothing was written.
+    Lost,
+}
+
+/// A store failure. Any of these makes the engine fail closed (503) or open, per policy.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The store is at its capacity and refuses new records (live records are never evicted).
+    #[error("the idempotency store is full")]
+    Full,
+    /// The call did not finish within its deadline.
+    #[error("the idempotency store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The store could not be reached or answered with an error.
+    #[error("the idempotency store is unavailable: {0}")]
+    Unavailable(String),
+    /// The store returned data it could not decode.
+    #[error("the idempotency store returned a corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A place to keep idempotency records.
+///
+/// Every method is one atomic step. Implementations keep leases and TTLs as expiries on the
+/// record itself (a crashed worker's lease simply runs out), and check the fencing token on every
+/// write that follows `begin`.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Looks at `key` and, when it is absent or expired, records it as in progress for `lease`
+    /// under a fresh token. See [`Begin`] for the other answers.
+    async fn begin(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError>;
+
+    /// Stores `response` as the completed result for `ttl`, only if `token` still holds the
+    /// lease.
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<Fenced, StoreError>;
+
+    /// Deletes the in-progress record held by `token`, so the next request runs afresh.
+    async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError>;
+
+    /// Extends the lease held by `token` to `lease` from now.
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError>;
+
+    /// Reads the live record of `key`, if any.
+    async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError>;
+
+    /// Returns once the record of `key` changes state (completed, released or expired) or after
+    /// `timeout`, whichever is first. The default polls [`get`](Store::get); stores that can push
+    /// should.
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.get(key).await? {
+                Some(Record {
+                    state: crate::RecordState::InProgress { .. },
+                    ..
+                }) => {}
+                _ => return Ok(()),
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
+        }
+    }
+}
