@@ -1,1 +1,137 @@
-fn main() {}
+//! The main job: a payments API whose `POST /payments` is idempotent.
+//!
+//! ```text
+//! cargo run --example payments
+//! curl -si -X POST localhost:8080/payments -H 'Idempotency-Key: k1' \
+//!      -H 'Content-Type: application/json' -d '{"amount": 1000, "currency": "EUR"}'
+//! curl -s localhost:8080/stats
+//! ```
+//!
+//! Listens on 127.0.0.1:8080 (`PORT` overrides). The handler waits `PAYMENT_DELAY_MS`
+//! (default 200) to stand for a card processor.
+
+use actix_web::{get, post, web, App, HttpResponse, HttpServer, Responder};
+use idem::{idempotent, Idempotency, MemoryStore};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Deserialize)]
+struct NewPayment {
+    amount: i64,
+    currency: String,
+}
+
+#[derive(Serialize, Clone)]
+struct Payment {
+    id: String,
+    amount: i64,
+    currency: String,
+    status: &'static str,
+}
+
+/// The demo's "database": payments made and handler bodies actually run.
+#[derive(Default)]
+struct Ledger {
+    payments: Mutex<HashMap<String, Payment>>,
+    executions: AtomicU64,
+    next_id: AtomicU64,
+    delay: Duration,
+}
+
+fn problem(status: actix_web::http::StatusCode, detail: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/problem+json")
+        .json(serde_json::json!({
+            "type": "about:blank",
+            "title": status.canonical_reason().unwrap_or("Error"),
+            "status": status.as_u16(),
+            "detail": detail,
+        }))
+}
+
+#[post("/payments")]
+#[idempotent(ttl = "24h", guarantee = "strict", on_conflict = "retry_after")]
+async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
+    ledger.executions.fetch_add(1, Ordering::SeqCst);
+    // Validation inside the handler is an execution like any other: its 400 is cached, as Stripe
+    // does, so a retry with the same key gets the same answer.
+    if body.amount <= 0 {
+        return problem(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "amount must be a positive integer (minor units)",
+        );
+    }
+    if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return problem(
+            actix_web::http::StatusCode::BAD_REQUEST,
+            "currency must be a 3-letter ISO 4217 code",
+        );
+    }
+    // Stands for the card processor's round trip.
+    tokio::time::sleep(ledger.delay).await;
+    let n = ledger.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+    let payment = Payment {
+        id: format!("pay_{n:06}"),
+        amount: body.amount,
+        currency: body.currency.to_ascii_uppercase(),
+        status: "succeeded",
+    };
+    if let Ok(mut map) = ledger.payments.lock() {
+        map.insert(payment.id.clone(), payment.clone());
+    }
+    HttpResponse::Created()
+        .insert_header(("Location", format!("/payments/{}", payment.id)))
+        .json(payment)
+}
+
+#[get("/payments/{id}")]
+async fn get_payment(id: web::Path<String>, ledger: web::Data<Ledger>) -> HttpResponse {
+    let found = ledger
+        .payments
+        .lock()
+        .ok()
+        .and_then(|m| m.get(id.as_str()).cloned());
+    match found {
+        Some(p) => HttpResponse::Ok().json(p),
+        None => problem(actix_web::http::StatusCode::NOT_FOUND, "no such payment"),
+    }
+}
+
+#[get("/stats")]
+async fn stats(ledger: web::Data<Ledger>) -> impl Responder {
+    web::Json(serde_json::json!({
+        "executions": { "payments": ledger.executions.load(Ordering::SeqCst) }
+    }))
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let delay_ms: u64 = std::env::var("PAYMENT_DELAY_MS")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(200);
+    let ledger = web::Data::new(Ledger {
+        delay: Duration::from_millis(delay_ms),
+        ..Ledger::default()
+    });
+    let idem = Idempotency::builder().store(MemoryStore::default()).build();
+    println!("payments demo on http://127.0.0.1:{port} (memory store)");
+    HttpServer::new(move || {
+        App::new()
+            .app_data(idem.clone())
+            .app_data(ledger.clone())
+            .service(create_payment)
+            .service(get_payment)
+            .service(stats)
+    })
+    .bind(("127.0.0.1", port))?
+    .run()
+    .await
+}

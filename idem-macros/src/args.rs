@@ -1,0 +1,282 @@
+//! Parses `#[idempotent(...)]` into typed [`Args`], collecting every error instead of stopping at
+//! the first, each pointing at the offending token.
+
+use proc_macro2::Span;
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, ExprLit, Lit, Meta, Token};
+
+use crate::validate::{self, Millis};
+
+/// Every option DESIGN §5 defines.
+pub const OPTIONS: &[&str] = &[
+    "ttl",
+    "guarantee",
+    "on_conflict",
+    "lease",
+    "wait_timeout",
+    "required",
+    "store",
+    "on_store_error",
+    "max_body",
+    "crate",
+    "fingerprint",
+];
+
+/// What the attribute asked for, with defaults applied.
+pub struct Args {
+    pub ttl: Millis,
+    pub lease: Millis,
+    pub required: bool,
+    pub on_store_error_proceed: bool,
+    pub max_body: u64,
+    pub krate: syn::Path,
+}
+
+/// Accumulates errors, as `syn::Error::combine` does.
+#[derive(Default)]
+pub struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
+        self.add(syn::Error::new(span, msg));
+    }
+
+    pub fn add(&mut self, e: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(e),
+            None => self.0 = Some(e),
+        }
+    }
+
+    pub fn finish(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+fn string(name: &str, expr: &Expr, example: &str) -> Result<(String, Span), syn::Error> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok((s.value(), s.span())),
+        other => Err(syn::Error::new(
+            other.span(),
+            format!("`{name}` expects a string literal, like `{name} = {example}`"),
+        )),
+    }
+}
+
+fn one_of(
+    name: &str,
+    expr: &Expr,
+    supported: &[&str],
+    later: &[(&str, &str)],
+) -> Result<String, syn::Error> {
+    let all: Vec<&str> = supported
+        .iter()
+        .copied()
+        .chain(later.iter().map(|(v, _)| *v))
+        .collect();
+    let example = format!("\"{}\"", supported[0]);
+    let (value, span) = string(name, expr, &example)?;
+    if supported.contains(&value.as_str()) {
+        return Ok(value);
+    }
+    if let Some((v, why)) = later.iter().find(|(v, _)| *v == value) {
+        return Err(syn::Error::new(
+            span,
+            format!("`{name} = \"{v}\"` is not supported yet ({why}); use {example} for now"),
+        ));
+    }
+    let list = all
+        .iter()
+        .map(|v| format!("`{v}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = validate::suggest(&value, &all)
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    Err(syn::Error::new(
+        span,
+        format!("`{name}` must be one of {list}{hint}"),
+    ))
+}
+
+fn duration(name: &str, expr: &Expr, range: (Millis, Millis)) -> Result<Millis, syn::Error> {
+    let (value, span) = string(name, expr, "\"30s\"")?;
+    validate::parse_duration(&value)
+        .and_then(|ms| validate::in_range(name, ms, range))
+        .map_err(|m| syn::Error::new(span, m))
+}
+
+impl Args {
+    /// Parses the attribute's tokens.
+    pub fn parse(tokens: proc_macro2::TokenStream) -> Result<Args, syn::Error> {
+        let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
+        let mut errors = Errors::default();
+        let mut seen: Vec<String> = Vec::new();
+        let mut ttl: Option<(Millis, Span)> = None;
+        let mut lease: Option<(Millis, Span)> = None;
+        let mut on_conflict_wait = false;
+        let mut wait_timeout: Option<Span> = None;
+        let mut args = Args {
+            ttl: 24 * 3600 * 1000,
+            lease: 30 * 1000,
+            required: true,
+            on_store_error_proceed: false,
+            max_body: 2 << 20,
+            krate: syn::parse_quote!(::idem),
+        };
+
+        for meta in &metas {
+            let nv = match meta {
+                Meta::NameValue(nv) => nv,
+                other => {
+                    errors.push(
+                        other.span(),
+                        "expected `option = value`, like `ttl = \"24h\"`",
+                    );
+                    continue;
+                }
+            };
+            let name = nv
+                .path
+                .get_ident()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| {
+                    let p = &nv.path;
+                    quote::quote!(#p).to_string().replace(' ', "")
+                });
+            let span = nv.path.span();
+            if !OPTIONS.contains(&name.as_str()) {
+                let hint = validate::suggest(&name, OPTIONS)
+                    .map(|s| format!("did you mean `{s}`? "))
+                    .unwrap_or_default();
+                errors.push(
+                    span,
+                    format!(
+                        "unknown option `{name}`; {hint}allowed: {}",
+                        OPTIONS.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if seen.contains(&name) {
+                errors.push(span, format!("duplicate option `{name}`; give it once"));
+                continue;
+            }
+            seen.push(name.clone());
+            let v = &nv.value;
+            let result: Result<(), syn::Error> = (|| {
+                match name.as_str() {
+                    "ttl" => ttl = Some((duration("ttl", v, validate::TTL_RANGE)?, v.span())),
+                    "lease" => {
+                        lease = Some((duration("lease", v, validate::LEASE_RANGE)?, v.span()))
+                    }
+                    "wait_timeout" => {
+                        duration("wait_timeout", v, validate::WAIT_RANGE)?;
+                        wait_timeout = Some(span);
+                    }
+                    "guarantee" => {
+                        one_of(
+                            "guarantee",
+                            v,
+                            &["strict"],
+                            &[
+                                ("result", "it arrives with result and semantic fingerprints"),
+                                (
+                                    "semantic",
+                                    "it arrives with result and semantic fingerprints",
+                                ),
+                            ],
+                        )?;
+                    }
+                    "on_conflict" => {
+                        let later = "it arrives with the wait/accepted/webhook conflict policies";
+                        on_conflict_wait =
+                            matches!(string("on_conflict", v, ""), Ok((s, _)) if s == "wait");
+                        one_of(
+                            "on_conflict",
+                            v,
+                            &["retry_after"],
+                            &[("wait", later), ("accepted", later), ("webhook", later)],
+                        )?;
+                    }
+                    "on_store_error" => {
+                        args.on_store_error_proceed =
+                            one_of("on_store_error", v, &["reject", "proceed"], &[])? == "proceed"
+                    }
+                    "required" => match v {
+                        Expr::Lit(ExprLit {
+                            lit: Lit::Bool(b), ..
+                        }) => args.required = b.value,
+                        other => {
+                            return Err(syn::Error::new(
+                                other.span(),
+                                "`required` expects `true` or `false`",
+                            ))
+                        }
+                    },
+                    "max_body" => {
+                        let (s, sp) = string("max_body", v, "\"1MiB\"")?;
+                        args.max_body =
+                            validate::parse_size(&s).map_err(|m| syn::Error::new(sp, m))?;
+                    }
+                    "store" => {
+                        string("store", v, "\"pg\"")?;
+                        return Err(syn::Error::new(
+                            v.span(),
+                            "`store = …` is not supported yet (named stores arrive with the \
+                             PostgreSQL store); remove it to use the app's default store",
+                        ));
+                    }
+                    "fingerprint" => {
+                        return Err(syn::Error::new(
+                            span,
+                            "`fingerprint = [...]` is not supported yet (it arrives with \
+                             `guarantee = \"semantic\"`); remove it",
+                        ))
+                    }
+                    "crate" => {
+                        let (s, sp) = string("crate", v, "\"::idem\"")?;
+                        args.krate = syn::parse_str(&s).map_err(|_| {
+                            syn::Error::new(sp, format!("`crate` must be a path, got `{s}`"))
+                        })?;
+                    }
+                    _ => unreachable!("every name in OPTIONS is handled"),
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                errors.add(e);
+            }
+        }
+
+        if let Some(span) = wait_timeout {
+            if !on_conflict_wait {
+                errors.push(
+                    span,
+                    "`wait_timeout` only applies with `on_conflict = \"wait\"`; remove it",
+                );
+            }
+        }
+        if let Some((ms, _)) = ttl {
+            args.ttl = ms;
+        }
+        match lease {
+            Some((ms, span)) if ms >= args.ttl => errors.push(
+                span,
+                format!(
+                    "`lease` ({}) must be shorter than `ttl` ({})",
+                    validate::show(ms),
+                    validate::show(args.ttl)
+                ),
+            ),
+            Some((ms, _)) => args.lease = ms,
+            // The default lease must stay below a short ttl.
+            None => args.lease = args.lease.min(args.ttl / 2),
+        }
+        errors.finish().map(|()| args)
+    }
+}

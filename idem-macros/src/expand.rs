@@ -1,0 +1,148 @@
+//! The rewrite of the handler.
+//!
+//! Input:
+//! ```text
+//! #[post("/payments")]                       // route attributes, if any, stay on the outer fn
+//! #[idempotent(ttl = "24h")]
+//! pub async fn create(body: web::Json<T>, db: web::Data<Db>) -> impl Responder { … }
+//! ```
+//! Output:
+//! ```text
+//! #[post("/payments")]
+//! pub async fn create(__idem_req: HttpRequest, __idem_payload: web::Payload) -> HttpResponse {
+//!     async fn __idem_handler(body: web::Json<T>, db: web::Data<Db>) -> impl Responder { … }
+//!     const __IDEM_POLICY: Policy = Policy { endpoint: concat!(module_path!(), "::create"), … };
+//!     run(__idem_req, __idem_payload, &__IDEM_POLICY, |__idem_req, mut __idem_payload| async move {
+//!         let (__idem_arg0, __idem_arg1) =
+//!             match <(web::Json<T>, web::Data<Db>) as FromRequest>::from_request(…).await {
+//!                 Ok(v) => v,
+//!                 Err(e) => return Err(e.into()), // not cached: the runtime releases the key
+//!             };
+//!         let __idem_out = __idem_handler(__idem_arg0, __idem_arg1).await;
+//!         Ok(Responder::respond_to(__idem_out, &__idem_req).map_into_boxed_body())
+//!     }).await
+//! }
+//! ```
+//! The outer fn takes only the raw request and payload, so the runtime can buffer the body before
+//! any extractor (or decompression) touches it, then re-run the handler's own extractors on it.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, ItemFn};
+
+use crate::args::Args;
+
+/// Attributes that must stay on the function actix-web registers: route macros (whichever
+/// order they come in), docs and `cfg`. Everything else concerns the body and goes inside.
+fn stays_outside(attr: &syn::Attribute) -> bool {
+    const ROUTES: &[&str] = &[
+        "get", "post", "put", "delete", "patch", "head", "options", "trace", "connect", "route",
+        "routes", "doc", "cfg",
+    ];
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| ROUTES.contains(&s.ident.to_string().as_str()))
+}
+
+pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
+    let krate = &args.krate;
+    let private = quote!(#krate::__private);
+    let (outer_attrs, inner_attrs): (Vec<_>, Vec<_>) =
+        item.attrs.iter().cloned().partition(stays_outside);
+    let vis = &item.vis;
+    let name = &item.sig.ident;
+    let name_str = name.to_string();
+    let call_site = Span::call_site();
+
+    let mut inner_sig = item.sig.clone();
+    inner_sig.ident = syn::Ident::new("__idem_handler", name.span());
+    let body = &item.block;
+
+    let types: Vec<&syn::Type> = item
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|a| match a {
+            FnArg::Typed(t) => Some(&*t.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let vars: Vec<syn::Ident> = (0..types.len())
+        .map(|i| format_ident!("__idem_arg{}", i))
+        .collect();
+    let extract = if types.is_empty() {
+        quote!()
+    } else {
+        let tuple_span = item.sig.inputs.span();
+        quote_spanned! {tuple_span=>
+            let (#(#vars,)*) = match <(#(#types,)*) as #private::actix_web::FromRequest>::from_request(
+                &__idem_req,
+                &mut __idem_payload,
+            )
+            .await
+            {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => {
+                    return ::core::result::Result::Err(::core::convert::Into::<#private::actix_web::Error>::into(e));
+                }
+            };
+        }
+    };
+    let payload_param = if types.is_empty() {
+        quote!(_)
+    } else {
+        quote!(mut __idem_payload)
+    };
+    let ret_span = match &item.sig.output {
+        syn::ReturnType::Type(_, ty) => ty.span(),
+        syn::ReturnType::Default => item.sig.span(),
+    };
+    let respond = quote_spanned! {ret_span=>
+        #private::actix_web::Responder::respond_to(__idem_out, &__idem_req).map_into_boxed_body()
+    };
+
+    let ttl = args.ttl;
+    let lease = args.lease;
+    let required = args.required;
+    let max_body = args.max_body as usize;
+    let on_store_error = if args.on_store_error_proceed {
+        quote!(#private::OnStoreError::Proceed)
+    } else {
+        quote!(#private::OnStoreError::Reject)
+    };
+
+    quote_spanned! {call_site=>
+        #(#outer_attrs)*
+        #vis async fn #name(
+            __idem_req: #private::actix_web::HttpRequest,
+            __idem_payload: #private::actix_web::web::Payload,
+        ) -> #private::actix_web::HttpResponse {
+            #(#inner_attrs)*
+            #inner_sig #body
+
+            const __IDEM_POLICY: #private::Policy = #private::Policy {
+                endpoint: ::core::concat!(::core::module_path!(), "::", #name_str),
+                ttl: #private::millis(#ttl),
+                lease: #private::millis(#lease),
+                guarantee: #private::Guarantee::Strict,
+                on_conflict: #private::OnConflict::RetryAfter,
+                required: #required,
+                on_store_error: #on_store_error,
+                max_body: #max_body,
+            };
+            #private::run(
+                __idem_req,
+                __idem_payload,
+                &__IDEM_POLICY,
+                |__idem_req: #private::actix_web::HttpRequest, #payload_param: #private::actix_web::dev::Payload| async move {
+                    #extract
+                    let __idem_out = __idem_handler(#(#vars),*).await;
+                    ::core::result::Result::Ok(#respond)
+                },
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Compile-time checks: durations, sizes, enum values, combinations of options, and the shape of
+//! the handler. Every error names what is allowed.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+
+/// A duration in milliseconds, as written in the attribute.
+pub type Millis = u64;
+
+const SECOND: Millis = 1000;
+const DAY: Millis = 24 * 3600 * SECOND;
+
+/// Inclusive ranges each duration option accepts.
+pub const TTL_RANGE: (Millis, Millis) = (SECOND, 30 * DAY);
+pub const LEASE_RANGE: (Millis, Millis) = (100, 3600 * SECOND);
+pub const WAIT_RANGE: (Millis, Millis) = (1, 300 * SECOND);
+/// Largest `max_body` accepted: 1 GiB.
+pub const MAX_BODY_LIMIT: u64 = 1 << 30;
+
+/// Parses `"1h30m"`-style durations: number+unit pairs (`d`, `h`, `m`, `s`, `ms`), each unit at
+/// most once, largest first.
+pub fn parse_duration(s: &str) -> Result<Millis, String> {
+    let bad = || {
+        format!(
+            "invalid duration `{s}`: expected numbers with units `d`, `h`, `m`, `s` or `ms`, \
+             largest first, like \"15m\", \"24h\" or \"1h30m\""
+        )
+    };
+    let units: [(&str, Millis); 5] = [
+        ("d", DAY),
+        ("h", 3600 * SECOND),
+        ("m", 60 * SECOND),
+        ("s", SECOND),
+        ("ms", 1),
+    ];
+    let mut rest = s;
+    let mut total: Millis = 0;
+    let mut next_unit = 0;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: Millis = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let letters = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+        let unit = &rest[..letters];
+        rest = &rest[letters..];
+        let pos = units[next_unit..]
+            .iter()
+            .position(|(u, _)| *u == unit)
+            .ok_or_else(bad)?;
+        let factor = units[next_unit + pos].1;
+        next_unit += pos + 1;
+        total = n
+            .checked_mul(factor)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+    }
+    Ok(total)
+}
+
+/// Human form of a duration for messages.
+pub fn show(ms: Millis) -> String {
+    if ms % DAY == 0 {
+        format!("{}d", ms / DAY)
+    } else if ms % (3600 * SECOND) == 0 {
+        format!("{}h", ms / (3600 * SECOND))
+    } else if ms % (60 * SECOND) == 0 {
+        format!("{}m", ms / (60 * SECOND))
+    } else if ms % SECOND == 0 {
+        format!("{}s", ms / SECOND)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+/// Checks `ms` against an inclusive range, naming the option.
+pub fn in_range(name: &str, ms: Millis, (lo, hi): (Millis, Millis)) -> Result<Millis, String> {
+    if (lo..=hi).contains(&ms) {
+        Ok(ms)
+    } else {
+        Err(format!(
+            "`{name}` must be between {} and {}, got {}",
+            show(lo),
+            show(hi),
+            show(ms)
+        ))
+    }
+}
+
+/// Parses sizes like `"1MiB"`, `"512KiB"`, `"64KB"`, `"1000B"` or `"4096"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let bad = || {
+        format!(
+            "invalid size `{s}`: expected a number with an optional unit `B`, `KB`, `KiB`, `MB`, \
+             `MiB`, `GB` or `GiB`, like \"1MiB\""
+        )
+    };
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(bad());
+    }
+    let n: u64 = s[..digits].parse().map_err(|_| bad())?;
+    let factor: u64 = match s[digits..].trim_start() {
+        "" | "B" => 1,
+        "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    let bytes = n.checked_mul(factor).ok_or_else(bad)?;
+    if bytes == 0 || bytes > MAX_BODY_LIMIT {
+        return Err(format!(
+            "`max_body` must be between 1 byte and 1GiB, got `{s}`"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The closest of `candidates` to `word`, when close enough to be a likely typo.
+pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (distance(word, c), *c))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Checks that the item is something `#[idempotent]` can wrap: a free `async fn` without
+/// generics and with at most 16 extractors (actix-web's tuple limit).
+pub fn fn_shape(sig: &syn::Signature) -> Result<(), syn::Error> {
+    let mut errors: Option<syn::Error> = None;
+    let mut push = |span: Span, msg: &str| {
+        let e = syn::Error::new(span, msg);
+        match &mut errors {
+            Some(all) => all.combine(e),
+            None => errors = Some(e),
+        }
+    };
+    if sig.asyncness.is_none() {
+        push(
+            sig.fn_token.span,
+            "`#[idempotent]` handlers must be `async fn`; add `async`",
+        );
+    }
+    if let Some(recv) = sig.receiver() {
+        push(
+            recv.span(),
+            "`#[idempotent]` cannot wrap a method taking `self`; use a free `async fn` handler",
+        );
+    }
+    if !sig.generics.params.is_empty() || sig.generics.where_clause.is_some() {
+        push(
+            sig.generics.span(),
+            "`#[idempotent]` handlers cannot be generic; use concrete extractor types",
+        );
+    }
+    if sig.inputs.len() > 16 {
+        push(
+            sig.inputs.span(),
+            "`#[idempotent]` handlers take at most 16 extractors (actix-web's limit)",
+        );
+    }
+    if let Some(v) = &sig.variadic {
+        push(v.span(), "`#[idempotent]` handlers cannot be variadic");
+    }
+    errors.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(24 * 3600 * 1000));
+        assert_eq!(parse_duration("1h30m"), Ok(90 * 60 * 1000));
+        assert_eq!(parse_duration("7d"), Ok(7 * DAY));
+        assert_eq!(parse_duration("1500ms"), Ok(1500));
+        assert_eq!(parse_duration("1s500ms"), Ok(1500));
+        for bad in [
+            "",
+            "24",
+            "h",
+            "1x",
+            "30m1h",
+            "1h1h",
+            "1.5h",
+            "-1s",
+            " 1s",
+            "99999999999999999999d",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("2GiB").is_err());
+        assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("ttll", &["ttl", "lease"]), Some("ttl"));
+        assert_eq!(
+            suggest("on_conflit", &["on_conflict", "ttl"]),
+            Some("on_conflict")
+        );
+        assert_eq!(suggest("zzzzzz", &["ttl", "lease"]), None);
+    }
+}
