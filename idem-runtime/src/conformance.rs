@@ -1,1 +1,356 @@
+//! The store conformance suite: the behaviour every [`Store`] must have, as one generic set of
+//! cases. Run it against your store with [`store_conformance_tests!`](crate::store_conformance_tests):
+//!
+//! ```ignore
+//! idem_runtime::store_conformance_tests!(async { idem_runtime::MemoryStore::default() });
+//! ```
+//!
+//! Each case panics with a message naming the broken rule. Cases use leases and TTLs of a few
+//! hundred milliseconds and sleep past them, so the suite takes a few seconds.
 
+use bytes::Bytes;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{
+    Begin, Fenced, FencingToken, Fingerprint, RecordState, StorageKey, Store, StoredResponse,
+};
+
+/// Generates one `#[test]` per conformance case for the store built by `$make` (an expression
+/// of type `impl Future<Output = impl Store>`, evaluated afresh for every case).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@cases $make;
+            begin_on_absent_key_acquires,
+            duplicate_in_progress_is_reported,
+            other_payload_is_a_mismatch,
+            complete_then_replay_is_byte_exact,
+            only_the_lease_holder_may_write,
+            expired_lease_is_taken_over_and_fenced,
+            release_frees_the_key,
+            renew_extends_the_lease,
+            completed_record_expires_after_ttl,
+            get_reports_each_state,
+            wait_returns_on_completion,
+            parallel_begins_acquire_once,
+            keys_are_independent,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::conformance::block_on(async {
+                    let store = $make.await;
+                    $crate::conformance::$case(::std::sync::Arc::new(store)).await;
+                });
+            }
+        )*
+    };
+}
+
+/// Runs `f` on a fresh current-thread runtime with timers.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread tokio runtime")
+        .block_on(f)
+}
+
+const LEASE: Duration = Duration::from_millis(400);
+const TTL: Duration = Duration::from_secs(60);
+
+fn unique_key(tag: &str) -> StorageKey {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let key = crate::key::parse_key(format!("{tag}-{nanos}-{n}").as_bytes())
+        .unwrap_or_else(|e| panic!("test key is valid: {e}"));
+    StorageKey::scoped("idem-conformance:", "conformance", b"", &key)
+}
+
+fn fp(body: &str) -> Fingerprint {
+    Fingerprint::strict("POST", "/conformance", "application/json", body.as_bytes())
+}
+
+fn response(n: u8) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![
+            (
+                "content-type".into(),
+                Bytes::from_static(b"application/octet-stream"),
+            ),
+            ("location".into(), Bytes::from(format!("/things/{n}"))),
+        ],
+        // Every byte value, so a store that mangles binary bodies fails.
+        body: Bytes::from((0..=255u8).chain([n]).collect::<Vec<u8>>()),
+    }
+}
+
+async fn acquire(store: &dyn Store, key: &StorageKey, lease: Duration) -> FencingToken {
+    match store.begin(key, &fp("a"), lease).await {
+        Ok(Begin::Acquired(t)) => t,
+        other => panic!("begin on a free key must acquire, got {other:?}"),
+    }
+}
+
+/// `begin` on an absent key acquires it.
+pub async fn begin_on_absent_key_acquires(store: Arc<impl Store>) {
+    let key = unique_key("absent");
+    acquire(&*store, &key, LEASE).await;
+}
+
+/// A second `begin` with the same fingerprint while the first runs reports it in progress.
+pub async fn duplicate_in_progress_is_reported(store: Arc<impl Store>) {
+    let key = unique_key("dup");
+    acquire(&*store, &key, LEASE).await;
+    match store.begin(&key, &fp("a"), LEASE).await {
+        Ok(Begin::InProgress { lease_left }) => {
+            assert!(
+                lease_left <= LEASE,
+                "lease_left {lease_left:?} exceeds the lease"
+            )
+        }
+        other => panic!("duplicate while in progress must be InProgress, got {other:?}"),
+    }
+}
+
+/// Another fingerprint under the same key is a mismatch, in progress and completed.
+pub async fn other_payload_is_a_mismatch(store: Arc<impl Store>) {
+    let key = unique_key("mismatch");
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(
+        store.begin(&key, &fp("b"), LEASE).await.ok(),
+        Some(Begin::Mismatch),
+        "other payload while in progress"
+    );
+    assert_eq!(
+        store.complete(&key, t, &response(1), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    assert_eq!(
+        store.begin(&key, &fp("b"), LEASE).await.ok(),
+        Some(Begin::Mismatch),
+        "other payload once completed"
+    );
+}
+
+/// After `complete`, `begin` replays exactly the stored response.
+pub async fn complete_then_replay_is_byte_exact(store: Arc<impl Store>) {
+    let key = unique_key("replay");
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(
+        store.complete(&key, t, &response(7), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    for _ in 0..2 {
+        match store.begin(&key, &fp("a"), LEASE).await {
+            Ok(Begin::Replay(r)) => assert_eq!(r, response(7)),
+            other => panic!("completed key must replay, got {other:?}"),
+        }
+    }
+}
+
+/// `complete`, `renew` and `release` with a token that does not hold the lease change nothing.
+pub async fn only_the_lease_holder_may_write(store: Arc<impl Store>) {
+    let key = unique_key("fence");
+    let t = acquire(&*store, &key, LEASE).await;
+    let wrong = FencingToken(t.0.wrapping_add(1_000_003));
+    assert_eq!(
+        store.complete(&key, wrong, &response(1), TTL).await.ok(),
+        Some(Fenced::Lost)
+    );
+    assert_eq!(
+        store.renew(&key, wrong, LEASE).await.ok(),
+        Some(Fenced::Lost)
+    );
+    assert_eq!(store.release(&key, wrong).await.ok(), Some(Fenced::Lost));
+    assert!(matches!(
+        store.begin(&key, &fp("a"), LEASE).await,
+        Ok(Begin::InProgress { .. })
+    ));
+    let absent = unique_key("fence-absent");
+    assert_eq!(
+        store.complete(&absent, t, &response(1), TTL).await.ok(),
+        Some(Fenced::Lost)
+    );
+}
+
+/// When a lease runs out (a crashed worker), the next `begin` takes over with a new token and
+/// the old holder can no longer complete: the new owner's record stands.
+pub async fn expired_lease_is_taken_over_and_fenced(store: Arc<impl Store>) {
+    let key = unique_key("takeover");
+    let short = Duration::from_millis(200);
+    let old = acquire(&*store, &key, short).await;
+    tokio::time::sleep(short + Duration::from_millis(150)).await;
+    let new = acquire(&*store, &key, LEASE).await;
+    assert_ne!(old, new, "a takeover must hand out a new token");
+    assert_eq!(
+        store.complete(&key, old, &response(1), TTL).await.ok(),
+        Some(Fenced::Lost)
+    );
+    assert_eq!(
+        store.complete(&key, new, &response(2), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    match store.begin(&key, &fp("a"), LEASE).await {
+        Ok(Begin::Replay(r)) => assert_eq!(r, response(2), "the new owner's record stands"),
+        other => panic!("expected the new owner's replay, got {other:?}"),
+    }
+}
+
+/// `release` by the holder deletes the record, so the next `begin` acquires again.
+pub async fn release_frees_the_key(store: Arc<impl Store>) {
+    let key = unique_key("release");
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(store.release(&key, t).await.ok(), Some(Fenced::Done));
+    assert!(store.get(&key).await.ok().flatten().is_none());
+    let t2 = acquire(&*store, &key, LEASE).await;
+    assert_ne!(t, t2);
+}
+
+/// `renew` pushes the lease's end out, so a slow handler keeps its key.
+pub async fn renew_extends_the_lease(store: Arc<impl Store>) {
+    let key = unique_key("renew");
+    let lease = Duration::from_millis(300);
+    let t = acquire(&*store, &key, lease).await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert_eq!(store.renew(&key, t, lease).await.ok(), Some(Fenced::Done));
+    }
+    // 450 ms after begin: past the first lease, still held thanks to renewal.
+    assert!(matches!(
+        store.begin(&key, &fp("a"), lease).await,
+        Ok(Begin::InProgress { .. })
+    ));
+    assert_eq!(
+        store.complete(&key, t, &response(3), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+}
+
+/// A completed record lives for its TTL, then the key is free again.
+pub async fn completed_record_expires_after_ttl(store: Arc<impl Store>) {
+    let key = unique_key("ttl");
+    let t = acquire(&*store, &key, LEASE).await;
+    let ttl = Duration::from_millis(300);
+    assert_eq!(
+        store.complete(&key, t, &response(4), ttl).await.ok(),
+        Some(Fenced::Done)
+    );
+    assert!(matches!(
+        store.begin(&key, &fp("a"), LEASE).await,
+        Ok(Begin::Replay(_))
+    ));
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    acquire(&*store, &key, LEASE).await;
+}
+
+/// `get` reads absent, in-progress and completed records with their fingerprint and expiry.
+pub async fn get_reports_each_state(store: Arc<impl Store>) {
+    let key = unique_key("get");
+    assert!(store.get(&key).await.ok().flatten().is_none());
+    let t = acquire(&*store, &key, LEASE).await;
+    let rec = store
+        .get(&key)
+        .await
+        .ok()
+        .flatten()
+        .expect("in-progress record");
+    assert_eq!(rec.fingerprint, fp("a"));
+    assert_eq!(rec.state, RecordState::InProgress { token: t });
+    assert!(rec.expires_in <= LEASE);
+    assert_eq!(
+        store.complete(&key, t, &response(5), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    let rec = store
+        .get(&key)
+        .await
+        .ok()
+        .flatten()
+        .expect("completed record");
+    assert_eq!(
+        rec.state,
+        RecordState::Completed {
+            response: response(5)
+        }
+    );
+    assert!(rec.expires_in <= TTL && rec.expires_in > TTL / 2);
+}
+
+/// `wait` returns once the record completes, well before its timeout.
+pub async fn wait_returns_on_completion(store: Arc<impl Store>) {
+    let key = unique_key("wait");
+    let lease = Duration::from_secs(30);
+    let t = acquire(&*store, &key, lease).await;
+    let s2 = store.clone();
+    let k2 = key.clone();
+    let finisher = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s2.complete(&k2, t, &response(6), TTL).await.ok()
+    });
+    let started = std::time::Instant::now();
+    store
+        .wait(&key, Duration::from_secs(20))
+        .await
+        .expect("wait succeeds");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "wait must return on completion, not at its timeout"
+    );
+    assert_eq!(finisher.await.ok().flatten(), Some(Fenced::Done));
+    assert!(matches!(
+        store.begin(&key, &fp("a"), LEASE).await,
+        Ok(Begin::Replay(_))
+    ));
+}
+
+/// Of many concurrent `begin`s on one key, exactly one acquires.
+pub async fn parallel_begins_acquire_once(store: Arc<impl Store>) {
+    let key = unique_key("race");
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = store.clone();
+            let k = key.clone();
+            tokio::spawn(async move { s.begin(&k, &fp("a"), LEASE).await })
+        })
+        .collect();
+    let mut acquired = 0;
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(Begin::Acquired(_)) => acquired += 1,
+            Ok(Begin::InProgress { .. }) => {}
+            other => panic!("unexpected answer in a race: {other:?}"),
+        }
+    }
+    assert_eq!(acquired, 1, "exactly one begin may acquire a key");
+}
+
+/// Records of different keys do not affect each other.
+pub async fn keys_are_independent(store: Arc<impl Store>) {
+    let a = unique_key("indep-a");
+    let b = unique_key("indep-b");
+    let ta = acquire(&*store, &a, LEASE).await;
+    let tb = acquire(&*store, &b, LEASE).await;
+    assert_eq!(
+        store.complete(&a, ta, &response(8), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    assert!(matches!(
+        store.begin(&b, &fp("a"), LEASE).await,
+        Ok(Begin::InProgress { .. })
+    ));
+    assert_eq!(store.release(&b, tb).await.ok(), Some(Fenced::Done));
+    assert!(matches!(
+        store.begin(&a, &fp("a"), LEASE).await,
+        Ok(Begin::Replay(_))
+    ));
+}

@@ -1,0 +1,93 @@
+//! The store conformance suite against the memory store.
+
+idem_runtime::store_conformance_tests!(async { idem::MemoryStore::default() });
+
+/// The cap: new keys are refused with `Full` once reached, live records are never evicted, and
+/// expired records make room again.
+mod memory_cap {
+    use idem::{
+        Begin, Fenced, Fingerprint, MemoryStore, StorageKey, Store, StoreError, StoredResponse,
+    };
+    use std::time::Duration;
+
+    fn key(i: usize) -> StorageKey {
+        let k = idem::key::parse_key(format!("k{i}").as_bytes()).unwrap();
+        StorageKey::scoped("t:", "cap", b"", &k)
+    }
+
+    #[test]
+    fn full_store_refuses_new_keys_and_keeps_live_ones() {
+        idem_runtime::conformance::block_on(async {
+            let store = MemoryStore::builder()
+                .max_bytes(4096)
+                .sweep_every(None)
+                .build();
+            let fp = Fingerprint::strict("POST", "/", "", b"x");
+            let lease = Duration::from_millis(300);
+            let mut admitted = Vec::new();
+            let mut refused = 0;
+            for i in 0..100 {
+                match store.begin(&key(i), &fp, lease).await {
+                    Ok(Begin::Acquired(t)) => admitted.push((i, t)),
+                    Err(StoreError::Full) => refused += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            assert!(
+                !admitted.is_empty() && refused > 0,
+                "admitted {} refused {refused}",
+                admitted.len()
+            );
+            assert!(store.used_bytes() <= 4096);
+            // Every admitted record is still there and can complete.
+            let resp = StoredResponse {
+                status: 200,
+                headers: vec![],
+                body: "ok".into(),
+            };
+            for (i, t) in &admitted {
+                assert_eq!(
+                    store
+                        .complete(&key(*i), *t, &resp, Duration::from_secs(60))
+                        .await
+                        .ok(),
+                    Some(Fenced::Done),
+                    "live record {i} was lost"
+                );
+                assert!(matches!(
+                    store.begin(&key(*i), &fp, lease).await,
+                    Ok(Begin::Replay(_))
+                ));
+            }
+            // Still full: completed records are live for their TTL.
+            assert!(matches!(
+                store.begin(&key(1000), &fp, lease).await,
+                Err(StoreError::Full)
+            ));
+        });
+    }
+
+    #[test]
+    fn expired_records_make_room() {
+        idem_runtime::conformance::block_on(async {
+            let store = MemoryStore::builder()
+                .max_bytes(2048)
+                .sweep_every(None)
+                .build();
+            let fp = Fingerprint::strict("POST", "/", "", b"x");
+            let lease = Duration::from_millis(200);
+            let mut i = 0;
+            while let Ok(Begin::Acquired(_)) = store.begin(&key(i), &fp, lease).await {
+                i += 1;
+            }
+            assert!(i > 0);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert!(matches!(
+                store.begin(&key(5000), &fp, lease).await,
+                Ok(Begin::Acquired(_))
+            ));
+            store.sweep();
+            assert_eq!(store.len(), 1, "sweep drops every expired record");
+        });
+    }
+}
