@@ -83,7 +83,7 @@ pub fn parse_key(raw: &[u8]) -> Result<IdempotencyKey, KeyError> {
     } else {
         // A bare token: printable, no spaces (a space here usually means two headers were
         // folded into one by a proxy: "k1, k2").
-        if value.iter().any(|b| *b == b' ') {
+        if value.contains(&b' ') {
             return Err(KeyError::InvalidCharacter);
         }
         value.to_vec()

@@ -1,0 +1,232 @@
+//! A real actix-web `HttpServer` on a loopback port, with idempotent handlers that count their
+//! executions, for the integration tests.
+#![allow(dead_code)]
+
+use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
+use idem::{idempotent, Idempotency};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Handler bodies actually run, per handler.
+#[derive(Default)]
+pub struct Counters {
+    pub charge: AtomicUsize,
+    pub slow: AtomicUsize,
+    pub short_ttl: AtomicUsize,
+    pub optional: AtomicUsize,
+    pub small: AtomicUsize,
+    pub panics: AtomicUsize,
+    pub fails: AtomicUsize,
+    pub proceed: AtomicUsize,
+    pub mixed: AtomicUsize,
+    pub form: AtomicUsize,
+}
+
+#[derive(Deserialize, Serialize)]
+pub struct Charge {
+    pub amount: i64,
+    #[serde(default)]
+    pub delay_ms: u64,
+}
+
+/// A running server; stopped when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub counters: web::Data<Counters>,
+    handle: ServerHandle,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn count(&self, f: impl Fn(&Counters) -> &AtomicUsize) -> usize {
+        f(&self.counters).load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let h = self.handle.clone();
+        actix_web::rt::spawn(async move { h.stop(false).await });
+    }
+}
+
+/// Starts the test app on 127.0.0.1 with `idem` registered (or none, with `None`).
+pub fn start(idem: Option<Idempotency>) -> TestServer {
+    let counters = web::Data::new(Counters::default());
+    let c = counters.clone();
+    let server = HttpServer::new(move || {
+        let app = App::new().app_data(c.clone()).configure(routes);
+        match &idem {
+            Some(i) => app.app_data(i.clone()),
+            None => app,
+        }
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .expect("bind a loopback port");
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    TestServer {
+        addr,
+        counters,
+        handle,
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(200)
+        .build()
+        .expect("reqwest client")
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(charge)
+        .service(slow)
+        .service(short_ttl)
+        .service(optional)
+        .service(small)
+        .service(panics)
+        .service(fails)
+        .service(proceed)
+        .service(mixed)
+        .service(form);
+}
+
+/// The main test handler: counts, waits `delay_ms`, answers 201 with headers that are and are
+/// not replayable.
+#[actix_web::post("/charge")]
+#[idempotent(ttl = "1h")]
+async fn charge(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    let n = counters.charge.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(body.delay_ms)).await;
+    HttpResponse::Created()
+        .insert_header(("Location", format!("/charges/{n}")))
+        .insert_header(("ETag", format!("\"v{n}\"")))
+        .insert_header(("Set-Cookie", "session=secret; HttpOnly"))
+        .insert_header(("X-Request-Id", format!("req-{n}")))
+        .insert_header(("X-Not-Allowed", "1"))
+        .json(serde_json::json!({ "charge": n, "amount": body.amount }))
+}
+
+/// Slower than its lease: renewal must keep duplicates out.
+#[idempotent(lease = "1s", ttl = "1h")]
+#[actix_web::post("/slow")]
+async fn slow(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    let n = counters.slow.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(body.delay_ms)).await;
+    HttpResponse::Ok().json(serde_json::json!({ "slow": n }))
+}
+
+#[actix_web::post("/short-ttl")]
+#[idempotent(ttl = "1s")]
+async fn short_ttl(counters: web::Data<Counters>) -> String {
+    let n = counters.short_ttl.fetch_add(1, Ordering::SeqCst) + 1;
+    format!("run {n}")
+}
+
+#[actix_web::post("/optional")]
+#[idempotent(required = false)]
+async fn optional(counters: web::Data<Counters>) -> String {
+    let n = counters.optional.fetch_add(1, Ordering::SeqCst) + 1;
+    format!("run {n}")
+}
+
+#[actix_web::post("/small")]
+#[idempotent(max_body = "1KiB")]
+async fn small(body: web::Bytes, counters: web::Data<Counters>) -> String {
+    counters.small.fetch_add(1, Ordering::SeqCst);
+    format!("{} bytes", body.len())
+}
+
+/// Panics on its first run only.
+#[actix_web::post("/panics")]
+#[idempotent]
+async fn panics(counters: web::Data<Counters>) -> &'static str {
+    if counters.panics.fetch_add(1, Ordering::SeqCst) == 0 {
+        panic!("first run panics (expected by the test)");
+    }
+    "recovered"
+}
+
+/// Returns `Err` (a 500): under `strict` that is a response like any other, and is replayed.
+#[actix_web::post("/fails")]
+#[idempotent]
+async fn fails(counters: web::Data<Counters>) -> Result<HttpResponse, actix_web::Error> {
+    let n = counters.fails.fetch_add(1, Ordering::SeqCst) + 1;
+    Err(actix_web::error::ErrorInternalServerError(format!(
+        "processor down (run {n})"
+    )))
+}
+
+#[actix_web::post("/proceed")]
+#[idempotent(on_store_error = "proceed")]
+async fn proceed(counters: web::Data<Counters>) -> String {
+    let n = counters.proceed.fetch_add(1, Ordering::SeqCst) + 1;
+    format!("run {n}")
+}
+
+#[derive(Deserialize)]
+pub struct Q {
+    pub note: String,
+}
+
+/// Path, query, the request and app data, all re-extracted from the buffered request.
+#[actix_web::post("/mixed/{account}/{n}")]
+#[idempotent]
+async fn mixed(
+    path: web::Path<(String, u32)>,
+    q: web::Query<Q>,
+    req: HttpRequest,
+    body: web::Json<Charge>,
+    counters: web::Data<Counters>,
+) -> actix_web::Result<web::Json<serde_json::Value>> {
+    counters.mixed.fetch_add(1, Ordering::SeqCst);
+    let (account, n) = path.into_inner();
+    Ok(web::Json(serde_json::json!({
+        "account": account,
+        "n": n,
+        "note": q.note,
+        "method": req.method().as_str(),
+        "amount": body.amount,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct Order {
+    pub item: String,
+}
+
+#[actix_web::post("/form")]
+#[idempotent]
+async fn form(f: web::Form<Order>, counters: web::Data<Counters>) -> String {
+    let n = counters.form.fetch_add(1, Ordering::SeqCst) + 1;
+    format!("ordered {} (run {n})", f.item)
+}
+
+/// Parses a problem+json body and checks its shape.
+pub async fn problem(resp: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    assert_eq!(
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let v: serde_json::Value = resp.json().await.expect("problem+json body");
+    assert_eq!(v["status"], status);
+    assert!(v["type"]
+        .as_str()
+        .is_some_and(|t| t.starts_with("urn:idem:problem:")));
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    v
+}
