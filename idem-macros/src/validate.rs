@@ -147,7 +147,7 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (distance(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3) || (word.len() >= 3 && c.starts_with(word)))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -238,5 +238,9 @@ mod tests {
             Some("on_conflict")
         );
         assert_eq!(suggest("zzzzzz", &["ttl", "lease"]), None);
+        assert_eq!(
+            suggest("retry", &["retry_after", "wait"]),
+            Some("retry_after")
+        );
     }
 }

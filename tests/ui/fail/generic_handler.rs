@@ -1,0 +1,8 @@
+use idem::idempotent;
+
+#[idempotent]
+async fn handler<T: Send>() -> &'static str {
+    "ok"
+}
+
+fn main() {}
