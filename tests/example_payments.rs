@@ -1,0 +1,118 @@
+//! The main job as a newcomer runs it: the `payments` example as its own process, driven over
+//! loopback the way the README's curl commands do.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples/.
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current test binary");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("examples").join("payments");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds examples, run it through cargo",
+        bin.display()
+    );
+    bin
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+async fn start_demo() -> (Demo, String) {
+    let port = free_port();
+    let child = Command::new(example_binary())
+        .env("PORT", port.to_string())
+        .env("PAYMENT_DELAY_MS", "100")
+        .env_remove("IDEM_REDIS_URL")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the payments example");
+    let demo = Demo(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the demo did not start listening");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (demo, base)
+}
+
+#[actix_web::test]
+async fn curl_twice_one_execution() {
+    let (_demo, base) = start_demo().await;
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let pay = |key: &'static str, amount: i64| {
+        c.post(format!("{base}/payments"))
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "amount": amount, "currency": "EUR" }))
+            .send()
+    };
+
+    let first = pay("readme-1", 1000).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let location = first.headers().get("location").cloned().unwrap();
+    let body: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["amount"], 1000);
+
+    let second = pay("readme-1", 1000).await.unwrap();
+    assert_eq!(second.status(), 201);
+    assert_eq!(second.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(second.headers().get("location"), Some(&location));
+    assert_eq!(second.json::<serde_json::Value>().await.unwrap(), body);
+
+    let stats: serde_json::Value = c
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["executions"]["payments"], 1);
+
+    // The payment the replay points at exists once.
+    let got = c
+        .get(format!("{base}{}", location.to_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+
+    // Invalid amount: the handler's own 400, cached like any response (Stripe does the same).
+    let bad = pay("readme-2", 0).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let again = pay("readme-2", 0).await.unwrap();
+    assert_eq!(again.status(), 400);
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    let stats: serde_json::Value = c
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["executions"]["payments"], 2);
+}
