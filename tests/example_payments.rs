@@ -52,7 +52,10 @@ async fn start_demo() -> (Demo, String) {
         .await
         .is_err()
     {
-        assert!(Instant::now() < deadline, "the demo did not start listening");
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not start listening"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     (demo, base)
