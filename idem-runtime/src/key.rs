@@ -12,7 +12,7 @@ pub const MAX_KEY_LEN: usize = 255;
 /// A validated idempotency key: 1–255 printable ASCII characters.
 ///
 /// The raw key never reaches a store or a log line: it is only hashed into a
-/// [`StorageKey`](crate::StorageKey).
+/// [`StorageKey`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
