@@ -61,6 +61,19 @@ async fn start_demo() -> (Demo, String) {
     (demo, base)
 }
 
+/// `GET /stats` → how many times the payment handler's body ran.
+async fn payments_executed(c: &reqwest::Client, base: &str) -> u64 {
+    let stats: serde_json::Value = c
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    stats["executions"]["payments"].as_u64().expect("a count")
+}
+
 #[actix_web::test]
 async fn curl_twice_one_execution() {
     let (_demo, base) = start_demo().await;
@@ -85,15 +98,7 @@ async fn curl_twice_one_execution() {
     assert_eq!(second.headers().get("location"), Some(&location));
     assert_eq!(second.json::<serde_json::Value>().await.unwrap(), body);
 
-    let stats: serde_json::Value = c
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["executions"]["payments"], 1);
+    assert_eq!(payments_executed(&c, &base).await, 1);
 
     // The payment the replay points at exists once.
     let got = c
@@ -109,13 +114,5 @@ async fn curl_twice_one_execution() {
     let again = pay("readme-2", 0).await.unwrap();
     assert_eq!(again.status(), 400);
     assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
-    let stats: serde_json::Value = c
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["executions"]["payments"], 2);
+    assert_eq!(payments_executed(&c, &base).await, 2);
 }

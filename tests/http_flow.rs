@@ -24,13 +24,7 @@ fn charge(amount: i64, delay_ms: u64) -> Charge {
 #[actix_web::test]
 async fn sequential_retry_replays_byte_for_byte() {
     let srv = start(Some(idem()));
-    let c = client();
-    let send = || {
-        c.post(srv.url("/charge"))
-            .header("Idempotency-Key", "order-1")
-            .json(&charge(100, 0))
-            .send()
-    };
+    let send = || srv.post("/charge", "order-1").json(&charge(100, 0)).send();
     let first = send().await.unwrap();
     assert_eq!(first.status(), 201);
     assert!(first.headers().get("idempotent-replayed").is_none());
@@ -65,13 +59,9 @@ async fn sequential_retry_replays_byte_for_byte() {
 #[actix_web::test]
 async fn hundred_parallel_duplicates_run_once() {
     let srv = start(Some(idem()));
-    let c = client();
     let mut tasks = Vec::new();
     for _ in 0..100 {
-        let req = c
-            .post(srv.url("/charge"))
-            .header("Idempotency-Key", "storm")
-            .json(&charge(5, 300));
+        let req = srv.post("/charge", "storm").json(&charge(5, 300));
         tasks.push(actix_web::rt::spawn(async move {
             let r = req.send().await.unwrap();
             let status = r.status().as_u16();
@@ -111,18 +101,15 @@ async fn hundred_parallel_duplicates_run_once() {
 #[actix_web::test]
 async fn same_key_other_payload_is_422() {
     let srv = start(Some(idem()));
-    let c = client();
-    let ok = c
-        .post(srv.url("/charge"))
-        .header("Idempotency-Key", "k")
+    let ok = srv
+        .post("/charge", "k")
         .json(&charge(1, 0))
         .send()
         .await
         .unwrap();
     assert_eq!(ok.status(), 201);
-    let other = c
-        .post(srv.url("/charge"))
-        .header("Idempotency-Key", "k")
+    let other = srv
+        .post("/charge", "k")
         .json(&charge(2, 0))
         .send()
         .await
@@ -185,9 +172,8 @@ async fn malformed_keys_are_400() {
     // The longest valid key and the sf-string form both work, and are the same key.
     let ok = "k".repeat(255);
     for v in [ok.clone(), format!("\"{ok}\"")] {
-        let r = c
-            .post(srv.url("/charge"))
-            .header("Idempotency-Key", v)
+        let r = srv
+            .post("/charge", v)
             .json(&charge(1, 0))
             .send()
             .await
@@ -200,10 +186,8 @@ async fn malformed_keys_are_400() {
 #[actix_web::test]
 async fn invalid_json_is_400_and_not_cached() {
     let srv = start(Some(idem()));
-    let c = client();
-    let bad = c
-        .post(srv.url("/charge"))
-        .header("Idempotency-Key", "fix-me")
+    let bad = srv
+        .post("/charge", "fix-me")
         .header("Content-Type", "application/json")
         .body("{\"amount\": ")
         .send()
@@ -211,9 +195,8 @@ async fn invalid_json_is_400_and_not_cached() {
         .unwrap();
     let p = problem(bad, 400).await;
     assert_eq!(p["type"], "urn:idem:problem:request-invalid");
-    let fixed = c
-        .post(srv.url("/charge"))
-        .header("Idempotency-Key", "fix-me")
+    let fixed = srv
+        .post("/charge", "fix-me")
         .json(&charge(3, 0))
         .send()
         .await
@@ -226,12 +209,7 @@ async fn invalid_json_is_400_and_not_cached() {
 #[actix_web::test]
 async fn completed_record_expires_after_ttl() {
     let srv = start(Some(idem()));
-    let c = client();
-    let send = || {
-        c.post(srv.url("/short-ttl"))
-            .header("Idempotency-Key", "ttl")
-            .send()
-    };
+    let send = || srv.post("/short-ttl", "ttl").send();
     assert_eq!(send().await.unwrap().text().await.unwrap(), "run 1");
     assert_eq!(send().await.unwrap().text().await.unwrap(), "run 1");
     tokio::time::sleep(Duration::from_millis(1300)).await;
@@ -290,12 +268,7 @@ async fn client_disconnect_does_not_cancel_the_handler() {
 #[actix_web::test]
 async fn panicking_handler_releases_the_key() {
     let srv = start(Some(idem()));
-    let c = client();
-    let send = || {
-        c.post(srv.url("/panics"))
-            .header("Idempotency-Key", "boom")
-            .send()
-    };
+    let send = || srv.post("/panics", "boom").send();
     let p = problem(send().await.unwrap(), 500).await;
     assert_eq!(p["type"], "urn:idem:problem:handler-failed");
     let r = send().await.unwrap();
@@ -309,12 +282,7 @@ async fn panicking_handler_releases_the_key() {
 #[actix_web::test]
 async fn handler_errors_are_replayed_under_strict() {
     let srv = start(Some(idem()));
-    let c = client();
-    let send = || {
-        c.post(srv.url("/fails"))
-            .header("Idempotency-Key", "e")
-            .send()
-    };
+    let send = || srv.post("/fails", "e").send();
     let first = send().await.unwrap();
     assert_eq!(first.status(), 500);
     let first_body = first.text().await.unwrap();
@@ -332,10 +300,8 @@ async fn gzip_body_is_buffered_raw_and_decoded_once() {
     gz.write_all(&serde_json::to_vec(&charge(42, 0)).unwrap())
         .unwrap();
     let body = gz.finish().unwrap();
-    let c = client();
     let send = || {
-        c.post(srv.url("/charge"))
-            .header("Idempotency-Key", "gz")
+        srv.post("/charge", "gz")
             .header("Content-Type", "application/json")
             .header("Content-Encoding", "gzip")
             .body(body.clone())
@@ -353,10 +319,8 @@ async fn gzip_body_is_buffered_raw_and_decoded_once() {
 #[actix_web::test]
 async fn principals_never_share_a_key() {
     let srv = start(Some(idem()));
-    let c = client();
     let send = |who: &'static str| {
-        c.post(srv.url("/charge"))
-            .header("Idempotency-Key", "shared-key")
+        srv.post("/charge", "shared-key")
             .header("Authorization", format!("Bearer {who}"))
             .json(&charge(10, 0))
             .send()
@@ -383,11 +347,9 @@ async fn custom_scope_function_separates_accounts() {
         })
         .build();
     let srv = start(Some(idem));
-    let c = client();
     for account in ["a", "b", "a"] {
-        let r = c
-            .post(srv.url("/charge"))
-            .header("Idempotency-Key", "k")
+        let r = srv
+            .post("/charge", "k")
             .header("X-Account", account)
             .json(&charge(1, 0))
             .send()
@@ -405,14 +367,12 @@ async fn full_memory_store_is_503_and_keeps_live_records() {
         .sweep_every(None)
         .build();
     let srv = start(Some(Idempotency::builder().store(store.clone()).build()));
-    let c = client();
     let mut admitted = Vec::new();
     let mut full = 0;
     for i in 0..40 {
         let key = format!("cap-{i}");
-        let r = c
-            .post(srv.url("/charge"))
-            .header("Idempotency-Key", key.clone())
+        let r = srv
+            .post("/charge", key.clone())
             .json(&charge(i, 0))
             .send()
             .await
@@ -433,9 +393,8 @@ async fn full_memory_store_is_503_and_keeps_live_records() {
         admitted.len()
     );
     for (key, i, body) in &admitted {
-        let r = c
-            .post(srv.url("/charge"))
-            .header("Idempotency-Key", key.clone())
+        let r = srv
+            .post("/charge", key.clone())
             .json(&charge(*i, 0))
             .send()
             .await
@@ -455,10 +414,8 @@ async fn store_errors_fail_closed_or_open_per_policy() {
     // A store with no room at all: every `begin` fails with `Full`.
     let store = MemoryStore::builder().max_bytes(0).build();
     let srv = start(Some(Idempotency::builder().store(store).build()));
-    let c = client();
-    let r = c
-        .post(srv.url("/charge"))
-        .header("Idempotency-Key", "x")
+    let r = srv
+        .post("/charge", "x")
         .json(&charge(1, 0))
         .send()
         .await
@@ -471,12 +428,7 @@ async fn store_errors_fail_closed_or_open_per_policy() {
         "reject: the handler does not run"
     );
 
-    let r = c
-        .post(srv.url("/proceed"))
-        .header("Idempotency-Key", "x")
-        .send()
-        .await
-        .unwrap();
+    let r = srv.post("/proceed", "x").send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(
         srv.count(|c| &c.proceed),
@@ -488,18 +440,15 @@ async fn store_errors_fail_closed_or_open_per_policy() {
 #[actix_web::test]
 async fn body_over_max_body_is_413() {
     let srv = start(Some(idem()));
-    let c = client();
-    let r = c
-        .post(srv.url("/small"))
-        .header("Idempotency-Key", "big")
+    let r = srv
+        .post("/small", "big")
         .body(vec![b'x'; 1025])
         .send()
         .await
         .unwrap();
     problem(r, 413).await;
-    let r = c
-        .post(srv.url("/small"))
-        .header("Idempotency-Key", "fits")
+    let r = srv
+        .post("/small", "fits")
         .body(vec![b'x'; 1024])
         .send()
         .await
@@ -557,10 +506,8 @@ async fn lease_is_renewed_while_a_slow_handler_runs() {
 #[actix_web::test]
 async fn extractors_are_rerun_on_the_buffered_request() {
     let srv = start(Some(idem()));
-    let c = client();
-    let r = c
-        .post(srv.url("/mixed/acct-7/3?note=hi"))
-        .header("Idempotency-Key", "m")
+    let r = srv
+        .post("/mixed/acct-7/3?note=hi", "m")
         .json(&charge(11, 0))
         .send()
         .await
@@ -572,9 +519,8 @@ async fn extractors_are_rerun_on_the_buffered_request() {
         serde_json::json!({"account": "acct-7", "n": 3, "note": "hi", "method": "POST", "amount": 11})
     );
     // A missing query field is the extractor's 400, as problem+json, and not cached.
-    let r = c
-        .post(srv.url("/mixed/acct-7/3"))
-        .header("Idempotency-Key", "m2")
+    let r = srv
+        .post("/mixed/acct-7/3", "m2")
         .json(&charge(11, 0))
         .send()
         .await
@@ -583,8 +529,7 @@ async fn extractors_are_rerun_on_the_buffered_request() {
     assert_eq!(srv.count(|c| &c.mixed), 1);
 
     let send = || {
-        c.post(srv.url("/form"))
-            .header("Idempotency-Key", "f")
+        srv.post("/form", "f")
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body("item=book")
             .send()

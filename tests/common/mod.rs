@@ -35,12 +35,20 @@ pub struct Charge {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub counters: web::Data<Counters>,
+    client: reqwest::Client,
     handle: ServerHandle,
 }
 
 impl TestServer {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A POST to `path` carrying `key` as its `Idempotency-Key`.
+    pub fn post(&self, path: &str, key: impl AsRef<str>) -> reqwest::RequestBuilder {
+        self.client
+            .post(self.url(path))
+            .header("Idempotency-Key", key.as_ref())
     }
 
     pub fn count(&self, f: impl Fn(&Counters) -> &AtomicUsize) -> usize {
@@ -77,6 +85,7 @@ pub fn start(idem: Option<Idempotency>) -> TestServer {
     TestServer {
         addr,
         counters,
+        client: client(),
         handle,
     }
 }
