@@ -16,12 +16,21 @@ use crate::{
     Begin, Fenced, FencingToken, Fingerprint, RecordState, StorageKey, Store, StoredResponse,
 };
 
-/// Generates one `#[test]` per conformance case for the store built by `$make` (an expression
-/// of type `impl Future<Output = impl Store>`, evaluated afresh for every case).
+/// Generates one `#[test]` per conformance case.
+///
+/// - `store_conformance_tests!(async { store })`: `store` is built afresh for every case.
+/// - `store_conformance_tests!(guarded async { Some((guard, store)) })`: `guard` lives as long as
+///   the case (a server process, say); `None` skips the case (print why before returning it).
 #[macro_export]
 macro_rules! store_conformance_tests {
+    (guarded $make:expr) => {
+        $crate::store_conformance_tests!(@cases [guarded] $make);
+    };
     ($make:expr) => {
-        $crate::store_conformance_tests!(@cases $make;
+        $crate::store_conformance_tests!(@cases [plain] $make);
+    };
+    (@cases [$mode:ident] $make:expr) => {
+        $crate::store_conformance_tests!(@each [$mode] $make;
             begin_on_absent_key_acquires,
             duplicate_in_progress_is_reported,
             other_payload_is_a_mismatch,
@@ -37,16 +46,25 @@ macro_rules! store_conformance_tests {
             keys_are_independent,
         );
     };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
+    (@each [$mode:ident] $make:expr; $($case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
                 $crate::conformance::block_on(async {
-                    let store = $make.await;
-                    $crate::conformance::$case(::std::sync::Arc::new(store)).await;
+                    $crate::store_conformance_tests!(@run [$mode] $make, $case);
                 });
             }
         )*
+    };
+    (@run [plain] $make:expr, $case:ident) => {
+        let store = $make.await;
+        $crate::conformance::$case(::std::sync::Arc::new(store)).await;
+    };
+    (@run [guarded] $make:expr, $case:ident) => {
+        let ::core::option::Option::Some((_guard, store)) = $make.await else {
+            return;
+        };
+        $crate::conformance::$case(::std::sync::Arc::new(store)).await;
     };
 }
 

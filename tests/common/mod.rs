@@ -2,6 +2,8 @@
 //! executions, for the integration tests.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
 use idem::{idempotent, Idempotency};
 use serde::{Deserialize, Serialize};

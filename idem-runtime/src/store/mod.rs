@@ -8,6 +8,8 @@ use thiserror::Error;
 use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// The answer of [`Store::begin`].
 #[derive(Debug, Clone, PartialEq, Eq)]

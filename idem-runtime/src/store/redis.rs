@@ -1,0 +1,435 @@
+//! Redis and Redis Cluster stores.
+//!
+//! One Redis string per record, every operation one single-key Lua script (so a cluster never
+//! sees a cross-slot command), and leases and TTLs as Redis expiries, on the server's clock.
+//!
+//! A record is `state (1 byte: p|c) ‖ fingerprint (32 raw bytes) ‖ token (16 digits) ‖ response`,
+//! where the response is [`StoredResponse::encode`]: the body stays raw bytes. The fencing token
+//! is the server's `TIME` in microseconds at acquisition, so it grows with every takeover of a key.
+//!
+//! Round trips: `begin` and `complete` are one `EVALSHA` each, so a first request costs 2, a replay
+//! or a duplicate in progress 1. Scripts are loaded when the store connects; a server that lost
+//! them (restart, failover, `SCRIPT FLUSH`) answers `NOSCRIPT`, and the call is resent once as
+//! `EVAL`, which runs it and caches it again: no request fails for it.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Begin, Fenced, Store, StoreError};
+use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+
+const TOKEN_LEN: usize = 16;
+/// Where the response starts in a record (1-based Lua offsets below use `HEADER + 1`).
+const HEADER: usize = 1 + 32 + TOKEN_LEN;
+
+const BEGIN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then
+  if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
+  if string.sub(v, 1, 1) == 'p' then return {'P', redis.call('PTTL', KEYS[1])} end
+  return {'C', string.sub(v, 50)}
+end
+local t = redis.call('TIME')
+local token = t[1] .. string.format('%06d', tonumber(t[2]))
+redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. token, 'PX', ARGV[2])
+return {'A', token}
+";
+
+/// The lease check shared by complete, release and renew: the record must be in progress and
+/// held by ARGV[1].
+const HELD: &str = r"
+local v = redis.call('GET', KEYS[1])
+if (not v) or string.sub(v, 1, 1) ~= 'p' or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
+";
+
+const COMPLETE_TAIL: &str = r"
+redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 49) .. ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+const RELEASE_TAIL: &str = r"
+redis.call('DEL', KEYS[1])
+return 1
+";
+
+const RENEW_TAIL: &str = r"
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+";
+
+const GET: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('PTTL', KEYS[1])}
+";
+
+/// A script with its SHA-1, sent as `EVALSHA` and resent as `EVAL` on `NOSCRIPT`.
+struct Script {
+    code: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(code: String) -> Self {
+        let sha = redis::Script::new(&code).get_hash().to_string();
+        Script { code, sha }
+    }
+}
+
+struct Scripts {
+    begin: Script,
+    complete: Script,
+    release: Script,
+    renew: Script,
+    get: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            begin: Script::new(BEGIN.into()),
+            complete: Script::new(format!("{HELD}{COMPLETE_TAIL}")),
+            release: Script::new(format!("{HELD}{RELEASE_TAIL}")),
+            renew: Script::new(format!("{HELD}{RENEW_TAIL}")),
+            get: Script::new(GET.into()),
+        }
+    }
+
+    fn all(&self) -> [&Script; 5] {
+        [
+            &self.begin,
+            &self.complete,
+            &self.release,
+            &self.renew,
+            &self.get,
+        ]
+    }
+}
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
+        match self.clone() {
+            Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
+        }
+    }
+}
+
+/// A [`Store`] on Redis (one server) or Redis Cluster. Cheap to clone; clones share connections.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), idem_runtime::StoreError> {
+/// use idem_runtime::RedisStore;
+/// let single = RedisStore::connect("redis://:secret@127.0.0.1:6379/2").await?;
+/// let cluster = RedisStore::builder()
+///     .cluster(["redis://127.0.0.1:7000", "redis://127.0.0.1:7001"])
+///     .connect()
+///     .await?;
+/// # let _ = (single, cluster); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    scripts: Arc<Scripts>,
+}
+
+/// Builder for [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisStoreBuilder {
+    urls: Vec<String>,
+    cluster: bool,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+}
+
+impl RedisStoreBuilder {
+    /// One Redis server: `redis://[:password@]host:port[/db]` (`rediss://` with feature
+    /// `redis-tls`).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.urls = vec![url.into()];
+        self.cluster = false;
+        self
+    }
+
+    /// A Redis Cluster, reached through any of these seed nodes.
+    pub fn cluster<I, S>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.urls = urls.into_iter().map(Into::into).collect();
+        self.cluster = true;
+        self
+    }
+
+    /// Deadline for establishing a connection (default 1 s).
+    pub fn connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Deadline for one command's answer inside the client (default 500 ms). The engine puts its
+    /// own `store_timeout` around every call as well.
+    pub fn response_timeout(mut self, t: Duration) -> Self {
+        self.response_timeout = t;
+        self
+    }
+
+    /// Connects, and loads the scripts on every primary.
+    pub async fn connect(self) -> Result<RedisStore, StoreError> {
+        let conn = if self.cluster {
+            let client = ClusterClient::builder(self.urls.clone())
+                .connection_timeout(self.connect_timeout)
+                .response_timeout(self.response_timeout)
+                .build()
+                .map_err(unavailable)?;
+            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+        } else {
+            let url = self
+                .urls
+                .first()
+                .ok_or_else(|| StoreError::Unavailable("no Redis URL given".into()))?;
+            let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(self.response_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                ConnectionManager::new_with_config(client, config)
+                    .await
+                    .map_err(unavailable)?,
+            )
+        };
+        let store = RedisStore {
+            conn,
+            scripts: Arc::new(Scripts::new()),
+        };
+        store.load_scripts().await?;
+        Ok(store)
+    }
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn token_arg(t: FencingToken) -> String {
+    format!("{:0width$}", t.0, width = TOKEN_LEN)
+}
+
+fn parse_token(raw: &[u8]) -> Result<FencingToken, StoreError> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(FencingToken)
+        .ok_or_else(|| corrupt("fencing token"))
+}
+
+fn millis(d: Duration) -> u64 {
+    // Redis rejects a zero expiry.
+    (d.as_millis() as u64).max(1)
+}
+
+fn fenced(v: Value) -> Result<Fenced, StoreError> {
+    match v {
+        Value::Int(1) => Ok(Fenced::Done),
+        Value::Int(0) => Ok(Fenced::Lost),
+        _ => Err(corrupt("unexpected script answer")),
+    }
+}
+
+fn bytes_of(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+impl RedisStore {
+    /// A builder: `redis://127.0.0.1:6379`, single server.
+    pub fn builder() -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            connect_timeout: Duration::from_secs(1),
+            response_timeout: Duration::from_millis(500),
+        }
+    }
+
+    /// Connects to one Redis server at `url`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::builder().url(url).connect().await
+    }
+
+    /// Loads every script (on every primary, in a cluster). Called on connect; call it again
+    /// after a failover to spare the first requests their `NOSCRIPT` retry.
+    pub async fn load_scripts(&self) -> Result<(), StoreError> {
+        for s in self.scripts.all() {
+            let mut cmd = redis::cmd("SCRIPT");
+            cmd.arg("LOAD").arg(s.code.as_bytes());
+            self.conn.query(&cmd).await.map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// Runs `script` on `key`: one `EVALSHA`, or on `NOSCRIPT` one more round trip as `EVAL`.
+    async fn eval(
+        &self,
+        script: &Script,
+        key: &StorageKey,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let build = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body).arg(1).arg(key.as_str());
+            for a in args {
+                cmd.arg(*a);
+            }
+            cmd
+        };
+        match self.conn.query(&build("EVALSHA", &script.sha)).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                tracing::info!("idem: Redis lost its scripts (restart, failover or SCRIPT FLUSH); resending as EVAL");
+                self.conn
+                    .query(&build("EVAL", &script.code))
+                    .await
+                    .map_err(unavailable)
+            }
+            other => other.map_err(unavailable),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn begin(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+    ) -> Result<Begin, StoreError> {
+        let lease_ms = millis(lease).to_string();
+        let v = self
+            .eval(
+                &self.scripts.begin,
+                key,
+                &[&fingerprint.0, lease_ms.as_bytes()],
+            )
+            .await?;
+        let Value::Array(items) = v else {
+            return Err(corrupt("begin answer"));
+        };
+        let tag = items.first().and_then(bytes_of);
+        match (tag, items.get(1)) {
+            (Some(b"A"), Some(t)) => Ok(Begin::Acquired(parse_token(
+                bytes_of(t).ok_or_else(|| corrupt("token"))?,
+            )?)),
+            (Some(b"M"), _) => Ok(Begin::Mismatch),
+            (Some(b"P"), Some(Value::Int(ms))) => Ok(Begin::InProgress {
+                lease_left: Duration::from_millis((*ms).max(0) as u64),
+            }),
+            (Some(b"C"), Some(Value::BulkString(resp))) => Ok(Begin::Replay(
+                StoredResponse::decode(Bytes::copy_from_slice(resp))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            )),
+            _ => Err(corrupt("begin answer")),
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let ttl_ms = millis(ttl).to_string();
+        let encoded = response.encode();
+        let token = token_arg(token);
+        fenced(
+            self.eval(
+                &self.scripts.complete,
+                key,
+                &[token.as_bytes(), &encoded, ttl_ms.as_bytes()],
+            )
+            .await?,
+        )
+    }
+
+    async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let token = token_arg(token);
+        fenced(
+            self.eval(&self.scripts.release, key, &[token.as_bytes()])
+                .await?,
+        )
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let token = token_arg(token);
+        let lease_ms = millis(lease).to_string();
+        fenced(
+            self.eval(
+                &self.scripts.renew,
+                key,
+                &[token.as_bytes(), lease_ms.as_bytes()],
+            )
+            .await?,
+        )
+    }
+
+    async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        let v = self.eval(&self.scripts.get, key, &[]).await?;
+        let items = match v {
+            Value::Nil => return Ok(None),
+            Value::Array(items) => items,
+            _ => return Err(corrupt("get answer")),
+        };
+        let (Some(Value::BulkString(raw)), Some(Value::Int(pttl))) = (items.first(), items.get(1))
+        else {
+            return Err(corrupt("get answer"));
+        };
+        if raw.len() < HEADER {
+            return Err(corrupt("record header"));
+        }
+        let mut fp = [0u8; 32];
+        fp.copy_from_slice(&raw[1..33]);
+        let state = match raw[0] {
+            b'p' => RecordState::InProgress {
+                token: parse_token(&raw[33..HEADER])?,
+            },
+            b'c' => RecordState::Completed {
+                response: StoredResponse::decode(Bytes::copy_from_slice(&raw[HEADER..]))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            },
+            _ => return Err(corrupt("record state")),
+        };
+        Ok(Some(Record {
+            fingerprint: Fingerprint(fp),
+            state,
+            expires_in: Duration::from_millis((*pttl).max(0) as u64),
+        }))
+    }
+}
