@@ -9,9 +9,13 @@
 //!
 //! Listens on 127.0.0.1:8080 (`PORT` overrides). The handler waits `PAYMENT_DELAY_MS`
 //! (default 200) to stand for a card processor.
+//!
+//! Records live in memory unless `IDEM_REDIS_URL` is set: one URL for a single Redis, several
+//! (comma-separated) or `IDEM_REDIS_CLUSTER=1` for a Redis Cluster. Run several copies on
+//! different ports against one Redis and a duplicate still runs once.
 
 use actix_web::{get, post, web, App, HttpResponse, HttpServer, Responder};
-use idem::{idempotent, Idempotency, MemoryStore};
+use idem::{idempotent, Idempotency, MemoryStore, RedisStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,8 +125,30 @@ async fn main() -> std::io::Result<()> {
         delay: Duration::from_millis(delay_ms),
         ..Ledger::default()
     });
-    let idem = Idempotency::builder().store(MemoryStore::default()).build();
-    println!("payments demo on http://127.0.0.1:{port} (memory store)");
+    let (idem, store_name) = match std::env::var("IDEM_REDIS_URL") {
+        Ok(urls) if !urls.trim().is_empty() => {
+            let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
+            let cluster =
+                urls.len() > 1 || std::env::var("IDEM_REDIS_CLUSTER").is_ok_and(|v| v == "1");
+            let builder = if cluster {
+                RedisStore::builder().cluster(urls)
+            } else {
+                RedisStore::builder().url(urls[0].clone())
+            };
+            let store = builder.connect().await.map_err(std::io::Error::other)?;
+            let name = if cluster {
+                "Redis Cluster store"
+            } else {
+                "Redis store"
+            };
+            (Idempotency::builder().store(store).build(), name)
+        }
+        _ => (
+            Idempotency::builder().store(MemoryStore::default()).build(),
+            "memory store",
+        ),
+    };
+    println!("payments demo on http://127.0.0.1:{port} ({store_name})");
     HttpServer::new(move || {
         App::new()
             .app_data(idem.clone())

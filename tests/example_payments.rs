@@ -1,6 +1,8 @@
 //! The main job as a newcomer runs it: the `payments` example as its own process, driven over
 //! loopback the way the README's curl commands do.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -36,12 +38,17 @@ fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-async fn start_demo() -> (Demo, String) {
+async fn start_demo(redis_url: Option<&str>) -> (Demo, String) {
     let port = free_port();
-    let child = Command::new(example_binary())
-        .env("PORT", port.to_string())
+    let mut cmd = Command::new(example_binary());
+    cmd.env("PORT", port.to_string())
         .env("PAYMENT_DELAY_MS", "100")
         .env_remove("IDEM_REDIS_URL")
+        .env_remove("IDEM_REDIS_CLUSTER");
+    if let Some(url) = redis_url {
+        cmd.env("IDEM_REDIS_URL", url);
+    }
+    let child = cmd
         .stdout(Stdio::null())
         .spawn()
         .expect("start the payments example");
@@ -76,7 +83,23 @@ async fn payments_executed(c: &reqwest::Client, base: &str) -> u64 {
 
 #[actix_web::test]
 async fn curl_twice_one_execution() {
-    let (_demo, base) = start_demo().await;
+    let (_demo, base) = start_demo(None).await;
+    curl_twice(&base).await;
+}
+
+#[actix_web::test]
+async fn curl_twice_one_execution_on_redis() {
+    if !common::redis::available("curl_twice_one_execution_on_redis") {
+        return;
+    }
+    let redis = common::redis::RedisServer::start();
+    let (_demo, base) = start_demo(Some(&redis.url())).await;
+    curl_twice(&base).await;
+    assert!(redis.calls("evalsha") >= 4, "the demo used the Redis store");
+}
+
+/// The README's two curls (and a cached 400), checked against `GET /stats`.
+async fn curl_twice(base: &str) {
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let pay = |key: &'static str, amount: i64| {
         c.post(format!("{base}/payments"))
@@ -98,7 +121,7 @@ async fn curl_twice_one_execution() {
     assert_eq!(second.headers().get("location"), Some(&location));
     assert_eq!(second.json::<serde_json::Value>().await.unwrap(), body);
 
-    assert_eq!(payments_executed(&c, &base).await, 1);
+    assert_eq!(payments_executed(&c, base).await, 1);
 
     // The payment the replay points at exists once.
     let got = c
@@ -114,5 +137,5 @@ async fn curl_twice_one_execution() {
     let again = pay("readme-2", 0).await.unwrap();
     assert_eq!(again.status(), 400);
     assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
-    assert_eq!(payments_executed(&c, &base).await, 2);
+    assert_eq!(payments_executed(&c, base).await, 2);
 }

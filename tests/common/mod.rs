@@ -67,7 +67,11 @@ impl Drop for TestServer {
 
 /// Starts the test app on 127.0.0.1 with `idem` registered (or none, with `None`).
 pub fn start(idem: Option<Idempotency>) -> TestServer {
-    let counters = web::Data::new(Counters::default());
+    start_with(idem, web::Data::new(Counters::default()))
+}
+
+/// Like [`start`], counting executions in `counters` (shared by several app instances).
+pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> TestServer {
     let c = counters.clone();
     let server = HttpServer::new(move || {
         let app = App::new().app_data(c.clone()).configure(routes);
