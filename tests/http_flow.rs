@@ -8,7 +8,6 @@ use common::{client, problem, start, Charge};
 use idem::{Idempotency, MemoryStore};
 use std::io::Write;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 fn idem() -> Idempotency {
     Idempotency::builder()
@@ -217,49 +216,20 @@ async fn completed_record_expires_after_ttl() {
     assert_eq!(srv.count(|c| &c.short_ttl), 2);
 }
 
-/// Polls with the same key until the answer is no longer 409 (bounded).
-async fn retry_until_done(
-    c: &reqwest::Client,
-    url: &str,
-    key: &str,
-    body: &Charge,
-) -> reqwest::Response {
-    for _ in 0..100 {
-        let r = c
-            .post(url)
-            .header("Idempotency-Key", key)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        if r.status() != 409 {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("still in progress after 10 s");
-}
-
 #[actix_web::test]
 async fn client_disconnect_does_not_cancel_the_handler() {
     let srv = start(Some(idem()));
-    let body = serde_json::to_vec(&charge(9, 500)).unwrap();
-    let mut raw = Vec::new();
-    write!(
-        raw,
-        "POST /charge HTTP/1.1\r\nHost: x\r\nIdempotency-Key: gone\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
+    srv.send_then_reset(
+        "/charge",
+        "gone",
+        &charge(9, 500),
+        Duration::from_millis(100),
     )
-    .unwrap();
-    raw.extend_from_slice(&body);
-    let mut sock = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    sock.write_all(&raw).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // Linger 0: the close is a reset, which makes actix-web drop the request's future.
-    sock.set_zero_linger().unwrap();
-    drop(sock);
+    .await;
 
-    let r = retry_until_done(&client(), &srv.url("/charge"), "gone", &charge(9, 500)).await;
+    let r = srv
+        .retry_until_done("/charge", "gone", &charge(9, 500))
+        .await;
     assert_eq!(r.status(), 201);
     assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(srv.count(|c| &c.charge), 1, "the handler finished once");
@@ -498,7 +468,9 @@ async fn lease_is_renewed_while_a_slow_handler_runs() {
         .unwrap();
     assert_eq!(dup.status(), 409);
     assert_eq!(first.await.unwrap(), 200);
-    let r = retry_until_done(&c, &url, "slow", &charge(1, 2500)).await;
+    let r = srv
+        .retry_until_done("/slow", "slow", &charge(1, 2500))
+        .await;
     assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(srv.count(|c| &c.slow), 1);
 }

@@ -410,3 +410,34 @@ async fn proceed_runs_unprotected_and_warns() {
         "no warning logged:\n{text}"
     );
 }
+
+/// A client that hangs up while `begin` waits on a slow Redis: the key must not stay acquired by
+/// nobody until its 30 s lease ends. The request goes on without its client, runs once, and the
+/// retry gets its replay.
+#[actix_web::test]
+async fn hang_up_during_begin_leaves_no_orphan_lease() {
+    if !available("hang_up_during_begin_leaves_no_orphan_lease") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let app = start_with(
+        Some(idem(single_store(&redis).await)),
+        web::Data::new(Counters::default()),
+    );
+    redis.pause();
+    app.send_then_reset(
+        "/charge",
+        "orphan",
+        &charge(3, 0),
+        Duration::from_millis(150),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    redis.resume();
+    let r = app
+        .retry_until_done("/charge", "orphan", &charge(3, 0))
+        .await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.count(|c| &c.charge), 1);
+}

@@ -251,12 +251,30 @@ where
         .unwrap_or("/");
     let fingerprint = Fingerprint::strict(req.method().as_str(), path, &content_type, &body);
 
-    match shared.engine.begin(policy, storage_key, fingerprint).await {
-        Decision::Replay(stored) => replay(&stored),
-        Decision::Reject(problem) => problem_response(&problem),
-        Decision::Unprotected => plain(req, dev::Payload::from(body), handler).await,
-        Decision::Execute(ticket) => execute(idem.clone(), ticket, req, body, handler).await,
-    }
+    // Everything from `begin` on runs in a spawned task, so that a client that disconnects
+    // (which drops this future) can neither cancel the handler halfway through its side effects
+    // nor leave a key acquired by nobody until its lease runs out.
+    let engine = shared.engine.clone();
+    let task = actix_web::rt::spawn(async move {
+        match engine.begin(policy, storage_key, fingerprint).await {
+            Decision::Replay(stored) => replay(&stored),
+            Decision::Reject(problem) => problem_response(&problem),
+            Decision::Unprotected => plain(req, dev::Payload::from(body), handler).await,
+            Decision::Execute(ticket) => execute(&idem, ticket, req, body, handler).await,
+        }
+    });
+    task.await.unwrap_or_else(|join| {
+        tracing::error!(
+            endpoint = policy.endpoint,
+            panicked = join.is_panic(),
+            "idem: handler did not finish; its key was released"
+        );
+        reject(
+            ProblemKind::HandlerFailed,
+            "the handler failed before producing a response; nothing was stored, \
+             so a retry with the same key runs it again",
+        )
+    })
 }
 
 fn find(req: &HttpRequest) -> Option<Idempotency> {
@@ -323,55 +341,52 @@ fn extractor_problem(e: &actix_web::Error) -> HttpResponse {
     )
 }
 
+/// Releases the key if dropped while armed: the handler panicked (the task unwinds through it)
+/// or the task was dropped before the handler finished.
+struct ReleaseOnDrop(Option<Ticket>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.0.take() {
+            actix_web::rt::spawn(async move { ticket.release().await });
+        }
+    }
+}
+
 async fn execute<F, Fut>(
-    idem: Idempotency,
+    idem: &Idempotency,
     ticket: Ticket,
     req: HttpRequest,
     body: Bytes,
     handler: F,
 ) -> HttpResponse
 where
-    F: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
-    Fut: Future<Output = HandlerResult> + 'static,
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = HandlerResult>,
 {
-    let guard = ticket.clone();
-    // A spawned task, so that a client that disconnects (which drops this future) cannot cancel
-    // the handler halfway through its side effects.
-    let task = actix_web::rt::spawn(async move {
-        let outcome = ticket
-            .keep_alive(async {
-                match handler(req, dev::Payload::from(body)).await {
-                    Ok(resp) => Ok(capture(&idem, resp).await),
-                    Err(e) => Err(e),
-                }
-            })
-            .await;
-        match outcome {
-            Ok(Ok((resp, stored))) => {
-                ticket.complete(&stored).await;
-                resp
+    let mut armed = ReleaseOnDrop(Some(ticket.clone()));
+    let outcome = ticket
+        .keep_alive(async {
+            match handler(req, dev::Payload::from(body)).await {
+                Ok(resp) => Ok(capture(idem, resp).await),
+                Err(e) => Err(e),
             }
-            Ok(Err(too_big)) => {
-                ticket.release().await;
-                too_big
-            }
-            Err(e) => {
-                // Validation failures are not an execution: cache nothing (Stripe does the same).
-                ticket.release().await;
-                extractor_problem(&e)
-            }
+        })
+        .await;
+    armed.0 = None;
+    match outcome {
+        Ok(Ok((resp, stored))) => {
+            ticket.complete(&stored).await;
+            resp
         }
-    });
-    match task.await {
-        Ok(resp) => resp,
-        Err(join) => {
-            tracing::error!(key = %guard.key(), panicked = join.is_panic(), "idem: handler did not finish; releasing its key");
-            guard.release().await;
-            reject(
-                ProblemKind::HandlerFailed,
-                "the handler failed before producing a response; nothing was stored, \
-                 so a retry with the same key runs it again",
-            )
+        Ok(Err(too_big)) => {
+            ticket.release().await;
+            too_big
+        }
+        Err(e) => {
+            // Validation failures are not an execution: cache nothing (Stripe does the same).
+            ticket.release().await;
+            extractor_problem(&e)
         }
     }
 }

@@ -53,6 +53,49 @@ impl TestServer {
             .header("Idempotency-Key", key.as_ref())
     }
 
+    /// Polls with the same key until the answer is no longer 409 (bounded: 10 s).
+    pub async fn retry_until_done(
+        &self,
+        path: &str,
+        key: &str,
+        body: &Charge,
+    ) -> reqwest::Response {
+        for _ in 0..100 {
+            let r = self
+                .post(path, key)
+                .json(body)
+                .send()
+                .await
+                .expect("response");
+            if r.status() != 409 {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("still in progress after 10 s");
+    }
+
+    /// Sends a JSON POST over a raw socket, waits `after`, then resets the connection (linger 0),
+    /// which makes actix-web drop the request's future, as a client that hangs up does.
+    pub async fn send_then_reset(&self, path: &str, key: &str, body: &Charge, after: Duration) {
+        use tokio::io::AsyncWriteExt;
+        let body = serde_json::to_vec(body).expect("json");
+        let mut raw = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        raw.extend_from_slice(&body);
+        let mut sock = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect");
+        sock.write_all(&raw).await.expect("send");
+        tokio::time::sleep(after).await;
+        sock.set_zero_linger().expect("linger 0");
+        drop(sock);
+    }
+
     pub fn count(&self, f: impl Fn(&Counters) -> &AtomicUsize) -> usize {
         f(&self.counters).load(Ordering::SeqCst)
     }
