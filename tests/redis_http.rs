@@ -266,6 +266,12 @@ async fn redis_killed_then_restarted() {
     let r = until_not_503(&app, "after").await;
     assert_eq!(r.status(), 201, "the app recovers without a restart");
     assert_eq!(app.count(|c| &c.charge), 2);
+    // The restarted server lost the scripts; the first NOSCRIPT reloads all five.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while redis.cached_scripts() < 5 {
+        assert!(Instant::now() < deadline, "scripts were not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Retries a fresh request with `key` until the store answers again (bounded).

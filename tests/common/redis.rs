@@ -134,6 +134,15 @@ impl RedisServer {
         signal(self.pid(), "-CONT");
     }
 
+    /// Scripts in the server's script cache (`INFO memory`).
+    pub fn cached_scripts(&self) -> u64 {
+        let info = self.cli(&["INFO", "memory"]).unwrap_or_default();
+        info.lines()
+            .find_map(|l| l.strip_prefix("number_of_cached_scripts:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Calls of one command since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
     pub fn calls(&self, command: &str) -> u64 {
         let info = self.cli(&["INFO", "commandstats"]).unwrap_or_default();

@@ -10,7 +10,8 @@
 //! Round trips: `begin` and `complete` are one `EVALSHA` each, so a first request costs 2, a replay
 //! or a duplicate in progress 1. Scripts are loaded when the store connects; a server that lost
 //! them (restart, failover, `SCRIPT FLUSH`) answers `NOSCRIPT`, and the call is resent once as
-//! `EVAL`, which runs it and caches it again: no request fails for it.
+//! `EVAL`, which runs it, while every script is loaded again in the background: no request fails
+//! for it.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -307,7 +308,15 @@ impl RedisStore {
         };
         match self.conn.query(&build("EVALSHA", &script.sha)).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                tracing::info!("idem: Redis lost its scripts (restart, failover or SCRIPT FLUSH); resending as EVAL");
+                tracing::info!("idem: Redis lost its scripts (restart, failover or SCRIPT FLUSH); resending as EVAL and reloading them");
+                // Reload every script in the background, so the other operations do not each
+                // pay their own NOSCRIPT round trip.
+                let store = self.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = store.load_scripts().await {
+                        tracing::warn!(%error, "idem: reloading the Redis scripts failed; calls fall back to EVAL");
+                    }
+                });
                 self.conn
                     .query(&build("EVAL", &script.code))
                     .await
