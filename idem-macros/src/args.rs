@@ -22,11 +22,15 @@ pub const OPTIONS: &[&str] = &[
     "max_body",
     "crate",
     "fingerprint",
+    "respond_async_after",
 ];
 
 /// What the attribute asked for, with defaults applied.
 pub struct Args {
     pub ttl: Millis,
+    pub on_conflict: String,
+    pub wait_timeout: Millis,
+    pub respond_async_after: Option<Millis>,
     pub lease: Millis,
     pub required: bool,
     pub on_store_error_proceed: bool,
@@ -118,10 +122,13 @@ impl Args {
         let mut seen: Vec<String> = Vec::new();
         let mut ttl: Option<(Millis, Span)> = None;
         let mut lease: Option<(Millis, Span)> = None;
-        let mut on_conflict_wait = false;
         let mut wait_timeout: Option<Span> = None;
+        let mut async_after: Option<Span> = None;
         let mut args = Args {
             ttl: 24 * 3600 * 1000,
+            on_conflict: "retry_after".into(),
+            wait_timeout: 10 * 1000,
+            respond_async_after: None,
             lease: 30 * 1000,
             required: true,
             on_store_error_proceed: false,
@@ -175,8 +182,16 @@ impl Args {
                         lease = Some((duration("lease", v, validate::LEASE_RANGE)?, v.span()))
                     }
                     "wait_timeout" => {
-                        duration("wait_timeout", v, validate::WAIT_RANGE)?;
+                        args.wait_timeout = duration("wait_timeout", v, validate::WAIT_RANGE)?;
                         wait_timeout = Some(span);
+                    }
+                    "respond_async_after" => {
+                        args.respond_async_after = Some(duration(
+                            "respond_async_after",
+                            v,
+                            validate::ASYNC_AFTER_RANGE,
+                        )?);
+                        async_after = Some(span);
                     }
                     "guarantee" => {
                         one_of(
@@ -193,14 +208,11 @@ impl Args {
                         )?;
                     }
                     "on_conflict" => {
-                        let later = "it arrives with the wait/accepted/webhook conflict policies";
-                        on_conflict_wait =
-                            matches!(string("on_conflict", v, ""), Ok((s, _)) if s == "wait");
-                        one_of(
+                        args.on_conflict = one_of(
                             "on_conflict",
                             v,
-                            &["retry_after"],
-                            &[("wait", later), ("accepted", later), ("webhook", later)],
+                            &["retry_after", "wait", "accepted", "webhook"],
+                            &[],
                         )?;
                     }
                     "on_store_error" => {
@@ -253,12 +265,20 @@ impl Args {
             }
         }
 
-        if let Some(span) = wait_timeout {
-            if !on_conflict_wait {
-                errors.push(
-                    span,
-                    "`wait_timeout` only applies with `on_conflict = \"wait\"`; remove it",
-                );
+        for (span, option, policy) in [
+            (wait_timeout, "wait_timeout", "wait"),
+            (async_after, "respond_async_after", "accepted"),
+        ] {
+            if let Some(span) = span {
+                if args.on_conflict != policy {
+                    errors.push(
+                        span,
+                        format!(
+                            "`{option}` only applies with `on_conflict = \"{policy}\"`; \
+                             set that or remove `{option}`"
+                        ),
+                    );
+                }
             }
         }
         if let Some((ms, _)) = ttl {

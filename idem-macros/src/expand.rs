@@ -107,6 +107,17 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let lease = args.lease;
     let required = args.required;
     let max_body = args.max_body as usize;
+    let on_conflict = match args.on_conflict.as_str() {
+        "wait" => quote!(#private::OnConflict::Wait),
+        "accepted" => quote!(#private::OnConflict::Accepted),
+        "webhook" => quote!(#private::OnConflict::Webhook),
+        _ => quote!(#private::OnConflict::RetryAfter),
+    };
+    let wait_timeout = args.wait_timeout;
+    let respond_async_after = match args.respond_async_after {
+        Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    };
     let on_store_error = if args.on_store_error_proceed {
         quote!(#private::OnStoreError::Proceed)
     } else {
@@ -127,10 +138,12 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 ttl: #private::millis(#ttl),
                 lease: #private::millis(#lease),
                 guarantee: #private::Guarantee::Strict,
-                on_conflict: #private::OnConflict::RetryAfter,
+                on_conflict: #on_conflict,
                 required: #required,
                 on_store_error: #on_store_error,
                 max_body: #max_body,
+                wait_timeout: #private::millis(#wait_timeout),
+                respond_async_after: #respond_async_after,
             };
             #private::run(
                 __idem_req,

@@ -14,6 +14,7 @@ const DAY: Millis = 24 * 3600 * SECOND;
 pub const TTL_RANGE: (Millis, Millis) = (SECOND, 30 * DAY);
 pub const LEASE_RANGE: (Millis, Millis) = (100, 3600 * SECOND);
 pub const WAIT_RANGE: (Millis, Millis) = (1, 300 * SECOND);
+pub const ASYNC_AFTER_RANGE: (Millis, Millis) = (1, 300 * SECOND);
 /// Largest `max_body` accepted: 1 GiB.
 pub const MAX_BODY_LIMIT: u64 = 1 << 30;
 

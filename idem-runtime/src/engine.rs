@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::problem::{Problem, ProblemKind};
 use crate::store::{Begin, Fenced, Store, StoreError};
-use crate::{FencingToken, Fingerprint, OnStoreError, Policy, StorageKey, StoredResponse};
+use crate::{
+    FencingToken, Fingerprint, OnConflict, OnStoreError, Policy, StorageKey, StoredResponse,
+};
 
 /// Headers never stored for replay, whatever the allow-list says: credentials, per-response
 /// values and hop-by-hop headers.
@@ -40,6 +42,17 @@ pub const DEFAULT_REPLAYED: &[&str] = &[
     "cache-control",
 ];
 
+fn in_progress() -> Problem {
+    Problem::new(
+        ProblemKind::InProgress,
+        "a request with this Idempotency-Key is still being processed; \
+         retry with the same key after Retry-After seconds",
+    )
+    // Handlers usually finish long before their lease runs out; the shortest hint gets the
+    // retry its replay soonest.
+    .retry_after(1)
+}
+
 /// What the engine decided for one request.
 #[derive(Debug)]
 pub enum Decision {
@@ -51,6 +64,10 @@ pub enum Decision {
     Reject(Problem),
     /// The store failed and the policy says `proceed`: run the handler without protection.
     Unprotected,
+    /// A duplicate in progress under `accepted`: answer 202 with the status resource of this key.
+    Accepted(StorageKey),
+    /// A duplicate in progress under `webhook`: answer 202 and deliver the response later.
+    Webhook(StorageKey),
 }
 
 /// The framework-agnostic engine: one store, its call deadline, and the replay allow-list.
@@ -114,77 +131,90 @@ impl Engine {
         self.replay_headers.iter().any(|h| h == name)
     }
 
-    /// Step 4 of the flow: one atomic `begin`, and what it means for this request.
+    /// Step 4 of the flow: one atomic `begin`, and what it means for this request. A duplicate
+    /// in progress gets what the endpoint's [`OnConflict`] promises; with `wait`, this returns
+    /// once the first request completes (its replay), is released (this request then runs), or
+    /// `wait_timeout` passes (409).
     pub async fn begin(
         self: &Arc<Self>,
         policy: &Policy,
         key: StorageKey,
         fingerprint: Fingerprint,
     ) -> Decision {
-        match deadline(
-            self.store_timeout,
-            self.store.begin(&key, &fingerprint, policy.lease),
-        )
-        .await
-        {
-            Ok(Begin::Acquired(token)) => Decision::Execute(Ticket {
-                engine: self.clone(),
-                key,
-                token,
-                lease: policy.lease,
-                ttl: policy.ttl,
-            }),
-            Ok(Begin::Replay(r)) => Decision::Replay(r),
-            Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
-                ProblemKind::KeyReused,
-                "this Idempotency-Key was already used with a different request payload; \
-                 use a new key for a new request",
-            )),
-            Ok(Begin::InProgress { .. }) => Decision::Reject(
-                Problem::new(
-                    ProblemKind::InProgress,
-                    "a request with this Idempotency-Key is still being processed; \
-                     retry with the same key after Retry-After seconds",
-                )
-                // Handlers usually finish long before their lease runs out; the shortest hint
-                // gets the retry its replay soonest.
-                .retry_after(1),
-            ),
-            Err(e) => self.store_failed(policy, e),
+        let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
+        loop {
+            let answer = deadline(
+                self.store_timeout,
+                self.store.begin(&key, &fingerprint, policy.lease),
+            )
+            .await;
+            return match answer {
+                Ok(Begin::Acquired(token)) => Decision::Execute(Ticket {
+                    engine: self.clone(),
+                    key,
+                    token,
+                    lease: policy.lease,
+                    ttl: policy.ttl,
+                }),
+                Ok(Begin::Replay(r)) => Decision::Replay(r),
+                Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
+                    ProblemKind::KeyReused,
+                    "this Idempotency-Key was already used with a different request payload; \
+                     use a new key for a new request",
+                )),
+                Ok(Begin::InProgress { .. }) => match policy.on_conflict {
+                    OnConflict::RetryAfter => Decision::Reject(in_progress()),
+                    OnConflict::Accepted => Decision::Accepted(key),
+                    OnConflict::Webhook => Decision::Webhook(key),
+                    OnConflict::Wait => {
+                        let now = tokio::time::Instant::now();
+                        if now >= wait_until {
+                            return Decision::Reject(in_progress());
+                        }
+                        let left = wait_until - now;
+                        // `wait` makes its own store calls; bound the whole of it.
+                        let waited =
+                            deadline(left + self.store_timeout, self.store.wait(&key, left)).await;
+                        if let Err(e) = waited {
+                            return self.store_failed(policy, e);
+                        }
+                        continue;
+                    }
+                },
+                Err(e) => self.store_failed(policy, e),
+            };
         }
     }
 
     /// Step 7: fail closed (503) or open, per policy.
     pub fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
-        match (policy.on_store_error, &error) {
-            (OnStoreError::Proceed, _) => {
-                tracing::warn!(endpoint = policy.endpoint, %error, "idem: store failed; running the handler WITHOUT idempotency protection (on_store_error = \"proceed\")");
-                Decision::Unprotected
-            }
-            (OnStoreError::Reject, StoreError::Full) => {
-                tracing::warn!(
-                    endpoint = policy.endpoint,
-                    "idem: store full; refusing new keys"
-                );
-                Decision::Reject(
-                    Problem::new(
-                        ProblemKind::StoreUnavailable,
-                        "the idempotency store is full; retry later",
-                    )
-                    .retry_after(5),
-                )
-            }
-            (OnStoreError::Reject, _) => {
-                tracing::error!(endpoint = policy.endpoint, %error, "idem: store failed; rejecting the request");
-                Decision::Reject(
-                    Problem::new(
-                        ProblemKind::StoreUnavailable,
-                        "the idempotency store is unavailable; retry with the same key later",
-                    )
-                    .retry_after(1),
-                )
-            }
+        if policy.on_store_error == OnStoreError::Proceed {
+            tracing::warn!(endpoint = policy.endpoint, %error, "idem: store failed; running the handler WITHOUT idempotency protection (on_store_error = \"proceed\")");
+            return Decision::Unprotected;
         }
+        tracing::error!(endpoint = policy.endpoint, %error, "idem: store failed; rejecting the request");
+        Decision::Reject(self.store_problem(&error))
+    }
+
+    /// The 503 a client gets when the store failed.
+    pub fn store_problem(&self, error: &StoreError) -> Problem {
+        match error {
+            StoreError::Full => Problem::new(
+                ProblemKind::StoreUnavailable,
+                "the idempotency store is full; retry later",
+            )
+            .retry_after(5),
+            _ => Problem::new(
+                ProblemKind::StoreUnavailable,
+                "the idempotency store is unavailable; retry with the same key later",
+            )
+            .retry_after(1),
+        }
+    }
+
+    /// Reads the record of `key`, under the store deadline.
+    pub async fn get(&self, key: &StorageKey) -> Result<Option<crate::Record>, StoreError> {
+        deadline(self.store_timeout, self.store.get(key)).await
     }
 }
 

@@ -143,12 +143,30 @@ fn parse_sf_string(v: &[u8]) -> Result<Vec<u8>, KeyError> {
     Err(KeyError::MalformedString)
 }
 
-/// The name a record is stored under: `prefix + hex(SHA-256(endpoint ‖ principal ‖ key))`.
+/// The name a record is stored under:
+/// `prefix + tag(principal) + "-" + hex(SHA-256(endpoint ‖ principal ‖ key))`.
 ///
-/// Each part is length-prefixed before hashing so that no two different triples collide, and the
-/// result is hex so that no client-chosen byte (a `{…}` hash tag, say) reaches the store.
+/// Each hashed part is length-prefixed so that no two different triples collide, and everything
+/// is hex so that no client-chosen byte (a `{…}` hash tag, say) reaches the store. The 16-hex
+/// principal tag lets a status resource check, without a lookup, that a status id belongs to the
+/// principal asking for it.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct StorageKey(String);
+pub struct StorageKey {
+    full: String,
+    id_at: usize,
+}
+
+/// Hex digits of the principal tag.
+const TAG_LEN: usize = 16;
+/// Length of a status id: tag, dash, 64 hex digits.
+const ID_LEN: usize = TAG_LEN + 1 + 64;
+
+/// The principal tag: the first 16 hex digits of SHA-256 of the principal.
+fn principal_tag(principal: &[u8]) -> String {
+    let mut tag = crate::fingerprint::sha256_hex(principal);
+    tag.truncate(TAG_LEN);
+    tag
+}
 
 impl StorageKey {
     /// Derives the storage key of `key` sent by `principal` to `endpoint`.
@@ -159,32 +177,51 @@ impl StorageKey {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
         }
-        let mut s = String::with_capacity(prefix.len() + 64);
-        s.push_str(prefix);
-        crate::fingerprint::push_hex(&mut s, &h.finalize());
-        StorageKey(s)
+        let mut full = String::with_capacity(prefix.len() + ID_LEN);
+        full.push_str(prefix);
+        full.push_str(&principal_tag(principal));
+        full.push('-');
+        crate::fingerprint::push_hex(&mut full, &h.finalize());
+        StorageKey {
+            full,
+            id_at: prefix.len(),
+        }
     }
 
-    /// Wraps an already-derived storage key (for stores reading their own listings).
-    pub fn from_raw(raw: impl Into<String>) -> Self {
-        StorageKey(raw.into())
+    /// The storage key a status id names, if `id` is well formed and belongs to `principal`.
+    pub fn from_status_id(prefix: &str, id: &str, principal: &[u8]) -> Option<Self> {
+        let well_formed = id.len() == ID_LEN
+            && id.as_bytes()[TAG_LEN] == b'-'
+            && id
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| i == TAG_LEN || matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        (well_formed && id[..TAG_LEN] == principal_tag(principal)).then(|| StorageKey {
+            full: format!("{prefix}{id}"),
+            id_at: prefix.len(),
+        })
+    }
+
+    /// The unguessable, principal-bound id of this record, for status URLs.
+    pub fn status_id(&self) -> &str {
+        &self.full[self.id_at..]
     }
 
     /// The key as the store sees it.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.full
     }
 }
 
 impl std::fmt::Debug for StorageKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StorageKey({})", self.0)
+        write!(f, "StorageKey({})", self.full)
     }
 }
 
 impl std::fmt::Display for StorageKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.full)
     }
 }
 
@@ -231,7 +268,22 @@ mod tests {
         let k = one("k").unwrap();
         let a = StorageKey::scoped("idem:", "m::create", b"alice", &k);
         assert!(a.as_str().starts_with("idem:"));
-        assert_eq!(a.as_str().len(), 5 + 64);
+        assert_eq!(a.as_str().len(), 5 + 16 + 1 + 64);
+        assert_eq!(a.status_id(), &a.as_str()[5..]);
+        assert_eq!(
+            StorageKey::from_status_id("idem:", a.status_id(), b"alice"),
+            Some(a.clone())
+        );
+        assert_eq!(
+            StorageKey::from_status_id("idem:", a.status_id(), b"bob"),
+            None
+        );
+        assert_eq!(
+            StorageKey::from_status_id("idem:", "../etc", b"alice"),
+            None
+        );
+        let upper = a.status_id().to_ascii_uppercase();
+        assert_eq!(StorageKey::from_status_id("idem:", &upper, b"alice"), None);
         assert_eq!(a, StorageKey::scoped("idem:", "m::create", b"alice", &k));
         assert_ne!(a, StorageKey::scoped("idem:", "m::create", b"bob", &k));
         assert_ne!(a, StorageKey::scoped("idem:", "m::other", b"alice", &k));

@@ -16,6 +16,15 @@ pub enum Guarantee {
 pub enum OnConflict {
     /// 409 Conflict with `Retry-After`.
     RetryAfter,
+    /// Hold the duplicate until the first completes, then answer with the replay; after
+    /// `wait_timeout`, 409 with `Retry-After`.
+    Wait,
+    /// 202 Accepted with `Location` of a status resource (see
+    /// [`Idempotency::status_service`](crate::Idempotency::status_service)).
+    Accepted,
+    /// 202 Accepted; once the first completes, its response is POSTed to the duplicate's
+    /// `Idempotency-Callback` URL (allow-listed, HMAC-signed).
+    Webhook,
 }
 
 /// What to do when the store cannot be reached or answers too late.
@@ -46,6 +55,11 @@ pub struct Policy {
     pub on_store_error: OnStoreError,
     /// Largest request body accepted, in bytes (413 above it).
     pub max_body: usize,
+    /// With [`OnConflict::Wait`]: how long a duplicate waits before 409.
+    pub wait_timeout: Duration,
+    /// With [`OnConflict::Accepted`]: the first request itself gets 202 + `Location` when its
+    /// handler runs longer than this; the handler goes on to completion.
+    pub respond_async_after: Option<Duration>,
 }
 
 impl Policy {
@@ -55,6 +69,8 @@ impl Policy {
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
     /// Default body limit: 2 MiB (actix-web's own JSON default).
     pub const DEFAULT_MAX_BODY: usize = 2 * 1024 * 1024;
+    /// Default `wait_timeout`: 10 seconds.
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// The defaults of DESIGN §5 for `endpoint`.
     pub const fn new(endpoint: &'static str) -> Self {
@@ -67,6 +83,8 @@ impl Policy {
             required: true,
             on_store_error: OnStoreError::Reject,
             max_body: Self::DEFAULT_MAX_BODY,
+            wait_timeout: Self::DEFAULT_WAIT_TIMEOUT,
+            respond_async_after: None,
         }
     }
 }

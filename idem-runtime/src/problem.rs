@@ -21,6 +21,10 @@ pub enum ProblemKind {
     StoreUnavailable,
     /// An extractor of the handler refused the request (its own status, usually 400).
     RequestInvalid,
+    /// The `Idempotency-Callback` URL is missing (for a duplicate), malformed or not allowed (400).
+    CallbackInvalid,
+    /// The status resource is unknown, expired or another principal's (404).
+    StatusNotFound,
     /// The handler panicked or its response could not be stored (500).
     HandlerFailed,
     /// The app has no `Idempotency` registered, or another server-side fault (500).
@@ -34,7 +38,9 @@ impl ProblemKind {
             ProblemKind::KeyMissing
             | ProblemKind::KeyInvalid
             | ProblemKind::BodyUnreadable
-            | ProblemKind::RequestInvalid => 400,
+            | ProblemKind::RequestInvalid
+            | ProblemKind::CallbackInvalid => 400,
+            ProblemKind::StatusNotFound => 404,
             ProblemKind::KeyReused => 422,
             ProblemKind::InProgress => 409,
             ProblemKind::BodyTooLarge => 413,
@@ -54,6 +60,8 @@ impl ProblemKind {
             ProblemKind::BodyUnreadable => "urn:idem:problem:body-unreadable",
             ProblemKind::StoreUnavailable => "urn:idem:problem:store-unavailable",
             ProblemKind::RequestInvalid => "urn:idem:problem:request-invalid",
+            ProblemKind::CallbackInvalid => "urn:idem:problem:callback-invalid",
+            ProblemKind::StatusNotFound => "urn:idem:problem:status-not-found",
             ProblemKind::HandlerFailed => "urn:idem:problem:handler-failed",
             ProblemKind::Internal => "urn:idem:problem:internal",
         }
@@ -70,6 +78,8 @@ impl ProblemKind {
             ProblemKind::BodyUnreadable => "Request body could not be read",
             ProblemKind::StoreUnavailable => "Idempotency store unavailable",
             ProblemKind::RequestInvalid => "Request rejected",
+            ProblemKind::CallbackInvalid => "Idempotency-Callback refused",
+            ProblemKind::StatusNotFound => "Idempotency status not found",
             ProblemKind::HandlerFailed => "Handler failed",
             ProblemKind::Internal => "Idempotency layer misconfigured",
         }

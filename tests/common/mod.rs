@@ -24,6 +24,9 @@ pub struct Counters {
     pub proceed: AtomicUsize,
     pub mixed: AtomicUsize,
     pub form: AtomicUsize,
+    pub wait: AtomicUsize,
+    pub accepted: AtomicUsize,
+    pub webhook: AtomicUsize,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -119,7 +122,7 @@ pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> T
     let server = HttpServer::new(move || {
         let app = App::new().app_data(c.clone()).configure(routes);
         match &idem {
-            Some(i) => app.app_data(i.clone()),
+            Some(i) => app.app_data(i.clone()).service(i.status_service()),
             None => app,
         }
     })
@@ -157,7 +160,51 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(fails)
         .service(proceed)
         .service(mixed)
-        .service(form);
+        .service(form)
+        .service(wait)
+        .service(wait_short)
+        .service(accepted)
+        .service(accepted_async)
+        .service(webhook);
+}
+
+/// A charge-like answer from the conflict-policy handlers: 201, a Location and the run number.
+async fn charge_like(counter: &AtomicUsize, body: &Charge) -> HttpResponse {
+    let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(body.delay_ms)).await;
+    HttpResponse::Created()
+        .insert_header(("Location", format!("/things/{n}")))
+        .json(serde_json::json!({ "run": n, "amount": body.amount }))
+}
+
+#[actix_web::post("/wait")]
+#[idempotent(on_conflict = "wait", wait_timeout = "5s")]
+async fn wait(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.wait, &body).await
+}
+
+#[actix_web::post("/wait-short")]
+#[idempotent(on_conflict = "wait", wait_timeout = "300ms")]
+async fn wait_short(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.wait, &body).await
+}
+
+#[actix_web::post("/accepted")]
+#[idempotent(on_conflict = "accepted")]
+async fn accepted(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.accepted, &body).await
+}
+
+#[actix_web::post("/accepted-async")]
+#[idempotent(on_conflict = "accepted", respond_async_after = "200ms")]
+async fn accepted_async(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.accepted, &body).await
+}
+
+#[actix_web::post("/webhook")]
+#[idempotent(on_conflict = "webhook")]
+async fn webhook(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.webhook, &body).await
 }
 
 /// The main test handler: counts, waits `delay_ms`, answers 201 with headers that are and are

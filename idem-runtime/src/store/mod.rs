@@ -10,6 +10,8 @@ use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "redis")]
+mod redis_notify;
 
 /// The answer of [`Store::begin`].
 #[derive(Debug, Clone, PartialEq, Eq)]

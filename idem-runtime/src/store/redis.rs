@@ -22,6 +22,7 @@ use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::redis_notify::{self, Waiters};
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 
@@ -51,11 +52,13 @@ if (not v) or string.sub(v, 1, 1) ~= 'p' or string.sub(v, 34, 49) ~= ARGV[1] the
 
 const COMPLETE_TAIL: &str = r"
 redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 49) .. ARGV[2], 'PX', ARGV[3])
+redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
 const RELEASE_TAIL: &str = r"
 redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
@@ -144,6 +147,7 @@ impl Conn {
 pub struct RedisStore {
     conn: Conn,
     scripts: Arc<Scripts>,
+    waiters: Arc<Waiters>,
 }
 
 /// Builder for [`RedisStore`].
@@ -217,8 +221,13 @@ impl RedisStoreBuilder {
         let store = RedisStore {
             conn,
             scripts: Arc::new(Scripts::new()),
+            waiters: Arc::new(Waiters::default()),
         };
         store.load_scripts().await?;
+        tokio::spawn(redis_notify::subscribe(
+            self.urls,
+            Arc::downgrade(&store.waiters),
+        ));
         Ok(store)
     }
 }
@@ -407,6 +416,28 @@ impl Store for RedisStore {
             )
             .await?,
         )
+    }
+
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        let until = tokio::time::Instant::now() + timeout;
+        let notify = self.waiters.register(key.as_str());
+        loop {
+            // Created before the read: a completion published in between still wakes it.
+            let notified = notify.notified();
+            match self.get(key).await? {
+                Some(Record {
+                    state: RecordState::InProgress { .. },
+                    ..
+                }) => {}
+                _ => return Ok(()),
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            let pause = (until - now).min(redis_notify::POLL_EVERY);
+            let _ = tokio::time::timeout(pause, notified).await;
+        }
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {

@@ -1,20 +1,5 @@
 use idem::idempotent;
 
-#[idempotent(on_conflict = "wait")]
-async fn waits() -> &'static str {
-    "ok"
-}
-
-#[idempotent(on_conflict = "accepted")]
-async fn accepts() -> &'static str {
-    "ok"
-}
-
-#[idempotent(on_conflict = "webhook")]
-async fn calls_back() -> &'static str {
-    "ok"
-}
-
 #[idempotent(guarantee = "result")]
 async fn result() -> &'static str {
     "ok"

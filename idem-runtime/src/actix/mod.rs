@@ -1,5 +1,5 @@
 //! The actix-web adapter: raw body buffering, extractor re-run, response capture and replay,
-//! problem+json.
+//! problem+json, and the answers to duplicates in flight (status resource, webhooks).
 
 use actix_web::body::{to_bytes_limited, BoxBody};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
@@ -9,158 +9,21 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::engine::{Decision, Engine, Ticket};
+use crate::engine::{Decision, Ticket};
 use crate::key::parse_key_headers;
 use crate::problem::{Problem, ProblemKind};
-use crate::store::Store;
-use crate::{Fingerprint, MemoryStore, Policy, StorageKey, StoredResponse};
+use crate::{Fingerprint, OnConflict, Policy, StorageKey, StoredResponse};
+
+mod config;
+mod status;
+pub mod webhook;
+
+use config::find;
+pub use config::{Idempotency, IdempotencyBuilder};
 
 /// The header replays carry.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
-
-type ScopeFn = dyn Fn(&HttpRequest) -> Option<String> + Send + Sync;
-
-/// The idempotency layer of one app: its store and settings, shared by every worker.
-///
-/// Register it with `App::new().app_data(idem.clone())`; every `#[idempotent]` handler finds it
-/// there.
-///
-/// ```
-/// use idem_runtime::{Idempotency, MemoryStore};
-/// let idem = Idempotency::builder()
-///     .store(MemoryStore::default())
-///     .scope(|req| req.headers().get("x-account").and_then(|v| v.to_str().ok()).map(String::from))
-///     .build();
-/// # let _ = idem;
-/// ```
-#[derive(Clone)]
-pub struct Idempotency {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    engine: Arc<Engine>,
-    header: HeaderName,
-    prefix: String,
-    scope: Option<Arc<ScopeFn>>,
-    max_response: usize,
-}
-
-impl std::fmt::Debug for Idempotency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Idempotency")
-            .field("engine", &self.shared.engine)
-            .field("header", &self.shared.header)
-            .field("prefix", &self.shared.prefix)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Builder for [`Idempotency`].
-pub struct IdempotencyBuilder {
-    store: Option<Arc<dyn Store>>,
-    header: HeaderName,
-    prefix: String,
-    store_timeout: Duration,
-    replay_headers: Vec<String>,
-    scope: Option<Arc<ScopeFn>>,
-    max_response: usize,
-}
-
-impl Idempotency {
-    /// Starts a builder: memory store, `Idempotency-Key` header, 2 s store deadline.
-    pub fn builder() -> IdempotencyBuilder {
-        IdempotencyBuilder {
-            store: None,
-            header: HeaderName::from_static("idempotency-key"),
-            prefix: "idem:".into(),
-            store_timeout: Duration::from_secs(2),
-            replay_headers: Vec::new(),
-            scope: None,
-            max_response: 8 << 20,
-        }
-    }
-
-    /// The engine (store, deadlines, replay allow-list).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.shared.engine
-    }
-}
-
-impl IdempotencyBuilder {
-    /// The store records live in (default: a fresh [`MemoryStore`]).
-    pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Arc::new(store));
-        self
-    }
-
-    /// The request header carrying the key (default `Idempotency-Key`).
-    pub fn header_name(mut self, name: HeaderName) -> Self {
-        self.header = name;
-        self
-    }
-
-    /// Prefix of every storage key (default `idem:`), to share a store between apps.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Deadline of every single store call (default 2 s).
-    pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
-        self
-    }
-
-    /// Response headers replayed on top of the defaults (`Content-Type`, `Location`, `ETag`,
-    /// `Link`, …). Credentials, `Date` and hop-by-hop headers are never replayed.
-    pub fn replay_headers<I, S>(mut self, names: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.replay_headers
-            .extend(names.into_iter().map(Into::into));
-        self
-    }
-
-    /// Who sent a request: keys are scoped by it, so two principals never see each other's
-    /// responses. Return `None` for anonymous requests. The default hashes the `Authorization`
-    /// header when present. The value is hashed before use; it never reaches the store.
-    pub fn scope<F>(mut self, f: F) -> Self
-    where
-        F: Fn(&HttpRequest) -> Option<String> + Send + Sync + 'static,
-    {
-        self.scope = Some(Arc::new(f));
-        self
-    }
-
-    /// Largest handler response stored for replay (default 8 MiB). A larger one is not stored:
-    /// the key is released and the client gets 500, so size this above your largest response.
-    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
-        self.max_response = bytes;
-        self
-    }
-
-    /// Finishes the builder.
-    pub fn build(self) -> Idempotency {
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
-        Idempotency {
-            shared: Arc::new(Shared {
-                engine: Arc::new(Engine::new(store, self.store_timeout, &self.replay_headers)),
-                header: self.header,
-                prefix: self.prefix,
-                scope: self.scope,
-                max_response: self.max_response,
-            }),
-        }
-    }
-}
 
 /// Turns a problem into its `application/problem+json` response.
 pub fn problem_response(p: &Problem) -> HttpResponse {
@@ -173,7 +36,7 @@ pub fn problem_response(p: &Problem) -> HttpResponse {
     b.body(p.to_json())
 }
 
-fn reject(kind: ProblemKind, detail: impl Into<String>) -> HttpResponse {
+pub(crate) fn reject(kind: ProblemKind, detail: impl Into<String>) -> HttpResponse {
     problem_response(&Problem::new(kind, detail))
 }
 
@@ -193,14 +56,7 @@ where
     Fut: Future<Output = HandlerResult> + 'static,
 {
     let Some(idem) = find(&req) else {
-        static LOGGED: AtomicBool = AtomicBool::new(false);
-        if !LOGGED.swap(true, Ordering::Relaxed) {
-            tracing::error!(endpoint = policy.endpoint, "idem: no `Idempotency` registered on this app; add `.app_data(idempotency.clone())` to the App");
-        }
-        return reject(
-            ProblemKind::Internal,
-            "this endpoint is idempotent but the server has no idempotency layer configured",
-        );
+        return not_configured(policy.endpoint);
     };
     let shared = &idem.shared;
 
@@ -220,25 +76,26 @@ where
         Ok(None) => return plain(req, payload.into_inner(), handler).await,
         Err(e) => return reject(ProblemKind::KeyInvalid, e.to_string()),
     };
+    // A callback that is present but not allowed is refused before anything runs; a missing one
+    // only matters if this request turns out to be a duplicate.
+    let callback = match req.headers().get(webhook::CALLBACK_HEADER) {
+        Some(v) if policy.on_conflict == OnConflict::Webhook => {
+            match shared.webhook.check(v.as_bytes()) {
+                Ok(url) => Some(url),
+                Err(e) => return reject(ProblemKind::CallbackInvalid, e.to_string()),
+            }
+        }
+        _ => None,
+    };
 
     let body = match buffer_body(&req, payload, policy.max_body).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };
 
-    let principal = match &shared.scope {
-        Some(f) => f(&req),
-        None => req
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .map(|v| crate::fingerprint::sha256_hex(v.as_bytes())),
-    };
-    let storage_key = StorageKey::scoped(
-        &shared.prefix,
-        policy.endpoint,
-        principal.as_deref().unwrap_or("").as_bytes(),
-        &key,
-    );
+    let principal = idem.principal(&req);
+    let storage_key =
+        StorageKey::scoped(&shared.prefix, policy.endpoint, principal.as_bytes(), &key);
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
@@ -254,16 +111,70 @@ where
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects
     // nor leave a key acquired by nobody until its lease runs out.
-    let engine = shared.engine.clone();
-    let task = actix_web::rt::spawn(async move {
+    let async_after = match policy.on_conflict {
+        OnConflict::Accepted => policy.respond_async_after,
+        _ => None,
+    };
+    let own_status = async_after.map(|_| storage_key.clone());
+    let idem2 = idem.clone();
+    let mut task = actix_web::rt::spawn(async move {
+        let engine = idem2.shared.engine.clone();
         match engine.begin(policy, storage_key, fingerprint).await {
             Decision::Replay(stored) => replay(&stored),
             Decision::Reject(problem) => problem_response(&problem),
             Decision::Unprotected => plain(req, dev::Payload::from(body), handler).await,
-            Decision::Execute(ticket) => execute(&idem, ticket, req, body, handler).await,
+            Decision::Execute(ticket) => execute(&idem2, ticket, req, body, handler).await,
+            Decision::Accepted(key) => status::accepted(idem2.status_path(), &key),
+            Decision::Webhook(key) => {
+                let Some(url) = callback else {
+                    return reject(
+                        ProblemKind::CallbackInvalid,
+                        webhook::CallbackError::Missing.to_string(),
+                    );
+                };
+                let config = idem2.shared.webhook.clone();
+                actix_web::rt::spawn(webhook::deliver_when_done(
+                    engine,
+                    config,
+                    key,
+                    key_text(&req, &idem2),
+                    url,
+                ));
+                webhook_accepted()
+            }
         }
     });
-    task.await.unwrap_or_else(|join| {
+    if let (Some(after), Some(key)) = (async_after, own_status) {
+        // `accepted` with `respond_async_after`: a slow first request gets 202 too, and its
+        // handler goes on in the task.
+        tokio::select! {
+            done = &mut task => return finished(policy, done),
+            _ = tokio::time::sleep(after) => return status::accepted(idem.status_path(), &key),
+        }
+    }
+    finished(policy, task.await)
+}
+
+/// The raw key as the client sent it (already validated), for webhook correlation.
+fn key_text(req: &HttpRequest, idem: &Idempotency) -> String {
+    let raw = req
+        .headers()
+        .get(&idem.shared.header)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    crate::key::parse_key(raw)
+        .map(|k| k.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+fn webhook_accepted() -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((CONTENT_TYPE, "application/json"))
+        .body(r#"{"status":"processing","delivery":"webhook"}"#)
+}
+
+fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>) -> HttpResponse {
+    done.unwrap_or_else(|join| {
         tracing::error!(
             endpoint = policy.endpoint,
             panicked = join.is_panic(),
@@ -277,11 +188,16 @@ where
     })
 }
 
-fn find(req: &HttpRequest) -> Option<Idempotency> {
-    req.app_data::<Idempotency>().cloned().or_else(|| {
-        req.app_data::<web::Data<Idempotency>>()
-            .map(|d| d.get_ref().clone())
-    })
+/// 500 for a handler whose app has no `Idempotency` registered; logged once.
+pub(crate) fn not_configured(endpoint: &str) -> HttpResponse {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!(endpoint, "idem: no `Idempotency` registered on this app; add `.app_data(idempotency.clone())` to the App");
+    }
+    reject(
+        ProblemKind::Internal,
+        "this endpoint is idempotent but the server has no idempotency layer configured",
+    )
 }
 
 /// Reads the raw body (still compressed, if it was sent compressed), refusing more than `limit`.

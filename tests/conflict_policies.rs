@@ -1,0 +1,402 @@
+//! The four answers to a duplicate in flight (`retry_after` is covered by http_flow and
+//! redis_http): `wait`, `accepted` (+ status resource, `respond_async_after`) and `webhook`, each
+//! on the memory store and on a private Redis.
+
+mod common;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use common::redis::{available, RedisServer};
+use common::{problem, start_with, Charge, Counters, TestServer};
+use idem::{Idempotency, MemoryStore, RedisStore};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"webhook-test-secret";
+
+/// The app under test on one store, plus what keeps that store alive.
+struct Setup {
+    app: TestServer,
+    _redis: Option<RedisServer>,
+}
+
+async fn setup(redis: bool, webhook_allow: &[String]) -> Option<Setup> {
+    let builder = Idempotency::builder()
+        .webhook_allow(webhook_allow)
+        .webhook_secret(SECRET)
+        .webhook_retries(3, Duration::from_millis(50));
+    let (builder, server) = if redis {
+        if !available("conflict policies on Redis") {
+            return None;
+        }
+        let server = RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.expect("connect");
+        (builder.store(store), Some(server))
+    } else {
+        (builder.store(MemoryStore::default()), None)
+    };
+    let app = start_with(Some(builder.build()), web::Data::new(Counters::default()));
+    Some(Setup {
+        app,
+        _redis: server,
+    })
+}
+
+fn charge(amount: i64, delay_ms: u64) -> Charge {
+    Charge { amount, delay_ms }
+}
+
+/// Sends the first request (slow), then 20 duplicates while it runs; returns the first's
+/// response, when it arrived, and each duplicate's (response, arrival).
+async fn first_and_twenty(
+    app: &TestServer,
+    path: &str,
+    key: &str,
+    decorate: impl Fn(usize, reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+) -> (
+    (reqwest::Response, Instant),
+    Vec<(reqwest::Response, Instant)>,
+) {
+    let first = {
+        let req = decorate(20, app.post(path, key).json(&charge(5, 700)));
+        actix_web::rt::spawn(async move { (req.send().await.expect("first"), Instant::now()) })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let dups: Vec<_> = (0..20)
+        .map(|i| {
+            let req = decorate(i, app.post(path, key).json(&charge(5, 700)));
+            actix_web::rt::spawn(async move { (req.send().await.expect("dup"), Instant::now()) })
+        })
+        .collect();
+    let first = first.await.expect("first task");
+    let mut out = Vec::new();
+    for d in dups {
+        out.push(d.await.expect("dup task"));
+    }
+    (first, out)
+}
+
+async fn wait_policy(redis: bool) {
+    let Some(s) = setup(redis, &[]).await else {
+        return;
+    };
+    let ((first, first_at), dups) = first_and_twenty(&s.app, "/wait", "w", |_, r| r).await;
+    assert_eq!(first.status(), 201);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first_body = first.bytes().await.unwrap();
+    let mut worst = Duration::ZERO;
+    for (r, at) in dups {
+        assert_eq!(r.status(), 201, "a waiting duplicate gets the replay");
+        assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
+        assert_eq!(r.bytes().await.unwrap(), first_body);
+        worst = worst.max(at.saturating_duration_since(first_at));
+    }
+    println!(
+        "wait ({}): slowest duplicate answered {worst:?} after the first",
+        store_name(redis)
+    );
+    // Generous: the push makes it a few ms; the benchmark measures the real figure.
+    assert!(
+        worst < Duration::from_millis(500),
+        "duplicates lagged {worst:?}"
+    );
+    assert_eq!(s.app.count(|c| &c.wait), 1);
+
+    // A duplicate outwaiting `wait_timeout` (300 ms) gets 409 + Retry-After.
+    let slow = {
+        let req = s.app.post("/wait-short", "w2").json(&charge(1, 1500));
+        actix_web::rt::spawn(async move { req.send().await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let r = s
+        .app
+        .post("/wait-short", "w2")
+        .json(&charge(1, 1500))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    problem(r, 409).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(slow.await.unwrap(), 201);
+}
+
+fn store_name(redis: bool) -> &'static str {
+    if redis {
+        "redis"
+    } else {
+        "memory"
+    }
+}
+
+#[actix_web::test]
+async fn wait_on_memory() {
+    wait_policy(false).await;
+}
+
+#[actix_web::test]
+async fn wait_on_redis() {
+    wait_policy(true).await;
+}
+
+/// `GET location` as principal `who` (`""`: no `Authorization` at all).
+async fn get_status(app: &TestServer, location: &str, who: &str) -> reqwest::Response {
+    let mut req = common::client().get(app.url(location));
+    if !who.is_empty() {
+        req = req.header("Authorization", who);
+    }
+    req.send().await.unwrap()
+}
+
+/// Polls a status resource until it holds the stored response (bounded); with `expect_202`, the
+/// first answer must be 202 + `Retry-After` (the request was still running).
+async fn walk_to_done(
+    app: &TestServer,
+    location: &str,
+    who: &str,
+    expect_202: bool,
+) -> reqwest::Response {
+    let started = Instant::now();
+    let mut first = true;
+    loop {
+        let r = get_status(app, location, who).await;
+        match r.status().as_u16() {
+            202 => assert!(r.headers().contains_key("retry-after")),
+            201 if !(first && expect_202) => return r,
+            other => panic!("status resource answered {other}"),
+        }
+        first = false;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn accepted_policy(redis: bool) {
+    let Some(s) = setup(redis, &[]).await else {
+        return;
+    };
+    let alice = "Bearer alice";
+    let ((first, _), dups) = first_and_twenty(&s.app, "/accepted", "a", |_, r| {
+        r.header("Authorization", alice)
+    })
+    .await;
+    assert_eq!(first.status(), 201);
+    let mut locations = Vec::new();
+    for (r, _) in dups {
+        assert_eq!(r.status(), 202);
+        locations.push(
+            r.headers()
+                .get("location")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    locations.sort();
+    locations.dedup();
+    assert_eq!(locations.len(), 1, "{locations:?}");
+    let location = &locations[0];
+    assert!(location.starts_with("/idempotency/"));
+
+    // The status resource walks 202 → the stored response.
+    let done = walk_to_done(&s.app, location, alice, false).await;
+    assert_eq!(done.headers().get("idempotent-replayed").unwrap(), "true");
+    let v: serde_json::Value = done.json().await.unwrap();
+    assert_eq!(v["amount"], 5);
+
+    // Another principal, an unknown id, a malformed id: 404.
+    problem(get_status(&s.app, location, "Bearer mallory").await, 404).await;
+    let unknown = format!("{}0", &location[..location.len() - 1]);
+    let unknown = if unknown == *location {
+        format!("{}1", &location[..location.len() - 1])
+    } else {
+        unknown
+    };
+    problem(get_status(&s.app, &unknown, alice).await, 404).await;
+    problem(
+        get_status(&s.app, "/idempotency/not-an-id", alice).await,
+        404,
+    )
+    .await;
+    assert_eq!(s.app.count(|c| &c.accepted), 1);
+
+    // respond_async_after: a slow first request gets 202 itself; its handler finishes anyway.
+    let r = s
+        .app
+        .post("/accepted-async", "slow")
+        .json(&charge(9, 800))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let done = walk_to_done(&s.app, &location, "", true).await;
+    assert_eq!(done.json::<serde_json::Value>().await.unwrap()["amount"], 9);
+    assert_eq!(s.app.count(|c| &c.accepted), 2);
+}
+
+#[actix_web::test]
+async fn accepted_on_memory() {
+    accepted_policy(false).await;
+}
+
+#[actix_web::test]
+async fn accepted_on_redis() {
+    accepted_policy(true).await;
+}
+
+/// What the local webhook receiver got.
+#[derive(Clone, Debug)]
+struct Delivery {
+    path: String,
+    signature: String,
+    status: String,
+    key: String,
+    body: Vec<u8>,
+}
+
+type Deliveries = Arc<Mutex<Vec<Delivery>>>;
+
+async fn receive(req: HttpRequest, body: web::Bytes, got: web::Data<Deliveries>) -> HttpResponse {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    got.lock().unwrap().push(Delivery {
+        path: req.path().to_owned(),
+        signature: h("idempotency-signature"),
+        status: h("idempotency-status"),
+        key: h("idempotency-key"),
+        body: body.to_vec(),
+    });
+    HttpResponse::NoContent().finish()
+}
+
+/// A real HTTP receiver on loopback; returns its base URL and what it received.
+fn receiver() -> (String, Deliveries, actix_web::dev::ServerHandle) {
+    let got: Deliveries = Arc::default();
+    let data = web::Data::new(got.clone());
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .default_service(web::post().to(receive))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", 0))
+    .unwrap();
+    let base = format!("http://{}", server.addrs()[0]);
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (base, got, handle)
+}
+
+async fn webhook_policy(redis: bool) {
+    let (base, got, handle) = receiver();
+    let Some(s) = setup(redis, &[format!("{base}/hooks")]).await else {
+        return;
+    };
+    let ((first, _), dups) = first_and_twenty(&s.app, "/webhook", "h", |i, r| {
+        r.header("Idempotency-Callback", format!("{base}/hooks/{i}"))
+    })
+    .await;
+    assert_eq!(first.status(), 201);
+    let first_body = first.bytes().await.unwrap();
+    for (r, _) in dups {
+        assert_eq!(r.status(), 202, "a duplicate is promised a webhook");
+    }
+    let started = Instant::now();
+    while got.lock().unwrap().len() < 20 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "deliveries missing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing more arrives: one delivery per duplicate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let deliveries = got.lock().unwrap().clone();
+    assert_eq!(deliveries.len(), 20);
+    let mut paths: Vec<_> = deliveries.iter().map(|d| d.path.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    assert_eq!(paths.len(), 20, "exactly one POST per waiting duplicate");
+    for d in &deliveries {
+        assert_eq!(d.body, first_body.to_vec());
+        assert_eq!(d.status, "201");
+        assert_eq!(d.key, "h");
+        assert_eq!(d.signature, idem::actix::webhook::sign(SECRET, &d.body));
+        assert!(verify(SECRET, &d.body, &d.signature), "signature verifies");
+    }
+    assert_eq!(s.app.count(|c| &c.webhook), 1);
+
+    // A disallowed callback, or none, gets 400 and nothing is sent.
+    let slow = {
+        let req = s.app.post("/webhook", "h2").json(&charge(1, 500));
+        actix_web::rt::spawn(async move { req.send().await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for callback in [
+        Some("http://127.0.0.1:1/hooks/x".to_string()),
+        Some(format!("{base}/elsewhere")),
+        None,
+    ] {
+        let mut req = s.app.post("/webhook", "h2").json(&charge(1, 500));
+        if let Some(c) = &callback {
+            req = req.header("Idempotency-Callback", c);
+        }
+        let p = problem(req.send().await.unwrap(), 400).await;
+        assert_eq!(
+            p["type"], "urn:idem:problem:callback-invalid",
+            "{callback:?}"
+        );
+    }
+    assert_eq!(slow.await.unwrap(), 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        got.lock().unwrap().len(),
+        20,
+        "nothing sent for refused callbacks"
+    );
+    assert_eq!(s.app.counters.webhook.load(Ordering::SeqCst), 2);
+    handle.stop(false).await;
+}
+
+/// What a receiver does: recompute HMAC-SHA256 over the body and compare.
+fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
+    use hmac::Mac;
+    let Some(hex) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(body);
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    expected == hex
+}
+
+#[actix_web::test]
+async fn webhook_on_memory() {
+    webhook_policy(false).await;
+}
+
+#[actix_web::test]
+async fn webhook_on_redis() {
+    webhook_policy(true).await;
+}
