@@ -14,6 +14,7 @@
 //! (comma-separated) or `IDEM_REDIS_CLUSTER=1` for a Redis Cluster. Run several copies on
 //! different ports against one Redis and a duplicate still runs once.
 
+use actix_web::http::StatusCode;
 use actix_web::{get, post, web, App, HttpResponse, HttpServer, Responder};
 use idem::{idempotent, Idempotency, MemoryStore, RedisStore};
 use serde::{Deserialize, Serialize};
@@ -36,16 +37,34 @@ struct Payment {
     status: &'static str,
 }
 
-/// The demo's "database": payments made and handler bodies actually run.
+/// The demo's "database": money movements made, and handler bodies actually run per endpoint.
 #[derive(Default)]
 struct Ledger {
     payments: Mutex<HashMap<String, Payment>>,
-    executions: AtomicU64,
+    executions: [AtomicU64; 3],
     next_id: AtomicU64,
     delay: Duration,
 }
 
-fn problem(status: actix_web::http::StatusCode, detail: &str) -> HttpResponse {
+/// The three idempotent endpoints, in `/stats` order.
+#[derive(Clone, Copy)]
+enum Kind {
+    Payment,
+    Transfer,
+    Refund,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Payment => "pay",
+            Kind::Transfer => "tr",
+            Kind::Refund => "re",
+        }
+    }
+}
+
+fn problem(status: StatusCode, detail: &str) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("application/problem+json")
         .json(serde_json::json!({
@@ -56,21 +75,20 @@ fn problem(status: actix_web::http::StatusCode, detail: &str) -> HttpResponse {
         }))
 }
 
-#[post("/payments")]
-#[idempotent(ttl = "24h", guarantee = "strict", on_conflict = "retry_after")]
-async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
-    ledger.executions.fetch_add(1, Ordering::SeqCst);
+/// The body all three handlers share: validate, wait for "the card processor", record.
+async fn move_money(kind: Kind, body: &NewPayment, ledger: &Ledger) -> HttpResponse {
+    ledger.executions[kind as usize].fetch_add(1, Ordering::SeqCst);
     // Validation inside the handler is an execution like any other: its 400 is cached, as Stripe
     // does, so a retry with the same key gets the same answer.
     if body.amount <= 0 {
         return problem(
-            actix_web::http::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             "amount must be a positive integer (minor units)",
         );
     }
     if body.currency.len() != 3 || !body.currency.bytes().all(|b| b.is_ascii_alphabetic()) {
         return problem(
-            actix_web::http::StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             "currency must be a 3-letter ISO 4217 code",
         );
     }
@@ -78,7 +96,7 @@ async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) 
     tokio::time::sleep(ledger.delay).await;
     let n = ledger.next_id.fetch_add(1, Ordering::SeqCst) + 1;
     let payment = Payment {
-        id: format!("pay_{n:06}"),
+        id: format!("{}_{n:06}", kind.prefix()),
         amount: body.amount,
         currency: body.currency.to_ascii_uppercase(),
         status: "succeeded",
@@ -91,6 +109,27 @@ async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) 
         .json(payment)
 }
 
+/// A duplicate sent while the first runs gets 409 + `Retry-After`.
+#[post("/payments")]
+#[idempotent(ttl = "24h", guarantee = "strict", on_conflict = "retry_after")]
+async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
+    move_money(Kind::Payment, &body, &ledger).await
+}
+
+/// A duplicate sent while the first runs waits for it and gets its response.
+#[post("/transfers")]
+#[idempotent(ttl = "24h", on_conflict = "wait", wait_timeout = "10s")]
+async fn create_transfer(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
+    move_money(Kind::Transfer, &body, &ledger).await
+}
+
+/// A duplicate sent while the first runs gets 202 + `Location` of a status resource.
+#[post("/refunds")]
+#[idempotent(ttl = "24h", on_conflict = "accepted")]
+async fn create_refund(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
+    move_money(Kind::Refund, &body, &ledger).await
+}
+
 #[get("/payments/{id}")]
 async fn get_payment(id: web::Path<String>, ledger: web::Data<Ledger>) -> HttpResponse {
     let found = ledger
@@ -100,14 +139,19 @@ async fn get_payment(id: web::Path<String>, ledger: web::Data<Ledger>) -> HttpRe
         .and_then(|m| m.get(id.as_str()).cloned());
     match found {
         Some(p) => HttpResponse::Ok().json(p),
-        None => problem(actix_web::http::StatusCode::NOT_FOUND, "no such payment"),
+        None => problem(StatusCode::NOT_FOUND, "no such payment"),
     }
 }
 
 #[get("/stats")]
 async fn stats(ledger: web::Data<Ledger>) -> impl Responder {
+    let n = |k: Kind| ledger.executions[k as usize].load(Ordering::SeqCst);
     web::Json(serde_json::json!({
-        "executions": { "payments": ledger.executions.load(Ordering::SeqCst) }
+        "executions": {
+            "payments": n(Kind::Payment),
+            "transfers": n(Kind::Transfer),
+            "refunds": n(Kind::Refund),
+        }
     }))
 }
 
@@ -153,7 +197,10 @@ async fn main() -> std::io::Result<()> {
         App::new()
             .app_data(idem.clone())
             .app_data(ledger.clone())
+            .service(idem.status_service())
             .service(create_payment)
+            .service(create_transfer)
+            .service(create_refund)
             .service(get_payment)
             .service(stats)
     })

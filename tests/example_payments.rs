@@ -139,3 +139,59 @@ async fn curl_twice(base: &str) {
     assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(payments_executed(&c, base).await, 2);
 }
+
+/// `POST /transfers` waits for its twin; `POST /refunds` answers a twin with 202 + a status
+/// resource that ends with the refund.
+#[actix_web::test]
+async fn transfers_wait_and_refunds_accept() {
+    let (_demo, base) = start_demo(None).await;
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let send = |path: &'static str, key: &'static str| {
+        c.post(format!("{base}{path}"))
+            .header("Idempotency-Key", key)
+            .json(&serde_json::json!({ "amount": 700, "currency": "USD" }))
+            .send()
+    };
+
+    let (a, b) = tokio::join!(send("/transfers", "t1"), send("/transfers", "t1"));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (201, 201));
+    let replayed = [&a, &b]
+        .iter()
+        .filter(|r| r.headers().contains_key("idempotent-replayed"))
+        .count();
+    assert_eq!(replayed, 1, "one ran, the other waited for its response");
+    assert_eq!(a.text().await.unwrap(), b.text().await.unwrap());
+
+    let first = {
+        let req = send("/refunds", "r1");
+        actix_web::rt::spawn(req)
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let twin = send("/refunds", "r1").await.unwrap();
+    assert_eq!(twin.status(), 202);
+    let location = twin
+        .headers()
+        .get("location")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(first.await.unwrap().unwrap().status(), 201);
+    let done = c.get(format!("{base}{location}")).send().await.unwrap();
+    assert_eq!(done.status(), 201);
+    assert_eq!(done.headers().get("idempotent-replayed").unwrap(), "true");
+
+    let stats: serde_json::Value = c
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats["executions"],
+        serde_json::json!({ "payments": 0, "transfers": 1, "refunds": 1 })
+    );
+}

@@ -18,8 +18,9 @@ use proc_macro::TokenStream;
 /// async fn create(body: web::Json<NewPayment>) -> impl Responder { /* … */ }
 /// ```
 ///
-/// Options: `ttl`, `lease`, `guarantee`, `on_conflict`, `required`, `on_store_error`,
-/// `max_body`, `crate` (and, in later releases, `wait_timeout`, `store`, `fingerprint`).
+/// Options: `ttl`, `lease`, `guarantee`, `on_conflict` (with `wait_timeout` for `wait` and
+/// `respond_async_after` for `accepted`), `required`, `on_store_error`, `max_body`, `crate`
+/// (and, in later releases, `store` and `fingerprint`).
 /// See the `idem` crate documentation for what each means.
 #[proc_macro_attribute]
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
