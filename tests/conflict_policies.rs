@@ -5,7 +5,7 @@
 mod common;
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use common::redis::{available, RedisServer};
+use common::redis::{available, RedisCluster, RedisServer};
 use common::{problem, start_with, Charge, Counters, TestServer};
 use idem::{Idempotency, MemoryStore, RedisStore};
 use std::sync::atomic::Ordering;
@@ -14,31 +14,51 @@ use std::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"webhook-test-secret";
 
-/// The app under test on one store, plus what keeps that store alive.
+/// Where the records live.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Memory,
+    Redis,
+    Cluster,
+}
+
+/// The app under test on one store, plus the servers that keep that store alive.
 struct Setup {
     app: TestServer,
     _redis: Option<RedisServer>,
+    _cluster: Option<RedisCluster>,
 }
 
-async fn setup(redis: bool, webhook_allow: &[String]) -> Option<Setup> {
+async fn setup(backend: Backend, webhook_allow: &[String]) -> Option<Setup> {
     let builder = Idempotency::builder()
         .webhook_allow(webhook_allow)
         .webhook_secret(SECRET)
         .webhook_retries(3, Duration::from_millis(50));
-    let (builder, server) = if redis {
-        if !available("conflict policies on Redis") {
-            return None;
+    if !matches!(backend, Backend::Memory) && !available("conflict policies on Redis") {
+        return None;
+    }
+    let (builder, redis, cluster) = match backend {
+        Backend::Memory => (builder.store(MemoryStore::default()), None, None),
+        Backend::Redis => {
+            let server = RedisServer::start();
+            let store = RedisStore::connect(&server.url()).await.expect("connect");
+            (builder.store(store), Some(server), None)
         }
-        let server = RedisServer::start();
-        let store = RedisStore::connect(&server.url()).await.expect("connect");
-        (builder.store(store), Some(server))
-    } else {
-        (builder.store(MemoryStore::default()), None)
+        Backend::Cluster => {
+            let cluster = RedisCluster::start();
+            let store = RedisStore::builder()
+                .cluster(cluster.urls())
+                .connect()
+                .await
+                .expect("connect to the cluster");
+            (builder.store(store), None, Some(cluster))
+        }
     };
     let app = start_with(Some(builder.build()), web::Data::new(Counters::default()));
     Some(Setup {
         app,
-        _redis: server,
+        _redis: redis,
+        _cluster: cluster,
     })
 }
 
@@ -76,8 +96,8 @@ async fn first_and_twenty(
     (first, out)
 }
 
-async fn wait_policy(redis: bool) {
-    let Some(s) = setup(redis, &[]).await else {
+async fn wait_policy(backend: Backend) {
+    let Some(s) = setup(backend, &[]).await else {
         return;
     };
     let ((first, first_at), dups) = first_and_twenty(&s.app, "/wait", "w", |_, r| r).await;
@@ -91,10 +111,7 @@ async fn wait_policy(redis: bool) {
         assert_eq!(r.bytes().await.unwrap(), first_body);
         worst = worst.max(at.saturating_duration_since(first_at));
     }
-    println!(
-        "wait ({}): slowest duplicate answered {worst:?} after the first",
-        store_name(redis)
-    );
+    println!("wait ({backend:?}): slowest duplicate answered {worst:?} after the first");
     // Generous: the push makes it a few ms; the benchmark measures the real figure.
     assert!(
         worst < Duration::from_millis(500),
@@ -122,22 +139,19 @@ async fn wait_policy(redis: bool) {
     assert_eq!(slow.await.unwrap(), 201);
 }
 
-fn store_name(redis: bool) -> &'static str {
-    if redis {
-        "redis"
-    } else {
-        "memory"
-    }
-}
-
 #[actix_web::test]
 async fn wait_on_memory() {
-    wait_policy(false).await;
+    wait_policy(Backend::Memory).await;
 }
 
 #[actix_web::test]
 async fn wait_on_redis() {
-    wait_policy(true).await;
+    wait_policy(Backend::Redis).await;
+}
+
+#[actix_web::test]
+async fn wait_on_cluster() {
+    wait_policy(Backend::Cluster).await;
 }
 
 /// `GET location` as principal `who` (`""`: no `Authorization` at all).
@@ -172,8 +186,8 @@ async fn walk_to_done(
     }
 }
 
-async fn accepted_policy(redis: bool) {
-    let Some(s) = setup(redis, &[]).await else {
+async fn accepted_policy(backend: Backend) {
+    let Some(s) = setup(backend, &[]).await else {
         return;
     };
     let alice = "Bearer alice";
@@ -245,12 +259,12 @@ async fn accepted_policy(redis: bool) {
 
 #[actix_web::test]
 async fn accepted_on_memory() {
-    accepted_policy(false).await;
+    accepted_policy(Backend::Memory).await;
 }
 
 #[actix_web::test]
 async fn accepted_on_redis() {
-    accepted_policy(true).await;
+    accepted_policy(Backend::Redis).await;
 }
 
 /// What the local webhook receiver got.
@@ -303,9 +317,9 @@ fn receiver() -> (String, Deliveries, actix_web::dev::ServerHandle) {
     (base, got, handle)
 }
 
-async fn webhook_policy(redis: bool) {
+async fn webhook_policy(backend: Backend) {
     let (base, got, handle) = receiver();
-    let Some(s) = setup(redis, &[format!("{base}/hooks")]).await else {
+    let Some(s) = setup(backend, &[format!("{base}/hooks")]).await else {
         return;
     };
     let ((first, _), dups) = first_and_twenty(&s.app, "/webhook", "h", |i, r| {
@@ -393,10 +407,10 @@ fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
 
 #[actix_web::test]
 async fn webhook_on_memory() {
-    webhook_policy(false).await;
+    webhook_policy(Backend::Memory).await;
 }
 
 #[actix_web::test]
 async fn webhook_on_redis() {
-    webhook_policy(true).await;
+    webhook_policy(Backend::Redis).await;
 }
