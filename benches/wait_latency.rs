@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 #[allow(dead_code)]
 mod redis_server;
 
+const KEEP: Duration = Duration::from_secs(60);
+
 fn key(i: u64) -> StorageKey {
     let k = idem::key::parse_key(format!("bench-{i}").as_bytes()).expect("valid key");
     StorageKey::scoped("bench:", "wait_latency", b"", &k)
@@ -22,7 +24,9 @@ fn key(i: u64) -> StorageKey {
 async fn one(store: Arc<dyn Store>, i: u64) -> Duration {
     let k = key(i);
     let fp = Fingerprint::strict("POST", "/", "", b"");
-    let Ok(Begin::Acquired(token)) = store.begin(&k, &fp, Duration::from_secs(30)).await else {
+    let Ok(Begin::Acquired { token, .. }) =
+        store.begin(&k, &fp, Duration::from_secs(30), KEEP).await
+    else {
         panic!("acquire");
     };
     let (s2, k2) = (store.clone(), k.clone());

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 const STORE_DEADLINE: Duration = Duration::from_millis(800);
 
+const KEEP: Duration = Duration::from_secs(60);
+
 fn idem(store: RedisStore) -> Idempotency {
     Idempotency::builder()
         .store(store)
@@ -197,7 +199,9 @@ async fn stored_bodies_are_raw_bytes() {
             b"",
             &idem::key::parse_key(name.as_bytes()).unwrap(),
         );
-        let Ok(Begin::Acquired(t)) = store.begin(&key, &fp, Duration::from_secs(30)).await else {
+        let Ok(Begin::Acquired { token: t, .. }) =
+            store.begin(&key, &fp, Duration::from_secs(30), KEEP).await
+        else {
             panic!("acquire");
         };
         store

@@ -10,6 +10,8 @@ mod memory_cap {
     };
     use std::time::Duration;
 
+    const KEEP: Duration = Duration::from_secs(60);
+
     fn key(i: usize) -> StorageKey {
         let k = idem::key::parse_key(format!("k{i}").as_bytes()).unwrap();
         StorageKey::scoped("t:", "cap", b"", &k)
@@ -27,8 +29,8 @@ mod memory_cap {
             let mut admitted = Vec::new();
             let mut refused = 0;
             for i in 0..100 {
-                match store.begin(&key(i), &fp, lease).await {
-                    Ok(Begin::Acquired(t)) => admitted.push((i, t)),
+                match store.begin(&key(i), &fp, lease, KEEP).await {
+                    Ok(Begin::Acquired { token: t, .. }) => admitted.push((i, t)),
                     Err(StoreError::Full) => refused += 1,
                     other => panic!("unexpected {other:?}"),
                 }
@@ -55,20 +57,20 @@ mod memory_cap {
                     "live record {i} was lost"
                 );
                 assert!(matches!(
-                    store.begin(&key(*i), &fp, lease).await,
+                    store.begin(&key(*i), &fp, lease, KEEP).await,
                     Ok(Begin::Replay(_))
                 ));
             }
             // Still full: completed records are live for their TTL.
             assert!(matches!(
-                store.begin(&key(1000), &fp, lease).await,
+                store.begin(&key(1000), &fp, lease, KEEP).await,
                 Err(StoreError::Full)
             ));
         });
     }
 
     #[test]
-    fn expired_records_make_room() {
+    fn lapsed_records_make_room_and_expired_ones_are_swept() {
         idem_runtime::conformance::block_on(async {
             let store = MemoryStore::builder()
                 .max_bytes(2048)
@@ -77,17 +79,26 @@ mod memory_cap {
             let fp = Fingerprint::strict("POST", "/", "", b"x");
             let lease = Duration::from_millis(200);
             let mut i = 0;
-            while let Ok(Begin::Acquired(_)) = store.begin(&key(i), &fp, lease).await {
+            while let Ok(Begin::Acquired { .. }) = store.begin(&key(i), &fp, lease, KEEP).await {
                 i += 1;
             }
-            assert!(i > 0);
+            assert!(i > 1);
             tokio::time::sleep(Duration::from_millis(300)).await;
+            // Lapsed leases are no longer live: a full store evicts them (losing only their
+            // attempt counts) to admit a new key.
             assert!(matches!(
-                store.begin(&key(5000), &fp, lease).await,
-                Ok(Begin::Acquired(_))
+                store.begin(&key(5000), &fp, lease, lease).await,
+                Ok(Begin::Acquired { .. })
             ));
+            // Records whose keep ran out too are dropped by the sweeper.
+            let before = store.len();
+            tokio::time::sleep(Duration::from_millis(300)).await;
             store.sweep();
-            assert_eq!(store.len(), 1, "sweep drops every expired record");
+            assert_eq!(
+                store.len(),
+                before - 1,
+                "the key kept for `lease` only is swept"
+            );
         });
     }
 }

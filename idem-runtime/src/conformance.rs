@@ -44,6 +44,7 @@ macro_rules! store_conformance_tests {
             wait_returns_on_completion,
             parallel_begins_acquire_once,
             keys_are_independent,
+            attempts_count_releases_and_takeovers,
         );
     };
     (@each [$mode:ident] $make:expr; $($case:ident),* $(,)?) => {
@@ -79,6 +80,8 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 const LEASE: Duration = Duration::from_millis(400);
 const TTL: Duration = Duration::from_secs(60);
+/// How long a record that is not completed is kept (to count attempts).
+const KEEP: Duration = Duration::from_secs(60);
 
 fn unique_key(tag: &str) -> StorageKey {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -113,8 +116,8 @@ fn response(n: u8) -> StoredResponse {
 }
 
 async fn acquire(store: &dyn Store, key: &StorageKey, lease: Duration) -> FencingToken {
-    match store.begin(key, &fp("a"), lease).await {
-        Ok(Begin::Acquired(t)) => t,
+    match store.begin(key, &fp("a"), lease, KEEP).await {
+        Ok(Begin::Acquired { token: t, .. }) => t,
         other => panic!("begin on a free key must acquire, got {other:?}"),
     }
 }
@@ -129,7 +132,7 @@ pub async fn begin_on_absent_key_acquires(store: Arc<impl Store>) {
 pub async fn duplicate_in_progress_is_reported(store: Arc<impl Store>) {
     let key = unique_key("dup");
     acquire(&*store, &key, LEASE).await;
-    match store.begin(&key, &fp("a"), LEASE).await {
+    match store.begin(&key, &fp("a"), LEASE, KEEP).await {
         Ok(Begin::InProgress { lease_left }) => {
             assert!(
                 lease_left <= LEASE,
@@ -145,7 +148,7 @@ pub async fn other_payload_is_a_mismatch(store: Arc<impl Store>) {
     let key = unique_key("mismatch");
     let t = acquire(&*store, &key, LEASE).await;
     assert_eq!(
-        store.begin(&key, &fp("b"), LEASE).await.ok(),
+        store.begin(&key, &fp("b"), LEASE, KEEP).await.ok(),
         Some(Begin::Mismatch),
         "other payload while in progress"
     );
@@ -154,7 +157,7 @@ pub async fn other_payload_is_a_mismatch(store: Arc<impl Store>) {
         Some(Fenced::Done)
     );
     assert_eq!(
-        store.begin(&key, &fp("b"), LEASE).await.ok(),
+        store.begin(&key, &fp("b"), LEASE, KEEP).await.ok(),
         Some(Begin::Mismatch),
         "other payload once completed"
     );
@@ -169,7 +172,7 @@ pub async fn complete_then_replay_is_byte_exact(store: Arc<impl Store>) {
         Some(Fenced::Done)
     );
     for _ in 0..2 {
-        match store.begin(&key, &fp("a"), LEASE).await {
+        match store.begin(&key, &fp("a"), LEASE, KEEP).await {
             Ok(Begin::Replay(r)) => assert_eq!(r, response(7)),
             other => panic!("completed key must replay, got {other:?}"),
         }
@@ -191,7 +194,7 @@ pub async fn only_the_lease_holder_may_write(store: Arc<impl Store>) {
     );
     assert_eq!(store.release(&key, wrong).await.ok(), Some(Fenced::Lost));
     assert!(matches!(
-        store.begin(&key, &fp("a"), LEASE).await,
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
         Ok(Begin::InProgress { .. })
     ));
     let absent = unique_key("fence-absent");
@@ -218,7 +221,7 @@ pub async fn expired_lease_is_taken_over_and_fenced(store: Arc<impl Store>) {
         store.complete(&key, new, &response(2), TTL).await.ok(),
         Some(Fenced::Done)
     );
-    match store.begin(&key, &fp("a"), LEASE).await {
+    match store.begin(&key, &fp("a"), LEASE, KEEP).await {
         Ok(Begin::Replay(r)) => assert_eq!(r, response(2), "the new owner's record stands"),
         other => panic!("expected the new owner's replay, got {other:?}"),
     }
@@ -245,7 +248,7 @@ pub async fn renew_extends_the_lease(store: Arc<impl Store>) {
     }
     // 450 ms after begin: past the first lease, still held thanks to renewal.
     assert!(matches!(
-        store.begin(&key, &fp("a"), lease).await,
+        store.begin(&key, &fp("a"), lease, KEEP).await,
         Ok(Begin::InProgress { .. })
     ));
     assert_eq!(
@@ -264,7 +267,7 @@ pub async fn completed_record_expires_after_ttl(store: Arc<impl Store>) {
         Some(Fenced::Done)
     );
     assert!(matches!(
-        store.begin(&key, &fp("a"), LEASE).await,
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
         Ok(Begin::Replay(_))
     ));
     tokio::time::sleep(ttl + Duration::from_millis(200)).await;
@@ -326,7 +329,7 @@ pub async fn wait_returns_on_completion(store: Arc<impl Store>) {
     );
     assert_eq!(finisher.await.ok().flatten(), Some(Fenced::Done));
     assert!(matches!(
-        store.begin(&key, &fp("a"), LEASE).await,
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
         Ok(Begin::Replay(_))
     ));
 }
@@ -338,13 +341,13 @@ pub async fn parallel_begins_acquire_once(store: Arc<impl Store>) {
         .map(|_| {
             let s = store.clone();
             let k = key.clone();
-            tokio::spawn(async move { s.begin(&k, &fp("a"), LEASE).await })
+            tokio::spawn(async move { s.begin(&k, &fp("a"), LEASE, KEEP).await })
         })
         .collect();
     let mut acquired = 0;
     for t in tasks {
         match t.await.expect("task") {
-            Ok(Begin::Acquired(_)) => acquired += 1,
+            Ok(Begin::Acquired { .. }) => acquired += 1,
             Ok(Begin::InProgress { .. }) => {}
             other => panic!("unexpected answer in a race: {other:?}"),
         }
@@ -363,12 +366,52 @@ pub async fn keys_are_independent(store: Arc<impl Store>) {
         Some(Fenced::Done)
     );
     assert!(matches!(
-        store.begin(&b, &fp("a"), LEASE).await,
+        store.begin(&b, &fp("a"), LEASE, KEEP).await,
         Ok(Begin::InProgress { .. })
     ));
     assert_eq!(store.release(&b, tb).await.ok(), Some(Fenced::Done));
     assert!(matches!(
-        store.begin(&a, &fp("a"), LEASE).await,
+        store.begin(&a, &fp("a"), LEASE, KEEP).await,
         Ok(Begin::Replay(_))
     ));
+}
+
+/// Every acquisition of a key gets the next attempt number, across releases and lease takeovers;
+/// a completed record reports the attempt that completed it.
+pub async fn attempts_count_releases_and_takeovers(store: Arc<impl Store>) {
+    let key = unique_key("attempts");
+    let short = Duration::from_millis(200);
+    let attempt_of = |b: Result<Begin, crate::StoreError>| match b {
+        Ok(Begin::Acquired { token, attempt }) => (token, attempt),
+        other => panic!("expected to acquire, got {other:?}"),
+    };
+    let (t1, a1) = attempt_of(store.begin(&key, &fp("a"), LEASE, KEEP).await);
+    assert_eq!(a1, 1);
+    assert_eq!(store.release(&key, t1).await.ok(), Some(Fenced::Done));
+    assert!(
+        store.get(&key).await.ok().flatten().is_none(),
+        "released: free"
+    );
+    let (_, a2) = attempt_of(store.begin(&key, &fp("a"), short, KEEP).await);
+    assert_eq!(a2, 2, "after a release");
+    tokio::time::sleep(short + Duration::from_millis(150)).await;
+    assert!(
+        store.get(&key).await.ok().flatten().is_none(),
+        "lapsed lease: free"
+    );
+    let (t3, a3) = attempt_of(store.begin(&key, &fp("a"), LEASE, KEEP).await);
+    assert_eq!(a3, 3, "after a takeover");
+    assert_eq!(
+        store.complete(&key, t3, &response(9), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    let rec = store.get(&key).await.ok().flatten().expect("completed");
+    assert_eq!(rec.attempt, 3);
+    // A fresh key starts again at 1.
+    let (_, fresh) = attempt_of(
+        store
+            .begin(&unique_key("attempts-fresh"), &fp("a"), LEASE, KEEP)
+            .await,
+    );
+    assert_eq!(fresh, 1);
 }

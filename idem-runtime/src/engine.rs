@@ -145,14 +145,16 @@ impl Engine {
         loop {
             let answer = deadline(
                 self.store_timeout,
-                self.store.begin(&key, &fingerprint, policy.lease),
+                self.store
+                    .begin(&key, &fingerprint, policy.lease, policy.ttl),
             )
             .await;
             return match answer {
-                Ok(Begin::Acquired(token)) => Decision::Execute(Ticket {
+                Ok(Begin::Acquired { token, attempt }) => Decision::Execute(Ticket {
                     engine: self.clone(),
                     key,
                     token,
+                    attempt,
                     lease: policy.lease,
                     ttl: policy.ttl,
                 }),
@@ -224,6 +226,7 @@ pub struct Ticket {
     engine: Arc<Engine>,
     key: StorageKey,
     token: FencingToken,
+    attempt: u32,
     lease: Duration,
     ttl: Duration,
 }
@@ -246,6 +249,11 @@ impl Ticket {
     /// The fencing token of this lease.
     pub fn token(&self) -> FencingToken {
         self.token
+    }
+
+    /// Which acquisition of the key this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// Runs `work` while renewing the lease every `lease / 3`, so a slow handler is not taken

@@ -45,6 +45,8 @@ pub struct Record {
     pub fingerprint: Fingerprint,
     /// In progress or completed.
     pub state: RecordState,
+    /// Which acquisition of the key produced this state (1 for the first).
+    pub attempt: u32,
     /// Time left until the lease (in progress) or the TTL (completed) runs out.
     pub expires_in: Duration,
 }

@@ -42,7 +42,9 @@ struct Inner {
 struct Entry {
     fingerprint: Fingerprint,
     state: EntryState,
+    /// When the record goes away entirely (TTL of a completed one; `keep` otherwise).
     expires_at: Instant,
+    attempt: u32,
     size: usize,
 }
 
@@ -50,8 +52,23 @@ enum EntryState {
     InProgress {
         token: FencingToken,
         done: Arc<Notify>,
+        lease_until: Instant,
     },
     Completed(StoredResponse),
+    /// Free again (released); kept only to count attempts.
+    Released,
+}
+
+impl Entry {
+    /// Whether the record still blocks a new acquisition: a completed record within its TTL, or
+    /// an in-progress one within its lease. Only such records are never evicted.
+    fn is_live(&self, now: Instant) -> bool {
+        match &self.state {
+            EntryState::Completed(_) => self.expires_at > now,
+            EntryState::InProgress { lease_until, .. } => *lease_until > now,
+            EntryState::Released => false,
+        }
+    }
 }
 
 /// Builder for [`MemoryStore`].
@@ -192,14 +209,15 @@ impl Inner {
         }
     }
 
-    /// Makes room for `need` more bytes, dropping expired records of `map` if that helps.
+    /// Makes room for `need` more bytes, dropping the records of `map` that are not live
+    /// (expired, released, or with a lapsed lease: only their attempt counts are lost).
     fn admit(&self, map: &mut HashMap<StorageKey, Entry>, need: usize, now: Instant) -> bool {
         if self.used.load(Ordering::Relaxed) + need <= self.max_bytes {
             return true;
         }
         let expired: Vec<StorageKey> = map
             .iter()
-            .filter(|(_, e)| e.expires_at <= now)
+            .filter(|(_, e)| !e.is_live(now))
             .map(|(k, _)| k.clone())
             .collect();
         for k in expired {
@@ -218,8 +236,8 @@ impl Inner {
         let mut map = self.shard(key);
         let holds = matches!(
             map.get(key),
-            Some(Entry { state: EntryState::InProgress { token: t, .. }, expires_at, .. })
-                if *t == token && *expires_at > Instant::now()
+            Some(Entry { state: EntryState::InProgress { token: t, lease_until, .. }, .. })
+                if *t == token && *lease_until > Instant::now()
         );
         holds.then(|| f(self, &mut map))
     }
@@ -239,21 +257,27 @@ impl Store for MemoryStore {
         key: &StorageKey,
         fingerprint: &Fingerprint,
         lease: Duration,
+        keep: Duration,
     ) -> Result<Begin, StoreError> {
         let inner = &*self.inner;
         let now = Instant::now();
         let mut map = inner.shard(key);
+        let mut attempt = 1;
         if let Some(e) = map.get(key) {
-            if e.expires_at > now {
+            if e.is_live(now) {
                 if e.fingerprint != *fingerprint {
                     return Ok(Begin::Mismatch);
                 }
                 return Ok(match &e.state {
-                    EntryState::InProgress { .. } => Begin::InProgress {
-                        lease_left: e.expires_at - now,
+                    EntryState::InProgress { lease_until, .. } => Begin::InProgress {
+                        lease_left: *lease_until - now,
                     },
                     EntryState::Completed(r) => Begin::Replay(r.clone()),
+                    EntryState::Released => unreachable!("a released record is never live"),
                 });
+            }
+            if e.expires_at > now {
+                attempt = e.attempt.saturating_add(1);
             }
             inner.remove_entry(&mut map, key);
         }
@@ -269,14 +293,16 @@ impl Store for MemoryStore {
                 state: EntryState::InProgress {
                     token,
                     done: Arc::new(Notify::new()),
+                    lease_until: now + lease,
                 },
-                expires_at: now + lease,
+                expires_at: now + keep.max(lease),
+                attempt,
                 size,
             },
         );
         inner.used.fetch_add(size, Ordering::Relaxed);
         inner.entries.fetch_add(1, Ordering::Relaxed);
-        Ok(Begin::Acquired(token))
+        Ok(Begin::Acquired { token, attempt })
     }
 
     async fn complete(
@@ -299,8 +325,14 @@ impl Store for MemoryStore {
     }
 
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        Ok(fenced(self.inner.with_lease(key, token, |inner, map| {
-            inner.remove_entry(map, key)
+        Ok(fenced(self.inner.with_lease(key, token, |_, map| {
+            if let Some(e) = map.get_mut(key) {
+                if let EntryState::InProgress { done, .. } =
+                    std::mem::replace(&mut e.state, EntryState::Released)
+                {
+                    done.notify_waiters();
+                }
+            }
         })))
     }
 
@@ -312,7 +344,11 @@ impl Store for MemoryStore {
     ) -> Result<Fenced, StoreError> {
         Ok(fenced(self.inner.with_lease(key, token, |_, map| {
             if let Some(e) = map.get_mut(key) {
-                e.expires_at = Instant::now() + lease;
+                let until = Instant::now() + lease;
+                if let EntryState::InProgress { lease_until, .. } = &mut e.state {
+                    *lease_until = until;
+                }
+                e.expires_at = e.expires_at.max(until);
             }
         })))
     }
@@ -320,15 +356,25 @@ impl Store for MemoryStore {
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
         let map = self.inner.shard(key);
-        Ok(map.get(key).filter(|e| e.expires_at > now).map(|e| Record {
-            fingerprint: e.fingerprint,
-            state: match &e.state {
-                EntryState::InProgress { token, .. } => RecordState::InProgress { token: *token },
-                EntryState::Completed(r) => RecordState::Completed {
-                    response: r.clone(),
-                },
-            },
-            expires_in: e.expires_at - now,
+        Ok(map.get(key).filter(|e| e.is_live(now)).and_then(|e| {
+            let (state, until) = match &e.state {
+                EntryState::InProgress {
+                    token, lease_until, ..
+                } => (RecordState::InProgress { token: *token }, *lease_until),
+                EntryState::Completed(r) => (
+                    RecordState::Completed {
+                        response: r.clone(),
+                    },
+                    e.expires_at,
+                ),
+                EntryState::Released => return None,
+            };
+            Some(Record {
+                fingerprint: e.fingerprint,
+                state,
+                attempt: e.attempt,
+                expires_in: until - now,
+            })
         }))
     }
 
@@ -337,12 +383,14 @@ impl Store for MemoryStore {
             let map = self.inner.shard(key);
             match map.get(key) {
                 Some(Entry {
-                    state: EntryState::InProgress { done, .. },
-                    expires_at,
+                    state:
+                        EntryState::InProgress {
+                            done, lease_until, ..
+                        },
                     ..
                 }) => (
                     done.clone(),
-                    expires_at.saturating_duration_since(Instant::now()),
+                    lease_until.saturating_duration_since(Instant::now()),
                 ),
                 _ => return Ok(()),
             }

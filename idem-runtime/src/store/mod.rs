@@ -16,8 +16,15 @@ mod redis_notify;
 /// The answer of [`Store::begin`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Begin {
-    /// No live record existed; the caller now holds the lease with this token.
-    Acquired(FencingToken),
+    /// No live record existed (or its lease ran out, or it was released); the caller now holds
+    /// the lease.
+    Acquired {
+        /// The new lease holder's token.
+        token: FencingToken,
+        /// 1 for the first acquisition of this key, +1 for each later one (after a release or a
+        /// lease that ran out) while the record is kept.
+        attempt: u32,
+    },
     /// Another request with the same fingerprint holds the lease.
     InProgress {
         /// Time left on the current lease.
@@ -62,13 +69,16 @@ pub enum StoreError {
 /// write that follows `begin`.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Looks at `key` and, when it is absent or expired, records it as in progress for `lease`
-    /// under a fresh token. See [`Begin`] for the other answers.
+    /// Looks at `key` and, when it is absent, released or its lease ran out, records it as in
+    /// progress for `lease` under a fresh token. A record that is not completed is kept for
+    /// `keep` (the endpoint's TTL) so that attempts are counted across releases and takeovers.
+    /// See [`Begin`] for the other answers.
     async fn begin(
         &self,
         key: &StorageKey,
         fingerprint: &Fingerprint,
         lease: Duration,
+        keep: Duration,
     ) -> Result<Begin, StoreError>;
 
     /// Stores `response` as the completed result for `ttl`, only if `token` still holds the
@@ -81,7 +91,8 @@ pub trait Store: Send + Sync + 'static {
         ttl: Duration,
     ) -> Result<Fenced, StoreError>;
 
-    /// Deletes the in-progress record held by `token`, so the next request runs afresh.
+    /// Frees the in-progress record held by `token`, so the next request runs afresh (as the next
+    /// attempt).
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError>;
 
     /// Extends the lease held by `token` to `lease` from now.

@@ -3,9 +3,13 @@
 //! One Redis string per record, every operation one single-key Lua script (so a cluster never
 //! sees a cross-slot command), and leases and TTLs as Redis expiries, on the server's clock.
 //!
-//! A record is `state (1 byte: p|c) ‖ fingerprint (32 raw bytes) ‖ token (16 digits) ‖ response`,
-//! where the response is [`StoredResponse::encode`]: the body stays raw bytes. The fencing token
-//! is the server's `TIME` in microseconds at acquisition, so it grows with every takeover of a key.
+//! A record is `state (1 byte) ‖ fingerprint (32 raw bytes) ‖ token (16 digits) ‖ attempt
+//! (6 digits) ‖ lease end (16 digits, server ms) ‖ response`, where the state is `p` (in progress),
+//! `c` (completed) or `r` (released: free, kept only to count attempts) and the response is
+//! [`StoredResponse::encode`]: the body stays raw bytes. The lease end lives in the value, checked
+//! against the server's `TIME` by every script, so a record that is not completed can outlive its
+//! lease (as a Redis expiry, for `keep`) and still count attempts across takeovers. The fencing
+//! token is the server's `TIME` in microseconds at acquisition, so it grows with every takeover.
 //!
 //! Round trips: `begin` and `complete` are one `EVALSHA` each, so a first request costs 2, a replay
 //! or a duplicate in progress 1. Scripts are loaded when the store connects; a server that lost
@@ -26,51 +30,80 @@ use super::redis_notify::{self, Waiters};
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 
-const TOKEN_LEN: usize = 16;
-/// Where the response starts in a record (1-based Lua offsets below use `HEADER + 1`).
-const HEADER: usize = 1 + 32 + TOKEN_LEN;
+/// Where the response starts in a record (Lua's 1-based offsets below are `HEADER + 1` = 72).
+const HEADER: usize = 1 + 32 + 16 + 6 + 16;
+const TOKEN: std::ops::Range<usize> = 33..49;
+const ATTEMPT: std::ops::Range<usize> = 49..55;
+
+/// `now`: the server's clock in ms; `token`: its clock in µs, 16 digits.
+const CLOCK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+";
 
 const BEGIN: &str = r"
 local v = redis.call('GET', KEYS[1])
+local attempt = 1
 if v then
-  if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
-  if string.sub(v, 1, 1) == 'p' then return {'P', redis.call('PTTL', KEYS[1])} end
-  return {'C', string.sub(v, 50)}
+  local st = string.sub(v, 1, 1)
+  if st == 'c' then
+    if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
+    return {'C', string.sub(v, 72)}
+  end
+  if st == 'p' then
+    local left = tonumber(string.sub(v, 56, 71)) - now
+    if left > 0 then
+      if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
+      return {'P', left}
+    end
+  end
+  attempt = tonumber(string.sub(v, 50, 55)) + 1
 end
-local t = redis.call('TIME')
 local token = t[1] .. string.format('%06d', tonumber(t[2]))
-redis.call('SET', KEYS[1], 'p' .. ARGV[1] .. token, 'PX', ARGV[2])
-return {'A', token}
+local lease = tonumber(ARGV[2])
+redis.call('SET', KEYS[1],
+  'p' .. ARGV[1] .. token .. string.format('%06d', attempt) .. string.format('%016d', now + lease),
+  'PX', math.max(lease, tonumber(ARGV[3])))
+return {'A', token, attempt}
 ";
 
-/// The lease check shared by complete, release and renew: the record must be in progress and
-/// held by ARGV[1].
+/// The lease check shared by complete, release and renew: the record must be in progress, held
+/// by ARGV[1], and its lease not over.
 const HELD: &str = r"
 local v = redis.call('GET', KEYS[1])
 if (not v) or string.sub(v, 1, 1) ~= 'p' or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
+if tonumber(string.sub(v, 56, 71)) <= now then return 0 end
 ";
 
 const COMPLETE_TAIL: &str = r"
-redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 49) .. ARGV[2], 'PX', ARGV[3])
+redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 71) .. ARGV[2], 'PX', ARGV[3])
 redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
 const RELEASE_TAIL: &str = r"
-redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[1], 'r' .. string.sub(v, 2, 71), 'KEEPTTL')
 redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
 const RENEW_TAIL: &str = r"
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
+local lease = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], string.sub(v, 1, 55) .. string.format('%016d', now + lease), 'KEEPTTL')
+if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
 ";
 
 const GET: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
-return {v, redis.call('PTTL', KEYS[1])}
+local st = string.sub(v, 1, 1)
+if st == 'c' then return {v, redis.call('PTTL', KEYS[1])} end
+if st == 'p' then
+  local left = tonumber(string.sub(v, 56, 71)) - now
+  if left > 0 then return {v, left} end
+end
+return false
 ";
 
 /// A script with its SHA-1, sent as `EVALSHA` and resent as `EVAL` on `NOSCRIPT`.
@@ -97,11 +130,11 @@ struct Scripts {
 impl Scripts {
     fn new() -> Self {
         Scripts {
-            begin: Script::new(BEGIN.into()),
-            complete: Script::new(format!("{HELD}{COMPLETE_TAIL}")),
-            release: Script::new(format!("{HELD}{RELEASE_TAIL}")),
-            renew: Script::new(format!("{HELD}{RENEW_TAIL}")),
-            get: Script::new(GET.into()),
+            begin: Script::new(format!("{CLOCK}{BEGIN}")),
+            complete: Script::new(format!("{CLOCK}{HELD}{COMPLETE_TAIL}")),
+            release: Script::new(format!("{CLOCK}{HELD}{RELEASE_TAIL}")),
+            renew: Script::new(format!("{CLOCK}{HELD}{RENEW_TAIL}")),
+            get: Script::new(format!("{CLOCK}{GET}")),
         }
     }
 
@@ -241,15 +274,18 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 fn token_arg(t: FencingToken) -> String {
-    format!("{:0width$}", t.0, width = TOKEN_LEN)
+    format!("{:016}", t.0)
 }
 
-fn parse_token(raw: &[u8]) -> Result<FencingToken, StoreError> {
+fn parse_number<T: std::str::FromStr>(raw: &[u8], what: &str) -> Result<T, StoreError> {
     std::str::from_utf8(raw)
         .ok()
         .and_then(|s| s.parse().ok())
-        .map(FencingToken)
-        .ok_or_else(|| corrupt("fencing token"))
+        .ok_or_else(|| corrupt(what))
+}
+
+fn parse_token(raw: &[u8]) -> Result<FencingToken, StoreError> {
+    parse_number(raw, "fencing token").map(FencingToken)
 }
 
 fn millis(d: Duration) -> u64 {
@@ -343,13 +379,15 @@ impl Store for RedisStore {
         key: &StorageKey,
         fingerprint: &Fingerprint,
         lease: Duration,
+        keep: Duration,
     ) -> Result<Begin, StoreError> {
         let lease_ms = millis(lease).to_string();
+        let keep_ms = millis(keep).to_string();
         let v = self
             .eval(
                 &self.scripts.begin,
                 key,
-                &[&fingerprint.0, lease_ms.as_bytes()],
+                &[&fingerprint.0, lease_ms.as_bytes(), keep_ms.as_bytes()],
             )
             .await?;
         let Value::Array(items) = v else {
@@ -357,9 +395,13 @@ impl Store for RedisStore {
         };
         let tag = items.first().and_then(bytes_of);
         match (tag, items.get(1)) {
-            (Some(b"A"), Some(t)) => Ok(Begin::Acquired(parse_token(
-                bytes_of(t).ok_or_else(|| corrupt("token"))?,
-            )?)),
+            (Some(b"A"), Some(t)) => Ok(Begin::Acquired {
+                token: parse_token(bytes_of(t).ok_or_else(|| corrupt("token"))?)?,
+                attempt: match items.get(2) {
+                    Some(Value::Int(n)) => u32::try_from(*n).map_err(|_| corrupt("attempt"))?,
+                    _ => return Err(corrupt("attempt")),
+                },
+            }),
             (Some(b"M"), _) => Ok(Begin::Mismatch),
             (Some(b"P"), Some(Value::Int(ms))) => Ok(Begin::InProgress {
                 lease_left: Duration::from_millis((*ms).max(0) as u64),
@@ -458,7 +500,7 @@ impl Store for RedisStore {
         fp.copy_from_slice(&raw[1..33]);
         let state = match raw[0] {
             b'p' => RecordState::InProgress {
-                token: parse_token(&raw[33..HEADER])?,
+                token: parse_token(&raw[TOKEN])?,
             },
             b'c' => RecordState::Completed {
                 response: StoredResponse::decode(Bytes::copy_from_slice(&raw[HEADER..]))
@@ -469,6 +511,7 @@ impl Store for RedisStore {
         Ok(Some(Record {
             fingerprint: Fingerprint(fp),
             state,
+            attempt: parse_number(&raw[ATTEMPT], "attempt")?,
             expires_in: Duration::from_millis((*pttl).max(0) as u64),
         }))
     }
