@@ -23,11 +23,15 @@ pub const OPTIONS: &[&str] = &[
     "crate",
     "fingerprint",
     "respond_async_after",
+    "replay_headers",
 ];
 
 /// What the attribute asked for, with defaults applied.
 pub struct Args {
     pub ttl: Millis,
+    pub guarantee: String,
+    pub fingerprint: Vec<String>,
+    pub replay_headers: Vec<String>,
     pub on_conflict: String,
     pub wait_timeout: Millis,
     pub respond_async_after: Option<Millis>,
@@ -71,40 +75,49 @@ fn string(name: &str, expr: &Expr, example: &str) -> Result<(String, Span), syn:
     }
 }
 
-fn one_of(
-    name: &str,
-    expr: &Expr,
-    supported: &[&str],
-    later: &[(&str, &str)],
-) -> Result<String, syn::Error> {
-    let all: Vec<&str> = supported
-        .iter()
-        .copied()
-        .chain(later.iter().map(|(v, _)| *v))
-        .collect();
-    let example = format!("\"{}\"", supported[0]);
-    let (value, span) = string(name, expr, &example)?;
-    if supported.contains(&value.as_str()) {
+/// A string literal that must be one of `allowed`.
+fn one_of(name: &str, expr: &Expr, allowed: &[&str]) -> Result<String, syn::Error> {
+    let (value, span) = string(name, expr, &format!("\"{}\"", allowed[0]))?;
+    if allowed.contains(&value.as_str()) {
         return Ok(value);
     }
-    if let Some((v, why)) = later.iter().find(|(v, _)| *v == value) {
-        return Err(syn::Error::new(
-            span,
-            format!("`{name} = \"{v}\"` is not supported yet ({why}); use {example} for now"),
-        ));
-    }
-    let list = all
+    let list = allowed
         .iter()
         .map(|v| format!("`{v}`"))
         .collect::<Vec<_>>()
         .join(", ");
-    let hint = validate::suggest(&value, &all)
+    let hint = validate::suggest(&value, allowed)
         .map(|s| format!("; did you mean `{s}`?"))
         .unwrap_or_default();
     Err(syn::Error::new(
         span,
         format!("`{name}` must be one of {list}{hint}"),
     ))
+}
+
+/// `["a", "b"]`: a non-empty array of string literals.
+fn string_list(name: &str, expr: &Expr, example: &str) -> Result<Vec<(String, Span)>, syn::Error> {
+    let wrong = |span: Span| {
+        syn::Error::new(
+            span,
+            format!("`{name}` expects an array of string literals, like `{name} = {example}`"),
+        )
+    };
+    let Expr::Array(arr) = expr else {
+        return Err(wrong(expr.span()));
+    };
+    if arr.elems.is_empty() {
+        return Err(wrong(arr.span()));
+    }
+    arr.elems
+        .iter()
+        .map(|e| match e {
+            Expr::Lit(ExprLit {
+                lit: Lit::Str(s), ..
+            }) => Ok((s.value(), s.span())),
+            other => Err(wrong(other.span())),
+        })
+        .collect()
 }
 
 fn duration(name: &str, expr: &Expr, range: (Millis, Millis)) -> Result<Millis, syn::Error> {
@@ -123,9 +136,14 @@ impl Args {
         let mut ttl: Option<(Millis, Span)> = None;
         let mut lease: Option<(Millis, Span)> = None;
         let mut wait_timeout: Option<Span> = None;
+        let mut fingerprint_span: Option<Span> = None;
+        let mut guarantee_span: Option<Span> = None;
         let mut async_after: Option<Span> = None;
         let mut args = Args {
             ttl: 24 * 3600 * 1000,
+            guarantee: "strict".into(),
+            fingerprint: Vec::new(),
+            replay_headers: Vec::new(),
             on_conflict: "retry_after".into(),
             wait_timeout: 10 * 1000,
             respond_async_after: None,
@@ -194,30 +212,19 @@ impl Args {
                         async_after = Some(span);
                     }
                     "guarantee" => {
-                        one_of(
-                            "guarantee",
-                            v,
-                            &["strict"],
-                            &[
-                                ("result", "it arrives with result and semantic fingerprints"),
-                                (
-                                    "semantic",
-                                    "it arrives with result and semantic fingerprints",
-                                ),
-                            ],
-                        )?;
+                        args.guarantee = one_of("guarantee", v, &["strict", "result", "semantic"])?;
+                        guarantee_span = Some(v.span());
                     }
                     "on_conflict" => {
                         args.on_conflict = one_of(
                             "on_conflict",
                             v,
                             &["retry_after", "wait", "accepted", "webhook"],
-                            &[],
                         )?;
                     }
                     "on_store_error" => {
                         args.on_store_error_proceed =
-                            one_of("on_store_error", v, &["reject", "proceed"], &[])? == "proceed"
+                            one_of("on_store_error", v, &["reject", "proceed"])? == "proceed"
                     }
                     "required" => match v {
                         Expr::Lit(ExprLit {
@@ -244,11 +251,25 @@ impl Args {
                         ));
                     }
                     "fingerprint" => {
-                        return Err(syn::Error::new(
-                            span,
-                            "`fingerprint = [...]` is not supported yet (it arrives with \
-                             `guarantee = \"semantic\"`); remove it",
-                        ))
+                        fingerprint_span = Some(span);
+                        for (p, sp) in
+                            string_list("fingerprint", v, "[\"/amount\", \"/currency\"]")?
+                        {
+                            validate::json_pointer(&p).map_err(|m| syn::Error::new(sp, m))?;
+                            if args.fingerprint.contains(&p) {
+                                return Err(syn::Error::new(sp, format!("`{p}` is listed twice")));
+                            }
+                            args.fingerprint.push(p);
+                        }
+                    }
+                    "replay_headers" => {
+                        for (h, sp) in string_list("replay_headers", v, "[\"x-request-id\"]")? {
+                            let h =
+                                validate::header_name(&h).map_err(|m| syn::Error::new(sp, m))?;
+                            if !args.replay_headers.contains(&h) {
+                                args.replay_headers.push(h);
+                            }
+                        }
                     }
                     "crate" => {
                         let (s, sp) = string("crate", v, "\"::idem\"")?;
@@ -265,6 +286,19 @@ impl Args {
             }
         }
 
+        match (args.guarantee.as_str(), fingerprint_span) {
+            ("semantic", None) => errors.push(
+                guarantee_span.unwrap_or_else(Span::call_site),
+                "`guarantee = \"semantic\"` needs the fields that decide \"same request\": \
+                 add `fingerprint = [\"/amount\", \"/currency\"]` (JSON pointers)",
+            ),
+            ("semantic", Some(_)) | (_, None) => {}
+            (_, Some(span)) => errors.push(
+                span,
+                "`fingerprint` only applies with `guarantee = \"semantic\"`; set that or remove \
+                 `fingerprint`",
+            ),
+        }
         for (span, option, policy) in [
             (wait_timeout, "wait_timeout", "wait"),
             (async_after, "respond_async_after", "accepted"),

@@ -118,6 +118,13 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
         None => quote!(::core::option::Option::None),
     };
+    let guarantee = match args.guarantee.as_str() {
+        "result" => quote!(#private::Guarantee::Result),
+        "semantic" => quote!(#private::Guarantee::Semantic),
+        _ => quote!(#private::Guarantee::Strict),
+    };
+    let pointers = &args.fingerprint;
+    let replay_headers = &args.replay_headers;
     let on_store_error = if args.on_store_error_proceed {
         quote!(#private::OnStoreError::Proceed)
     } else {
@@ -137,13 +144,15 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 endpoint: ::core::concat!(::core::module_path!(), "::", #name_str),
                 ttl: #private::millis(#ttl),
                 lease: #private::millis(#lease),
-                guarantee: #private::Guarantee::Strict,
+                guarantee: #guarantee,
                 on_conflict: #on_conflict,
                 required: #required,
                 on_store_error: #on_store_error,
                 max_body: #max_body,
                 wait_timeout: #private::millis(#wait_timeout),
                 respond_async_after: #respond_async_after,
+                fingerprint: &[#(#pointers),*],
+                replay_headers: &[#(#replay_headers),*],
             };
             #private::run(
                 __idem_req,

@@ -125,6 +125,67 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// Checks RFC 6901 syntax: `""` or `/`-separated tokens where `~` is only `~0` or `~1`.
+pub fn json_pointer(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err(
+            "an empty JSON pointer means the whole body; use `guarantee = \"result\"` \
+                    for that"
+                .into(),
+        );
+    }
+    if !p.starts_with('/') {
+        return Err(format!(
+            "`{p}` is not a JSON pointer: it must start with `/`, like \"/amount\""
+        ));
+    }
+    let b = p.as_bytes();
+    for (i, c) in b.iter().enumerate() {
+        if *c == b'~' && !matches!(b.get(i + 1), Some(b'0' | b'1')) {
+            return Err(format!(
+                "`{p}` is not a JSON pointer: `~` must be followed by `0` (for `~`) or `1` (for `/`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Headers never replayed, whatever the attribute says (idem-runtime's `NEVER_REPLAYED`, which
+/// also enforces this at run time).
+const NEVER_REPLAYED: &[&str] = &[
+    "set-cookie",
+    "authorization",
+    "www-authenticate",
+    "proxy-authenticate",
+    "date",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "content-length",
+];
+
+/// Checks an HTTP header name (RFC 9110 token) and that it may be replayed; returns it lower-case.
+pub fn header_name(h: &str) -> Result<String, String> {
+    let token = !h.is_empty()
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(format!("`{h}` is not a valid header name"));
+    }
+    let lower = h.to_ascii_lowercase();
+    if NEVER_REPLAYED.contains(&lower.as_str()) {
+        return Err(format!(
+            "`{h}` is never replayed: credentials, `Date` and hop-by-hop headers belong to one \
+             response only"
+        ));
+    }
+    Ok(lower)
+}
+
 /// Levenshtein distance, for "did you mean" hints.
 fn distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -229,6 +290,18 @@ mod tests {
         assert!(parse_size("0").is_err());
         assert!(parse_size("2GiB").is_err());
         assert!(parse_size("1 parsec").is_err());
+    }
+
+    #[test]
+    fn pointers_and_headers() {
+        assert!(json_pointer("/amount").is_ok());
+        assert!(json_pointer("/a~0b/c~1d/0").is_ok());
+        for bad in ["", "amount", "/a~", "/a~2"] {
+            assert!(json_pointer(bad).is_err(), "{bad}");
+        }
+        assert_eq!(header_name("X-Request-Id"), Ok("x-request-id".into()));
+        assert!(header_name("Set-Cookie").is_err());
+        assert!(header_name("bad header").is_err());
     }
 
     #[test]

@@ -17,14 +17,80 @@ impl Fingerprint {
     /// assert_ne!(a, b);
     /// ```
     pub fn strict(method: &str, path_and_query: &str, content_type: &str, body: &[u8]) -> Self {
-        let mut h = Sha256::new();
         // Length prefixes keep the parts from bleeding into each other.
-        for part in [
+        Self::parts(&[
             method.as_bytes(),
             path_and_query.as_bytes(),
             content_type.as_bytes(),
             body,
-        ] {
+        ])
+    }
+
+    /// The `result` fingerprint: like [`strict`](Self::strict), but a JSON body counts by its
+    /// canonical form (key order, whitespace, escapes and number spelling do not matter) and the
+    /// content type by its media type alone. A body that is not JSON counts by its exact bytes.
+    ///
+    /// ```
+    /// use idem_runtime::Fingerprint;
+    /// let a = Fingerprint::result("POST", "/p", "application/json", br#"{"a":1,"b":2}"#);
+    /// let b = Fingerprint::result("POST", "/p", "application/json; charset=utf-8", br#"{ "b": 2, "a": 1.0 }"#);
+    /// assert_eq!(a, b);
+    /// ```
+    pub fn result(method: &str, path_and_query: &str, content_type: &str, body: &[u8]) -> Self {
+        let media = media_type(content_type);
+        match crate::canonical::parse(body) {
+            Some(json) => {
+                let mut canon = b"json:".to_vec();
+                json.encode(&mut canon);
+                Self::parts(&[
+                    method.as_bytes(),
+                    path_and_query.as_bytes(),
+                    media.as_bytes(),
+                    &canon,
+                ])
+            }
+            None => {
+                let raw = [b"raw:".as_slice(), body].concat();
+                Self::parts(&[
+                    method.as_bytes(),
+                    path_and_query.as_bytes(),
+                    media.as_bytes(),
+                    &raw,
+                ])
+            }
+        }
+    }
+
+    /// The `semantic` fingerprint: method, path with query, and the canonical value at each JSON
+    /// pointer (a missing field counts as `null`). Nothing else in the body matters. A body that
+    /// is not JSON counts by its exact bytes.
+    ///
+    /// ```
+    /// use idem_runtime::Fingerprint;
+    /// let ptrs = ["/amount", "/currency"];
+    /// let a = Fingerprint::semantic("POST", "/p", &ptrs, br#"{"amount":5,"currency":"EUR","note":"x"}"#);
+    /// let b = Fingerprint::semantic("POST", "/p", &ptrs, br#"{"currency":"EUR","amount":5.0,"note":"y"}"#);
+    /// assert_eq!(a, b);
+    /// ```
+    pub fn semantic(method: &str, path_and_query: &str, pointers: &[&str], body: &[u8]) -> Self {
+        let Some(json) = crate::canonical::parse(body) else {
+            let raw = [b"raw:".as_slice(), body].concat();
+            return Self::parts(&[method.as_bytes(), path_and_query.as_bytes(), &raw]);
+        };
+        let mut fields = b"fields:".to_vec();
+        for p in pointers {
+            fields.extend_from_slice(&(p.len() as u64).to_be_bytes());
+            fields.extend_from_slice(p.as_bytes());
+            json.pointer(p)
+                .unwrap_or(&crate::canonical::Json::Null)
+                .encode(&mut fields);
+        }
+        Self::parts(&[method.as_bytes(), path_and_query.as_bytes(), &fields])
+    }
+
+    fn parts(parts: &[&[u8]]) -> Self {
+        let mut h = Sha256::new();
+        for part in parts {
             h.update((part.len() as u64).to_be_bytes());
             h.update(part);
         }
@@ -43,6 +109,16 @@ impl std::fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Fingerprint({})", self.to_hex())
     }
+}
+
+/// `application/json; charset=utf-8` → `application/json`.
+fn media_type(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
 }
 
 pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {

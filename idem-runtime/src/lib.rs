@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod actix;
+pub mod canonical;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod engine;
@@ -20,7 +21,7 @@ pub mod store;
 #[doc(hidden)]
 pub mod __private;
 
-pub use actix::{Idempotency, IdempotencyBuilder};
+pub use actix::{Idempotency, IdempotencyBuilder, IdempotencyContext};
 pub use engine::Engine;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, StorageKey};

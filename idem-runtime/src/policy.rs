@@ -9,6 +9,12 @@ pub enum Guarantee {
     /// Fingerprint of the exact body; every handler response is replayed byte for byte, 5xx
     /// included.
     Strict,
+    /// Fingerprint of the canonical JSON body (key order, whitespace, number spelling ignored;
+    /// non-JSON bodies by exact bytes); a 5xx is not cached, so the retry runs again.
+    Result,
+    /// Fingerprint of the JSON fields named by [`Policy::fingerprint`] only; otherwise as
+    /// `Result`.
+    Semantic,
 }
 
 /// What a duplicate gets while the first request with its key is still running.
@@ -60,6 +66,10 @@ pub struct Policy {
     /// With [`OnConflict::Accepted`]: the first request itself gets 202 + `Location` when its
     /// handler runs longer than this; the handler goes on to completion.
     pub respond_async_after: Option<Duration>,
+    /// With [`Guarantee::Semantic`]: the JSON pointers that decide "same request".
+    pub fingerprint: &'static [&'static str],
+    /// Response headers replayed for this endpoint on top of the app's allow-list (lower case).
+    pub replay_headers: &'static [&'static str],
 }
 
 impl Policy {
@@ -85,6 +95,8 @@ impl Policy {
             max_body: Self::DEFAULT_MAX_BODY,
             wait_timeout: Self::DEFAULT_WAIT_TIMEOUT,
             respond_async_after: None,
+            fingerprint: &[],
+            replay_headers: &[],
         }
     }
 }

@@ -27,6 +27,8 @@ pub struct Counters {
     pub wait: AtomicUsize,
     pub accepted: AtomicUsize,
     pub webhook: AtomicUsize,
+    pub result: AtomicUsize,
+    pub semantic: AtomicUsize,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -165,7 +167,56 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(wait_short)
         .service(accepted)
         .service(accepted_async)
-        .service(webhook);
+        .service(webhook)
+        .service(result)
+        .service(semantic);
+}
+
+/// The body of the guarantee handlers: anything JSON, with an optional `"fail": true`.
+#[derive(Deserialize)]
+pub struct MaybeFail {
+    #[serde(default)]
+    pub fail: bool,
+}
+
+/// What a guarantee handler answers: the run number and its `IdempotencyContext`; 500 on
+/// `"fail": true`. Sets a header only the endpoint's own `replay_headers` keep.
+fn guarantee_answer(n: usize, order: &MaybeFail, ctx: &idem::IdempotencyContext) -> HttpResponse {
+    let body = serde_json::json!({
+        "run": n,
+        "attempt": ctx.attempt(),
+        "key": ctx.key(),
+        "token": ctx.token().0,
+    });
+    let mut resp = if order.fail {
+        HttpResponse::InternalServerError()
+    } else {
+        HttpResponse::Created()
+    };
+    resp.insert_header(("X-Trace", format!("trace-{n}")))
+        .json(body)
+}
+
+#[actix_web::post("/result")]
+#[idempotent(guarantee = "result", replay_headers = ["X-Trace"])]
+async fn result(
+    order: web::Json<MaybeFail>,
+    ctx: idem::IdempotencyContext,
+    counters: web::Data<Counters>,
+) -> HttpResponse {
+    let n = counters.result.fetch_add(1, Ordering::SeqCst) + 1;
+    guarantee_answer(n, &order, &ctx)
+}
+
+#[actix_web::post("/semantic")]
+#[idempotent(guarantee = "semantic", fingerprint = ["/amount", "/currency"])]
+async fn semantic(
+    order: web::Json<MaybeFail>,
+    ctx: idem::IdempotencyContext,
+    counters: web::Data<Counters>,
+) -> HttpResponse {
+    let n = counters.semantic.fetch_add(1, Ordering::SeqCst) + 1;
+    guarantee_answer(n, &order, &ctx)
 }
 
 /// A charge-like answer from the conflict-policy handlers: 201, a Location and the run number.

@@ -4,23 +4,26 @@
 use actix_web::body::{to_bytes_limited, BoxBody};
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::StatusCode;
-use actix_web::{dev, web, HttpRequest, HttpResponse};
+use actix_web::{dev, web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::engine::NEVER_REPLAYED;
 use crate::engine::{Decision, Ticket};
 use crate::key::parse_key_headers;
 use crate::problem::{Problem, ProblemKind};
-use crate::{Fingerprint, OnConflict, Policy, StorageKey, StoredResponse};
+use crate::{Fingerprint, Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
 
 mod config;
+mod context;
 mod status;
 pub mod webhook;
 
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder};
+pub use context::IdempotencyContext;
 
 /// The header replays carry.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -106,7 +109,12 @@ where
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let fingerprint = Fingerprint::strict(req.method().as_str(), path, &content_type, &body);
+    let method = req.method().as_str();
+    let fingerprint = match policy.guarantee {
+        Guarantee::Strict => Fingerprint::strict(method, path, &content_type, &body),
+        Guarantee::Result => Fingerprint::result(method, path, &content_type, &body),
+        Guarantee::Semantic => Fingerprint::semantic(method, path, policy.fingerprint, &body),
+    };
 
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects
@@ -123,7 +131,7 @@ where
             Decision::Replay(stored) => replay(&stored),
             Decision::Reject(problem) => problem_response(&problem),
             Decision::Unprotected => plain(req, dev::Payload::from(body), handler).await,
-            Decision::Execute(ticket) => execute(&idem2, ticket, req, body, handler).await,
+            Decision::Execute(ticket) => execute(&idem2, policy, ticket, req, body, handler).await,
             Decision::Accepted(key) => status::accepted(idem2.status_path(), &key),
             Decision::Webhook(key) => {
                 let Some(url) = callback else {
@@ -271,6 +279,7 @@ impl Drop for ReleaseOnDrop {
 
 async fn execute<F, Fut>(
     idem: &Idempotency,
+    policy: &Policy,
     ticket: Ticket,
     req: HttpRequest,
     body: Bytes,
@@ -281,16 +290,29 @@ where
     Fut: Future<Output = HandlerResult>,
 {
     let mut armed = ReleaseOnDrop(Some(ticket.clone()));
+    req.extensions_mut().insert(IdempotencyContext::new(
+        ticket.key().status_id(),
+        ticket.token(),
+        ticket.attempt(),
+    ));
     let outcome = ticket
         .keep_alive(async {
             match handler(req, dev::Payload::from(body)).await {
-                Ok(resp) => Ok(capture(idem, resp).await),
+                Ok(resp) => Ok(capture(idem, policy, resp).await),
                 Err(e) => Err(e),
             }
         })
         .await;
     armed.0 = None;
     match outcome {
+        // Under `result` and `semantic` a server error is not an outcome worth keeping: the
+        // retry runs the handler again.
+        Ok(Ok((resp, _)))
+            if policy.guarantee != Guarantee::Strict && resp.status().is_server_error() =>
+        {
+            ticket.release().await;
+            resp
+        }
         Ok(Ok((resp, stored))) => {
             ticket.complete(&stored).await;
             resp
@@ -311,6 +333,7 @@ where
 /// stored for replay. `Err` when the body could not be buffered within the size limit.
 async fn capture(
     idem: &Idempotency,
+    policy: &Policy,
     resp: HttpResponse,
 ) -> Result<(HttpResponse, StoredResponse), HttpResponse> {
     let limit = idem.shared.max_response;
@@ -339,7 +362,11 @@ async fn capture(
     let headers = head
         .headers()
         .iter()
-        .filter(|(name, _)| engine.is_replayed(name.as_str()))
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            engine.is_replayed(name)
+                || (policy.replay_headers.contains(&name) && !NEVER_REPLAYED.contains(&name))
+        })
         .map(|(name, value)| {
             (
                 name.as_str().to_owned(),
