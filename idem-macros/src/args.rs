@@ -252,24 +252,32 @@ impl Args {
                     }
                     "fingerprint" => {
                         fingerprint_span = Some(span);
+                        let mut bad = Errors::default();
                         for (p, sp) in
                             string_list("fingerprint", v, "[\"/amount\", \"/currency\"]")?
                         {
-                            validate::json_pointer(&p).map_err(|m| syn::Error::new(sp, m))?;
-                            if args.fingerprint.contains(&p) {
-                                return Err(syn::Error::new(sp, format!("`{p}` is listed twice")));
+                            if let Err(m) = validate::json_pointer(&p) {
+                                bad.push(sp, m);
+                            } else if args.fingerprint.contains(&p) {
+                                bad.push(sp, format!("`{p}` is listed twice"));
+                            } else {
+                                args.fingerprint.push(p);
                             }
-                            args.fingerprint.push(p);
                         }
+                        bad.finish()?;
                     }
                     "replay_headers" => {
+                        let mut bad = Errors::default();
                         for (h, sp) in string_list("replay_headers", v, "[\"x-request-id\"]")? {
-                            let h =
-                                validate::header_name(&h).map_err(|m| syn::Error::new(sp, m))?;
-                            if !args.replay_headers.contains(&h) {
-                                args.replay_headers.push(h);
+                            match validate::header_name(&h) {
+                                Err(m) => bad.push(sp, m),
+                                Ok(h) if !args.replay_headers.contains(&h) => {
+                                    args.replay_headers.push(h)
+                                }
+                                Ok(_) => {}
                             }
                         }
+                        bad.finish()?;
                     }
                     "crate" => {
                         let (s, sp) = string("crate", v, "\"::idem\"")?;
