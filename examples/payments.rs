@@ -143,6 +143,36 @@ async fn get_payment(id: web::Path<String>, ledger: web::Data<Ledger>) -> HttpRe
     }
 }
 
+/// The page: a Pay button that follows the client half of the pattern (see payments.html).
+#[get("/")]
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("payments.html"))
+}
+
+/// Handler bodies run, per endpoint, in Prometheus' text format.
+#[get("/metrics")]
+async fn metrics(ledger: web::Data<Ledger>) -> HttpResponse {
+    let mut out = String::from(
+        "# HELP payments_demo_executions_total Handler bodies actually run.\n\
+         # TYPE payments_demo_executions_total counter\n",
+    );
+    for (kind, name) in [
+        (Kind::Payment, "payments"),
+        (Kind::Transfer, "transfers"),
+        (Kind::Refund, "refunds"),
+    ] {
+        let n = ledger.executions[kind as usize].load(Ordering::SeqCst);
+        out.push_str(&format!(
+            "payments_demo_executions_total{{endpoint=\"{name}\"}} {n}\n"
+        ));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(out)
+}
+
 #[get("/stats")]
 async fn stats(ledger: web::Data<Ledger>) -> impl Responder {
     let n = |k: Kind| ledger.executions[k as usize].load(Ordering::SeqCst);
@@ -203,6 +233,8 @@ async fn main() -> std::io::Result<()> {
             .service(create_refund)
             .service(get_payment)
             .service(stats)
+            .service(page)
+            .service(metrics)
     })
     .bind(("127.0.0.1", port))?
     .run()

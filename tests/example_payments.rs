@@ -3,70 +3,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples/.
-fn example_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps");
-    let bin = profile_dir.join("examples").join("payments");
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo test` builds examples, run it through cargo",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-async fn start_demo(redis_url: Option<&str>) -> (Demo, String) {
-    let port = free_port();
-    let mut cmd = Command::new(example_binary());
-    cmd.env("PORT", port.to_string())
-        .env("PAYMENT_DELAY_MS", "100")
-        .env_remove("IDEM_REDIS_URL")
-        .env_remove("IDEM_REDIS_CLUSTER");
-    if let Some(url) = redis_url {
-        cmd.env("IDEM_REDIS_URL", url);
-    }
-    let child = cmd
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the payments example");
-    let demo = Demo(child);
-    let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the demo did not start listening"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (demo, base)
-}
+use common::demo::start_demo;
 
 /// `GET /stats` → how many times the payment handler's body ran.
 async fn payments_executed(c: &reqwest::Client, base: &str) -> u64 {
@@ -83,7 +20,7 @@ async fn payments_executed(c: &reqwest::Client, base: &str) -> u64 {
 
 #[actix_web::test]
 async fn curl_twice_one_execution() {
-    let (_demo, base) = start_demo(None).await;
+    let (_demo, base) = start_demo(None, 100).await;
     curl_twice(&base).await;
 }
 
@@ -93,7 +30,7 @@ async fn curl_twice_one_execution_on_redis() {
         return;
     }
     let redis = common::redis::RedisServer::start();
-    let (_demo, base) = start_demo(Some(&redis.url())).await;
+    let (_demo, base) = start_demo(Some(&redis.url()), 100).await;
     curl_twice(&base).await;
     assert!(redis.calls("evalsha") >= 4, "the demo used the Redis store");
 }
@@ -144,7 +81,7 @@ async fn curl_twice(base: &str) {
 /// resource that ends with the refund.
 #[actix_web::test]
 async fn transfers_wait_and_refunds_accept() {
-    let (_demo, base) = start_demo(None).await;
+    let (_demo, base) = start_demo(None, 100).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let send = |path: &'static str, key: &'static str| {
         c.post(format!("{base}{path}"))

@@ -2,6 +2,7 @@
 //! executions, for the integration tests.
 #![allow(dead_code)]
 
+pub mod demo;
 pub mod redis;
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};

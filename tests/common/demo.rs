@@ -1,0 +1,69 @@
+//! The `payments` example as a child process, for tests that drive the main job.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The running demo process; killed when dropped.
+pub struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `cargo test` builds the examples next to the test binaries: target/<profile>/examples/.
+fn example_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current test binary");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("examples").join("payments");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds examples, run it through cargo",
+        bin.display()
+    );
+    bin
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Starts `examples/payments` on a free port (memory store, or Redis at `redis_url`), its
+/// handler taking `delay_ms`; returns it and its base URL once it listens.
+pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String) {
+    let port = free_port();
+    let mut cmd = Command::new(example_binary());
+    cmd.env("PORT", port.to_string())
+        .env("PAYMENT_DELAY_MS", delay_ms.to_string())
+        .env_remove("IDEM_REDIS_URL")
+        .env_remove("IDEM_REDIS_CLUSTER");
+    if let Some(url) = redis_url {
+        cmd.env("IDEM_REDIS_URL", url);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the payments example");
+    let demo = Demo(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not start listening"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (demo, base)
+}
