@@ -8,6 +8,8 @@
 
 pub mod actix;
 pub mod canonical;
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod engine;
