@@ -185,9 +185,10 @@ impl Operation<'_> {
                 Ok(resp) => match resp.status() {
                     StatusCode::UNPROCESSABLE_ENTITY => {
                         let detail = resp
-                            .json::<serde_json::Value>()
+                            .bytes()
                             .await
                             .ok()
+                            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                             .and_then(|v| v["detail"].as_str().map(String::from))
                             .unwrap_or_default();
                         return Err(ClientError::KeyReused { detail });
