@@ -31,6 +31,16 @@ pub enum Json {
     Obj(Vec<(String, Json)>),
 }
 
+/// The canonical encoding of a whole document, without building a tree (what `result` hashes);
+/// `None` if it is not JSON. Equal to [`Json::encode`] of [`parse`]'s value.
+pub fn canonicalize(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut p = Parser { b: bytes, i: 0 };
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    p.canon(&mut out, 0)?;
+    p.ws();
+    (p.i == bytes.len()).then_some(out)
+}
+
 /// Parses a whole document; `None` if it is not JSON (or nests deeper than [`MAX_DEPTH`]).
 pub fn parse(bytes: &[u8]) -> Option<Json> {
     let mut p = Parser { b: bytes, i: 0 };
@@ -60,19 +70,36 @@ impl Json {
                 out.push(b']');
             }
             Json::Obj(members) => {
-                let mut encoded: Vec<Vec<u8>> = members
-                    .iter()
-                    .map(|(k, v)| {
-                        let mut m = Vec::new();
-                        encode_str(k, &mut m);
-                        v.encode(&mut m);
-                        m
-                    })
-                    .collect();
-                encoded.sort();
+                // Members in key order; only duplicate keys (rare) need their values' encodings
+                // to order them.
+                let mut sorted: Vec<&(String, Json)> = members.iter().collect();
+                sorted.sort_by(|a, b| a.0.cmp(&b.0));
                 out.push(b'{');
-                for m in encoded {
-                    out.extend_from_slice(&m);
+                let mut i = 0;
+                while i < sorted.len() {
+                    let mut j = i + 1;
+                    while j < sorted.len() && sorted[j].0 == sorted[i].0 {
+                        j += 1;
+                    }
+                    if j - i == 1 {
+                        encode_str(&sorted[i].0, out);
+                        sorted[i].1.encode(out);
+                    } else {
+                        let mut dups: Vec<Vec<u8>> = sorted[i..j]
+                            .iter()
+                            .map(|(_, v)| {
+                                let mut e = Vec::new();
+                                v.encode(&mut e);
+                                e
+                            })
+                            .collect();
+                        dups.sort();
+                        for e in dups {
+                            encode_str(&sorted[i].0, out);
+                            out.extend_from_slice(&e);
+                        }
+                    }
+                    i = j;
                 }
                 out.push(b'}');
             }
@@ -109,8 +136,7 @@ impl Json {
 
 fn encode_str(s: &str, out: &mut Vec<u8>) {
     out.push(b's');
-    out.extend_from_slice(s.len().to_string().as_bytes());
-    out.push(b':');
+    out.extend_from_slice(&(s.len() as u64).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
@@ -216,13 +242,27 @@ impl Parser<'_> {
     }
 
     fn string(&mut self) -> Option<String> {
-        self.i += 1; // opening quote
         let mut out = Vec::new();
+        self.string_into(&mut out)?;
+        String::from_utf8(out).ok()
+    }
+
+    /// Appends the unescaped UTF-8 of the string at the cursor (opening quote included).
+    fn string_into(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        self.i += 1; // opening quote
+        let from = out.len();
         loop {
+            // Copy the run up to the next quote, escape or control character in one go.
+            let run = self.b.get(self.i..)?;
+            let plain = run
+                .iter()
+                .position(|c| matches!(c, b'"' | b'\\' | 0x00..=0x1f))?;
+            out.extend_from_slice(&run[..plain]);
+            self.i += plain;
             let c = self.peek()?;
             self.i += 1;
             match c {
-                b'"' => return String::from_utf8(out).ok(),
+                b'"' => return std::str::from_utf8(&out[from..]).ok().map(|_| ()),
                 b'\\' => {
                     let e = self.peek()?;
                     self.i += 1;
@@ -254,15 +294,21 @@ impl Parser<'_> {
                     let mut buf = [0u8; 4];
                     out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
                 }
-                0x00..=0x1f => return None,
-                _ => out.push(c),
+                _ => return None, // a raw control character
             }
         }
     }
 
-    /// RFC 8259 number → canonical `[-]digits e exp`: no leading or trailing zeros in the
-    /// digits, zero as `0e0` whatever its sign.
     fn number(&mut self) -> Option<String> {
+        let mut out = Vec::new();
+        self.number_into(&mut out)?;
+        String::from_utf8(out).ok()
+    }
+
+    /// Appends the canonical form of the RFC 8259 number at the cursor: `[-]digits e exp`, no
+    /// leading or trailing zeros in the digits, zero as `0e0` whatever its sign.
+    fn number_into(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        use std::io::Write;
         let neg = self.eat(b"-").is_some();
         let start = self.i;
         match self.peek()? {
@@ -313,26 +359,123 @@ impl Parser<'_> {
             let v: i64 = digits.parse().ok().filter(|v: &i64| *v <= 1_000_000_000)?;
             exp = if eneg { -v } else { v };
         }
-        // value = 0.[int frac] digits shifted: digits = int ++ frac, exponent = exp - len(frac)
-        let mut digits: Vec<u8> = int.iter().chain(frac).copied().collect();
-        let mut e = exp - frac.len() as i64;
-        let lead = digits.iter().take_while(|d| **d == b'0').count();
-        digits.drain(..lead);
-        if digits.is_empty() {
-            return Some("0e0".into());
+        // The value is (int ++ frac) × 10^(exp − len(frac)); strip zeros at both ends.
+        let all = || int.iter().chain(frac.iter());
+        let total = int.len() + frac.len();
+        let lead = all().take_while(|d| **d == b'0').count();
+        if lead == total {
+            out.extend_from_slice(b"0e0");
+            return Some(());
         }
-        while digits.last() == Some(&b'0') {
-            digits.pop();
-            e += 1;
-        }
-        let mut s = String::with_capacity(digits.len() + 8);
+        let trail = int
+            .iter()
+            .chain(frac.iter())
+            .rev()
+            .take_while(|d| **d == b'0')
+            .count();
         if neg {
-            s.push('-');
+            out.push(b'-');
         }
-        s.push_str(std::str::from_utf8(&digits).ok()?);
-        s.push('e');
-        s.push_str(&e.to_string());
-        Some(s)
+        out.extend(all().skip(lead).take(total - lead - trail));
+        write!(out, "e{}", exp - frac.len() as i64 + trail as i64).ok()
+    }
+
+    /// Appends the canonical encoding of the value at the cursor without building a tree: the
+    /// same bytes as [`Json::encode`] of the parsed value.
+    fn canon(&mut self, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.ws();
+        match self.peek()? {
+            b'n' => self.eat(b"null").map(|_| out.push(b'n')),
+            b't' => self.eat(b"true").map(|_| out.push(b't')),
+            b'f' => self.eat(b"false").map(|_| out.push(b'f')),
+            b'"' => self.canon_str(out),
+            b'-' | b'0'..=b'9' => {
+                out.push(b'd');
+                self.number_into(out)?;
+                out.push(b';');
+                Some(())
+            }
+            b'[' => {
+                self.i += 1;
+                out.push(b'[');
+                self.ws();
+                if self.peek()? == b']' {
+                    self.i += 1;
+                    out.push(b']');
+                    return Some(());
+                }
+                loop {
+                    self.canon(out, depth + 1)?;
+                    self.ws();
+                    match self.peek()? {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            out.push(b']');
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b'{' => {
+                self.i += 1;
+                // Members are encoded side by side in one buffer, then copied out in order.
+                let mut buf = Vec::new();
+                let mut members: Vec<(usize, usize, usize)> = Vec::new();
+                self.ws();
+                if self.peek()? != b'}' {
+                    loop {
+                        self.ws();
+                        if self.peek()? != b'"' {
+                            return None;
+                        }
+                        let start = buf.len();
+                        self.canon_str(&mut buf)?;
+                        let key_end = buf.len();
+                        self.ws();
+                        self.eat(b":")?;
+                        self.canon(&mut buf, depth + 1)?;
+                        members.push((start, key_end, buf.len()));
+                        self.ws();
+                        match self.peek()? {
+                            b',' => self.i += 1,
+                            b'}' => break,
+                            _ => return None,
+                        }
+                    }
+                }
+                self.i += 1;
+                // Key order (the key's bytes after its 9-byte tag), then the whole member for
+                // duplicate keys: the order `Json::encode` uses.
+                members.sort_by(|a, b| {
+                    buf[a.0 + 9..a.1]
+                        .cmp(&buf[b.0 + 9..b.1])
+                        .then_with(|| buf[a.1..a.2].cmp(&buf[b.1..b.2]))
+                });
+                out.push(b'{');
+                for (start, _, end) in members {
+                    out.extend_from_slice(&buf[start..end]);
+                }
+                out.push(b'}');
+                Some(())
+            }
+            _ => None,
+        }
+    }
+
+    /// `s` + length (8 bytes, big endian) + the unescaped bytes, as `encode_str` writes.
+    fn canon_str(&mut self, out: &mut Vec<u8>) -> Option<()> {
+        out.push(b's');
+        let len_at = out.len();
+        out.extend_from_slice(&[0; 8]);
+        self.string_into(out)?;
+        let len = (out.len() - len_at - 8) as u64;
+        out[len_at..len_at + 8].copy_from_slice(&len.to_be_bytes());
+        Some(())
     }
 }
 
@@ -340,9 +483,11 @@ impl Parser<'_> {
 mod tests {
     use super::*;
 
+    /// The canonical bytes, checking that the streaming and tree encoders agree.
     fn canon(s: &str) -> Vec<u8> {
         let mut out = Vec::new();
         parse(s.as_bytes()).expect("json").encode(&mut out);
+        assert_eq!(canonicalize(s.as_bytes()).as_deref(), Some(&out[..]), "{s}");
         out
     }
 
@@ -373,6 +518,10 @@ mod tests {
         assert_ne!(canon("[1,2]"), canon("[2,1]"));
         assert_ne!(canon(r#"{"a":1}"#), canon(r#"{"b":1}"#));
         assert_ne!(canon(r#"["a","b"]"#), canon(r#"["ab"]"#));
+        assert_eq!(
+            canon(r#"{"k":2,"k":1,"a":{"z":0,"y":[]}}"#),
+            canon(r#"{"a":{"y":[],"z":0},"k":1,"k":2}"#)
+        );
     }
 
     #[test]

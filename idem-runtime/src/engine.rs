@@ -260,8 +260,13 @@ impl Ticket {
     /// over by a duplicate. If the lease is lost anyway (the store was unreachable for a whole
     /// lease), `work` still finishes and the later `complete` is refused by fencing.
     pub async fn keep_alive<F: Future>(&self, work: F) -> F::Output {
-        let every = (self.lease / 3).max(Duration::from_millis(10));
         let mut work = std::pin::pin!(work);
+        // A handler that finishes without waiting needs no renewal timer at all.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(out) = first {
+            return out;
+        }
+        let every = (self.lease / 3).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewing = true;

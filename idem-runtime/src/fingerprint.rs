@@ -38,26 +38,10 @@ impl Fingerprint {
     /// ```
     pub fn result(method: &str, path_and_query: &str, content_type: &str, body: &[u8]) -> Self {
         let media = media_type(content_type);
-        match crate::canonical::parse(body) {
-            Some(json) => {
-                let mut canon = b"json:".to_vec();
-                json.encode(&mut canon);
-                Self::parts(&[
-                    method.as_bytes(),
-                    path_and_query.as_bytes(),
-                    media.as_bytes(),
-                    &canon,
-                ])
-            }
-            None => {
-                let raw = [b"raw:".as_slice(), body].concat();
-                Self::parts(&[
-                    method.as_bytes(),
-                    path_and_query.as_bytes(),
-                    media.as_bytes(),
-                    &raw,
-                ])
-            }
+        let (m, p) = (method.as_bytes(), path_and_query.as_bytes());
+        match crate::canonical::canonicalize(body) {
+            Some(canon) => Self::parts(&[m, p, media.as_bytes(), b"json", &canon]),
+            None => Self::parts(&[m, p, media.as_bytes(), b"raw", body]),
         }
     }
 
@@ -74,10 +58,9 @@ impl Fingerprint {
     /// ```
     pub fn semantic(method: &str, path_and_query: &str, pointers: &[&str], body: &[u8]) -> Self {
         let Some(json) = crate::canonical::parse(body) else {
-            let raw = [b"raw:".as_slice(), body].concat();
-            return Self::parts(&[method.as_bytes(), path_and_query.as_bytes(), &raw]);
+            return Self::parts(&[method.as_bytes(), path_and_query.as_bytes(), b"raw", body]);
         };
-        let mut fields = b"fields:".to_vec();
+        let mut fields = Vec::new();
         for p in pointers {
             fields.extend_from_slice(&(p.len() as u64).to_be_bytes());
             fields.extend_from_slice(p.as_bytes());
@@ -85,7 +68,12 @@ impl Fingerprint {
                 .unwrap_or(&crate::canonical::Json::Null)
                 .encode(&mut fields);
         }
-        Self::parts(&[method.as_bytes(), path_and_query.as_bytes(), &fields])
+        Self::parts(&[
+            method.as_bytes(),
+            path_and_query.as_bytes(),
+            b"fields",
+            &fields,
+        ])
     }
 
     fn parts(parts: &[&[u8]]) -> Self {

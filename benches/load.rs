@@ -1,0 +1,374 @@
+//! The load benchmark: one JSON handler served three ways in one run — plain (no macro),
+//! `#[idempotent]` on the memory store, `#[idempotent]` on a private Redis — each driven by our
+//! own bounded keep-alive HTTP/1.1 load (fixed connections, fixed duration, loopback only) for
+//! three scenarios: a new key every request, the replay of one key, and a same-key storm (every
+//! connection on one key that changes every 10 ms). Prints req/s, p50, p99, the ratio to plain
+//! measured in the same run, and Redis commands per request from `INFO commandstats`.
+//!
+//! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override).
+
+use actix_web::{post, web, App, HttpResponse, HttpServer};
+use idem::{idempotent, Idempotency, MemoryStore, RedisStore};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[path = "../tests/common/redis.rs"]
+#[allow(dead_code)]
+mod redis_server;
+
+/// Never more than this many requests per connection, whatever the duration.
+const MAX_REQUESTS_PER_CONN: usize = 2_000_000;
+
+#[post("/plain")]
+async fn plain(body: web::Json<serde_json::Value>) -> HttpResponse {
+    answer(&body)
+}
+
+#[post("/idem")]
+#[idempotent(ttl = "1h")]
+async fn protected(body: web::Json<serde_json::Value>) -> HttpResponse {
+    answer(&body)
+}
+
+fn answer(body: &serde_json::Value) -> HttpResponse {
+    HttpResponse::Created().json(serde_json::json!({
+        "id": "pay_000001",
+        "amount": body["amount"],
+        "currency": body["currency"],
+        "status": "succeeded",
+    }))
+}
+
+/// Starts an app with `layer` registered, on one worker, in its own thread and actix system.
+fn serve(layer: Idempotency) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                App::new()
+                    .app_data(layer.clone())
+                    .service(plain)
+                    .service(protected)
+            })
+            .workers(1)
+            .disable_signals()
+            .backlog(1024)
+            .bind(("127.0.0.1", 0))
+            .expect("bind");
+            let _ = tx.send(server.addrs()[0]);
+            let _ = server.run().await;
+        })
+    });
+    rx.recv().expect("server address")
+}
+
+/// A JSON body of about 1 KiB.
+fn body() -> Vec<u8> {
+    let mut s = String::from("{\"amount\":1000,\"currency\":\"EUR\",\"items\":[");
+    let mut i = 0;
+    while s.len() < 980 {
+        s.push_str(&format!(
+            "{{\"sku\":\"item-{i:06}\",\"qty\":{}}},",
+            i % 7 + 1
+        ));
+        i += 1;
+    }
+    s.push_str("{\"sku\":\"last\",\"qty\":1}]}");
+    s.into_bytes()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    NewKey,
+    Replay,
+    Storm,
+}
+
+impl Scenario {
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::NewKey => "new key",
+            Scenario::Replay => "replay",
+            Scenario::Storm => "same-key storm",
+        }
+    }
+
+    fn key(self, run: u64, conn: usize, i: usize, started: Instant) -> String {
+        match self {
+            Scenario::NewKey => format!("n-{run}-{conn}-{i}"),
+            Scenario::Replay => format!("replay-{run}"),
+            Scenario::Storm => format!("storm-{run}-{}", started.elapsed().as_millis() / 10),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Outcome {
+    latencies_us: Vec<u32>,
+    fresh: usize,
+    replayed: usize,
+    conflict: usize,
+    other: usize,
+}
+
+/// One keep-alive connection sending requests back to back until `deadline`.
+async fn connection(
+    addr: SocketAddr,
+    path: &'static str,
+    scenario: Scenario,
+    run: u64,
+    conn: usize,
+    body: &[u8],
+    deadline: Instant,
+    max_requests: usize,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let Ok(mut s) = TcpStream::connect(addr).await else {
+        return out;
+    };
+    let _ = s.set_nodelay(true);
+    let started = Instant::now();
+    let mut buf = vec![0u8; 16 * 1024];
+    for i in 0..max_requests.min(MAX_REQUESTS_PER_CONN) {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let key = scenario.key(run, conn, i, started);
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n\
+             Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        let t = Instant::now();
+        if s.write_all(&req).await.is_err() {
+            break;
+        }
+        let Some((status, replayed)) = read_response(&mut s, &mut buf).await else {
+            break;
+        };
+        out.latencies_us
+            .push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        match (status, replayed) {
+            (201, false) => out.fresh += 1,
+            (201, true) => out.replayed += 1,
+            (409, _) => out.conflict += 1,
+            _ => out.other += 1,
+        }
+    }
+    out
+}
+
+/// Reads one response; returns its status and whether it was a replay.
+async fn read_response(s: &mut TcpStream, buf: &mut [u8]) -> Option<(u16, bool)> {
+    let mut len = 0;
+    let head_end = loop {
+        let n = s.read(&mut buf[len..]).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        len += n;
+        if let Some(p) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        if len == buf.len() {
+            return None;
+        }
+    };
+    let head = std::str::from_utf8(&buf[..head_end]).ok()?;
+    let status: u16 = head.get(9..12)?.parse().ok()?;
+    let mut content_length = 0usize;
+    let mut replayed = false;
+    for line in head.lines() {
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().ok()?;
+        } else if lower.starts_with("idempotent-replayed:") {
+            replayed = true;
+        }
+    }
+    let mut have = len - head_end;
+    while have < content_length {
+        let n = s.read(buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        have += n;
+    }
+    Some((status, replayed))
+}
+
+struct Row {
+    scenario: &'static str,
+    target: &'static str,
+    rps: f64,
+    p50: u32,
+    p99: u32,
+    ratio: Option<f64>,
+    redis_per_req: Option<f64>,
+    mix: String,
+}
+
+async fn drive(
+    addr: SocketAddr,
+    path: &'static str,
+    scenario: Scenario,
+    run: u64,
+    conns: usize,
+    secs: f64,
+    body: &[u8],
+) -> (f64, u32, u32, usize, String) {
+    if scenario == Scenario::Replay {
+        // Complete the key first, so every measured request is a replay.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let _ = connection(addr, path, scenario, run, 0, body, deadline, 1).await;
+    }
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(secs);
+    let tasks: Vec<_> = (0..conns)
+        .map(|c| {
+            let body = body.to_vec();
+            tokio::task::spawn_local(async move {
+                connection(addr, path, scenario, run, c, &body, deadline, usize::MAX).await
+            })
+        })
+        .collect();
+    let mut all = Outcome::default();
+    for t in tasks {
+        let o = t.await.expect("connection task");
+        all.latencies_us.extend(o.latencies_us);
+        all.fresh += o.fresh;
+        all.replayed += o.replayed;
+        all.conflict += o.conflict;
+        all.other += o.other;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = all.latencies_us.len();
+    all.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        all.latencies_us
+            .get(((n as f64 * p) as usize).min(n.saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mix = format!(
+        "{} fresh / {} replayed / {} 409 / {} other",
+        all.fresh, all.replayed, all.conflict, all.other
+    );
+    (n as f64 / elapsed, pct(0.50), pct(0.99), n, mix)
+}
+
+fn main() {
+    let secs: f64 = std::env::var("LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(3.0)
+        .clamp(0.5, 60.0);
+    let conns: usize = std::env::var("LOAD_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+        .clamp(1, 512);
+    // `LOAD_ONLY=memory` (or `redis`) measures plain and that one target, for profiling.
+    let only = std::env::var("LOAD_ONLY").ok();
+    let wanted = |t: &str| only.as_deref().is_none_or(|o| o == t);
+    let body = body();
+
+    let memory = serve(
+        Idempotency::builder()
+            .store(MemoryStore::builder().max_bytes(4 << 30).build())
+            .build(),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let redis = redis_server::available("the Redis part of the load benchmark").then(|| {
+        let server = redis_server::RedisServer::start();
+        let store = rt
+            .block_on(RedisStore::connect(&server.url()))
+            .expect("connect");
+        // The store's connection task lives on `rt`; the app calls it from its own worker.
+        let addr = serve(Idempotency::builder().store(store).build());
+        (server, addr)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+
+    println!("load: {conns} keep-alive connections, {secs} s per run, 1 KiB JSON body, 1 server worker, loopback");
+    let local = tokio::task::LocalSet::new();
+    let mut rows = Vec::new();
+    local.block_on(&rt, async {
+        let mut run = std::process::id() as u64 * 1000;
+        for scenario in [Scenario::NewKey, Scenario::Replay, Scenario::Storm] {
+            run += 1;
+            let (plain_rps, p50, p99, _, mix) =
+                drive(memory, "/plain", scenario, run, conns, secs, &body).await;
+            rows.push(Row {
+                scenario: scenario.name(),
+                target: "plain",
+                rps: plain_rps,
+                p50,
+                p99,
+                ratio: None,
+                redis_per_req: None,
+                mix,
+            });
+            if wanted("memory") {
+                run += 1;
+                let (rps, p50, p99, _, mix) =
+                    drive(memory, "/idem", scenario, run, conns, secs, &body).await;
+                rows.push(Row {
+                    scenario: scenario.name(),
+                    target: "memory",
+                    rps,
+                    p50,
+                    p99,
+                    ratio: Some(rps / plain_rps),
+                    redis_per_req: None,
+                    mix,
+                });
+            }
+            if let (Some((server, addr)), true) = (&redis, wanted("redis")) {
+                run += 1;
+                server.cli(&["CONFIG", "RESETSTAT"]);
+                let (rps, p50, p99, n, mix) =
+                    drive(*addr, "/idem", scenario, run, conns, secs, &body).await;
+                let cmds = (server.calls("evalsha") + server.calls("eval")) as f64;
+                // The replay scenario's warm-up request ran before the reset; nothing else did.
+                rows.push(Row {
+                    scenario: scenario.name(),
+                    target: "redis",
+                    rps,
+                    p50,
+                    p99,
+                    ratio: Some(rps / plain_rps),
+                    redis_per_req: Some(cmds / n.max(1) as f64),
+                    mix,
+                });
+            }
+        }
+    });
+
+    println!();
+    println!(
+        "| scenario | target | req/s | p50 µs | p99 µs | × plain | Redis cmds/req | answers |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.target,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.ratio.map_or("—".into(), |x| format!("{x:.2}")),
+            r.redis_per_req.map_or("—".into(), |x| format!("{x:.2}")),
+            r.mix
+        );
+    }
+    drop(redis);
+}
