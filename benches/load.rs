@@ -113,12 +113,23 @@ struct Outcome {
     other: usize,
 }
 
-/// One keep-alive connection sending requests back to back until `deadline`.
-async fn connection(
+/// Where and what one measured run sends.
+#[derive(Clone, Copy)]
+struct Run {
     addr: SocketAddr,
     path: &'static str,
     scenario: Scenario,
-    run: u64,
+    id: u64,
+}
+
+/// One keep-alive connection sending requests back to back until `deadline`.
+async fn connection(
+    Run {
+        addr,
+        path,
+        scenario,
+        id: run,
+    }: Run,
     conn: usize,
     body: &[u8],
     deadline: Instant,
@@ -221,10 +232,16 @@ async fn drive(
     secs: f64,
     body: &[u8],
 ) -> (f64, u32, u32, usize, String) {
+    let target = Run {
+        addr,
+        path,
+        scenario,
+        id: run,
+    };
     if scenario == Scenario::Replay {
         // Complete the key first, so every measured request is a replay.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let _ = connection(addr, path, scenario, run, 0, body, deadline, 1).await;
+        let _ = connection(target, 0, body, deadline, 1).await;
     }
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(secs);
@@ -232,7 +249,7 @@ async fn drive(
         .map(|c| {
             let body = body.to_vec();
             tokio::task::spawn_local(async move {
-                connection(addr, path, scenario, run, c, &body, deadline, usize::MAX).await
+                connection(target, c, &body, deadline, usize::MAX).await
             })
         })
         .collect();
