@@ -6,6 +6,14 @@ use std::time::{Duration, Instant};
 /// The running demo process; killed when dropped.
 pub struct Demo(Child);
 
+impl Demo {
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -14,13 +22,13 @@ impl Drop for Demo {
 }
 
 /// `cargo test` builds the examples next to the test binaries: target/<profile>/examples/.
-fn example_binary() -> std::path::PathBuf {
+fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current test binary");
     let profile_dir = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
-    let bin = profile_dir.join("examples").join("payments");
+    let bin = profile_dir.join("examples").join(name);
     assert!(
         bin.exists(),
         "{} is missing: `cargo test` builds examples, run it through cargo",
@@ -40,20 +48,29 @@ pub fn free_port() -> u16 {
 /// handler taking `delay_ms`; returns it and its base URL once it listens.
 pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String) {
     let port = free_port();
-    let mut cmd = Command::new(example_binary());
+    let mut env = vec![("PAYMENT_DELAY_MS", delay_ms.to_string())];
+    if let Some(url) = redis_url {
+        env.push(("IDEM_REDIS_URL", url.to_string()));
+    }
+    let demo = start_example("payments", port, &env).await;
+    (demo, format!("http://127.0.0.1:{port}"))
+}
+
+/// Starts example `name` with `PORT=port` and `env` (and no inherited `IDEM_REDIS_*`), and
+/// waits until it listens.
+pub async fn start_example(name: &str, port: u16, env: &[(&str, String)]) -> Demo {
+    let mut cmd = Command::new(example_binary(name));
     cmd.env("PORT", port.to_string())
-        .env("PAYMENT_DELAY_MS", delay_ms.to_string())
         .env_remove("IDEM_REDIS_URL")
         .env_remove("IDEM_REDIS_CLUSTER");
-    if let Some(url) = redis_url {
-        cmd.env("IDEM_REDIS_URL", url);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let child = cmd
         .stdout(Stdio::null())
         .spawn()
-        .expect("start the payments example");
+        .unwrap_or_else(|e| panic!("start example {name}: {e}"));
     let demo = Demo(child);
-    let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -61,9 +78,9 @@ pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String
     {
         assert!(
             Instant::now() < deadline,
-            "the demo did not start listening"
+            "example {name} did not start listening"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    (demo, base)
+    demo
 }

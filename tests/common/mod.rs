@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod proxy;
 pub mod redis;
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
@@ -84,22 +85,7 @@ impl TestServer {
     /// Sends a JSON POST over a raw socket, waits `after`, then resets the connection (linger 0),
     /// which makes actix-web drop the request's future, as a client that hangs up does.
     pub async fn send_then_reset(&self, path: &str, key: &str, body: &Charge, after: Duration) {
-        use tokio::io::AsyncWriteExt;
-        let body = serde_json::to_vec(body).expect("json");
-        let mut raw = format!(
-            "POST {path} HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        raw.extend_from_slice(&body);
-        let mut sock = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
-        sock.write_all(&raw).await.expect("send");
-        tokio::time::sleep(after).await;
-        sock.set_zero_linger().expect("linger 0");
-        drop(sock);
+        reset_after(self.addr, path, key, body, after).await
     }
 
     pub fn count(&self, f: impl Fn(&Counters) -> &AtomicUsize) -> usize {
@@ -143,6 +129,24 @@ pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> T
         client: client(),
         handle,
     }
+}
+
+/// See [`TestServer::send_then_reset`].
+pub async fn reset_after(addr: SocketAddr, path: &str, key: &str, body: &Charge, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let body = serde_json::to_vec(body).expect("json");
+    let mut raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nIdempotency-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    sock.write_all(&raw).await.expect("send");
+    tokio::time::sleep(after).await;
+    sock.set_zero_linger().expect("linger 0");
+    drop(sock);
 }
 
 pub fn client() -> reqwest::Client {

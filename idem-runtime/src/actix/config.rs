@@ -61,6 +61,7 @@ pub struct IdempotencyBuilder {
     max_response: usize,
     status_path: String,
     webhook: WebhookConfig,
+    renew_leases: bool,
 }
 
 impl Idempotency {
@@ -76,6 +77,7 @@ impl Idempotency {
             max_response: 8 << 20,
             status_path: "/idempotency".into(),
             webhook: WebhookConfig::default(),
+            renew_leases: true,
         }
     }
 
@@ -230,6 +232,13 @@ impl IdempotencyBuilder {
         self
     }
 
+    /// Test hook: no lease renewal (see the fault suite). Never turn this off in production.
+    #[doc(hidden)]
+    pub fn renew_leases(mut self, on: bool) -> Self {
+        self.renew_leases = on;
+        self
+    }
+
     /// Finishes the builder.
     pub fn build(self) -> Idempotency {
         let store = self
@@ -237,7 +246,14 @@ impl IdempotencyBuilder {
             .unwrap_or_else(|| Arc::new(MemoryStore::default()));
         Idempotency {
             shared: Arc::new(Shared {
-                engine: Arc::new(Engine::new(store, self.store_timeout, &self.replay_headers)),
+                engine: Arc::new({
+                    let engine = Engine::new(store, self.store_timeout, &self.replay_headers);
+                    if self.renew_leases {
+                        engine
+                    } else {
+                        engine.without_lease_renewal()
+                    }
+                }),
                 header: self.header,
                 prefix: self.prefix,
                 scope: self.scope,

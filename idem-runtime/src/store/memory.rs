@@ -16,8 +16,11 @@ use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 
 const SHARDS: usize = 32;
-/// Bookkeeping bytes charged per entry on top of its key and response.
-const ENTRY_OVERHEAD: usize = 160;
+/// How often, at most, a full store scans one shard for records it may drop.
+const RESCUE_EVERY_MS: u64 = 50;
+/// Bytes charged per entry on top of its key and response: the map slot, the entry, allocator
+/// rounding and the map's spare capacity (measured by tests/flood.rs against resident memory).
+const ENTRY_OVERHEAD: usize = 320;
 
 /// An in-memory [`Store`] for one process. Cheap to clone; clones share the records.
 ///
@@ -33,6 +36,10 @@ pub struct MemoryStore {
 
 struct Inner {
     shards: Vec<Mutex<HashMap<StorageKey, Entry>>>,
+    /// Per shard: when a full store last scanned it for records to drop (ms since `born`), so a
+    /// flood of new keys against a full store costs a scan per shard per interval, not per key.
+    last_rescue: Vec<AtomicU64>,
+    born: Instant,
     used: AtomicUsize,
     entries: AtomicUsize,
     max_bytes: usize,
@@ -104,6 +111,8 @@ impl MemoryStoreBuilder {
     pub fn build(self) -> MemoryStore {
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            last_rescue: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            born: Instant::now(),
             used: AtomicUsize::new(0),
             entries: AtomicUsize::new(0),
             max_bytes: self.max_bytes,
@@ -162,14 +171,17 @@ impl MemoryStore {
 }
 
 impl Inner {
-    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, HashMap<StorageKey, Entry>> {
+    fn shard_index(key: &StorageKey) -> usize {
         // Storage keys end in hex of a SHA-256, so their last bytes are uniformly spread.
-        let idx = key.as_str().bytes().rev().take(4).fold(0usize, |acc, b| {
+        key.as_str().bytes().rev().take(4).fold(0usize, |acc, b| {
             acc.wrapping_mul(31).wrapping_add(usize::from(b))
-        });
+        }) % SHARDS
+    }
+
+    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, HashMap<StorageKey, Entry>> {
         // A poisoned shard only means a panic elsewhere while holding it; the map itself is
         // still consistent (every mutation is a single insert/remove), so keep serving.
-        self.shards[idx % SHARDS]
+        self.shards[Self::shard_index(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -211,10 +223,22 @@ impl Inner {
 
     /// Makes room for `need` more bytes, dropping the records of `map` that are not live
     /// (expired, released, or with a lapsed lease: only their attempt counts are lost).
-    fn admit(&self, map: &mut HashMap<StorageKey, Entry>, need: usize, now: Instant) -> bool {
+    fn admit(
+        &self,
+        map: &mut HashMap<StorageKey, Entry>,
+        shard: usize,
+        need: usize,
+        now: Instant,
+    ) -> bool {
         if self.used.load(Ordering::Relaxed) + need <= self.max_bytes {
             return true;
         }
+        let at = now.saturating_duration_since(self.born).as_millis() as u64;
+        let last = self.last_rescue[shard].load(Ordering::Relaxed);
+        if last != 0 && at < last + RESCUE_EVERY_MS {
+            return false;
+        }
+        self.last_rescue[shard].store(at.max(1), Ordering::Relaxed);
         let expired: Vec<StorageKey> = map
             .iter()
             .filter(|(_, e)| !e.is_live(now))
@@ -282,7 +306,7 @@ impl Store for MemoryStore {
             inner.remove_entry(&mut map, key);
         }
         let size = key.as_str().len() + ENTRY_OVERHEAD;
-        if !inner.admit(&mut map, size, now) {
+        if !inner.admit(&mut map, Inner::shard_index(key), size, now) {
             return Err(StoreError::Full);
         }
         let token = FencingToken(inner.next_token.fetch_add(1, Ordering::Relaxed));

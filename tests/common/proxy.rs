@@ -1,0 +1,106 @@
+//! A TCP fault proxy on loopback, between an app and its Redis (`tc netem` is not available
+//! here): pass traffic, stall it (a blackhole that TCP would later recover from: bytes are held,
+//! not lost, and delivered when the stall ends), or reset every open connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running proxy; its tasks end with the runtime that started it.
+#[derive(Clone)]
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    stalled: Arc<AtomicBool>,
+    /// Bumped by `reset`: connections opened before the bump are torn down.
+    generation: Arc<AtomicU64>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `target` on a free loopback port (on the current tokio runtime).
+    pub async fn start(target: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let proxy = FaultProxy {
+            addr: listener.local_addr().expect("addr"),
+            stalled: Arc::default(),
+            generation: Arc::default(),
+        };
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(upstream) = TcpStream::connect(target).await else {
+                    continue;
+                };
+                let born = p.generation.load(Ordering::SeqCst);
+                tokio::spawn(pipe(client, upstream, p.clone(), born));
+            }
+        });
+        proxy
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// Holds all traffic from now on (both directions) until `resume`.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    /// Delivers what was held and lets traffic flow again.
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+
+    /// Resets every connection open now; new ones pass.
+    pub fn reset(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn dead(&self, born: u64) -> bool {
+        self.generation.load(Ordering::SeqCst) != born
+    }
+}
+
+/// Copies both ways until either side closes or the proxy resets this connection.
+async fn pipe(mut client: TcpStream, mut upstream: TcpStream, proxy: FaultProxy, born: u64) {
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (mut up_buf, mut down_buf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    loop {
+        let (chunk, to_upstream) = tokio::select! {
+            r = client.read(&mut up_buf) => match r {
+                Ok(n) if n > 0 => (n, true),
+                _ => break,
+            },
+            r = upstream.read(&mut down_buf) => match r {
+                Ok(n) if n > 0 => (n, false),
+                _ => break,
+            },
+            // Wake up now and then to notice a reset even on an idle connection.
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                if proxy.dead(born) { break; }
+                continue;
+            }
+        };
+        while proxy.stalled.load(Ordering::SeqCst) && !proxy.dead(born) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if proxy.dead(born) {
+            break;
+        }
+        let written = if to_upstream {
+            upstream.write_all(&up_buf[..chunk]).await
+        } else {
+            client.write_all(&down_buf[..chunk]).await
+        };
+        if written.is_err() {
+            break;
+        }
+    }
+    // Linger 0: both sides see a reset, as after a restarted peer or a dropped path.
+    let _ = client.set_zero_linger();
+    let _ = upstream.set_zero_linger();
+}

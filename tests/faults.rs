@@ -1,0 +1,329 @@
+//! The fault suite: crashes, stalls, resets and abandoned clients against real processes. Each
+//! test ends with the number of executions it promises (see README, "Failure behaviour").
+
+mod common;
+
+use actix_web::web;
+use common::demo::{free_port, start_example};
+use common::proxy::FaultProxy;
+use common::redis::{available, RedisServer};
+use common::{problem, start_with, Charge, Counters, TestServer};
+use idem::{Idempotency, RedisStore};
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_millis(800);
+
+async fn redis_app(url: &str, renew: bool) -> TestServer {
+    let store = RedisStore::builder()
+        .url(url)
+        .response_timeout(Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect");
+    let idem = Idempotency::builder()
+        .store(store)
+        .store_timeout(DEADLINE)
+        .renew_leases(renew)
+        .build();
+    start_with(Some(idem), web::Data::new(Counters::default()))
+}
+
+fn charge(amount: i64, delay_ms: u64) -> Charge {
+    Charge { amount, delay_ms }
+}
+
+fn executions(redis: &RedisServer) -> i64 {
+    redis
+        .cli(&["GET", "idem-faults:executions"])
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1. `kill -9` of the app mid-handler. The restarted app answers 409 until the crashed
+/// attempt's lease (2 s) ends, then runs the request once more, and replays it from then on.
+#[actix_web::test]
+async fn app_killed_mid_handler_runs_again_only_after_its_lease() {
+    if !available("app_killed_mid_handler_runs_again_only_after_its_lease") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let port = free_port();
+    let env = [("IDEM_REDIS_URL", redis.url())];
+    let mut app = start_example("fault_app", port, &env).await;
+    let c = common::client();
+    let url = format!("http://127.0.0.1:{port}/work");
+    let send = |delay: u64| {
+        c.post(&url)
+            .header("Idempotency-Key", "crash")
+            .json(&serde_json::json!({ "delay_ms": delay }))
+            .send()
+    };
+    let doomed = actix_web::rt::spawn(send(10_000));
+    let started = Instant::now();
+    while executions(&redis) < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the handler never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.kill();
+    assert!(
+        doomed.await.unwrap().is_err(),
+        "the crashed request got no answer"
+    );
+    let _app = start_example("fault_app", port, &env).await;
+
+    let r = send(10_000).await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    problem(r, 409).await;
+    assert_eq!(
+        executions(&redis),
+        1,
+        "no second execution while the lease runs"
+    );
+
+    let mut fresh = None;
+    for _ in 0..50 {
+        let r = send(10_000).await.unwrap();
+        if r.status() != 409 {
+            fresh = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The retry carries the same payload, so it takes 10 s too; the lease ran out meanwhile.
+    let fresh = fresh.expect("the key was freed when the lease ended");
+    assert_eq!(fresh.status(), 201);
+    assert!(!fresh.headers().contains_key("idempotent-replayed"));
+    assert_eq!(
+        executions(&redis),
+        2,
+        "once more after the lease: the documented window"
+    );
+    let again = send(10_000).await.unwrap();
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(executions(&redis), 2, "and replayed from then on");
+}
+
+/// 2. A handler slower than its lease: renewal keeps duplicates out. With renewal switched off
+/// (test hook), a duplicate takes the key over and runs, the stale worker's `complete` is refused
+/// by fencing, and the newer owner's record stands.
+#[actix_web::test]
+async fn renewal_holds_the_key_and_fencing_refuses_a_stale_worker() {
+    if !available("renewal_holds_the_key_and_fencing_refuses_a_stale_worker") {
+        return;
+    }
+    let redis = RedisServer::start();
+
+    let app = redis_app(&redis.url(), true).await;
+    let first = actix_web::rt::spawn(app.post("/slow", "renewed").json(&charge(1, 2500)).send());
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let dup = app
+            .post("/slow", "renewed")
+            .json(&charge(1, 2500))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            dup.status(),
+            409,
+            "the 1 s lease is renewed while the handler runs"
+        );
+    }
+    assert_eq!(first.await.unwrap().unwrap().status(), 200);
+    assert_eq!(app.count(|c| &c.slow), 1);
+
+    let app = redis_app(&redis.url(), false).await;
+    let stale = actix_web::rt::spawn(app.post("/slow", "fenced").json(&charge(2, 2500)).send());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Its lease lapsed, so the key is free again: the newer request (a quick one) takes it.
+    let newer = app
+        .post("/slow", "fenced")
+        .json(&charge(2, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(newer.status(), 200, "the lapsed lease was taken over");
+    let newer_body: serde_json::Value = newer.json().await.unwrap();
+    let stale_body: serde_json::Value = stale.await.unwrap().unwrap().json().await.unwrap();
+    assert_ne!(stale_body, newer_body);
+    let replay = app
+        .post("/slow", "fenced")
+        .json(&charge(2, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(
+        replay.json::<serde_json::Value>().await.unwrap(),
+        newer_body,
+        "the stale worker's late complete was refused; the newer owner's record stands"
+    );
+    assert_eq!(
+        app.count(|c| &c.slow),
+        2,
+        "without renewal a slow handler runs twice"
+    );
+}
+
+/// 3. Redis stalled mid-request: 503 within the store deadline, no execution; after the stall,
+/// the retry runs once.
+#[actix_web::test]
+async fn redis_stalled_mid_request() {
+    if !available("redis_stalled_mid_request") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let app = redis_app(&proxy.url(), true).await;
+    assert_eq!(
+        app.post("/slow", "warm")
+            .json(&charge(0, 0))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    proxy.stall();
+    let started = Instant::now();
+    let r = app
+        .post("/slow", "stalled")
+        .json(&charge(3, 0))
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert!(r.headers().contains_key("retry-after"));
+    problem(r, 503).await;
+    assert!(
+        took < DEADLINE + Duration::from_millis(700),
+        "503 after {took:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.resume();
+
+    // The held `begin` reaches Redis late and leaves a lease nobody runs under: 409 until it
+    // ends (1 s), then the retry runs, once.
+    let mut fresh = None;
+    for _ in 0..60 {
+        let r = app
+            .post("/slow", "stalled")
+            .json(&charge(3, 0))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            fresh = Some(r);
+            break;
+        }
+        assert!(matches!(r.status().as_u16(), 409 | 503), "{}", r.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fresh = fresh.expect("the retry ran after the stall");
+    assert!(!fresh.headers().contains_key("idempotent-replayed"));
+    let again = app
+        .post("/slow", "stalled")
+        .json(&charge(3, 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(
+        app.count(|c| &c.slow),
+        2,
+        "the warm-up and the stalled request, once each"
+    );
+}
+
+/// 4. Redis connections reset while `complete` is on the wire: the client still gets its
+/// response; the record stays in progress until its lease, so a retry within it gets 409, never
+/// a second execution. After the lease it may run once more (the documented window).
+#[actix_web::test]
+async fn redis_reset_mid_complete() {
+    if !available("redis_reset_mid_complete") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let app = redis_app(&proxy.url(), true).await;
+    let started = Instant::now();
+    let first = actix_web::rt::spawn(app.post("/slow", "reset").json(&charge(4, 600)).send());
+    // Hold everything just before the handler finishes, so `complete` sits in the proxy…
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // …and reset it there.
+    proxy.reset();
+    proxy.resume();
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 200, "the response still reaches the client");
+
+    // Within the lease (last renewed ~333 ms after the start, 1 s long).
+    let r = app
+        .post("/slow", "reset")
+        .json(&charge(4, 600))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(1300),
+        "checked within the lease"
+    );
+    assert!(
+        r.status() == 409 || r.headers().contains_key("idempotent-replayed"),
+        "within the lease: 409 or the replay, got {}",
+        r.status()
+    );
+    assert_eq!(
+        app.count(|c| &c.slow),
+        1,
+        "never a second execution within the lease"
+    );
+}
+
+/// 5. Many clients hanging up mid-handler at once: every operation runs once, and every retry
+/// gets its replay.
+#[actix_web::test]
+async fn clients_resetting_under_load_run_each_operation_once() {
+    let app = start_with(
+        Some(Idempotency::builder().build()),
+        web::Data::new(Counters::default()),
+    );
+    let keys: Vec<String> = (0..50).map(|i| format!("hangup-{i}")).collect();
+    let mut hangups = Vec::new();
+    for k in &keys {
+        let app_addr = app.addr;
+        let k = k.clone();
+        hangups.push(actix_web::rt::spawn(async move {
+            common::reset_after(
+                app_addr,
+                "/charge",
+                &k,
+                &charge(7, 300),
+                Duration::from_millis(50),
+            )
+            .await
+        }));
+    }
+    for h in hangups {
+        h.await.unwrap();
+    }
+    for k in &keys {
+        let r = app.retry_until_done("/charge", k, &charge(7, 300)).await;
+        assert_eq!(r.status(), 201);
+        assert_eq!(
+            r.headers().get("idempotent-replayed").unwrap(),
+            "true",
+            "{k}"
+        );
+    }
+    assert_eq!(
+        app.count(|c| &c.charge),
+        keys.len(),
+        "each operation ran exactly once"
+    );
+}
