@@ -151,10 +151,15 @@ async fn page() -> HttpResponse {
         .body(include_str!("payments.html"))
 }
 
-/// Handler bodies run, per endpoint, in Prometheus' text format.
+/// idem's metrics (outcomes, store latency, leases, memory store) and the demo's own execution
+/// counts, in Prometheus' text format.
 #[get("/metrics")]
-async fn metrics(ledger: web::Data<Ledger>) -> HttpResponse {
-    let mut out = String::from(
+async fn metrics(
+    ledger: web::Data<Ledger>,
+    prometheus: web::Data<metrics_exporter_prometheus::PrometheusHandle>,
+) -> HttpResponse {
+    let mut out = prometheus.render();
+    out.push_str(
         "# HELP payments_demo_executions_total Handler bodies actually run.\n\
          # TYPE payments_demo_executions_total counter\n",
     );
@@ -171,6 +176,54 @@ async fn metrics(ledger: web::Data<Ledger>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(out)
+}
+
+/// Which record an operator asks about: `?endpoint=payments::create_payment&key=…` and, for
+/// a request that carried `Authorization`, `&principal=` its hash (`idem::default_principal`).
+#[derive(Deserialize)]
+struct AdminQuery {
+    endpoint: String,
+    #[serde(default)]
+    principal: String,
+    key: String,
+}
+
+/// The operator routes exist only when `IDEM_ADMIN_TOKEN` is set, and want it as a bearer token.
+fn admin_allowed(req: &actix_web::HttpRequest) -> bool {
+    let Ok(token) = std::env::var("IDEM_ADMIN_TOKEN") else {
+        return false;
+    };
+    let sent = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    !token.is_empty() && sent == Some(token.as_str())
+}
+
+/// `GET /admin/idempotency?…`: the record's state, attempt, age, expiry and fingerprint.
+/// `DELETE` the same: forget it (a support case).
+async fn admin(
+    req: actix_web::HttpRequest,
+    q: web::Query<AdminQuery>,
+    idem: web::Data<Idempotency>,
+) -> HttpResponse {
+    if !admin_allowed(&req) {
+        return problem(StatusCode::NOT_FOUND, "not found");
+    }
+    let result = if req.method() == actix_web::http::Method::DELETE {
+        idem.purge(&q.endpoint, &q.principal, &q.key)
+            .await
+            .map(|purged| serde_json::json!({ "purged": purged }))
+    } else {
+        idem.inspect(&q.endpoint, &q.principal, &q.key)
+            .await
+            .map(|info| serde_json::json!({ "record": info }))
+    };
+    match result {
+        Ok(v) => HttpResponse::Ok().json(v),
+        Err(e) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
+    }
 }
 
 #[get("/stats")]
@@ -199,6 +252,11 @@ async fn main() -> std::io::Result<()> {
         delay: Duration::from_millis(delay_ms),
         ..Ledger::default()
     });
+    let prometheus = web::Data::new(
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .map_err(std::io::Error::other)?,
+    );
     let (idem, store_name) = match std::env::var("IDEM_REDIS_URL") {
         Ok(urls) if !urls.trim().is_empty() => {
             let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
@@ -227,7 +285,11 @@ async fn main() -> std::io::Result<()> {
         App::new()
             .app_data(idem.clone())
             .app_data(ledger.clone())
+            .app_data(prometheus.clone())
+            .app_data(web::Data::new(idem.clone()))
             .service(idem.status_service())
+            .route("/admin/idempotency", web::get().to(admin))
+            .route("/admin/idempotency", web::delete().to(admin))
             .service(create_payment)
             .service(create_transfer)
             .service(create_refund)

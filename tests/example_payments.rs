@@ -132,3 +132,49 @@ async fn transfers_wait_and_refunds_accept() {
         serde_json::json!({ "payments": 0, "transfers": 1, "refunds": 1 })
     );
 }
+
+/// `GET /metrics` shows idem's counters after a few requests; the admin route is off without
+/// `IDEM_ADMIN_TOKEN`.
+#[actix_web::test]
+async fn metrics_show_outcomes_and_admin_is_off_by_default() {
+    let (_demo, base) = start_demo(None, 10).await;
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    for _ in 0..2 {
+        let r = c
+            .post(format!("{base}/payments"))
+            .header("Idempotency-Key", "m1")
+            .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let text = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"idem_requests_total{endpoint="payments::create_payment",outcome="executed"} 1"#,
+        r#"idem_requests_total{endpoint="payments::create_payment",outcome="replayed"} 1"#,
+        r#"payments_demo_executions_total{endpoint="payments"} 1"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "{line} missing from:\n{text}"
+        );
+    }
+    assert!(text.contains("idem_store_call_seconds"));
+    let admin = c
+        .get(format!(
+            "{base}/admin/idempotency?endpoint=payments::create_payment&key=m1"
+        ))
+        .header("Authorization", "Bearer anything")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 404, "no IDEM_ADMIN_TOKEN, no admin route");
+}

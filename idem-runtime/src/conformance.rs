@@ -45,6 +45,7 @@ macro_rules! store_conformance_tests {
             parallel_begins_acquire_once,
             keys_are_independent,
             attempts_count_releases_and_takeovers,
+            purge_forgets_any_record,
         );
     };
     (@each [$mode:ident] $make:expr; $($case:ident),* $(,)?) => {
@@ -414,4 +415,28 @@ pub async fn attempts_count_releases_and_takeovers(store: Arc<impl Store>) {
             .await,
     );
     assert_eq!(fresh, 1);
+}
+
+/// `purge` forgets a record in any state; the key then runs afresh.
+pub async fn purge_forgets_any_record(store: Arc<impl Store>) {
+    let key = unique_key("purge");
+    assert_eq!(
+        store.purge(&key).await.ok(),
+        Some(false),
+        "nothing to purge"
+    );
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(store.purge(&key).await.ok(), Some(true), "in progress");
+    assert!(store.get(&key).await.ok().flatten().is_none());
+    assert_eq!(
+        store.complete(&key, t, &response(1), TTL).await.ok(),
+        Some(Fenced::Lost)
+    );
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(
+        store.complete(&key, t, &response(2), TTL).await.ok(),
+        Some(Fenced::Done)
+    );
+    assert_eq!(store.purge(&key).await.ok(), Some(true), "completed");
+    acquire(&*store, &key, LEASE).await;
 }

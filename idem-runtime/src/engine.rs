@@ -59,7 +59,12 @@ pub enum Decision {
     /// Run the handler; the ticket holds the lease.
     Execute(Ticket),
     /// Answer with the stored response.
-    Replay(StoredResponse),
+    Replay {
+        /// The response to replay.
+        response: StoredResponse,
+        /// Whether this duplicate waited for it (`on_conflict = "wait"`).
+        waited: bool,
+    },
     /// Answer with this problem; the handler does not run.
     Reject(Problem),
     /// The store failed and the policy says `proceed`: run the handler without protection.
@@ -89,12 +94,16 @@ impl std::fmt::Debug for Engine {
 
 /// Runs one store call under `limit`, turning an overrun into [`StoreError::Timeout`].
 pub(crate) async fn deadline<T>(
+    op: &'static str,
     limit: Duration,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    tokio::time::timeout(limit, call)
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(limit, call)
         .await
-        .unwrap_or(Err(StoreError::Timeout(limit)))
+        .unwrap_or(Err(StoreError::Timeout(limit)));
+    crate::observe::store_call(op, started.elapsed(), result.is_err());
+    result
 }
 
 impl Engine {
@@ -153,23 +162,30 @@ impl Engine {
         fingerprint: Fingerprint,
     ) -> Decision {
         let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
+        let mut waited = false;
         loop {
             let answer = deadline(
+                "begin",
                 self.store_timeout,
                 self.store
                     .begin(&key, &fingerprint, policy.lease, policy.ttl),
             )
             .await;
             return match answer {
-                Ok(Begin::Acquired { token, attempt }) => Decision::Execute(Ticket {
-                    engine: self.clone(),
-                    key,
-                    token,
-                    attempt,
-                    lease: policy.lease,
-                    ttl: policy.ttl,
-                }),
-                Ok(Begin::Replay(r)) => Decision::Replay(r),
+                Ok(Begin::Acquired { token, attempt }) => {
+                    if attempt > 1 {
+                        crate::observe::count("idem_reattempts_total");
+                    }
+                    Decision::Execute(Ticket {
+                        engine: self.clone(),
+                        key,
+                        token,
+                        attempt,
+                        lease: policy.lease,
+                        ttl: policy.ttl,
+                    })
+                }
+                Ok(Begin::Replay(response)) => Decision::Replay { response, waited },
                 Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
                     ProblemKind::KeyReused,
                     "this Idempotency-Key was already used with a different request payload; \
@@ -186,11 +202,16 @@ impl Engine {
                         }
                         let left = wait_until - now;
                         // `wait` makes its own store calls; bound the whole of it.
-                        let waited =
-                            deadline(left + self.store_timeout, self.store.wait(&key, left)).await;
-                        if let Err(e) = waited {
+                        let waited_for = deadline(
+                            "wait",
+                            left + self.store_timeout,
+                            self.store.wait(&key, left),
+                        )
+                        .await;
+                        if let Err(e) = waited_for {
                             return self.store_failed(policy, e);
                         }
+                        waited = true;
                         continue;
                     }
                 },
@@ -201,6 +222,9 @@ impl Engine {
 
     /// Step 7: fail closed (503) or open, per policy.
     pub fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
+        if matches!(error, StoreError::Full) {
+            crate::observe::count("idem_store_full_total");
+        }
         if policy.on_store_error == OnStoreError::Proceed {
             tracing::warn!(endpoint = policy.endpoint, %error, "idem: store failed; running the handler WITHOUT idempotency protection (on_store_error = \"proceed\")");
             return Decision::Unprotected;
@@ -227,7 +251,7 @@ impl Engine {
 
     /// Reads the record of `key`, under the store deadline.
     pub async fn get(&self, key: &StorageKey) -> Result<Option<crate::Record>, StoreError> {
-        deadline(self.store_timeout, self.store.get(key)).await
+        deadline("get", self.store_timeout, self.store.get(key)).await
     }
 }
 
@@ -286,9 +310,10 @@ impl Ticket {
                 out = &mut work => return out,
                 _ = tick.tick(), if renewing => {
                     let store = &self.engine.store;
-                    match deadline(self.engine.store_timeout, store.renew(&self.key, self.token, self.lease)).await {
-                        Ok(Fenced::Done) => {}
+                    match deadline("renew", self.engine.store_timeout, store.renew(&self.key, self.token, self.lease)).await {
+                        Ok(Fenced::Done) => crate::observe::count("idem_lease_renewals_total"),
                         Ok(Fenced::Lost) => {
+                            crate::observe::count("idem_lease_lost_total");
                             tracing::warn!(key = %self.key, "idem: lease lost while the handler runs; its response will not be stored");
                             renewing = false;
                         }
@@ -304,6 +329,7 @@ impl Ticket {
     pub async fn complete(&self, response: &StoredResponse) -> bool {
         let store = &self.engine.store;
         match deadline(
+            "complete",
             self.engine.store_timeout,
             store.complete(&self.key, self.token, response, self.ttl),
         )
@@ -311,6 +337,7 @@ impl Ticket {
         {
             Ok(Fenced::Done) => true,
             Ok(Fenced::Lost) => {
+                crate::observe::count("idem_lease_lost_total");
                 tracing::warn!(key = %self.key, "idem: lease was lost before completion; the response was not stored (fencing)");
                 false
             }
@@ -325,6 +352,7 @@ impl Ticket {
     pub async fn release(&self) {
         let store = &self.engine.store;
         if let Err(error) = deadline(
+            "release",
             self.engine.store_timeout,
             store.release(&self.key, self.token),
         )

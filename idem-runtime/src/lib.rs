@@ -15,6 +15,7 @@ pub mod conformance;
 pub mod engine;
 pub mod fingerprint;
 pub mod key;
+pub mod observe;
 pub mod policy;
 pub mod problem;
 pub mod record;
@@ -23,7 +24,10 @@ pub mod store;
 #[doc(hidden)]
 pub mod __private;
 
-pub use actix::{Idempotency, IdempotencyBuilder, IdempotencyContext};
+pub use actix::{
+    default_principal, Idempotency, IdempotencyBuilder, IdempotencyContext, OperatorError,
+    RecordInfo,
+};
 pub use engine::Engine;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, StorageKey};

@@ -47,6 +47,8 @@ pub struct Record {
     pub state: RecordState,
     /// Which acquisition of the key produced this state (1 for the first).
     pub attempt: u32,
+    /// When that acquisition happened (the store's clock), if the store knows.
+    pub acquired_at: Option<std::time::SystemTime>,
     /// Time left until the lease (in progress) or the TTL (completed) runs out.
     pub expires_in: Duration,
 }

@@ -62,7 +62,8 @@ pub async fn start_example(name: &str, port: u16, env: &[(&str, String)]) -> Dem
     let mut cmd = Command::new(example_binary(name));
     cmd.env("PORT", port.to_string())
         .env_remove("IDEM_REDIS_URL")
-        .env_remove("IDEM_REDIS_CLUSTER");
+        .env_remove("IDEM_REDIS_CLUSTER")
+        .env_remove("IDEM_ADMIN_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }

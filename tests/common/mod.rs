@@ -44,6 +44,7 @@ pub struct Charge {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub counters: web::Data<Counters>,
+    pub idem: Option<Idempotency>,
     client: reqwest::Client,
     handle: ServerHandle,
 }
@@ -88,6 +89,21 @@ impl TestServer {
         reset_after(self.addr, path, key, body, after).await
     }
 
+    /// A JSON POST to `path` without any key; its status.
+    pub async fn client_post_without_key(&self, path: &str) -> u16 {
+        self.client
+            .post(self.url(path))
+            .json(&Charge {
+                amount: 1,
+                delay_ms: 0,
+            })
+            .send()
+            .await
+            .expect("response")
+            .status()
+            .as_u16()
+    }
+
     pub fn count(&self, f: impl Fn(&Counters) -> &AtomicUsize) -> usize {
         f(&self.counters).load(Ordering::SeqCst)
     }
@@ -108,6 +124,7 @@ pub fn start(idem: Option<Idempotency>) -> TestServer {
 /// Like [`start`], counting executions in `counters` (shared by several app instances).
 pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> TestServer {
     let c = counters.clone();
+    let registered = idem.clone();
     let server = HttpServer::new(move || {
         let app = App::new().app_data(c.clone()).configure(routes);
         match &idem {
@@ -126,6 +143,7 @@ pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> T
     TestServer {
         addr,
         counters,
+        idem: registered,
         client: client(),
         handle,
     }

@@ -13,17 +13,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::engine::NEVER_REPLAYED;
 use crate::engine::{Decision, Ticket};
 use crate::key::parse_key_headers;
+use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
 use crate::{Fingerprint, Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
+use tracing::Instrument;
 
 mod config;
 mod context;
+mod operator;
 mod status;
 pub mod webhook;
 
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder};
 pub use context::IdempotencyContext;
+pub use operator::{default_principal, OperatorError, RecordInfo};
 
 /// The header replays carry.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -58,6 +62,31 @@ where
     F: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
     Fut: Future<Output = HandlerResult> + 'static,
 {
+    // One span per idempotent request; its `key` is the hashed key, never the raw one.
+    let span = tracing::info_span!(
+        "idem",
+        endpoint = policy.endpoint,
+        key = tracing::field::Empty
+    );
+    flow(req, payload, policy, handler).instrument(span).await
+}
+
+/// A request refused before the store was asked: observed, then answered.
+fn refused(policy: &Policy, kind: ProblemKind, detail: impl Into<String>) -> HttpResponse {
+    observe::outcome(policy.endpoint, None, Outcome::Rejected);
+    reject(kind, detail)
+}
+
+async fn flow<F, Fut>(
+    req: HttpRequest,
+    payload: web::Payload,
+    policy: &'static Policy,
+    handler: F,
+) -> HttpResponse
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = HandlerResult> + 'static,
+{
     let Some(idem) = find(&req) else {
         return not_configured(policy.endpoint);
     };
@@ -67,7 +96,8 @@ where
     let key = match parse_key_headers(headers) {
         Ok(Some(key)) => key,
         Ok(None) if policy.required => {
-            return reject(
+            return refused(
+                policy,
                 ProblemKind::KeyMissing,
                 format!(
                     "this endpoint requires an {} header: 1 to 255 printable ASCII characters, \
@@ -77,7 +107,7 @@ where
             )
         }
         Ok(None) => return plain(req, payload.into_inner(), handler).await,
-        Err(e) => return reject(ProblemKind::KeyInvalid, e.to_string()),
+        Err(e) => return refused(policy, ProblemKind::KeyInvalid, e.to_string()),
     };
     // A callback that is present but not allowed is refused before anything runs; a missing one
     // only matters if this request turns out to be a duplicate.
@@ -85,7 +115,7 @@ where
         Some(v) if policy.on_conflict == OnConflict::Webhook => {
             match shared.webhook.check(v.as_bytes()) {
                 Ok(url) => Some(url),
-                Err(e) => return reject(ProblemKind::CallbackInvalid, e.to_string()),
+                Err(e) => return refused(policy, ProblemKind::CallbackInvalid, e.to_string()),
             }
         }
         _ => None,
@@ -93,7 +123,10 @@ where
 
     let body = match buffer_body(&req, payload, policy.max_body).await {
         Ok(b) => b,
-        Err(resp) => return resp,
+        Err(resp) => {
+            observe::outcome(policy.endpoint, None, Outcome::Rejected);
+            return resp;
+        }
     };
 
     let principal = idem.principal(&req);
@@ -124,34 +157,66 @@ where
         _ => None,
     };
     let own_status = async_after.map(|_| storage_key.clone());
+    tracing::Span::current().record("key", storage_key.status_id());
     let idem2 = idem.clone();
-    let mut task = actix_web::rt::spawn(async move {
+    let task_body = async move {
         let engine = idem2.shared.engine.clone();
-        match engine.begin(policy, storage_key, fingerprint).await {
-            Decision::Replay(stored) => replay(&stored),
-            Decision::Reject(problem) => problem_response(&problem),
-            Decision::Unprotected => plain(req, dev::Payload::from(body), handler).await,
+        let key_id = storage_key.status_id().to_owned();
+        let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
+            Decision::Replay { response, waited } => (
+                replay(&response),
+                if waited {
+                    Outcome::Waited
+                } else {
+                    Outcome::Replayed
+                },
+            ),
+            Decision::Reject(problem) => (
+                problem_response(&problem),
+                match problem.kind {
+                    ProblemKind::InProgress => Outcome::Conflict,
+                    ProblemKind::KeyReused => Outcome::Mismatch,
+                    ProblemKind::StoreUnavailable => Outcome::StoreError,
+                    _ => Outcome::Rejected,
+                },
+            ),
+            Decision::Unprotected => (
+                plain(req, dev::Payload::from(body), handler).await,
+                Outcome::StoreError,
+            ),
             Decision::Execute(ticket) => execute(&idem2, policy, ticket, req, body, handler).await,
-            Decision::Accepted(key) => status::accepted(idem2.status_path(), &key),
-            Decision::Webhook(key) => {
-                let Some(url) = callback else {
-                    return reject(
+            Decision::Accepted(key) => (
+                status::accepted(idem2.status_path(), &key),
+                Outcome::Accepted,
+            ),
+            Decision::Webhook(key) => match callback {
+                None => (
+                    reject(
                         ProblemKind::CallbackInvalid,
                         webhook::CallbackError::Missing.to_string(),
+                    ),
+                    Outcome::Rejected,
+                ),
+                Some(url) => {
+                    let config = idem2.shared.webhook.clone();
+                    actix_web::rt::spawn(
+                        webhook::deliver_when_done(
+                            engine,
+                            config,
+                            key,
+                            key_text(&req, &idem2),
+                            url,
+                        )
+                        .in_current_span(),
                     );
-                };
-                let config = idem2.shared.webhook.clone();
-                actix_web::rt::spawn(webhook::deliver_when_done(
-                    engine,
-                    config,
-                    key,
-                    key_text(&req, &idem2),
-                    url,
-                ));
-                webhook_accepted()
-            }
-        }
-    });
+                    (webhook_accepted(), Outcome::Accepted)
+                }
+            },
+        };
+        observe::outcome(policy.endpoint, Some(&key_id), outcome);
+        resp
+    };
+    let mut task = actix_web::rt::spawn(task_body.in_current_span());
     if let (Some(after), Some(key)) = (async_after, own_status) {
         // `accepted` with `respond_async_after`: a slow first request gets 202 too, and its
         // handler goes on in the task.
@@ -183,6 +248,8 @@ fn webhook_accepted() -> HttpResponse {
 
 fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>) -> HttpResponse {
     done.unwrap_or_else(|join| {
+        // The handler ran (and failed): that is an execution, released.
+        observe::outcome(policy.endpoint, None, Outcome::Executed);
         tracing::error!(
             endpoint = policy.endpoint,
             panicked = join.is_panic(),
@@ -297,7 +364,7 @@ async fn execute<F, Fut>(
     req: HttpRequest,
     body: Bytes,
     handler: F,
-) -> HttpResponse
+) -> (HttpResponse, Outcome)
 where
     F: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = HandlerResult>,
@@ -308,7 +375,7 @@ where
         ticket.token(),
         ticket.attempt(),
     ));
-    let outcome = ticket
+    let result = ticket
         .keep_alive(async {
             match handler(req, dev::Payload::from(body)).await {
                 Ok(resp) => Ok(capture(idem, policy, resp).await),
@@ -317,7 +384,7 @@ where
         })
         .await;
     armed.0 = None;
-    match outcome {
+    let resp = match result {
         // Under `result` and `semantic` a server error is not an outcome worth keeping: the
         // retry runs the handler again.
         Ok(Ok((resp, _)))
@@ -337,9 +404,10 @@ where
         Err(e) => {
             // Validation failures are not an execution: cache nothing (Stripe does the same).
             ticket.release().await;
-            extractor_problem(&e)
+            return (extractor_problem(&e), Outcome::Rejected);
         }
-    }
+    };
+    (resp, Outcome::Executed)
 }
 
 /// Buffers the handler's response and splits it into what the client gets now and what is

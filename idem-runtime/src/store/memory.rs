@@ -52,6 +52,7 @@ struct Entry {
     /// When the record goes away entirely (TTL of a completed one; `keep` otherwise).
     expires_at: Instant,
     attempt: u32,
+    acquired_at: std::time::SystemTime,
     size: usize,
 }
 
@@ -184,6 +185,14 @@ impl Inner {
         self.shards[Self::shard_index(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes occupancy gauges (a no-op without feature `metrics`).
+    fn publish(&self) {
+        crate::observe::memory_store(
+            self.used.load(Ordering::Relaxed),
+            self.entries.load(Ordering::Relaxed),
+        );
     }
 
     fn remove_entry(&self, map: &mut HashMap<StorageKey, Entry>, key: &StorageKey) {
@@ -321,11 +330,13 @@ impl Store for MemoryStore {
                 },
                 expires_at: now + keep.max(lease),
                 attempt,
+                acquired_at: std::time::SystemTime::now(),
                 size,
             },
         );
         inner.used.fetch_add(size, Ordering::Relaxed);
         inner.entries.fetch_add(1, Ordering::Relaxed);
+        inner.publish();
         Ok(Begin::Acquired { token, attempt })
     }
 
@@ -341,6 +352,7 @@ impl Store for MemoryStore {
                 let old = std::mem::replace(&mut e.state, EntryState::Completed(response.clone()));
                 e.expires_at = Instant::now() + ttl;
                 inner.resize(e, key.as_str().len() + ENTRY_OVERHEAD + response.size());
+                inner.publish();
                 if let EntryState::InProgress { done, .. } = old {
                     done.notify_waiters();
                 }
@@ -377,6 +389,14 @@ impl Store for MemoryStore {
         })))
     }
 
+    async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let mut map = self.inner.shard(key);
+        let existed = map.contains_key(key);
+        self.inner.remove_entry(&mut map, key);
+        self.inner.publish();
+        Ok(existed)
+    }
+
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
         let map = self.inner.shard(key);
@@ -397,6 +417,7 @@ impl Store for MemoryStore {
                 fingerprint: e.fingerprint,
                 state,
                 attempt: e.attempt,
+                acquired_at: Some(e.acquired_at),
                 expires_in: until - now,
             })
         }))

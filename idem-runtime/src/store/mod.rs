@@ -103,6 +103,10 @@ pub trait Store: Send + Sync + 'static {
         lease: Duration,
     ) -> Result<Fenced, StoreError>;
 
+    /// Forgets the record of `key` whatever its state (an operator's purge, for a support case):
+    /// the next request with this key runs afresh. Returns whether there was one.
+    async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError>;
+
     /// Reads the live record of `key`, if any.
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError>;
 

@@ -94,6 +94,12 @@ if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease
 return 1
 ";
 
+const PURGE: &str = r"
+local n = redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', 'idem:done', KEYS[1])
+return n
+";
+
 const GET: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return false end
@@ -125,6 +131,7 @@ struct Scripts {
     release: Script,
     renew: Script,
     get: Script,
+    purge: Script,
 }
 
 impl Scripts {
@@ -135,16 +142,18 @@ impl Scripts {
             release: Script::new(format!("{CLOCK}{HELD}{RELEASE_TAIL}")),
             renew: Script::new(format!("{CLOCK}{HELD}{RENEW_TAIL}")),
             get: Script::new(format!("{CLOCK}{GET}")),
+            purge: Script::new(PURGE.into()),
         }
     }
 
-    fn all(&self) -> [&Script; 5] {
+    fn all(&self) -> [&Script; 6] {
         [
             &self.begin,
             &self.complete,
             &self.release,
             &self.renew,
             &self.get,
+            &self.purge,
         ]
     }
 }
@@ -482,6 +491,13 @@ impl Store for RedisStore {
         }
     }
 
+    async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        match self.eval(&self.scripts.purge, key, &[]).await? {
+            Value::Int(n) => Ok(n > 0),
+            _ => Err(corrupt("purge answer")),
+        }
+    }
+
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let v = self.eval(&self.scripts.get, key, &[]).await?;
         let items = match v {
@@ -508,10 +524,13 @@ impl Store for RedisStore {
             },
             _ => return Err(corrupt("record state")),
         };
+        let token = parse_token(&raw[TOKEN])?;
         Ok(Some(Record {
             fingerprint: Fingerprint(fp),
             state,
             attempt: parse_number(&raw[ATTEMPT], "attempt")?,
+            // The token is the server's clock in µs at acquisition.
+            acquired_at: std::time::UNIX_EPOCH.checked_add(Duration::from_micros(token.0)),
             expires_in: Duration::from_millis((*pttl).max(0) as u64),
         }))
     }

@@ -1,0 +1,111 @@
+//! The operator API: look at, or forget, the record of one request — "did this payment run
+//! twice?", "why does this client get 409?", "let this customer retry".
+
+use serde::Serialize;
+use std::time::{Duration, SystemTime};
+
+use super::config::Idempotency;
+use crate::key::parse_key;
+use crate::{KeyError, RecordState, StorageKey, StoreError};
+
+/// What [`Idempotency::inspect`] finds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecordInfo {
+    /// `in_progress` or `completed`.
+    pub state: &'static str,
+    /// How many times the key was acquired (1 for the first run).
+    pub attempt: u32,
+    /// Time since the current attempt acquired the key, when the store knows.
+    pub age_ms: Option<u64>,
+    /// Time left on the lease (in progress) or the TTL (completed).
+    pub expires_in_ms: u64,
+    /// Hex SHA-256 fingerprint of the request that made the record.
+    pub fingerprint: String,
+    /// The stored response's status, once completed.
+    pub status: Option<u16>,
+    /// The storage key (hashed), as it appears in logs.
+    pub storage_key: String,
+}
+
+/// Why an operator call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    /// The key is not one a client could have sent.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Idempotency {
+    fn storage_key_of(
+        &self,
+        endpoint: &str,
+        principal: &str,
+        key: &str,
+    ) -> Result<StorageKey, KeyError> {
+        let key = parse_key(key.as_bytes())?;
+        Ok(StorageKey::scoped(
+            self.prefix(),
+            endpoint,
+            principal.as_bytes(),
+            &key,
+        ))
+    }
+
+    /// The record of `key` sent by `principal` to `endpoint`, if live.
+    ///
+    /// `endpoint` is the handler's module path and name (`my_app::payments::create`, what the
+    /// logs show); `principal` is what the app's scope function returns — by default
+    /// [`default_principal`] of the request's `Authorization` header, or `""` for anonymous
+    /// requests.
+    pub async fn inspect(
+        &self,
+        endpoint: &str,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<RecordInfo>, OperatorError> {
+        let storage_key = self.storage_key_of(endpoint, principal, key)?;
+        let Some(rec) = self.engine().get(&storage_key).await? else {
+            return Ok(None);
+        };
+        let (state, status) = match &rec.state {
+            RecordState::InProgress { .. } => ("in_progress", None),
+            RecordState::Completed { response } => ("completed", Some(response.status)),
+        };
+        let age_ms = rec
+            .acquired_at
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_millis() as u64);
+        Ok(Some(RecordInfo {
+            state,
+            attempt: rec.attempt,
+            age_ms,
+            expires_in_ms: rec.expires_in.as_millis() as u64,
+            fingerprint: rec.fingerprint.to_hex(),
+            status,
+            storage_key: storage_key.to_string(),
+        }))
+    }
+
+    /// Forgets the record of `key` sent by `principal` to `endpoint`, whatever its state: the
+    /// next request with that key runs afresh. Returns whether there was one. For support cases
+    /// only: purging a completed record lets a retry charge again.
+    pub async fn purge(
+        &self,
+        endpoint: &str,
+        principal: &str,
+        key: &str,
+    ) -> Result<bool, OperatorError> {
+        let storage_key = self.storage_key_of(endpoint, principal, key)?;
+        let store = self.engine().store().clone();
+        let timeout = Duration::from_secs(5);
+        Ok(crate::engine::deadline("purge", timeout, store.purge(&storage_key)).await?)
+    }
+}
+
+/// The principal the default scope derives from an `Authorization` header value.
+pub fn default_principal(authorization: &str) -> String {
+    crate::fingerprint::sha256_hex(authorization.as_bytes())
+}

@@ -1,0 +1,103 @@
+//! What idem decided, for operators: one outcome per idempotent request (a `tracing` event and,
+//! with feature `metrics`, a counter), store-call latency, lease renewals and losses, and memory
+//! store occupancy. Keys appear only hashed; raw keys and credentials never do.
+//!
+//! Metrics (through the `metrics` facade; install any recorder, e.g. Prometheus):
+//!
+//! | name | kind | labels |
+//! | --- | --- | --- |
+//! | `idem_requests_total` | counter | `endpoint`, `outcome` |
+//! | `idem_store_call_seconds` | histogram | `op` (`begin`, `complete`, `release`, `renew`, `get`) |
+//! | `idem_store_errors_total` | counter | `op` |
+//! | `idem_lease_renewals_total` | counter | |
+//! | `idem_lease_lost_total` | counter | |
+//! | `idem_reattempts_total` | counter | (acquisitions with attempt > 1: after a release or a lapsed lease) |
+//! | `idem_store_full_total` | counter | (new keys refused by a full store) |
+//! | `idem_memory_store_bytes`, `idem_memory_store_entries` | gauge | |
+
+use std::time::Duration;
+
+/// How one idempotent request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler ran (its response is stored, or released under `result` for a 5xx).
+    Executed,
+    /// The stored response was replayed.
+    Replayed,
+    /// A duplicate in progress got 409.
+    Conflict,
+    /// The key was reused with another payload: 422.
+    Mismatch,
+    /// Refused before anything ran: bad or missing key, body too large, extractor error, …
+    Rejected,
+    /// The store failed (503, or run unprotected under `on_store_error = "proceed"`).
+    StoreError,
+    /// A duplicate got 202 (`accepted` or `webhook`).
+    Accepted,
+    /// A duplicate waited for the first and got its replay (`wait`).
+    Waited,
+}
+
+impl Outcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Executed => "executed",
+            Outcome::Replayed => "replayed",
+            Outcome::Conflict => "conflict",
+            Outcome::Mismatch => "mismatch",
+            Outcome::Rejected => "rejected",
+            Outcome::StoreError => "store_error",
+            Outcome::Accepted => "accepted",
+            Outcome::Waited => "waited",
+        }
+    }
+}
+
+/// Records the outcome of one request on `endpoint`; `key` is the hashed key (a status id).
+pub(crate) fn outcome(endpoint: &'static str, key: Option<&str>, outcome: Outcome) {
+    tracing::info!(
+        target: "idem",
+        endpoint,
+        key = key.unwrap_or(""),
+        outcome = outcome.as_str(),
+        "idem: {}",
+        outcome.as_str()
+    );
+    #[cfg(feature = "metrics")]
+    metrics::counter!("idem_requests_total", "endpoint" => endpoint, "outcome" => outcome.as_str())
+        .increment(1);
+}
+
+/// Records one store call's latency and whether it failed.
+pub(crate) fn store_call(op: &'static str, took: Duration, failed: bool) {
+    tracing::trace!(target: "idem", op, micros = took.as_micros() as u64, failed, "idem: store call");
+    #[cfg(feature = "metrics")]
+    {
+        metrics::histogram!("idem_store_call_seconds", "op" => op).record(took.as_secs_f64());
+        if failed {
+            metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (op, took, failed);
+}
+
+/// Counts one event without labels.
+pub(crate) fn count(name: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = name;
+}
+
+/// Publishes the memory store's occupancy.
+pub(crate) fn memory_store(bytes: usize, entries: usize) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::gauge!("idem_memory_store_bytes").set(bytes as f64);
+        metrics::gauge!("idem_memory_store_entries").set(entries as f64);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (bytes, entries);
+}
