@@ -178,3 +178,64 @@ async fn metrics_show_outcomes_and_admin_is_off_by_default() {
         .unwrap();
     assert_eq!(admin.status(), 404, "no IDEM_ADMIN_TOKEN, no admin route");
 }
+
+/// With `IDEM_ADMIN_TOKEN`, an operator inspects a payment's record and purges it.
+#[actix_web::test]
+async fn admin_route_inspects_and_purges_with_the_token() {
+    let port = common::demo::free_port();
+    let env = [
+        ("PAYMENT_DELAY_MS", "10".to_string()),
+        ("IDEM_ADMIN_TOKEN", "op-secret".to_string()),
+    ];
+    let _demo = common::demo::start_example("payments", port, &env).await;
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = c
+        .post(format!("{base}/payments"))
+        .header("Idempotency-Key", "support-1")
+        .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let url = format!("{base}/admin/idempotency?endpoint=payments::create_payment&key=support-1");
+    let wrong = c
+        .get(&url)
+        .header("Authorization", "Bearer nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 404);
+    let info: serde_json::Value = c
+        .get(&url)
+        .header("Authorization", "Bearer op-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["record"]["state"], "completed");
+    assert_eq!(info["record"]["status"], 201);
+    assert_eq!(info["record"]["attempt"], 1);
+    let purged: serde_json::Value = c
+        .delete(&url)
+        .header("Authorization", "Bearer op-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["purged"], true);
+    let gone: serde_json::Value = c
+        .get(&url)
+        .header("Authorization", "Bearer op-secret")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(gone["record"].is_null());
+}
