@@ -64,20 +64,8 @@ fn serve(layer: Idempotency) -> SocketAddr {
     rx.recv().expect("server address")
 }
 
-/// A JSON body of about 1 KiB.
-fn body() -> Vec<u8> {
-    let mut s = String::from("{\"amount\":1000,\"currency\":\"EUR\",\"items\":[");
-    let mut i = 0;
-    while s.len() < 980 {
-        s.push_str(&format!(
-            "{{\"sku\":\"item-{i:06}\",\"qty\":{}}},",
-            i % 7 + 1
-        ));
-        i += 1;
-    }
-    s.push_str("{\"sku\":\"last\",\"qty\":1}]}");
-    s.into_bytes()
-}
+#[path = "support/body.rs"]
+mod support;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
@@ -292,7 +280,7 @@ fn main() {
     // `LOAD_ONLY=memory` (or `redis`) measures plain and that one target, for profiling.
     let only = std::env::var("LOAD_ONLY").ok();
     let wanted = |t: &str| only.as_deref().is_none_or(|o| o == t);
-    let body = body();
+    let body = support::body(1024);
 
     let memory = serve(
         Idempotency::builder()

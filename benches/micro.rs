@@ -16,20 +16,9 @@ mod redis_server;
 const LEASE: Duration = Duration::from_secs(30);
 const TTL: Duration = Duration::from_secs(300);
 
-/// A JSON body of about `size` bytes.
-fn body(size: usize) -> Vec<u8> {
-    let mut s = String::from("{\"amount\":1000,\"currency\":\"EUR\",\"items\":[");
-    let mut i = 0;
-    while s.len() + 40 < size {
-        s.push_str(&format!(
-            "{{\"sku\":\"item-{i:06}\",\"qty\":{}}},",
-            i % 7 + 1
-        ));
-        i += 1;
-    }
-    s.push_str("{\"sku\":\"last\",\"qty\":1}]}");
-    s.into_bytes()
-}
+#[path = "support/body.rs"]
+mod support;
+use support::body;
 
 fn keys(c: &mut Criterion) {
     let mut g = c.benchmark_group("key");

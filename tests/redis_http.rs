@@ -39,6 +39,15 @@ fn charge(amount: i64, delay_ms: u64) -> Charge {
 
 /// 300 concurrent same-key requests spread over `apps`: exactly one runs the handler, every other
 /// answer is 409 or the replay of that one.
+async fn storm_over(stores: Vec<RedisStore>) {
+    let counters = web::Data::new(Counters::default());
+    let apps: Vec<TestServer> = stores
+        .into_iter()
+        .map(|store| start_with(Some(idem(store)), counters.clone()))
+        .collect();
+    storm(&apps, &counters).await;
+}
+
 async fn storm(apps: &[TestServer], counters: &web::Data<Counters>) {
     let mut tasks = Vec::new();
     for i in 0..300 {
@@ -77,15 +86,11 @@ async fn three_instances_share_one_redis() {
         return;
     }
     let redis = RedisServer::start();
-    let counters = web::Data::new(Counters::default());
-    let mut apps = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..3 {
-        apps.push(start_with(
-            Some(idem(single_store(&redis).await)),
-            counters.clone(),
-        ));
+        stores.push(single_store(&redis).await);
     }
-    storm(&apps, &counters).await;
+    storm_over(stores).await;
 }
 
 #[actix_web::test]
@@ -94,15 +99,11 @@ async fn three_instances_share_one_cluster() {
         return;
     }
     let cluster = RedisCluster::start();
-    let counters = web::Data::new(Counters::default());
-    let mut apps = Vec::new();
+    let mut stores = Vec::new();
     for _ in 0..3 {
-        apps.push(start_with(
-            Some(idem(cluster_store(&cluster).await)),
-            counters.clone(),
-        ));
+        stores.push(cluster_store(&cluster).await);
     }
-    storm(&apps, &counters).await;
+    storm_over(stores).await;
 }
 
 #[actix_web::test]
