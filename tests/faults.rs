@@ -117,12 +117,12 @@ async fn renewal_holds_the_key_and_fencing_refuses_a_stale_worker() {
     let redis = RedisServer::start();
 
     let app = redis_app(&redis.url(), true).await;
-    let first = actix_web::rt::spawn(app.post("/slow", "renewed").json(&charge(1, 2500)).send());
+    let first = actix_web::rt::spawn(app.post("/slow", "renewed").json(&charge(1, 3500)).send());
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let dup = app
             .post("/slow", "renewed")
-            .json(&charge(1, 2500))
+            .json(&charge(1, 3500))
             .send()
             .await
             .unwrap();
@@ -136,7 +136,7 @@ async fn renewal_holds_the_key_and_fencing_refuses_a_stale_worker() {
     assert_eq!(app.count(|c| &c.slow), 1);
 
     let app = redis_app(&redis.url(), false).await;
-    let stale = actix_web::rt::spawn(app.post("/slow", "fenced").json(&charge(2, 2500)).send());
+    let stale = actix_web::rt::spawn(app.post("/slow", "fenced").json(&charge(2, 3500)).send());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Its lease lapsed, so the key is free again: the newer request (a quick one) takes it.
     let newer = app
@@ -251,7 +251,11 @@ async fn redis_reset_mid_complete() {
     let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
     let app = redis_app(&proxy.url(), true).await;
     let started = Instant::now();
-    let first = actix_web::rt::spawn(app.post("/slow", "reset").json(&charge(4, 600)).send());
+    let first = actix_web::rt::spawn(
+        app.post("/slow-long-lease", "reset")
+            .json(&charge(4, 600))
+            .send(),
+    );
     // Hold everything just before the handler finishes, so `complete` sits in the proxy…
     tokio::time::sleep(Duration::from_millis(450)).await;
     proxy.stall();
@@ -262,15 +266,15 @@ async fn redis_reset_mid_complete() {
     let first = first.await.unwrap().unwrap();
     assert_eq!(first.status(), 200, "the response still reaches the client");
 
-    // Within the lease (last renewed ~333 ms after the start, 1 s long).
+    // Within the lease (3 s, last renewed 1 s after the start).
     let r = app
-        .post("/slow", "reset")
+        .post("/slow-long-lease", "reset")
         .json(&charge(4, 600))
         .send()
         .await
         .unwrap();
     assert!(
-        started.elapsed() < Duration::from_millis(1300),
+        started.elapsed() < Duration::from_millis(2800),
         "checked within the lease"
     );
     assert!(

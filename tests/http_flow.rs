@@ -454,7 +454,7 @@ async fn lease_is_renewed_while_a_slow_handler_runs() {
         let req = c
             .post(&url)
             .header("Idempotency-Key", "slow")
-            .json(&charge(1, 2500));
+            .json(&charge(1, 3500));
         actix_web::rt::spawn(async move { req.send().await.unwrap().status() })
     };
     // Past the 1 s lease: only renewal keeps the key held.
@@ -462,14 +462,14 @@ async fn lease_is_renewed_while_a_slow_handler_runs() {
     let dup = c
         .post(&url)
         .header("Idempotency-Key", "slow")
-        .json(&charge(1, 2500))
+        .json(&charge(1, 3500))
         .send()
         .await
         .unwrap();
     assert_eq!(dup.status(), 409);
     assert_eq!(first.await.unwrap(), 200);
     let r = srv
-        .retry_until_done("/slow", "slow", &charge(1, 2500))
+        .retry_until_done("/slow", "slow", &charge(1, 3500))
         .await;
     assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(srv.count(|c| &c.slow), 1);

@@ -178,6 +178,7 @@ pub fn client() -> reqwest::Client {
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(charge)
         .service(slow)
+        .service(slow_long_lease)
         .service(short_ttl)
         .service(optional)
         .service(small)
@@ -295,6 +296,15 @@ async fn charge(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpR
         .insert_header(("X-Request-Id", format!("req-{n}")))
         .insert_header(("X-Not-Allowed", "1"))
         .json(serde_json::json!({ "charge": n, "amount": body.amount }))
+}
+
+/// Like `slow`, with a 3 s lease: room for a check "within the lease" on a busy machine.
+#[idempotent(lease = "3s", ttl = "1h")]
+#[actix_web::post("/slow-long-lease")]
+async fn slow_long_lease(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    let n = counters.slow.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(body.delay_ms)).await;
+    HttpResponse::Ok().json(serde_json::json!({ "slow": n }))
 }
 
 /// Slower than its lease: renewal must keep duplicates out.
