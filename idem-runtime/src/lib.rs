@@ -35,6 +35,8 @@ pub use policy::{Guarantee, OnConflict, OnStoreError, Policy};
 pub use problem::{Problem, ProblemKind};
 pub use record::{FencingToken, Record, RecordState, StoredResponse};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
+#[cfg(feature = "postgres")]
+pub use store::postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{Begin, Fenced, Store, StoreError};

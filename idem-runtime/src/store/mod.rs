@@ -8,6 +8,8 @@ use thiserror::Error;
 use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "redis")]

@@ -1,0 +1,327 @@
+//! The PostgreSQL store (feature `postgres`): the most durable home for records, one row each.
+//!
+//! `begin` is one statement (an `INSERT … ON CONFLICT … DO UPDATE … WHERE` that only takes a
+//! record over when it is free, wrapped so that the same round trip also returns the live row it
+//! did not take). Leases, TTLs and ages come from the database clock (`now()`), fencing tokens
+//! from a sequence, and every write after `begin` is token- and lease-checked. A reaper task
+//! deletes expired rows in bounded batches. The table is created by [`PostgresStore::connect`]
+//! (under an advisory lock, so concurrent starts do not race).
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_postgres::{Manager, Pool};
+use std::time::{Duration, SystemTime};
+use tokio_postgres::NoTls;
+
+use super::{Begin, Fenced, Store, StoreError};
+use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+
+/// A [`Store`] on PostgreSQL. Cheap to clone; clones share the pool.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), idem_runtime::StoreError> {
+/// let store = idem_runtime::PostgresStore::connect("host=127.0.0.1 user=postgres dbname=app").await?;
+/// # let _ = store; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    table: String,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().clamp(1, i64::MAX as u128) as i64
+}
+
+impl PostgresStore {
+    /// Connects with a libpq-style string (`host=… user=… dbname=…`) or a `postgres://` URL,
+    /// and creates the table `idem_records` if it is missing.
+    pub async fn connect(config: &str) -> Result<Self, StoreError> {
+        Self::connect_table(config, "idem_records").await
+    }
+
+    /// Like [`connect`](Self::connect), with records in `table` (letters, digits and `_`).
+    pub async fn connect_table(config: &str, table: &str) -> Result<Self, StoreError> {
+        if table.is_empty()
+            || !table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StoreError::Unavailable(format!(
+                "invalid table name `{table}`: use letters, digits and `_`"
+            )));
+        }
+        let pg: tokio_postgres::Config = config.parse().map_err(unavailable)?;
+        let pool = Pool::builder(Manager::new(pg, NoTls))
+            .max_size(16)
+            .build()
+            .map_err(unavailable)?;
+        let store = PostgresStore {
+            pool,
+            table: table.to_owned(),
+        };
+        store.migrate().await?;
+        let reaper = store.clone();
+        tokio::spawn(async move { reaper.reap_forever().await });
+        Ok(store)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let t = &self.table;
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(unavailable)?;
+        tx.execute("SELECT pg_advisory_xact_lock(7420551)", &[])
+            .await
+            .map_err(unavailable)?;
+        tx.batch_execute(&format!(
+            "CREATE SEQUENCE IF NOT EXISTS {t}_token;
+             CREATE TABLE IF NOT EXISTS {t} (
+                 key text PRIMARY KEY,
+                 fingerprint bytea NOT NULL,
+                 state char(1) NOT NULL,
+                 token bigint NOT NULL,
+                 attempt integer NOT NULL,
+                 acquired_at timestamptz NOT NULL,
+                 lease_until timestamptz NOT NULL,
+                 expires_at timestamptz NOT NULL,
+                 response bytea
+             );
+             CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at);"
+        ))
+        .await
+        .map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    /// Deletes expired rows, at most 1000 per statement, every 5 s, for as long as the runtime
+    /// lives.
+    async fn reap_forever(self) {
+        let sql = format!(
+            "DELETE FROM {t} WHERE key IN
+               (SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000)",
+            t = self.table
+        );
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            loop {
+                let Ok(c) = self.client().await else { break };
+                match c.execute(&sql, &[]).await {
+                    Ok(n) if n >= 1000 => continue,
+                    Ok(_) => break,
+                    Err(error) => {
+                        tracing::warn!(%error, "idem: reaping expired records failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one token- and lease-checked update; `Done` if it touched the row.
+    async fn fenced(
+        &self,
+        set: &str,
+        key: &StorageKey,
+        token: FencingToken,
+        extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Fenced, StoreError> {
+        let sql = format!(
+            "UPDATE {t} SET {set} WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > now()",
+            t = self.table
+        );
+        let token = token.0 as i64;
+        let key = key.as_str();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&key, &token];
+        params.extend_from_slice(extra);
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &params)
+            .await
+            .map_err(unavailable)?;
+        Ok(if n == 1 { Fenced::Done } else { Fenced::Lost })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn begin(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        // The takeover happens only when the row is free (released, lapsed lease, expired);
+        // otherwise the same statement returns the live row.
+        let sql = format!(
+            "WITH taken AS (
+               INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+               VALUES ($1, $2, 'p', nextval('{t}_token'), 1, now(),
+                       now() + $3::bigint * interval '1 millisecond',
+                       now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond')
+               ON CONFLICT (key) DO UPDATE SET
+                 fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
+                 attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
+                 acquired_at = now(), lease_until = EXCLUDED.lease_until,
+                 expires_at = EXCLUDED.expires_at, response = NULL
+               WHERE NOT ((r.state = 'c' AND r.expires_at > now())
+                       OR (r.state = 'p' AND r.lease_until > now()))
+               RETURNING token, attempt)
+             SELECT true, token, attempt, NULL::bytea, NULL::text, NULL::bigint, NULL::bytea FROM taken
+             UNION ALL
+             SELECT false, r.token, r.attempt, r.fingerprint, r.state::text,
+                    (extract(epoch FROM (r.lease_until - now())) * 1000)::bigint, r.response
+               FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM taken)",
+            t = self.table
+        );
+        let client = self.client().await?;
+        let (lease_ms, keep_ms) = (ms(lease), ms(keep));
+        // A concurrent insert committed between this statement's snapshot and its conflict
+        // check leaves it with no row to show: ask again, once.
+        for _ in 0..2 {
+            let rows = client
+                .query(
+                    &sql,
+                    &[
+                        &key.as_str(),
+                        &fingerprint.0.as_slice(),
+                        &lease_ms,
+                        &keep_ms,
+                    ],
+                )
+                .await
+                .map_err(unavailable)?;
+            let Some(row) = rows.first() else { continue };
+            if row.get::<_, bool>(0) {
+                return Ok(Begin::Acquired {
+                    token: FencingToken(row.get::<_, i64>(1) as u64),
+                    attempt: row.get::<_, i32>(2).max(1) as u32,
+                });
+            }
+            let fp: Vec<u8> = row.get(3);
+            if fp != fingerprint.0 {
+                return Ok(Begin::Mismatch);
+            }
+            let state: String = row.get(4);
+            return match state.as_str() {
+                "p" => Ok(Begin::InProgress {
+                    lease_left: Duration::from_millis(row.get::<_, i64>(5).max(0) as u64),
+                }),
+                _ => {
+                    let raw: Option<Vec<u8>> = row.get(6);
+                    let resp = StoredResponse::decode(Bytes::from(raw.unwrap_or_default()))
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    Ok(Begin::Replay(resp))
+                }
+            };
+        }
+        Err(StoreError::Unavailable(
+            "begin found neither a free nor a live record".into(),
+        ))
+    }
+
+    async fn complete(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let body = response.encode().to_vec();
+        let ttl = ms(ttl);
+        self.fenced(
+            "state = 'c', response = $3, expires_at = now() + $4::bigint * interval '1 millisecond'",
+            key,
+            token,
+            &[&body, &ttl],
+        )
+        .await
+    }
+
+    async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.fenced("state = 'r'", key, token, &[]).await
+    }
+
+    async fn renew(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let lease = ms(lease);
+        self.fenced(
+            "lease_until = now() + $3::bigint * interval '1 millisecond',
+             expires_at = greatest(expires_at, now() + $3::bigint * interval '1 millisecond')",
+            key,
+            token,
+            &[&lease],
+        )
+        .await
+    }
+
+    async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let sql = format!("DELETE FROM {} WHERE key = $1", self.table);
+        let n = self
+            .client()
+            .await?
+            .execute(&sql, &[&key.as_str()])
+            .await
+            .map_err(unavailable)?;
+        Ok(n > 0)
+    }
+
+    async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
+        let sql = format!(
+            "SELECT fingerprint, state::text, token, attempt,
+                    (extract(epoch FROM acquired_at) * 1000000)::bigint,
+                    (extract(epoch FROM (CASE WHEN state = 'p' THEN lease_until ELSE expires_at END - now())) * 1000)::bigint,
+                    response
+               FROM {} WHERE key = $1
+                AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))",
+            self.table
+        );
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[&key.as_str()])
+            .await
+            .map_err(unavailable)?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let fp: Vec<u8> = row.get(0);
+        let fingerprint = Fingerprint(
+            fp.try_into()
+                .map_err(|_| StoreError::Corrupt("fingerprint length".into()))?,
+        );
+        let state: String = row.get(1);
+        let state = match state.as_str() {
+            "p" => RecordState::InProgress {
+                token: FencingToken(row.get::<_, i64>(2) as u64),
+            },
+            _ => RecordState::Completed {
+                response: StoredResponse::decode(Bytes::from(
+                    row.get::<_, Option<Vec<u8>>>(6).unwrap_or_default(),
+                ))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            },
+        };
+        Ok(Some(Record {
+            fingerprint,
+            state,
+            attempt: row.get::<_, i32>(3).max(1) as u32,
+            acquired_at: SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_micros(row.get::<_, i64>(4).max(0) as u64)),
+            expires_in: Duration::from_millis(row.get::<_, i64>(5).max(0) as u64),
+        }))
+    }
+}
