@@ -32,6 +32,7 @@ pub struct Args {
     pub guarantee: String,
     pub fingerprint: Vec<String>,
     pub replay_headers: Vec<String>,
+    pub store: Option<String>,
     pub on_conflict: String,
     pub wait_timeout: Millis,
     pub respond_async_after: Option<Millis>,
@@ -144,6 +145,7 @@ impl Args {
             guarantee: "strict".into(),
             fingerprint: Vec::new(),
             replay_headers: Vec::new(),
+            store: None,
             on_conflict: "retry_after".into(),
             wait_timeout: 10 * 1000,
             respond_async_after: None,
@@ -243,12 +245,19 @@ impl Args {
                             validate::parse_size(&s).map_err(|m| syn::Error::new(sp, m))?;
                     }
                     "store" => {
-                        string("store", v, "\"pg\"")?;
-                        return Err(syn::Error::new(
-                            v.span(),
-                            "`store = …` is not supported yet (named stores arrive with the \
-                             PostgreSQL store); remove it to use the app's default store",
-                        ));
+                        let (name, sp) = string("store", v, "\"pg\"")?;
+                        let ok = !name.is_empty()
+                            && name
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                        if !ok {
+                            return Err(syn::Error::new(
+                                sp,
+                                "`store` names a store registered with `named_store`: letters, \
+                                 digits, `_` and `-`, like `store = \"pg\"`",
+                            ));
+                        }
+                        args.store = Some(name);
                     }
                     "fingerprint" => {
                         fingerprint_span = Some(span);

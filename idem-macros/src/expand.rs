@@ -125,6 +125,10 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     };
     let pointers = &args.fingerprint;
     let replay_headers = &args.replay_headers;
+    let store = match &args.store {
+        Some(name) => quote!(::core::option::Option::Some(#name)),
+        None => quote!(::core::option::Option::None),
+    };
     let on_store_error = if args.on_store_error_proceed {
         quote!(#private::OnStoreError::Proceed)
     } else {
@@ -153,6 +157,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 respond_async_after: #respond_async_after,
                 fingerprint: &[#(#pointers),*],
                 replay_headers: &[#(#replay_headers),*],
+                store: #store,
             };
             #private::run(
                 __idem_req,

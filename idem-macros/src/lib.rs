@@ -19,8 +19,8 @@ use proc_macro::TokenStream;
 /// ```
 ///
 /// Options: `ttl`, `lease`, `guarantee`, `on_conflict` (with `wait_timeout` for `wait` and
-/// `respond_async_after` for `accepted`), `required`, `on_store_error`, `max_body`, `crate`
-/// (and, in later releases, `store` and `fingerprint`).
+/// `respond_async_after` for `accepted`), `required`, `on_store_error`, `max_body`, `store`,
+/// `fingerprint` (with `guarantee = "semantic"`), `replay_headers`, `crate`.
 /// See the `idem` crate documentation for what each means.
 #[proc_macro_attribute]
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {

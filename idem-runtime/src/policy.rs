@@ -70,6 +70,9 @@ pub struct Policy {
     pub fingerprint: &'static [&'static str],
     /// Response headers replayed for this endpoint on top of the app's allow-list (lower case).
     pub replay_headers: &'static [&'static str],
+    /// A named store registered on the app (`IdempotencyBuilder::named_store`); `None` for the
+    /// default store.
+    pub store: Option<&'static str>,
 }
 
 impl Policy {
@@ -97,6 +100,7 @@ impl Policy {
             respond_async_after: None,
             fingerprint: &[],
             replay_headers: &[],
+            store: None,
         }
     }
 }

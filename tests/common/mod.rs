@@ -193,7 +193,15 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(accepted_async)
         .service(webhook)
         .service(result)
-        .service(semantic);
+        .service(semantic)
+        .service(durable);
+}
+
+/// Kept in the store registered as "pg" (a named store).
+#[actix_web::post("/durable")]
+#[idempotent(store = "pg")]
+async fn durable(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.charge, &body).await
 }
 
 /// The body of the guarantee handlers: anything JSON, with an optional `"fail": true`.

@@ -32,6 +32,7 @@ pub struct Idempotency {
 
 pub(super) struct Shared {
     pub(super) engine: Arc<Engine>,
+    pub(super) named: Vec<(String, Arc<Engine>)>,
     pub(super) header: HeaderName,
     pub(super) prefix: String,
     pub(super) scope: Option<Arc<ScopeFn>>,
@@ -53,6 +54,7 @@ impl std::fmt::Debug for Idempotency {
 /// Builder for [`Idempotency`].
 pub struct IdempotencyBuilder {
     store: Option<Arc<dyn Store>>,
+    named: Vec<(String, Arc<dyn Store>)>,
     header: HeaderName,
     prefix: String,
     store_timeout: Duration,
@@ -69,6 +71,7 @@ impl Idempotency {
     pub fn builder() -> IdempotencyBuilder {
         IdempotencyBuilder {
             store: None,
+            named: Vec::new(),
             header: HeaderName::from_static("idempotency-key"),
             prefix: "idem:".into(),
             store_timeout: Duration::from_secs(2),
@@ -84,6 +87,25 @@ impl Idempotency {
     /// The engine (store, deadlines, replay allow-list).
     pub fn engine(&self) -> &Arc<Engine> {
         &self.shared.engine
+    }
+
+    /// The engine of the named store `name` (`store = "name"` on an endpoint), or of the default
+    /// store for `None`.
+    pub fn engine_for(&self, name: Option<&str>) -> Option<&Arc<Engine>> {
+        match name {
+            None => Some(&self.shared.engine),
+            Some(n) => self
+                .shared
+                .named
+                .iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, e)| e),
+        }
+    }
+
+    /// Every engine: the default store's first, then the named ones.
+    pub(super) fn engines(&self) -> impl Iterator<Item = &Arc<Engine>> {
+        std::iter::once(&self.shared.engine).chain(self.shared.named.iter().map(|(_, e)| e))
     }
 
     /// Who sent `req`, hashed: the builder's scope function, or by default a hash of the
@@ -129,6 +151,13 @@ impl IdempotencyBuilder {
     /// The store records live in (default: a fresh [`MemoryStore`]).
     pub fn store(mut self, store: impl Store) -> Self {
         self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Registers `store` under `name`, for endpoints that say `store = "name"` (a durable store
+    /// for payments, say, next to a fast default).
+    pub fn named_store(mut self, name: impl Into<String>, store: impl Store) -> Self {
+        self.named.push((name.into(), Arc::new(store)));
         self
     }
 
@@ -241,19 +270,28 @@ impl IdempotencyBuilder {
 
     /// Finishes the builder.
     pub fn build(self) -> Idempotency {
-        let store = self
-            .store
-            .unwrap_or_else(|| Arc::new(MemoryStore::default()));
+        let engine = |store: Arc<dyn Store>| {
+            let engine = Engine::new(store, self.store_timeout, &self.replay_headers);
+            Arc::new(if self.renew_leases {
+                engine
+            } else {
+                engine.without_lease_renewal()
+            })
+        };
+        let default = engine(
+            self.store
+                .clone()
+                .unwrap_or_else(|| Arc::new(MemoryStore::default())),
+        );
+        let named = self
+            .named
+            .iter()
+            .map(|(n, s)| (n.clone(), engine(s.clone())))
+            .collect();
         Idempotency {
             shared: Arc::new(Shared {
-                engine: Arc::new({
-                    let engine = Engine::new(store, self.store_timeout, &self.replay_headers);
-                    if self.renew_leases {
-                        engine
-                    } else {
-                        engine.without_lease_renewal()
-                    }
-                }),
+                engine: default,
+                named,
                 header: self.header,
                 prefix: self.prefix,
                 scope: self.scope,

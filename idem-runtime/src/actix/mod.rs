@@ -90,6 +90,9 @@ where
     let Some(idem) = find(&req) else {
         return not_configured(policy.endpoint);
     };
+    let Some(engine) = idem.engine_for(policy.store).cloned() else {
+        return store_not_registered(policy);
+    };
     let shared = &idem.shared;
 
     let headers = req.headers().get_all(&shared.header).map(|v| v.as_bytes());
@@ -160,7 +163,6 @@ where
     tracing::Span::current().record("key", storage_key.status_id());
     let idem2 = idem.clone();
     let task_body = async move {
-        let engine = idem2.shared.engine.clone();
         let key_id = storage_key.status_id().to_owned();
         let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
             Decision::Replay { response, waited } => (
@@ -261,6 +263,20 @@ fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>)
              so a retry with the same key runs it again",
         )
     })
+}
+
+/// 500 for an endpoint naming a store the app did not register; logged once.
+fn store_not_registered(policy: &Policy) -> HttpResponse {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    let name = policy.store.unwrap_or_default();
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!(endpoint = policy.endpoint, store = name, "idem: this endpoint names a store the app did not register; add `.named_store(\"{name}\", …)` to the Idempotency builder");
+    }
+    observe::outcome(policy.endpoint, None, Outcome::StoreError);
+    reject(
+        ProblemKind::Internal,
+        format!("this endpoint's idempotency store `{name}` is not configured on the server"),
+    )
 }
 
 /// 500 for a handler whose app has no `Idempotency` registered; logged once.

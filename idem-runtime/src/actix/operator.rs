@@ -54,7 +54,8 @@ impl Idempotency {
         ))
     }
 
-    /// The record of `key` sent by `principal` to `endpoint`, if live.
+    /// The record of `key` sent by `principal` to `endpoint`, if live (in the default store or
+    /// any named one).
     ///
     /// `endpoint` is the handler's module path and name (`my_app::payments::create`, what the
     /// logs show); `principal` is what the app's scope function returns — by default
@@ -67,7 +68,14 @@ impl Idempotency {
         key: &str,
     ) -> Result<Option<RecordInfo>, OperatorError> {
         let storage_key = self.storage_key_of(endpoint, principal, key)?;
-        let Some(rec) = self.engine().get(&storage_key).await? else {
+        let mut found = None;
+        for engine in self.engines() {
+            if let Some(rec) = engine.get(&storage_key).await? {
+                found = Some(rec);
+                break;
+            }
+        }
+        let Some(rec) = found else {
             return Ok(None);
         };
         let (state, status) = match &rec.state {

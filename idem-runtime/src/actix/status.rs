@@ -40,12 +40,18 @@ pub(crate) async fn status(req: HttpRequest, id: web::Path<String>) -> HttpRespo
     let Some(key) = StorageKey::from_status_id(idem.prefix(), &id, principal.as_bytes()) else {
         return not_found();
     };
-    match idem.engine().get(&key).await {
-        Ok(None) => not_found(),
-        Ok(Some(rec)) => match rec.state {
-            RecordState::Completed { response } => replay(&response),
-            RecordState::InProgress { .. } => accepted(idem.status_path(), &key),
-        },
-        Err(e) => super::problem_response(&idem.engine().store_problem(&e)),
+    // The record lives in whichever store its endpoint uses.
+    for engine in idem.engines() {
+        match engine.get(&key).await {
+            Ok(None) => continue,
+            Ok(Some(rec)) => {
+                return match rec.state {
+                    RecordState::Completed { response } => replay(&response),
+                    RecordState::InProgress { .. } => accepted(idem.status_path(), &key),
+                }
+            }
+            Err(e) => return super::problem_response(&engine.store_problem(&e)),
+        }
     }
+    not_found()
 }

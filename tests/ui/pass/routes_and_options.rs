@@ -39,7 +39,7 @@ mod renamed {
     pub use idem as my_idem;
 }
 
-#[idempotent(crate = "crate::renamed::my_idem", ttl = "1s", on_store_error = "reject")]
+#[idempotent(crate = "crate::renamed::my_idem", ttl = "1s", on_store_error = "reject", store = "pg")]
 async fn renamed_crate() -> &'static str {
     "ok"
 }

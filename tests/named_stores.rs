@@ -1,0 +1,107 @@
+//! Named stores: one app keeps most records in its default store and, for `store = "pg"`
+//! endpoints, in PostgreSQL.
+
+mod common;
+
+use common::{problem, start, Charge};
+use idem::{Idempotency, MemoryStore, PostgresStore, RecordState, StorageKey, Store};
+
+fn pg_config() -> String {
+    std::env::var("IDEM_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
+}
+
+fn storage_key(endpoint: &str, key: &str) -> StorageKey {
+    StorageKey::scoped(
+        "idem:",
+        endpoint,
+        b"",
+        &idem::key::parse_key(key.as_bytes()).unwrap(),
+    )
+}
+
+#[actix_web::test]
+async fn endpoints_use_the_store_they_name() {
+    let pg = match PostgresStore::connect_table(&pg_config(), "idem_named_stores").await {
+        Ok(s) => s,
+        Err(e) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "skipped named stores: no PostgreSQL at `{}` ({e})",
+                pg_config()
+            );
+            return;
+        }
+        Err(e) => panic!("PostgreSQL is required in CI: {e}"),
+    };
+    let memory = MemoryStore::default();
+    let srv = start(Some(
+        Idempotency::builder()
+            .store(memory.clone())
+            .named_store("pg", pg.clone())
+            .build(),
+    ));
+    let key = format!("durable-{}", std::process::id());
+    let body = Charge {
+        amount: 9,
+        delay_ms: 0,
+    };
+    assert_eq!(
+        srv.post("/durable", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let again = srv.post("/durable", &key).json(&body).send().await.unwrap();
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(srv.count(|c| &c.charge), 1);
+
+    let durable = storage_key("named_stores::common::durable", &key);
+    assert!(
+        matches!(
+            pg.get(&durable).await.unwrap().map(|r| r.state),
+            Some(RecordState::Completed { .. })
+        ),
+        "the record is in PostgreSQL"
+    );
+    assert!(
+        memory.get(&durable).await.unwrap().is_none(),
+        "and not in the default store"
+    );
+
+    assert_eq!(
+        srv.post("/charge", &key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let plain = storage_key("named_stores::common::charge", &key);
+    assert!(
+        memory.get(&plain).await.unwrap().is_some(),
+        "default endpoints use the default store"
+    );
+    assert!(pg.get(&plain).await.unwrap().is_none());
+    assert!(pg.purge(&durable).await.unwrap());
+}
+
+#[actix_web::test]
+async fn an_unregistered_store_is_a_clear_500() {
+    let srv = start(Some(Idempotency::builder().build()));
+    let r = srv
+        .post("/durable", "k")
+        .json(&Charge {
+            amount: 1,
+            delay_ms: 0,
+        })
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 500).await;
+    assert!(p["detail"].as_str().unwrap().contains("`pg`"));
+    assert_eq!(srv.count(|c| &c.charge), 0);
+}

@@ -1,8 +1,0 @@
-use idem::idempotent;
-
-#[idempotent(store = "pg")]
-async fn named_store() -> &'static str {
-    "ok"
-}
-
-fn main() {}
