@@ -86,7 +86,22 @@ async fn endpoints_use_the_store_they_name() {
         "default endpoints use the default store"
     );
     assert!(pg.get(&plain).await.unwrap().is_none());
-    assert!(pg.purge(&durable).await.unwrap());
+    // Operators find and purge it without knowing which store holds it.
+    let idem = srv.idem.clone().expect("registered");
+    let info = idem
+        .inspect("named_stores::common::durable", "", &key)
+        .await
+        .unwrap()
+        .expect("found in the named store");
+    assert_eq!(info.state, "completed");
+    assert!(idem
+        .purge("named_stores::common::durable", "", &key)
+        .await
+        .unwrap());
+    assert!(
+        pg.get(&durable).await.unwrap().is_none(),
+        "purged from PostgreSQL"
+    );
 }
 
 #[actix_web::test]

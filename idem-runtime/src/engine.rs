@@ -249,6 +249,11 @@ impl Engine {
         }
     }
 
+    /// Forgets the record of `key` (an operator's purge), under the store deadline.
+    pub async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        deadline("purge", self.store_timeout, self.store.purge(key)).await
+    }
+
     /// Reads the record of `key`, under the store deadline.
     pub async fn get(&self, key: &StorageKey) -> Result<Option<crate::Record>, StoreError> {
         deadline("get", self.store_timeout, self.store.get(key)).await
