@@ -206,36 +206,24 @@ async fn admin_route_inspects_and_purges_with_the_token() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 404);
-    let info: serde_json::Value = c
-        .get(&url)
-        .header("Authorization", "Bearer op-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin = |method: reqwest::Method| {
+        let req = c
+            .request(method, &url)
+            .header("Authorization", "Bearer op-secret");
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let info = admin(reqwest::Method::GET).await;
     assert_eq!(info["record"]["state"], "completed");
     assert_eq!(info["record"]["status"], 201);
     assert_eq!(info["record"]["attempt"], 1);
-    let purged: serde_json::Value = c
-        .delete(&url)
-        .header("Authorization", "Bearer op-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(purged["purged"], true);
-    let gone: serde_json::Value = c
-        .get(&url)
-        .header("Authorization", "Bearer op-secret")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(admin(reqwest::Method::DELETE).await["purged"], true);
+    let gone = admin(reqwest::Method::GET).await;
     assert!(gone["record"].is_null());
 }
