@@ -141,15 +141,9 @@ fn ran_fresh(log: &str) -> bool {
 }
 
 async fn payments_executed(base: &str) -> u64 {
-    let stats: serde_json::Value = common::client()
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["executions"]["payments"].as_u64().unwrap()
+    common::demo::executions(base).await["payments"]
+        .as_u64()
+        .expect("a count")
 }
 
 #[actix_web::test]

@@ -3,20 +3,7 @@
 
 mod common;
 
-use common::demo::start_demo;
-
-/// `GET /stats` → how many times the payment handler's body ran.
-async fn payments_executed(c: &reqwest::Client, base: &str) -> u64 {
-    let stats: serde_json::Value = c
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    stats["executions"]["payments"].as_u64().expect("a count")
-}
+use common::demo::{executions, start_demo};
 
 #[actix_web::test]
 async fn curl_twice_one_execution() {
@@ -58,7 +45,7 @@ async fn curl_twice(base: &str) {
     assert_eq!(second.headers().get("location"), Some(&location));
     assert_eq!(second.json::<serde_json::Value>().await.unwrap(), body);
 
-    assert_eq!(payments_executed(&c, base).await, 1);
+    assert_eq!(executions(base).await["payments"], 1);
 
     // The payment the replay points at exists once.
     let got = c
@@ -74,7 +61,7 @@ async fn curl_twice(base: &str) {
     let again = pay("readme-2", 0).await.unwrap();
     assert_eq!(again.status(), 400);
     assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
-    assert_eq!(payments_executed(&c, base).await, 2);
+    assert_eq!(executions(base).await["payments"], 2);
 }
 
 /// `POST /transfers` waits for its twin; `POST /refunds` answers a twin with 202 + a status
@@ -119,16 +106,8 @@ async fn transfers_wait_and_refunds_accept() {
     assert_eq!(done.status(), 201);
     assert_eq!(done.headers().get("idempotent-replayed").unwrap(), "true");
 
-    let stats: serde_json::Value = c
-        .get(format!("{base}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        stats["executions"],
+        executions(&base).await,
         serde_json::json!({ "payments": 0, "transfers": 1, "refunds": 1 })
     );
 }

@@ -85,3 +85,16 @@ pub async fn start_example(name: &str, port: u16, env: &[(&str, String)]) -> Dem
     }
     demo
 }
+
+/// `GET {base}/stats` → the demo's `executions` object (handler bodies run per endpoint).
+pub async fn executions(base: &str) -> serde_json::Value {
+    let stats: serde_json::Value = super::client()
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .expect("GET /stats")
+        .json()
+        .await
+        .expect("stats JSON");
+    stats["executions"].clone()
+}

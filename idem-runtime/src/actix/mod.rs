@@ -117,7 +117,8 @@ where
     let callback = match req.headers().get(webhook::CALLBACK_HEADER) {
         Some(v) if policy.on_conflict == OnConflict::Webhook => {
             match shared.webhook.check(v.as_bytes()) {
-                Ok(url) => Some(url),
+                // The delivery carries the client's own key, for correlation.
+                Ok(url) => Some((url, key.as_str().to_owned())),
                 Err(e) => return refused(policy, ProblemKind::CallbackInvalid, e.to_string()),
             }
         }
@@ -199,17 +200,11 @@ where
                     ),
                     Outcome::Rejected,
                 ),
-                Some(url) => {
+                Some((url, raw_key)) => {
                     let config = idem2.shared.webhook.clone();
                     actix_web::rt::spawn(
-                        webhook::deliver_when_done(
-                            engine,
-                            config,
-                            key,
-                            key_text(&req, &idem2),
-                            url,
-                        )
-                        .in_current_span(),
+                        webhook::deliver_when_done(engine, config, key, raw_key, url)
+                            .in_current_span(),
                     );
                     (webhook_accepted(), Outcome::Accepted)
                 }
@@ -228,18 +223,6 @@ where
         }
     }
     finished(policy, task.await)
-}
-
-/// The raw key as the client sent it (already validated), for webhook correlation.
-fn key_text(req: &HttpRequest, idem: &Idempotency) -> String {
-    let raw = req
-        .headers()
-        .get(&idem.shared.header)
-        .map(|v| v.as_bytes())
-        .unwrap_or_default();
-    crate::key::parse_key(raw)
-        .map(|k| k.as_str().to_owned())
-        .unwrap_or_default()
 }
 
 fn webhook_accepted() -> HttpResponse {
