@@ -24,6 +24,7 @@ pub const OPTIONS: &[&str] = &[
     "fingerprint",
     "respond_async_after",
     "replay_headers",
+    "transactional",
 ];
 
 /// What the attribute asked for, with defaults applied.
@@ -39,6 +40,7 @@ pub struct Args {
     pub lease: Millis,
     pub required: bool,
     pub on_store_error_proceed: bool,
+    pub transactional: Option<Span>,
     pub max_body: u64,
     pub krate: syn::Path,
 }
@@ -152,17 +154,27 @@ impl Args {
             lease: 30 * 1000,
             required: true,
             on_store_error_proceed: false,
+            transactional: None,
             max_body: 2 << 20,
             krate: syn::parse_quote!(::idem),
         };
 
+        let mut on_store_error_span: Option<Span> = None;
         for meta in &metas {
             let nv = match meta {
                 Meta::NameValue(nv) => nv,
+                // The one flag: `transactional`.
+                Meta::Path(p) if p.is_ident("transactional") => {
+                    if args.transactional.replace(p.span()).is_some() {
+                        errors.push(p.span(), "duplicate option `transactional`; give it once");
+                    }
+                    continue;
+                }
                 other => {
                     errors.push(
                         other.span(),
-                        "expected `option = value`, like `ttl = \"24h\"`",
+                        "expected `option = value`, like `ttl = \"24h\"` (or the flag \
+                         `transactional`)",
                     );
                     continue;
                 }
@@ -226,7 +238,14 @@ impl Args {
                     }
                     "on_store_error" => {
                         args.on_store_error_proceed =
-                            one_of("on_store_error", v, &["reject", "proceed"])? == "proceed"
+                            one_of("on_store_error", v, &["reject", "proceed"])? == "proceed";
+                        on_store_error_span = Some(v.span());
+                    }
+                    "transactional" => {
+                        return Err(syn::Error::new(
+                            span,
+                            "`transactional` is a flag: write `transactional`, without a value",
+                        ))
                     }
                     "required" => match v {
                         Expr::Lit(ExprLit {
@@ -331,6 +350,17 @@ impl Args {
                     );
                 }
             }
+        }
+        if let (Some(_), true, Some(span)) = (
+            args.transactional,
+            args.on_store_error_proceed,
+            on_store_error_span,
+        ) {
+            errors.push(
+                span,
+                "`transactional` cannot run without its store: remove `on_store_error = \"proceed\"` \
+                 (a transactional handler needs the PostgreSQL store to open its transaction)",
+            );
         }
         if let Some((ms, _)) = ttl {
             args.ttl = ms;

@@ -129,6 +129,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         Some(name) => quote!(::core::option::Option::Some(#name)),
         None => quote!(::core::option::Option::None),
     };
+    let transactional = args.transactional.is_some();
     let on_store_error = if args.on_store_error_proceed {
         quote!(#private::OnStoreError::Proceed)
     } else {
@@ -158,6 +159,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 fingerprint: &[#(#pointers),*],
                 replay_headers: &[#(#replay_headers),*],
                 store: #store,
+                transactional: #transactional,
             };
             #private::run(
                 __idem_req,

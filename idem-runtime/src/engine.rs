@@ -146,6 +146,12 @@ impl Engine {
         &self.store
     }
 
+    /// The deadline of every store call.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn store_timeout(&self) -> Duration {
+        self.store_timeout
+    }
+
     /// Whether a response header named `name` (lower case) is kept for replay.
     pub fn is_replayed(&self, name: &str) -> bool {
         self.replay_headers.iter().any(|h| h == name)
@@ -294,6 +300,18 @@ impl Ticket {
     /// Which acquisition of the key this is (1 for the first).
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The engine this lease was taken through.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// How long the completed response is to be kept.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Runs `work` while renewing the lease every `lease / 3`, so a slow handler is not taken

@@ -28,6 +28,8 @@ pub use actix::{
     default_principal, Idempotency, IdempotencyBuilder, IdempotencyContext, OperatorError,
     RecordInfo,
 };
+#[cfg(feature = "postgres")]
+pub use actix::{IdemTx, TxClient, TxEnded};
 pub use engine::Engine;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, StorageKey};
@@ -40,3 +42,6 @@ pub use store::postgres::PostgresStore;
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{Begin, Fenced, Store, StoreError};
+/// The PostgreSQL client `IdemTx` hands out, re-exported so that handlers use the same version.
+#[cfg(feature = "postgres")]
+pub use tokio_postgres;

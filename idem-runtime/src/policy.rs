@@ -73,6 +73,11 @@ pub struct Policy {
     /// A named store registered on the app (`IdempotencyBuilder::named_store`); `None` for the
     /// default store.
     pub store: Option<&'static str>,
+    /// The handler runs in a transaction on the endpoint's PostgreSQL store (an
+    /// `idem_runtime::actix::IdemTx` extractor hands it over) and the stored response is written
+    /// in that same transaction: the handler's writes and the record commit together or not at
+    /// all.
+    pub transactional: bool,
 }
 
 impl Policy {
@@ -101,6 +106,7 @@ impl Policy {
             fingerprint: &[],
             replay_headers: &[],
             store: None,
+            transactional: false,
         }
     }
 }

@@ -22,12 +22,16 @@ mod config;
 mod context;
 mod operator;
 mod status;
+#[cfg(feature = "postgres")]
+mod tx;
 pub mod webhook;
 
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder};
 pub use context::IdempotencyContext;
 pub use operator::{default_principal, OperatorError, RecordInfo};
+#[cfg(feature = "postgres")]
+pub use tx::{IdemTx, TxClient, TxEnded};
 
 /// The header replays carry.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -109,7 +113,7 @@ where
                 ),
             )
         }
-        Ok(None) => return plain(req, payload.into_inner(), handler).await,
+        Ok(None) => return keyless(&engine, policy, req, payload.into_inner(), handler).await,
         Err(e) => return refused(policy, ProblemKind::KeyInvalid, e.to_string()),
     };
     // A callback that is present but not allowed is refused before anything runs; a missing one
@@ -323,6 +327,27 @@ async fn buffer_body(
     Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
+/// A request without a key where keys are optional: run plainly (in a transaction of its own
+/// on a transactional endpoint).
+async fn keyless<F, Fut>(
+    engine: &crate::Engine,
+    policy: &Policy,
+    req: HttpRequest,
+    payload: dev::Payload,
+    handler: F,
+) -> HttpResponse
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = HandlerResult>,
+{
+    #[cfg(feature = "postgres")]
+    if policy.transactional {
+        return tx::plain(engine, req, payload, handler).await;
+    }
+    let _ = (engine, policy);
+    plain(req, payload, handler).await
+}
+
 /// Runs the handler without idempotency (no key where none is required, or store down with
 /// `on_store_error = "proceed"`).
 async fn plain<F, Fut>(req: HttpRequest, payload: dev::Payload, handler: F) -> HttpResponse
@@ -356,6 +381,37 @@ impl Drop for ReleaseOnDrop {
     }
 }
 
+/// What becomes of one execution's result.
+pub(crate) enum Verdict {
+    /// Store the response for replay, and answer with it.
+    Keep(HttpResponse, StoredResponse),
+    /// Store nothing and release the key (the retry runs afresh); answer with this.
+    Release(HttpResponse),
+    /// An extractor refused the request: not an execution; release and answer with its problem.
+    Refused(HttpResponse),
+}
+
+impl Verdict {
+    fn of(
+        policy: &Policy,
+        result: Result<Result<(HttpResponse, StoredResponse), HttpResponse>, actix_web::Error>,
+    ) -> Verdict {
+        match result {
+            // Under `result` and `semantic` a server error is not an outcome worth keeping: the
+            // retry runs the handler again.
+            Ok(Ok((resp, _)))
+                if policy.guarantee != Guarantee::Strict && resp.status().is_server_error() =>
+            {
+                Verdict::Release(resp)
+            }
+            Ok(Ok((resp, stored))) => Verdict::Keep(resp, stored),
+            Ok(Err(too_big)) => Verdict::Release(too_big),
+            // Validation failures are not an execution: cache nothing (Stripe does the same).
+            Err(e) => Verdict::Refused(extractor_problem(&e)),
+        }
+    }
+}
+
 async fn execute<F, Fut>(
     idem: &Idempotency,
     policy: &Policy,
@@ -374,6 +430,19 @@ where
         ticket.token(),
         ticket.attempt(),
     ));
+    #[cfg(feature = "postgres")]
+    let tx = if policy.transactional {
+        match tx::open(ticket.engine(), &req).await {
+            Ok(tx) => Some(tx),
+            Err(resp) => {
+                armed.0 = None;
+                ticket.release().await;
+                return (resp, Outcome::StoreError);
+            }
+        }
+    } else {
+        None
+    };
     let result = ticket
         .keep_alive(async {
             match handler(req, dev::Payload::from(body)).await {
@@ -383,30 +452,25 @@ where
         })
         .await;
     armed.0 = None;
-    let resp = match result {
-        // Under `result` and `semantic` a server error is not an outcome worth keeping: the
-        // retry runs the handler again.
-        Ok(Ok((resp, _)))
-            if policy.guarantee != Guarantee::Strict && resp.status().is_server_error() =>
-        {
-            ticket.release().await;
-            resp
-        }
-        Ok(Ok((resp, stored))) => {
+    let verdict = Verdict::of(policy, result);
+    #[cfg(feature = "postgres")]
+    if let Some(tx) = tx {
+        return tx::finish(tx, &ticket, verdict).await;
+    }
+    match verdict {
+        Verdict::Keep(resp, stored) => {
             ticket.complete(&stored).await;
-            resp
+            (resp, Outcome::Executed)
         }
-        Ok(Err(too_big)) => {
+        Verdict::Release(resp) => {
             ticket.release().await;
-            too_big
+            (resp, Outcome::Executed)
         }
-        Err(e) => {
-            // Validation failures are not an execution: cache nothing (Stripe does the same).
+        Verdict::Refused(resp) => {
             ticket.release().await;
-            return (extractor_problem(&e), Outcome::Rejected);
+            (resp, Outcome::Rejected)
         }
-    };
-    (resp, Outcome::Executed)
+    }
 }
 
 /// Buffers the handler's response and splits it into what the client gets now and what is

@@ -14,6 +14,8 @@ pub mod postgres;
 pub mod redis;
 #[cfg(feature = "redis")]
 mod redis_notify;
+#[cfg(any(feature = "redis", feature = "postgres"))]
+mod waiters;
 
 /// The answer of [`Store::begin`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +113,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads the live record of `key`, if any.
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError>;
+
+    /// This store as a [`PostgresStore`](postgres::PostgresStore), for endpoints whose handler
+    /// runs in a transaction on it (`#[idempotent(transactional)]`). `None` for every other
+    /// store; a wrapper around a `PostgresStore` should forward it.
+    #[cfg(feature = "postgres")]
+    fn as_postgres(&self) -> Option<&postgres::PostgresStore> {
+        None
+    }
 
     /// Returns once the record of `key` changes state (completed, released or expired) or after
     /// `timeout`, whichever is first. The default polls [`get`](Store::get); stores that can push

@@ -6,13 +6,25 @@
 //! from a sequence, and every write after `begin` is token- and lease-checked. A reaper task
 //! deletes expired rows in bounded batches. The table is created by [`PostgresStore::connect`]
 //! (under an advisory lock, so concurrent starts do not race).
+//!
+//! Completions and releases `NOTIFY` the channel `<table>_done` with the storage key; one
+//! `LISTEN`ing connection per store wakes the local waiters (`on_conflict = "wait"`, webhooks),
+//! which also re-read the record now and then in case a notification is lost. A notification
+//! sent inside a transaction is delivered when it commits, so a transactional completion wakes
+//! waiters only once its writes are visible.
+//!
+//! For `#[idempotent(transactional)]` endpoints the store also opens the handler's transaction
+//! ([`TxConn`]) and writes the completion inside it (see `idem_runtime::actix::IdemTx`).
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, Pool};
+use futures_util::StreamExt;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
-use tokio_postgres::NoTls;
+use tokio_postgres::{AsyncMessage, NoTls};
 
+use super::waiters::{wait_for, Waiters};
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 
@@ -27,6 +39,7 @@ use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredRe
 pub struct PostgresStore {
     pool: Pool,
     table: String,
+    waiters: Arc<Waiters>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -56,18 +69,29 @@ impl PostgresStore {
             )));
         }
         let pg: tokio_postgres::Config = config.parse().map_err(unavailable)?;
-        let pool = Pool::builder(Manager::new(pg, NoTls))
+        let pool = Pool::builder(Manager::new(pg.clone(), NoTls))
             .max_size(16)
             .build()
             .map_err(unavailable)?;
         let store = PostgresStore {
             pool,
             table: table.to_owned(),
+            waiters: Arc::new(Waiters::default()),
         };
         store.migrate().await?;
         let reaper = store.clone();
         tokio::spawn(async move { reaper.reap_forever().await });
+        tokio::spawn(listen_forever(
+            pg,
+            store.channel(),
+            Arc::downgrade(&store.waiters),
+        ));
         Ok(store)
+    }
+
+    /// The channel completions and releases are notified on.
+    fn channel(&self) -> String {
+        format!("{}_done", self.table)
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -125,29 +149,193 @@ impl PostgresStore {
         }
     }
 
-    /// Runs one token- and lease-checked update; `Done` if it touched the row.
-    async fn fenced(
-        &self,
-        set: &str,
+    /// A token- and lease-checked update of the record; with `notify`, the update also
+    /// notifies the store's channel with the key. `clock_timestamp()`, not `now()`: inside a
+    /// transaction `now()` is the time the transaction began.
+    fn fenced_sql(&self, set: &str, notify: bool) -> String {
+        let update = format!(
+            "UPDATE {t} SET {set}
+              WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > clock_timestamp()",
+            t = self.table
+        );
+        if notify {
+            format!(
+                "WITH u AS ({update} RETURNING key) SELECT pg_notify('{}', key) FROM u",
+                self.channel()
+            )
+        } else {
+            update
+        }
+    }
+
+    /// Runs a [`fenced_sql`](Self::fenced_sql) statement on `client`.
+    async fn fenced_on(
+        client: &tokio_postgres::Client,
+        sql: &str,
         key: &StorageKey,
         token: FencingToken,
         extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Fenced, StoreError> {
-        let sql = format!(
-            "UPDATE {t} SET {set} WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > now()",
-            t = self.table
-        );
+    ) -> Result<Fenced, tokio_postgres::Error> {
         let token = token.0 as i64;
         let key = key.as_str();
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&key, &token];
         params.extend_from_slice(extra);
-        let n = self
-            .client()
-            .await?
-            .execute(&sql, &params)
-            .await
-            .map_err(unavailable)?;
+        let n = client.execute(sql, &params).await?;
         Ok(if n == 1 { Fenced::Done } else { Fenced::Lost })
+    }
+
+    /// Runs one fenced update on a pooled connection.
+    async fn fenced(
+        &self,
+        set: &str,
+        notify: bool,
+        key: &StorageKey,
+        token: FencingToken,
+        extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Fenced, StoreError> {
+        let client = self.client().await?;
+        Self::fenced_on(&client, &self.fenced_sql(set, notify), key, token, extra)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Takes a pooled connection and opens a transaction on it, for a transactional handler.
+    pub(crate) async fn open_tx(&self) -> Result<TxConn, StoreError> {
+        let client = self.client().await?;
+        let conn = TxConn { obj: Some(client) };
+        conn.batch("BEGIN").await.map_err(unavailable)?;
+        Ok(conn)
+    }
+
+    /// Writes the completion of `key` inside the transaction of `conn` (fenced like
+    /// [`Store::complete`]); it becomes visible when, and only if, the transaction commits.
+    pub(crate) async fn complete_in(
+        &self,
+        conn: &TxConn,
+        key: &StorageKey,
+        token: FencingToken,
+        response: &StoredResponse,
+        ttl: Duration,
+    ) -> Result<Fenced, tokio_postgres::Error> {
+        let Some(client) = conn.obj.as_deref() else {
+            return Ok(Fenced::Lost);
+        };
+        let body = response.encode().to_vec();
+        let ttl = ms(ttl);
+        Self::fenced_on(
+            client,
+            &self.fenced_sql(COMPLETE_SET, true),
+            key,
+            token,
+            &[&body, &ttl],
+        )
+        .await
+    }
+}
+
+/// The `SET` of a completion: `$3` the encoded response, `$4` the TTL in milliseconds.
+const COMPLETE_SET: &str = "state = 'c', response = $3,
+     expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'";
+
+/// A pooled connection with a transaction open on it. Committed or rolled back explicitly; if
+/// it is dropped while the transaction is open (a panic, a cancelled task), the connection is
+/// closed instead of going back to the pool, and PostgreSQL rolls the transaction back.
+pub(crate) struct TxConn {
+    obj: Option<deadpool_postgres::Object>,
+}
+
+impl TxConn {
+    /// The connection, while the transaction is open.
+    pub(crate) fn client_mut(&mut self) -> Option<&mut tokio_postgres::Client> {
+        self.obj.as_mut().map(|o| &mut ***o)
+    }
+
+    async fn batch(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        match &self.obj {
+            Some(c) => c.batch_execute(sql).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the transaction with `COMMIT` (or `ROLLBACK`); the connection goes back to the pool
+    /// only when that statement succeeded.
+    async fn finish(mut self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        self.batch(sql).await?;
+        // Done cleanly: back to the pool rather than closed by `Drop`.
+        drop(self.obj.take());
+        Ok(())
+    }
+
+    /// `COMMIT`.
+    pub(crate) async fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.finish("COMMIT").await
+    }
+
+    /// `ROLLBACK`; a failure is logged (the connection is closed, which rolls back as well).
+    pub(crate) async fn rollback(self) {
+        if let Err(error) = self.finish("ROLLBACK").await {
+            tracing::warn!(%error, "idem: ROLLBACK failed; the connection is closed instead");
+        }
+    }
+}
+
+impl Drop for TxConn {
+    fn drop(&mut self) {
+        if let Some(obj) = self.obj.take() {
+            // Detached from the pool, the client is dropped and its connection closed.
+            drop(deadpool_postgres::Object::take(obj));
+        }
+    }
+}
+
+/// Keeps one `LISTEN` connection on `channel` for as long as `waiters` lives, reconnecting with
+/// a short backoff.
+async fn listen_forever(config: tokio_postgres::Config, channel: String, waiters: Weak<Waiters>) {
+    while waiters.strong_count() > 0 {
+        if let Err(error) = listen(&config, &channel, &waiters).await {
+            tracing::debug!(%error, "idem: PostgreSQL LISTEN connection failed; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn listen(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    waiters: &Weak<Waiters>,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    // Notifications arrive through the connection, which this task drives.
+    let to_wake = waiters.clone();
+    let mut driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => match to_wake.upgrade() {
+                    Some(w) => w.wake(n.payload()),
+                    None => return,
+                },
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "idem: PostgreSQL LISTEN connection ended");
+                    return;
+                }
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .await?;
+    loop {
+        tokio::select! {
+            _ = &mut driver => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                if waiters.strong_count() == 0 {
+                    driver.abort();
+                    return Ok(());
+                }
+            }
+        }
     }
 }
 
@@ -238,17 +426,12 @@ impl Store for PostgresStore {
     ) -> Result<Fenced, StoreError> {
         let body = response.encode().to_vec();
         let ttl = ms(ttl);
-        self.fenced(
-            "state = 'c', response = $3, expires_at = now() + $4::bigint * interval '1 millisecond'",
-            key,
-            token,
-            &[&body, &ttl],
-        )
-        .await
+        self.fenced(COMPLETE_SET, true, key, token, &[&body, &ttl])
+            .await
     }
 
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.fenced("state = 'r'", key, token, &[]).await
+        self.fenced("state = 'r'", true, key, token, &[]).await
     }
 
     async fn renew(
@@ -259,12 +442,30 @@ impl Store for PostgresStore {
     ) -> Result<Fenced, StoreError> {
         let lease = ms(lease);
         self.fenced(
-            "lease_until = now() + $3::bigint * interval '1 millisecond',
-             expires_at = greatest(expires_at, now() + $3::bigint * interval '1 millisecond')",
+            "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
+             expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
+            false,
             key,
             token,
             &[&lease],
         )
+        .await
+    }
+
+    fn as_postgres(&self) -> Option<&PostgresStore> {
+        Some(self)
+    }
+
+    async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        wait_for(&self.waiters, key.as_str(), timeout, || async {
+            Ok(!matches!(
+                self.get(key).await?,
+                Some(Record {
+                    state: RecordState::InProgress { .. },
+                    ..
+                })
+            ))
+        })
         .await
     }
 

@@ -470,25 +470,16 @@ impl Store for RedisStore {
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
-        let until = tokio::time::Instant::now() + timeout;
-        let notify = self.waiters.register(key.as_str());
-        loop {
-            // Created before the read: a completion published in between still wakes it.
-            let notified = notify.notified();
-            match self.get(key).await? {
+        super::waiters::wait_for(&self.waiters, key.as_str(), timeout, || async {
+            Ok(!matches!(
+                self.get(key).await?,
                 Some(Record {
                     state: RecordState::InProgress { .. },
                     ..
-                }) => {}
-                _ => return Ok(()),
-            }
-            let now = tokio::time::Instant::now();
-            if now >= until {
-                return Ok(());
-            }
-            let pause = (until - now).min(redis_notify::POLL_EVERY);
-            let _ = tokio::time::timeout(pause, notified).await;
-        }
+                })
+            ))
+        })
+        .await
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {

@@ -3,49 +3,18 @@
 //! The complete and release scripts `PUBLISH` the storage key on [`CHANNEL`]. Each `RedisStore`
 //! keeps one subscriber connection (in a cluster, to any node: classic pub/sub is broadcast over
 //! the cluster bus) and wakes the local waiters of that key. The push only shortens the wait:
-//! waiters also re-read the record every [`POLL_EVERY`], so a lost message, a reconnecting
+//! waiters also re-read the record every [`POLL_EVERY`](super::waiters::POLL_EVERY), so a lost message, a reconnecting
 //! subscriber or a lease that simply ran out (a crashed worker publishes nothing) still end the
 //! wait, just later.
 
 use futures_util::StreamExt;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Weak;
 use std::time::Duration;
-use tokio::sync::Notify;
+
+pub(crate) use super::waiters::Waiters;
 
 /// The channel completions are published on.
 pub const CHANNEL: &str = "idem:done";
-/// How often a waiter re-reads the record when no push arrives.
-pub const POLL_EVERY: Duration = Duration::from_millis(250);
-
-/// Local waiters, by storage key.
-#[derive(Default)]
-pub(crate) struct Waiters {
-    by_key: Mutex<HashMap<String, Weak<Notify>>>,
-}
-
-impl Waiters {
-    /// The notifier of `key`, shared by everyone waiting on it here.
-    pub fn register(&self, key: &str) -> Arc<Notify> {
-        let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get(key).and_then(Weak::upgrade) {
-            return n;
-        }
-        if map.len() >= 1024 {
-            map.retain(|_, w| w.strong_count() > 0);
-        }
-        let n = Arc::new(Notify::new());
-        map.insert(key.to_owned(), Arc::downgrade(&n));
-        n
-    }
-
-    fn wake(&self, key: &str) {
-        let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = map.get(key).and_then(Weak::upgrade) {
-            n.notify_waiters();
-        }
-    }
-}
 
 /// Keeps one subscription alive for as long as `waiters` is, reconnecting with a short backoff
 /// and trying each of `urls` in turn.
