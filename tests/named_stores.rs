@@ -4,12 +4,7 @@
 mod common;
 
 use common::{problem, start, Charge};
-use idem::{Idempotency, MemoryStore, PostgresStore, RecordState, StorageKey, Store};
-
-fn pg_config() -> String {
-    std::env::var("IDEM_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
-}
+use idem::{Idempotency, MemoryStore, RecordState, StorageKey, Store};
 
 fn storage_key(endpoint: &str, key: &str) -> StorageKey {
     StorageKey::scoped(
@@ -22,16 +17,10 @@ fn storage_key(endpoint: &str, key: &str) -> StorageKey {
 
 #[actix_web::test]
 async fn endpoints_use_the_store_they_name() {
-    let pg = match PostgresStore::connect_table(&pg_config(), "idem_named_stores").await {
-        Ok(s) => s,
-        Err(e) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "skipped named stores: no PostgreSQL at `{}` ({e})",
-                pg_config()
-            );
-            return;
-        }
-        Err(e) => panic!("PostgreSQL is required in CI: {e}"),
+    let Some(pg) =
+        common::pg::store("endpoints_use_the_store_they_name", "idem_named_stores").await
+    else {
+        return;
     };
     let memory = MemoryStore::default();
     let srv = start(Some(

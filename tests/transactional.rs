@@ -1,0 +1,495 @@
+//! Transactional endpoints (`#[idempotent(store = "pg", transactional)]`) on the local
+//! PostgreSQL: the handler's ledger write and the stored response commit together or not at all.
+//! In-process cases cover every way a handler can end; process cases kill the app with `kill -9`
+//! between the ledger write and the response, and run three instances on one database.
+
+mod common;
+
+use actix_web::{dev::ServerHandle, error, post, web, App, HttpResponse, HttpServer};
+use common::demo::{free_port, start_example, Demo};
+use common::{pg, problem};
+use idem::{idempotent, IdemTx, Idempotency, IdempotencyContext, MemoryStore, PostgresStore};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Deserialize, Serialize, Clone)]
+struct Entry {
+    amount: i64,
+    /// How the handler ends after its write: "" (201), "500", "409-sql" (bad SQL, then 409),
+    /// "panic".
+    #[serde(default)]
+    end: String,
+}
+
+/// Per-app state: the ledger table, handler runs, and a stall the next run takes after writing.
+struct Ledger {
+    table: String,
+    runs: AtomicUsize,
+    stall_next_ms: AtomicU64,
+}
+
+async fn write(
+    tx: &IdemTx,
+    ledger: &Ledger,
+    entry: &Entry,
+) -> actix_web::Result<(i64, Option<HttpResponse>)> {
+    ledger.runs.fetch_add(1, Ordering::SeqCst);
+    let db = tx.client().await?;
+    let id: i64 = db
+        .query_one(
+            &format!(
+                "INSERT INTO {} (amount) VALUES ($1) RETURNING id",
+                ledger.table
+            ),
+            &[&entry.amount],
+        )
+        .await
+        .map_err(error::ErrorInternalServerError)?
+        .get(0);
+    drop(db);
+    let stall = ledger.stall_next_ms.swap(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(stall)).await;
+    let early = match entry.end.as_str() {
+        "500" => Some(HttpResponse::InternalServerError().json(json!({"error": "boom"}))),
+        "409-sql" => {
+            // The handler's own SQL fails, which aborts the transaction; it answers 409.
+            let db = tx.client().await?;
+            let failed = db.execute("SELECT * FROM no_such_table", &[]).await;
+            assert!(failed.is_err());
+            Some(HttpResponse::Conflict().json(json!({"error": "insufficient funds"})))
+        }
+        "panic" => panic!("handler panics after its write"),
+        _ => None,
+    };
+    Ok((id, early))
+}
+
+#[post("/ledger")]
+#[idempotent(store = "pg", transactional, lease = "1s", guarantee = "result")]
+async fn post_ledger(
+    tx: IdemTx,
+    ctx: IdempotencyContext,
+    entry: web::Json<Entry>,
+    ledger: web::Data<Ledger>,
+) -> actix_web::Result<HttpResponse> {
+    let (id, early) = write(&tx, &ledger, &entry).await?;
+    Ok(early.unwrap_or_else(|| {
+        HttpResponse::Created().json(json!({"id": id, "attempt": ctx.attempt()}))
+    }))
+}
+
+#[post("/ledger-optional")]
+#[idempotent(store = "pg", transactional, required = false)]
+async fn ledger_optional(
+    tx: IdemTx,
+    entry: web::Json<Entry>,
+    ledger: web::Data<Ledger>,
+) -> actix_web::Result<HttpResponse> {
+    let (id, early) = write(&tx, &ledger, &entry).await?;
+    Ok(early.unwrap_or_else(|| HttpResponse::Created().json(json!({ "id": id }))))
+}
+
+/// Transactional, but on the app's default store (memory): a configuration error.
+#[post("/ledger-on-memory")]
+#[idempotent(transactional)]
+async fn ledger_on_memory(tx: IdemTx) -> actix_web::Result<HttpResponse> {
+    tx.client().await?;
+    Ok(HttpResponse::Created().finish())
+}
+
+/// Takes an `IdemTx` without being transactional: a programming error, answered with a 500.
+#[post("/not-transactional")]
+#[idempotent(store = "pg")]
+async fn not_transactional(tx: IdemTx) -> HttpResponse {
+    let _ = tx;
+    HttpResponse::Created().finish()
+}
+
+struct Server {
+    addr: SocketAddr,
+    ledger: web::Data<Ledger>,
+    client: reqwest::Client,
+    handle: ServerHandle,
+    db: idem::tokio_postgres::Client,
+    records: String,
+}
+
+impl Server {
+    /// The app on a ledger and records table of its own; `None` when PostgreSQL is unreachable
+    /// (outside CI).
+    async fn start(test: &str, renew_leases: bool) -> Option<Server> {
+        let records = pg::table("idem_tx");
+        let store = pg::store(test, &records).await?;
+        let db = pg::client().await;
+        let table = pg::table("ledger_tx");
+        db.batch_execute(&format!(
+            "CREATE TABLE {table} (id bigserial PRIMARY KEY, amount bigint NOT NULL)"
+        ))
+        .await
+        .expect("create the ledger");
+        let idem = Idempotency::builder()
+            .store(MemoryStore::default())
+            .named_store("pg", store)
+            .renew_leases(renew_leases)
+            .build();
+        let ledger = web::Data::new(Ledger {
+            table,
+            runs: AtomicUsize::new(0),
+            stall_next_ms: AtomicU64::new(0),
+        });
+        let l = ledger.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(idem.clone())
+                .app_data(l.clone())
+                .service(post_ledger)
+                .service(ledger_optional)
+                .service(ledger_on_memory)
+                .service(not_transactional)
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("bind a loopback port");
+        let addr = server.addrs()[0];
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Some(Server {
+            addr,
+            ledger,
+            client: common::client(),
+            handle,
+            db,
+            records,
+        })
+    }
+
+    fn post(&self, path: &str, key: Option<&str>, entry: &Entry) -> reqwest::RequestBuilder {
+        let b = self
+            .client
+            .post(format!("http://{}{path}", self.addr))
+            .json(entry);
+        match key {
+            Some(k) => b.header("Idempotency-Key", k),
+            None => b,
+        }
+    }
+
+    async fn rows(&self) -> i64 {
+        pg::count(&self.db, &self.ledger.table).await
+    }
+
+    fn runs(&self) -> usize {
+        self.ledger.runs.load(Ordering::SeqCst)
+    }
+
+    async fn stop(self) {
+        self.handle.stop(false).await;
+        pg::drop_tables(&self.db, &[&self.ledger.table, &self.records]).await;
+    }
+}
+
+fn entry(amount: i64, end: &str) -> Entry {
+    Entry {
+        amount,
+        end: end.into(),
+    }
+}
+
+#[actix_web::test]
+async fn the_ledger_row_and_the_response_commit_together() {
+    let Some(s) = Server::start("the_ledger_row_and_the_response_commit_together", true).await
+    else {
+        return;
+    };
+    let first = s
+        .post("/ledger", Some("k1"), &entry(100, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = s
+        .post("/ledger", Some("k1"), &entry(100, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap(), first);
+    assert_eq!((s.rows().await, s.runs()), (1, 1));
+    let state: String =
+        s.db.query_one(&format!("SELECT state::text FROM {}", s.records), &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(state, "c");
+    s.stop().await;
+}
+
+/// Every failure after the write rolls it back and releases the key: the retry runs again.
+#[actix_web::test]
+async fn a_failing_handler_leaves_no_row_and_the_retry_runs_again() {
+    let Some(s) = Server::start(
+        "a_failing_handler_leaves_no_row_and_the_retry_runs_again",
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    // A 5xx under `result`: not kept.
+    for _ in 0..2 {
+        let r = s
+            .post("/ledger", Some("k500"), &entry(1, "500"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 500);
+        assert!(!r.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!((s.rows().await, s.runs()), (0, 2));
+    // The handler's SQL failed (transaction aborted): its own 409 comes back, nothing kept.
+    for _ in 0..2 {
+        let r = s
+            .post("/ledger", Some("ksql"), &entry(2, "409-sql"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"],
+            "insufficient funds"
+        );
+    }
+    assert_eq!((s.rows().await, s.runs()), (0, 4));
+    // A panic after the write.
+    let r = s
+        .post("/ledger", Some("kpanic"), &entry(3, "panic"))
+        .send()
+        .await
+        .unwrap();
+    problem(r, 500).await;
+    assert_eq!((s.rows().await, s.runs()), (0, 5));
+    // The released key runs again (here, for a body that succeeds under a fresh key).
+    let r = s
+        .post("/ledger", Some("kpanic2"), &entry(3, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["attempt"], 1);
+    assert_eq!(s.rows().await, 1);
+    s.stop().await;
+}
+
+/// A handler that stalls past its lease (renewal off) is taken over; the takeover commits, the
+/// stalled attempt's fenced completion is refused and its write rolled back: one row.
+#[actix_web::test]
+async fn an_attempt_that_lost_its_lease_cannot_commit() {
+    let Some(s) = Server::start("an_attempt_that_lost_its_lease_cannot_commit", false).await else {
+        return;
+    };
+    s.ledger.stall_next_ms.store(2500, Ordering::SeqCst);
+    let stalled = s.post("/ledger", Some("lease"), &entry(7, "")).send();
+    let stalled = actix_web::rt::spawn(stalled);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let takeover = s
+        .post("/ledger", Some("lease"), &entry(7, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(takeover.status(), 201);
+    let takeover: Value = takeover.json().await.unwrap();
+    assert_eq!(takeover["attempt"], 2);
+    let stalled = stalled.await.unwrap().unwrap();
+    let p = problem(stalled, 409).await;
+    assert!(p["detail"].as_str().unwrap().contains("rolled back"), "{p}");
+    assert_eq!((s.rows().await, s.runs()), (1, 2));
+    let replay = s
+        .post("/ledger", Some("lease"), &entry(7, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.json::<Value>().await.unwrap(), takeover);
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn a_keyless_request_still_gets_its_transaction() {
+    let Some(s) = Server::start("a_keyless_request_still_gets_its_transaction", true).await else {
+        return;
+    };
+    let r = s
+        .post("/ledger-optional", None, &entry(5, ""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = s
+        .post("/ledger-optional", None, &entry(5, "500"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    assert_eq!((s.rows().await, s.runs()), (1, 2));
+    s.stop().await;
+}
+
+#[actix_web::test]
+async fn misconfigured_transactions_are_a_clear_500() {
+    let Some(s) = Server::start("misconfigured_transactions_are_a_clear_500", true).await else {
+        return;
+    };
+    let r = s
+        .post("/ledger-on-memory", Some("m"), &entry(1, ""))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 500).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("not PostgreSQL"),
+        "{p}"
+    );
+    let r = s
+        .post("/not-transactional", Some("n"), &entry(1, ""))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 500).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("transactional"),
+        "{p}"
+    );
+    s.stop().await;
+}
+
+/// `examples/ledger_app` instances on one ledger and one records table.
+struct Apps {
+    db: idem::tokio_postgres::Client,
+    ledger: String,
+    records: String,
+}
+
+impl Apps {
+    async fn new(test: &str) -> Option<Apps> {
+        let records = pg::table("idem_app");
+        // Creates the records table, and tells whether PostgreSQL is there at all.
+        let _: PostgresStore = pg::store(test, &records).await?;
+        Some(Apps {
+            db: pg::client().await,
+            ledger: pg::table("ledger_app"),
+            records,
+        })
+    }
+
+    async fn start(&self, port: u16, stall_ms: u64) -> Demo {
+        let env = [
+            ("IDEM_PG", pg::config()),
+            ("LEDGER_TABLE", self.ledger.clone()),
+            ("IDEM_TABLE", self.records.clone()),
+            ("STALL_AFTER_WRITE_MS", stall_ms.to_string()),
+        ];
+        start_example("ledger_app", port, &env).await
+    }
+
+    async fn rows(&self) -> i64 {
+        pg::count(&self.db, &self.ledger).await
+    }
+
+    async fn runs(&self) -> i64 {
+        pg::count(&self.db, &format!("{}_runs", self.ledger)).await
+    }
+
+    async fn drop_tables(&self) {
+        let runs = format!("{}_runs", self.ledger);
+        pg::drop_tables(&self.db, &[&self.ledger, &runs, &self.records]).await;
+    }
+}
+
+fn charge(c: &reqwest::Client, port: u16, key: &str) -> reqwest::RequestBuilder {
+    c.post(format!("http://127.0.0.1:{port}/charges"))
+        .header("Idempotency-Key", key)
+        .json(&json!({"account": "acct_1", "amount": 500}))
+}
+
+/// `kill -9` after the ledger write, before the commit and the response. Nothing of that
+/// attempt survives; the restarted app waits out the lease (2 s), runs the charge once, and
+/// replays it from then on. Two executions, one ledger row.
+#[actix_web::test]
+async fn killed_between_the_ledger_write_and_the_response_leaves_one_row() {
+    let test = "killed_between_the_ledger_write_and_the_response_leaves_one_row";
+    let Some(apps) = Apps::new(test).await else {
+        return;
+    };
+    let port = free_port();
+    let mut app = apps.start(port, 30_000).await;
+    let c = common::client();
+    let doomed = actix_web::rt::spawn(charge(&c, port, "crash").send());
+    let started = Instant::now();
+    while apps.runs().await < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the handler never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.kill();
+    assert!(
+        doomed.await.unwrap().is_err(),
+        "the killed request got no answer"
+    );
+    assert_eq!(
+        apps.rows().await,
+        0,
+        "the uncommitted ledger row died with the process"
+    );
+
+    let _app = apps.start(port, 0).await;
+    let retry = charge(&c, port, "crash").send().await.unwrap();
+    assert_eq!(retry.status(), 201);
+    let retry: Value = retry.json().await.unwrap();
+    assert_eq!(
+        retry["attempt"], 2,
+        "the retry took over the crashed attempt"
+    );
+    let replay = charge(&c, port, "crash").send().await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.json::<Value>().await.unwrap(), retry);
+    assert_eq!((apps.rows().await, apps.runs().await), (1, 2));
+    apps.drop_tables().await;
+}
+
+/// Three app processes on one PostgreSQL, 300 concurrent duplicates spread over them: one
+/// execution, one row, and the same answer for all 300.
+#[actix_web::test]
+async fn three_instances_and_300_duplicates_make_one_row() {
+    let test = "three_instances_and_300_duplicates_make_one_row";
+    let Some(apps) = Apps::new(test).await else {
+        return;
+    };
+    let ports = [free_port(), free_port(), free_port()];
+    let mut running = Vec::new();
+    for port in ports {
+        // Each execution holds its transaction open for 300 ms, so the duplicates overlap it.
+        running.push(apps.start(port, 300).await);
+    }
+    let c = common::client();
+    let sends: Vec<_> = (0..300)
+        .map(|i| actix_web::rt::spawn(charge(&c, ports[i % 3], "dup").send()))
+        .collect();
+    let mut bodies = Vec::new();
+    for s in sends {
+        let r = s.await.unwrap().expect("an answer");
+        assert_eq!(r.status(), 201);
+        bodies.push(r.json::<Value>().await.unwrap());
+    }
+    assert!(bodies.iter().all(|b| *b == bodies[0]), "one answer for all");
+    assert_eq!((apps.rows().await, apps.runs().await), (1, 1));
+    drop(running);
+    apps.drop_tables().await;
+}
