@@ -5,10 +5,16 @@
 //! connection on one key that changes every 10 ms). Prints req/s, p50, p99, the ratio to plain
 //! measured in the same run, and Redis commands per request from `INFO commandstats`.
 //!
+//! With the local PostgreSQL (`IDEM_PG`, default `host=127.0.0.1 … dbname=test`) it adds three
+//! targets, all reaching the database through a loopback proxy that counts round trips:
+//! `plain+insert` (no macro; the handler inserts a ledger row), `postgres` (the plain handler,
+//! records in a `PostgresStore`) and `pg transactional` (the ledger insert in the transaction that
+//! stores the response). The first is the baseline of the other two.
+//!
 //! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override).
 
 use actix_web::{post, web, App, HttpResponse, HttpServer};
-use idem::{idempotent, Idempotency, MemoryStore, RedisStore};
+use idem::{idempotent, IdemTx, Idempotency, MemoryStore, PostgresStore, RedisStore};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +23,10 @@ use tokio::net::TcpStream;
 #[path = "../tests/common/redis.rs"]
 #[allow(dead_code)]
 mod redis_server;
+
+#[path = "../tests/common/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
 
 /// Never more than this many requests per connection, whatever the duration.
 const MAX_REQUESTS_PER_CONN: usize = 2_000_000;
@@ -32,6 +42,56 @@ async fn protected(body: web::Json<serde_json::Value>) -> HttpResponse {
     answer(&body)
 }
 
+/// The ledger the PostgreSQL handlers write to.
+struct Ledger {
+    pool: idem::deadpool_postgres::Pool,
+    insert: String,
+}
+
+#[post("/plain-pg")]
+async fn plain_pg(body: web::Json<serde_json::Value>, ledger: web::Data<Ledger>) -> HttpResponse {
+    let Ok(db) = ledger.pool.get().await else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    insert(&db, &ledger.insert, &body).await
+}
+
+#[post("/idem-pg")]
+#[idempotent(ttl = "1h", store = "pg")]
+async fn protected_pg(body: web::Json<serde_json::Value>) -> HttpResponse {
+    answer(&body)
+}
+
+#[post("/idem-pg-tx")]
+#[idempotent(ttl = "1h", store = "pg", transactional)]
+async fn transactional_pg(
+    tx: IdemTx,
+    body: web::Json<serde_json::Value>,
+    ledger: web::Data<Ledger>,
+) -> HttpResponse {
+    let Ok(db) = tx.client().await else {
+        return HttpResponse::InternalServerError().finish();
+    };
+    insert(&db, &ledger.insert, &body).await
+}
+
+/// One ledger row, through a statement prepared once per connection; then the usual answer.
+async fn insert(
+    db: &idem::deadpool_postgres::ClientWrapper,
+    sql: &str,
+    body: &serde_json::Value,
+) -> HttpResponse {
+    let amount = body["amount"].as_i64().unwrap_or(0);
+    let done = match db.prepare_cached(sql).await {
+        Ok(statement) => db.execute(&statement, &[&amount]).await,
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(_) => answer(body),
+        Err(_) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
 fn answer(body: &serde_json::Value) -> HttpResponse {
     HttpResponse::Created().json(serde_json::json!({
         "id": "pay_000001",
@@ -42,15 +102,23 @@ fn answer(body: &serde_json::Value) -> HttpResponse {
 }
 
 /// Starts an app with `layer` registered, on one worker, in its own thread and actix system.
-fn serve(layer: Idempotency) -> SocketAddr {
+fn serve(layer: Idempotency, ledger: Option<web::Data<Ledger>>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let server = HttpServer::new(move || {
-                App::new()
+                let app = App::new()
                     .app_data(layer.clone())
                     .service(plain)
-                    .service(protected)
+                    .service(protected);
+                match &ledger {
+                    Some(l) => app
+                        .app_data(l.clone())
+                        .service(plain_pg)
+                        .service(protected_pg)
+                        .service(transactional_pg),
+                    None => app,
+                }
             })
             .workers(1)
             .disable_signals()
@@ -207,7 +275,8 @@ struct Row {
     p50: u32,
     p99: u32,
     ratio: Option<f64>,
-    redis_per_req: Option<f64>,
+    /// Redis commands, or PostgreSQL round trips, per request.
+    store_per_req: Option<f64>,
     mix: String,
 }
 
@@ -266,6 +335,91 @@ async fn drive(
     (n as f64 / elapsed, pct(0.50), pct(0.99), n, mix)
 }
 
+/// The PostgreSQL part: an app whose records live in PostgreSQL, reached (like the ledger)
+/// through a round-trip-counting proxy.
+struct Pg {
+    addr: SocketAddr,
+    proxy: proxy::FaultProxy,
+    db: idem::tokio_postgres::Client,
+    tables: [String; 2],
+}
+
+/// A proxy on its own thread and runtime, so that it does not share the load client's.
+fn start_proxy(target: SocketAddr) -> proxy::FaultProxy {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("proxy runtime");
+        rt.block_on(async move {
+            let _ = tx.send(proxy::FaultProxy::start(target).await);
+            std::future::pending::<()>().await
+        })
+    });
+    rx.recv().expect("proxy")
+}
+
+async fn start_pg() -> Result<Pg, String> {
+    use idem::tokio_postgres::{config::Host, Config, NoTls};
+    let conf = std::env::var("IDEM_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let parsed: Config = conf.parse().map_err(|e| format!("IDEM_PG: {e}"))?;
+    let host = match parsed.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".into(),
+    };
+    let port = parsed.get_ports().first().copied().unwrap_or(5432);
+    let target = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), port))
+        .map_err(|e| e.to_string())?
+        .find(|a| a.ip().is_loopback())
+        .ok_or("the benchmark only talks to a loopback PostgreSQL")?;
+    let (db, connection) = parsed
+        .connect(NoTls)
+        .await
+        .map_err(|e| format!("{conf}: {e}"))?;
+    tokio::task::spawn_local(connection);
+    let proxy = start_proxy(target);
+    let via_proxy = format!(
+        "host=127.0.0.1 port={} user={} dbname={}",
+        proxy.addr.port(),
+        parsed.get_user().unwrap_or("postgres"),
+        parsed.get_dbname().unwrap_or("test"),
+    );
+    let id = std::process::id();
+    let (ledger, records) = (format!("bench_ledger_{id}"), format!("bench_idem_{id}"));
+    db.batch_execute(&format!(
+        "CREATE TABLE {ledger} (id bigserial PRIMARY KEY, amount bigint NOT NULL)"
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
+    let store = PostgresStore::connect_table(&via_proxy, &records)
+        .await
+        .map_err(|e| e.to_string())?;
+    let pool_config: Config = via_proxy.parse().map_err(|e| format!("{e}"))?;
+    let pool = idem::deadpool_postgres::Pool::builder(idem::deadpool_postgres::Manager::new(
+        pool_config,
+        NoTls,
+    ))
+    .max_size(16)
+    .build()
+    .map_err(|e| e.to_string())?;
+    let ledger_data = web::Data::new(Ledger {
+        pool,
+        insert: format!("INSERT INTO {ledger} (amount) VALUES ($1)"),
+    });
+    let addr = serve(
+        Idempotency::builder().named_store("pg", store).build(),
+        Some(ledger_data),
+    );
+    Ok(Pg {
+        addr,
+        proxy,
+        db,
+        tables: [ledger, records],
+    })
+}
+
 fn main() {
     let secs: f64 = std::env::var("LOAD_SECS")
         .ok()
@@ -286,6 +440,7 @@ fn main() {
         Idempotency::builder()
             .store(MemoryStore::builder().max_bytes(4 << 30).build())
             .build(),
+        None,
     );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -297,13 +452,24 @@ fn main() {
             .block_on(RedisStore::connect(&server.url()))
             .expect("connect");
         // The store's connection task lives on `rt`; the app calls it from its own worker.
-        let addr = serve(Idempotency::builder().store(store).build());
+        let addr = serve(Idempotency::builder().store(store).build(), None);
         (server, addr)
     });
+    let local = tokio::task::LocalSet::new();
+    let pg = if wanted("postgres") {
+        match local.block_on(&rt, start_pg()) {
+            Ok(pg) => Some(pg),
+            Err(e) => {
+                println!("skipped the PostgreSQL part of the load benchmark: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_millis(300));
 
     println!("load: {conns} keep-alive connections, {secs} s per run, 1 KiB JSON body, 1 server worker, loopback");
-    let local = tokio::task::LocalSet::new();
     let mut rows = Vec::new();
     local.block_on(&rt, async {
         let mut run = std::process::id() as u64 * 1000;
@@ -318,7 +484,7 @@ fn main() {
                 p50,
                 p99,
                 ratio: None,
-                redis_per_req: None,
+                store_per_req: None,
                 mix,
             });
             if wanted("memory") {
@@ -332,7 +498,7 @@ fn main() {
                     p50,
                     p99,
                     ratio: Some(rps / plain_rps),
-                    redis_per_req: None,
+                    store_per_req: None,
                     mix,
                 });
             }
@@ -350,16 +516,54 @@ fn main() {
                     p50,
                     p99,
                     ratio: Some(rps / plain_rps),
-                    redis_per_req: Some(cmds / n.max(1) as f64),
+                    store_per_req: Some(cmds / n.max(1) as f64),
                     mix,
                 });
             }
+            if let Some(pg) = &pg {
+                run += 1;
+                let mut base_rps = plain_rps;
+                for (target, path) in [
+                    ("plain+insert", "/plain-pg"),
+                    ("postgres", "/idem-pg"),
+                    ("pg transactional", "/idem-pg-tx"),
+                ] {
+                    let before = pg.proxy.turns();
+                    let (rps, p50, p99, n, mix) =
+                        drive(pg.addr, path, scenario, run, conns, secs, &body).await;
+                    let turns = (pg.proxy.turns() - before) as f64;
+                    rows.push(Row {
+                        scenario: scenario.name(),
+                        target,
+                        rps,
+                        p50,
+                        p99,
+                        // `postgres` against plain; the transactional one against the plain
+                        // handler that does the same insert.
+                        ratio: match target {
+                            "plain+insert" => None,
+                            "postgres" => Some(rps / plain_rps),
+                            _ => Some(rps / base_rps),
+                        },
+                        store_per_req: Some(turns / n.max(1) as f64),
+                        mix,
+                    });
+                    if target == "plain+insert" {
+                        base_rps = rps;
+                    }
+                }
+            }
         }
     });
+    if let Some(pg) = &pg {
+        let [ledger, records] = &pg.tables;
+        let cleanup = format!("DROP TABLE {ledger}, {records}; DROP SEQUENCE {records}_token;");
+        let _ = local.block_on(&rt, pg.db.batch_execute(&cleanup));
+    }
 
     println!();
     println!(
-        "| scenario | target | req/s | p50 µs | p99 µs | × plain | Redis cmds/req | answers |"
+        "| scenario | target | req/s | p50 µs | p99 µs | × plain | Redis cmds or PG round trips /req | answers |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for r in &rows {
@@ -371,7 +575,7 @@ fn main() {
             r.p50,
             r.p99,
             r.ratio.map_or("—".into(), |x| format!("{x:.2}")),
-            r.redis_per_req.map_or("—".into(), |x| format!("{x:.2}")),
+            r.store_per_req.map_or("—".into(), |x| format!("{x:.2}")),
             r.mix
         );
     }

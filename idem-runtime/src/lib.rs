@@ -45,3 +45,6 @@ pub use store::{Begin, Fenced, Store, StoreError};
 /// The PostgreSQL client `IdemTx` hands out, re-exported so that handlers use the same version.
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
+/// The connection pool `PostgresStore` and `IdemTx` use, re-exported for the same reason.
+#[cfg(feature = "postgres")]
+pub use deadpool_postgres;

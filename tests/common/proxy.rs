@@ -1,6 +1,7 @@
 //! A TCP fault proxy on loopback, between an app and its Redis (`tc netem` is not available
 //! here): pass traffic, stall it (a blackhole that TCP would later recover from: bytes are held,
-//! not lost, and delivered when the stall ends), or reset every open connection.
+//! not lost, and delivered when the stall ends), or reset every open connection. It also counts
+//! round trips: the times a client speaks again after its server answered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +17,7 @@ pub struct FaultProxy {
     stalled: Arc<AtomicBool>,
     /// Bumped by `reset`: connections opened before the bump are torn down.
     generation: Arc<AtomicU64>,
+    turns: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -26,6 +28,7 @@ impl FaultProxy {
             addr: listener.local_addr().expect("addr"),
             stalled: Arc::default(),
             generation: Arc::default(),
+            turns: Arc::default(),
         };
         let p = proxy.clone();
         tokio::spawn(async move {
@@ -59,6 +62,12 @@ impl FaultProxy {
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// Round trips so far, over all connections: each time a client sent after reading an
+    /// answer (or first).
+    pub fn turns(&self) -> u64 {
+        self.turns.load(Ordering::SeqCst)
+    }
+
     fn dead(&self, born: u64) -> bool {
         self.generation.load(Ordering::SeqCst) != born
     }
@@ -69,6 +78,7 @@ async fn pipe(mut client: TcpStream, mut upstream: TcpStream, proxy: FaultProxy,
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     let (mut up_buf, mut down_buf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let mut answered = true;
     loop {
         let (chunk, to_upstream) = tokio::select! {
             r = client.read(&mut up_buf) => match r {
@@ -91,6 +101,10 @@ async fn pipe(mut client: TcpStream, mut upstream: TcpStream, proxy: FaultProxy,
         if proxy.dead(born) {
             break;
         }
+        if to_upstream && answered {
+            proxy.turns.fetch_add(1, Ordering::SeqCst);
+        }
+        answered = !to_upstream;
         let written = if to_upstream {
             upstream.write_all(&up_buf[..chunk]).await
         } else {

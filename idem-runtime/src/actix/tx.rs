@@ -56,14 +56,16 @@ impl std::fmt::Debug for IdemTx {
     }
 }
 
-/// The transaction's connection, borrowed from an [`IdemTx`]. Derefs to
-/// [`tokio_postgres::Client`] (shared access only: the transaction is the runtime's to end).
-pub struct TxClient<'a>(MappedMutexGuard<'a, tokio_postgres::Client>);
+/// The transaction's connection, borrowed from an [`IdemTx`]. Derefs to the pool's client
+/// wrapper and through it to [`tokio_postgres::Client`]: `execute`, `query`, and
+/// `prepare_cached` for statements prepared once per connection. Shared access only: the
+/// transaction is the runtime's to end.
+pub struct TxClient<'a>(MappedMutexGuard<'a, deadpool_postgres::ClientWrapper>);
 
 impl Deref for TxClient<'_> {
-    type Target = tokio_postgres::Client;
+    type Target = deadpool_postgres::ClientWrapper;
 
-    fn deref(&self) -> &tokio_postgres::Client {
+    fn deref(&self) -> &deadpool_postgres::ClientWrapper {
         &self.0
     }
 }

@@ -170,7 +170,7 @@ impl PostgresStore {
 
     /// Runs a [`fenced_sql`](Self::fenced_sql) statement on `client`.
     async fn fenced_on(
-        client: &tokio_postgres::Client,
+        client: &deadpool_postgres::ClientWrapper,
         sql: &str,
         key: &StorageKey,
         token: FencingToken,
@@ -180,7 +180,8 @@ impl PostgresStore {
         let key = key.as_str();
         let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&key, &token];
         params.extend_from_slice(extra);
-        let n = client.execute(sql, &params).await?;
+        let statement = client.prepare_cached(sql).await?;
+        let n = client.execute(&statement, &params).await?;
         Ok(if n == 1 { Fenced::Done } else { Fenced::Lost })
     }
 
@@ -246,8 +247,8 @@ pub(crate) struct TxConn {
 
 impl TxConn {
     /// The connection, while the transaction is open.
-    pub(crate) fn client_mut(&mut self) -> Option<&mut tokio_postgres::Client> {
-        self.obj.as_mut().map(|o| &mut ***o)
+    pub(crate) fn client_mut(&mut self) -> Option<&mut deadpool_postgres::ClientWrapper> {
+        self.obj.as_mut().map(|o| &mut **o)
     }
 
     async fn batch(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
@@ -372,13 +373,15 @@ impl Store for PostgresStore {
             t = self.table
         );
         let client = self.client().await?;
+        // Prepared once per connection: after that, `begin` is one round trip.
+        let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
         let (lease_ms, keep_ms) = (ms(lease), ms(keep));
         // A concurrent insert committed between this statement's snapshot and its conflict
         // check leaves it with no row to show: ask again, once.
         for _ in 0..2 {
             let rows = client
                 .query(
-                    &sql,
+                    &statement,
                     &[
                         &key.as_str(),
                         &fingerprint.0.as_slice(),
@@ -490,10 +493,10 @@ impl Store for PostgresStore {
                 AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))",
             self.table
         );
-        let rows = self
-            .client()
-            .await?
-            .query(&sql, &[&key.as_str()])
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+        let rows = client
+            .query(&statement, &[&key.as_str()])
             .await
             .map_err(unavailable)?;
         let Some(row) = rows.first() else {
