@@ -349,14 +349,21 @@ impl Store for PostgresStore {
         lease: Duration,
         keep: Duration,
     ) -> Result<Begin, StoreError> {
-        // The takeover happens only when the row is free (released, lapsed lease, expired);
-        // otherwise the same statement returns the live row.
+        // A live row (completed, or leased) is read and returned without writing or locking
+        // anything: replays and duplicates in flight cost one indexed read. Otherwise the insert
+        // (or the takeover of a released, lapsed or expired row) happens in the same statement;
+        // its `WHERE` re-checks the row under its lock, for a rival that got there first.
         let sql = format!(
-            "WITH taken AS (
+            "WITH live AS (
+               SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
+                WHERE key = $1
+                  AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))),
+             taken AS (
                INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-               VALUES ($1, $2, 'p', nextval('{t}_token'), 1, now(),
-                       now() + $3::bigint * interval '1 millisecond',
-                       now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond')
+               SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
+                      now() + $3::bigint * interval '1 millisecond',
+                      now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond'
+                WHERE NOT EXISTS (SELECT 1 FROM live)
                ON CONFLICT (key) DO UPDATE SET
                  fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
                  attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
@@ -367,9 +374,9 @@ impl Store for PostgresStore {
                RETURNING token, attempt)
              SELECT true, token, attempt, NULL::bytea, NULL::text, NULL::bigint, NULL::bytea FROM taken
              UNION ALL
-             SELECT false, r.token, r.attempt, r.fingerprint, r.state::text,
-                    (extract(epoch FROM (r.lease_until - now())) * 1000)::bigint, r.response
-               FROM {t} r WHERE r.key = $1 AND NOT EXISTS (SELECT 1 FROM taken)",
+             SELECT false, token, attempt, fingerprint, state::text,
+                    (extract(epoch FROM (lease_until - now())) * 1000)::bigint, response
+               FROM live",
             t = self.table
         );
         let client = self.client().await?;
