@@ -1,11 +1,14 @@
 //! How long after the first request completes does a waiting duplicate (`on_conflict = "wait"`)
 //! wake up? Measured from the start of `complete` to the return of `wait`, on the memory store
-//! and on a private Redis (pub/sub push; the polling fallback would show as ~250 ms).
+//! on a private Redis (pub/sub push; the polling fallback would show as ~250 ms), and on the
+//! local PostgreSQL (`LISTEN`/`NOTIFY`; `IDEM_PG` overrides the connection string).
 //!
 //! `cargo bench --bench wait_latency`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use idem::{Begin, Fingerprint, MemoryStore, RedisStore, StorageKey, Store, StoredResponse};
+use idem::{
+    Begin, Fingerprint, MemoryStore, PostgresStore, RedisStore, StorageKey, Store, StoredResponse,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,6 +81,25 @@ fn wait_latency(c: &mut Criterion) {
         &rt,
         Arc::new(MemoryStore::default()),
     );
+
+    let pg = std::env::var("IDEM_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
+    let table = format!("bench_wait_{}", std::process::id());
+    match rt.block_on(PostgresStore::connect_table(&pg, &table)) {
+        Ok(store) => {
+            // Give the LISTEN connection a moment to listen.
+            std::thread::sleep(Duration::from_millis(200));
+            bench(c, "wait wake-up / postgres", &rt, Arc::new(store));
+            let drop = format!("DROP TABLE {table}; DROP SEQUENCE {table}_token;");
+            let _ = rt.block_on(async {
+                let (db, conn) =
+                    idem::tokio_postgres::connect(&pg, idem::tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                db.batch_execute(&drop).await
+            });
+        }
+        Err(e) => println!("skipped wait_latency on PostgreSQL: {e}"),
+    }
 
     if !redis_server::available("wait_latency on Redis") {
         return;

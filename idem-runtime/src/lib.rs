@@ -30,6 +30,9 @@ pub use actix::{
 };
 #[cfg(feature = "postgres")]
 pub use actix::{IdemTx, TxClient, TxEnded};
+/// The connection pool `PostgresStore` and `IdemTx` use, re-exported for the same reason.
+#[cfg(feature = "postgres")]
+pub use deadpool_postgres;
 pub use engine::Engine;
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, StorageKey};
@@ -45,6 +48,3 @@ pub use store::{Begin, Fenced, Store, StoreError};
 /// The PostgreSQL client `IdemTx` hands out, re-exported so that handlers use the same version.
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;
-/// The connection pool `PostgresStore` and `IdemTx` use, re-exported for the same reason.
-#[cfg(feature = "postgres")]
-pub use deadpool_postgres;

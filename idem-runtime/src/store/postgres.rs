@@ -7,14 +7,16 @@
 //! deletes expired rows in bounded batches. The table is created by [`PostgresStore::connect`]
 //! (under an advisory lock, so concurrent starts do not race).
 //!
-//! Completions and releases `NOTIFY` the channel `<table>_done` with the storage key; one
-//! `LISTEN`ing connection per store wakes the local waiters (`on_conflict = "wait"`, webhooks),
-//! which also re-read the record now and then in case a notification is lost. A notification
+//! A request that waits on a record in progress (`on_conflict = "wait"`, webhooks) marks the row
+//! `waiting`; the completion or release of a marked row `NOTIFY`s the channel `<table>_done`
+//! with the storage key (an unmarked one notifies nobody: `NOTIFY` serializes commits, so it is
+//! paid only when someone listens). One `LISTEN`ing connection per store wakes the local
+//! waiters, which also re-read the record now and then in case a notification is lost. A notification
 //! sent inside a transaction is delivered when it commits, so a transactional completion wakes
 //! waiters only once its writes are visible.
 //!
 //! For `#[idempotent(transactional)]` endpoints the store also opens the handler's transaction
-//! ([`TxConn`]) and writes the completion inside it (see `idem_runtime::actix::IdemTx`).
+//! and writes the completion inside it (see [`IdemTx`](crate::IdemTx)).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -118,6 +120,7 @@ impl PostgresStore {
                  expires_at timestamptz NOT NULL,
                  response bytea
              );
+             ALTER TABLE {t} ADD COLUMN IF NOT EXISTS waiting boolean NOT NULL DEFAULT false;
              CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at);"
         ))
         .await
@@ -160,7 +163,8 @@ impl PostgresStore {
         );
         if notify {
             format!(
-                "WITH u AS ({update} RETURNING key) SELECT pg_notify('{}', key) FROM u",
+                "WITH u AS ({update} RETURNING key, waiting)
+                 SELECT CASE WHEN waiting THEN pg_notify('{}', key) END FROM u",
                 self.channel()
             )
         } else {
@@ -248,7 +252,7 @@ pub(crate) struct TxConn {
 impl TxConn {
     /// The connection, while the transaction is open.
     pub(crate) fn client_mut(&mut self) -> Option<&mut deadpool_postgres::ClientWrapper> {
-        self.obj.as_mut().map(|o| &mut **o)
+        self.obj.as_deref_mut()
     }
 
     async fn batch(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
@@ -467,6 +471,19 @@ impl Store for PostgresStore {
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
+        // Ask for a notification before the first read: a completion after the mark notifies,
+        // one before it is seen by the read.
+        let mark = format!(
+            "UPDATE {} SET waiting = true WHERE key = $1 AND state = 'p' AND NOT waiting",
+            self.table
+        );
+        let client = self.client().await?;
+        let statement = client.prepare_cached(&mark).await.map_err(unavailable)?;
+        client
+            .execute(&statement, &[&key.as_str()])
+            .await
+            .map_err(unavailable)?;
+        drop(client);
         wait_for(&self.waiters, key.as_str(), timeout, || async {
             Ok(!matches!(
                 self.get(key).await?,
