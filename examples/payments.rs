@@ -10,6 +10,11 @@
 //! Listens on 127.0.0.1:8080 (`PORT` overrides). The handler waits `PAYMENT_DELAY_MS`
 //! (default 200) to stand for a card processor.
 //!
+//! `GET /checkout` is a server-rendered shop form with no JavaScript at all: the page carries
+//! a fresh key in a hidden field (`idem::form_key_input`), `POST /checkout` is idempotent on
+//! that field and answers 303 to the receipt, so a double click, a re-submit after the back
+//! button, or a reload places one order and shows one receipt.
+//!
 //! Records live in memory unless `IDEM_REDIS_URL` is set: one URL for a single Redis, several
 //! (comma-separated) or `IDEM_REDIS_CLUSTER=1` for a Redis Cluster. Run several copies on
 //! different ports against one Redis and a duplicate still runs once.
@@ -37,29 +42,48 @@ struct Payment {
     status: &'static str,
 }
 
-/// The demo's "database": money movements made, and handler bodies actually run per endpoint.
+/// An order placed through the checkout form.
+#[derive(Clone)]
+struct Order {
+    id: String,
+    item: String,
+    quantity: u32,
+}
+
+/// The demo's "database": money movements and orders made, and handler bodies actually run per
+/// endpoint.
 #[derive(Default)]
 struct Ledger {
     payments: Mutex<HashMap<String, Payment>>,
-    executions: [AtomicU64; 3],
+    orders: Mutex<HashMap<String, Order>>,
+    executions: [AtomicU64; 4],
     next_id: AtomicU64,
     delay: Duration,
 }
 
-/// The three idempotent endpoints, in `/stats` order.
+/// The idempotent endpoints, in `/stats` order.
 #[derive(Clone, Copy)]
 enum Kind {
     Payment,
     Transfer,
     Refund,
+    Order,
 }
 
 impl Kind {
+    const ALL: [(Kind, &'static str); 4] = [
+        (Kind::Payment, "payments"),
+        (Kind::Transfer, "transfers"),
+        (Kind::Refund, "refunds"),
+        (Kind::Order, "orders"),
+    ];
+
     fn prefix(self) -> &'static str {
         match self {
             Kind::Payment => "pay",
             Kind::Transfer => "tr",
             Kind::Refund => "re",
+            Kind::Order => "ord",
         }
     }
 }
@@ -151,6 +175,113 @@ async fn page() -> HttpResponse {
         .body(include_str!("payments.html"))
 }
 
+/// HTML-escapes text for the server-rendered pages.
+fn html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn page_html(status: StatusCode, title: &str, body: &str) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body><h1>{title}</h1>{body}</body></html>"
+        ))
+}
+
+/// The checkout form, rendered with a fresh key in a hidden field. `no-cache`: a new visit gets
+/// a new key, while the back button shows the cached page, whose key places no second order.
+#[get("/checkout")]
+async fn checkout_form() -> HttpResponse {
+    form_page(StatusCode::OK, "Checkout", "")
+}
+
+/// The form page; after a refusal it says why, and carries a new key for the corrected order
+/// (the refused one stays the answer to its own key).
+fn form_page(status: StatusCode, title: &str, note: &str) -> HttpResponse {
+    let mut resp = page_html(
+        status,
+        title,
+        &format!(
+            "{note}<form method=\"post\" action=\"/checkout\">\
+             {hidden}\
+             <label>Item <select name=\"item\" id=\"item\">\
+             <option>Rust in Action</option><option>Zero To Production</option></select></label>\
+             <label>Quantity <input name=\"quantity\" id=\"quantity\" type=\"number\" \
+             value=\"1\" min=\"1\" max=\"10\"></label>\
+             <button id=\"place\" type=\"submit\">Place order</button></form>",
+            hidden = idem::form_key_input("_idem"),
+        ),
+    );
+    resp.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-cache"),
+    );
+    resp
+}
+
+#[derive(Deserialize)]
+struct CheckoutForm {
+    item: String,
+    quantity: u32,
+}
+
+/// Places the order once per rendered form: a duplicate in flight waits for the first and gets
+/// the same 303, so every submission of one form lands on one receipt.
+#[post("/checkout")]
+#[idempotent(
+    key = "form:_idem",
+    on_conflict = "wait",
+    wait_timeout = "10s",
+    max_body = "16KiB"
+)]
+async fn place_order(form: web::Form<CheckoutForm>, ledger: web::Data<Ledger>) -> HttpResponse {
+    ledger.executions[Kind::Order as usize].fetch_add(1, Ordering::SeqCst);
+    let item = form.item.trim();
+    if item.is_empty() || item.len() > 100 || !(1..=10).contains(&form.quantity) {
+        let why = "<p id=\"why\">Choose an item and a quantity from 1 to 10.</p>";
+        return form_page(StatusCode::UNPROCESSABLE_ENTITY, "Order not placed", why);
+    }
+    tokio::time::sleep(ledger.delay).await;
+    let n = ledger.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+    let order = Order {
+        id: format!("{}_{n:06}", Kind::Order.prefix()),
+        item: item.to_owned(),
+        quantity: form.quantity,
+    };
+    if let Ok(mut map) = ledger.orders.lock() {
+        map.insert(order.id.clone(), order.clone());
+    }
+    HttpResponse::SeeOther()
+        .insert_header(("Location", format!("/receipts/{}", order.id)))
+        .finish()
+}
+
+#[get("/receipts/{id}")]
+async fn receipt(id: web::Path<String>, ledger: web::Data<Ledger>) -> HttpResponse {
+    let found = ledger
+        .orders
+        .lock()
+        .ok()
+        .and_then(|m| m.get(id.as_str()).cloned());
+    match found {
+        Some(o) => page_html(
+            StatusCode::OK,
+            "Thank you",
+            &format!(
+                "<p>Order <b id=\"order\">{}</b>: {} × {}</p><p><a href=\"/checkout\">Order again</a></p>",
+                html(&o.id),
+                o.quantity,
+                html(&o.item)
+            ),
+        ),
+        None => page_html(StatusCode::NOT_FOUND, "No such order", ""),
+    }
+}
+
 /// idem's metrics (outcomes, store latency, leases, memory store) and the demo's own execution
 /// counts, in Prometheus' text format.
 #[get("/metrics")]
@@ -163,11 +294,7 @@ async fn metrics(
         "# HELP payments_demo_executions_total Handler bodies actually run.\n\
          # TYPE payments_demo_executions_total counter\n",
     );
-    for (kind, name) in [
-        (Kind::Payment, "payments"),
-        (Kind::Transfer, "transfers"),
-        (Kind::Refund, "refunds"),
-    ] {
+    for (kind, name) in Kind::ALL {
         let n = ledger.executions[kind as usize].load(Ordering::SeqCst);
         out.push_str(&format!(
             "payments_demo_executions_total{{endpoint=\"{name}\"}} {n}\n"
@@ -228,14 +355,14 @@ async fn admin(
 
 #[get("/stats")]
 async fn stats(ledger: web::Data<Ledger>) -> impl Responder {
-    let n = |k: Kind| ledger.executions[k as usize].load(Ordering::SeqCst);
-    web::Json(serde_json::json!({
-        "executions": {
-            "payments": n(Kind::Payment),
-            "transfers": n(Kind::Transfer),
-            "refunds": n(Kind::Refund),
-        }
-    }))
+    let executions: serde_json::Map<String, serde_json::Value> = Kind::ALL
+        .iter()
+        .map(|(k, name)| {
+            let n = ledger.executions[*k as usize].load(Ordering::SeqCst);
+            (name.to_string(), n.into())
+        })
+        .collect();
+    web::Json(serde_json::json!({ "executions": executions }))
 }
 
 #[actix_web::main]
@@ -294,6 +421,9 @@ async fn main() -> std::io::Result<()> {
             .service(create_transfer)
             .service(create_refund)
             .service(get_payment)
+            .service(checkout_form)
+            .service(place_order)
+            .service(receipt)
             .service(stats)
             .service(page)
             .service(metrics)

@@ -1,12 +1,15 @@
-//! The demo page in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven
-//! over WebDriver): a double-click on Pay charges once; a reload while the payment is in flight,
-//! then Pay again, reuses the same key and still charges once.
+//! The demo in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven over
+//! WebDriver). The scripted page: a double-click on Pay charges once; a reload while the payment
+//! is in flight, then Pay again, reuses the same key and still charges once. The server-rendered
+//! checkout form (no JavaScript): a double-click, a reload, the back button and a re-submit, and
+//! the reload of a POST with its resubmission confirmed, place one order.
 //!
 //! Without Chromium this test says so and skips; with `CI` set that is a failure.
 
 mod common;
 
 use common::demo::{free_port, start_demo};
+use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -205,4 +208,173 @@ async fn double_click_and_reload_mid_payment_charge_once() {
         "success clears the key"
     );
     c.close().await.unwrap();
+}
+
+async fn orders_executed(base: &str) -> u64 {
+    common::demo::executions(base).await["orders"]
+        .as_u64()
+        .expect("a count")
+}
+
+/// POSTs to `/checkout` that reached idem, whatever it answered (from the demo's `/metrics`).
+async fn checkout_posts(base: &str) -> u64 {
+    let text = common::client()
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with("idem_requests_total{") && l.contains("place_order"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn hidden_key(c: &Client) -> String {
+    c.find(Locator::Css("input[name=_idem]"))
+        .await
+        .expect("the hidden key field")
+        .attr("value")
+        .await
+        .expect("its value")
+        .expect("a value")
+}
+
+/// Waits (bounded) for the receipt page; returns its order id.
+async fn receipt_order(c: &Client) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if url.path().starts_with("/receipts/") {
+            if let Ok(order) = c.find(Locator::Id("order")).await {
+                return order.text().await.expect("order id");
+            }
+        }
+        assert!(Instant::now() < deadline, "no receipt; at {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[actix_web::test]
+async fn checkout_form_resubmitted_every_way_places_one_order() {
+    if !chromium_available() {
+        return;
+    }
+    let (_demo, base) = start_demo(None, 1000).await;
+    let (_driver, c, _profile) = browser().await;
+    c.goto(&format!("{base}/checkout"))
+        .await
+        .expect("open the form");
+    let key = hidden_key(&c).await;
+    assert_eq!(key.len(), 36, "a fresh UUID key in the form: {key}");
+
+    // A real double click on the submit button: two submissions of one form.
+    let place = c.find(Locator::Id("place")).await.unwrap();
+    let double = MouseActions::new("mouse".into())
+        .then(PointerAction::MoveToElement {
+            element: place,
+            duration: None,
+            x: 0.0,
+            y: 0.0,
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        // A person's double click: the second press ~150 ms after the first.
+        .then(PointerAction::Pause {
+            duration: Duration::from_millis(150),
+        })
+        .then(PointerAction::Down {
+            button: MOUSE_BUTTON_LEFT,
+        })
+        .then(PointerAction::Up {
+            button: MOUSE_BUTTON_LEFT,
+        });
+    c.perform_actions(double).await.expect("double click");
+    let order = receipt_order(&c).await;
+    assert_eq!(
+        orders_executed(&base).await,
+        1,
+        "one order for the double click"
+    );
+    let posts = checkout_posts(&base).await;
+    assert!(posts >= 2, "both clicks submitted the form ({posts} POSTs)");
+
+    // Reload the receipt: the same order.
+    c.refresh().await.unwrap();
+    assert_eq!(receipt_order(&c).await, order);
+
+    // Back to the form: the browser shows the page it had, with the same key; submit again.
+    c.back().await.unwrap();
+    assert_eq!(
+        hidden_key(&c).await,
+        key,
+        "the back button keeps the rendered key"
+    );
+    c.find(Locator::Id("place"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(
+        receipt_order(&c).await,
+        order,
+        "the re-submit shows the same receipt"
+    );
+    assert_eq!(orders_executed(&base).await, 1);
+    assert!(
+        checkout_posts(&base).await > posts,
+        "the re-submit reached the server"
+    );
+
+    // A POST whose answer is a page (here the form's refusal, a 422 kept like any answer):
+    // reload it and confirm the resubmission. The browser POSTs again; nothing runs again.
+    c.goto(&format!("{base}/checkout")).await.unwrap();
+    assert_ne!(hidden_key(&c).await, key, "a new visit, a new key");
+    c.execute(
+        "document.getElementById('quantity').value = '0'; document.forms[0].submit();",
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_for_text(&c, "Order not placed").await;
+    let refused = hidden_key(&c).await;
+    let before = (orders_executed(&base).await, checkout_posts(&base).await);
+    assert_eq!(before.0, 2, "the refusal is an execution");
+    let reload = c.refresh();
+    let _ = tokio::time::timeout(Duration::from_secs(5), reload).await;
+    let _ = c.accept_alert().await;
+    wait_for_text(&c, "Order not placed").await;
+    assert_eq!(
+        hidden_key(&c).await,
+        refused,
+        "the very same page came back (its new key included)"
+    );
+    let after = (orders_executed(&base).await, checkout_posts(&base).await);
+    assert_eq!(after.0, 2, "the reloaded POST ran nothing");
+    assert_eq!(after.1, before.1 + 1, "the reload did POST again");
+
+    c.close().await.unwrap();
+}
+
+/// Waits (bounded) until the page's text contains `needle`; returns the text.
+async fn wait_for_text(c: &Client, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(body) = c.find(Locator::Css("body")).await {
+            if let Ok(t) = body.text().await {
+                if t.contains(needle) {
+                    return t;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "`{needle}` never showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

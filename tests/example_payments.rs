@@ -108,7 +108,7 @@ async fn transfers_wait_and_refunds_accept() {
 
     assert_eq!(
         executions(&base).await,
-        serde_json::json!({ "payments": 0, "transfers": 1, "refunds": 1 })
+        serde_json::json!({ "payments": 0, "transfers": 1, "refunds": 1, "orders": 0 })
     );
 }
 
@@ -205,4 +205,61 @@ async fn admin_route_inspects_and_purges_with_the_token() {
     assert_eq!(admin(reqwest::Method::DELETE).await["purged"], true);
     let gone = admin(reqwest::Method::GET).await;
     assert!(gone["record"].is_null());
+}
+
+/// The checkout form's HTTP contract: a hidden key per render, 303 to the receipt, the same 303
+/// for every submission of one form (even two at once), a new key on the next render.
+#[actix_web::test]
+async fn checkout_form_places_one_order_per_render() {
+    let (_demo, base) = start_demo(None, 300).await;
+    let c = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let render = || async {
+        let page = c
+            .get(format!("{base}/checkout"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let at = page.find("name=\"_idem\" value=\"").expect("a hidden key") + 20;
+        page[at..at + 36].to_owned()
+    };
+    let key = render().await;
+    assert_ne!(render().await, key, "every render mints a new key");
+    let submit = |key: String| {
+        c.post(format!("{base}/checkout"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("item=Rust+in+Action&quantity=2&_idem={key}"))
+            .send()
+    };
+    let (a, b) = tokio::join!(submit(key.clone()), submit(key.clone()));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (303, 303));
+    let receipt = a.headers()["location"].to_str().unwrap().to_owned();
+    assert!(receipt.starts_with("/receipts/ord_"), "{receipt}");
+    assert_eq!(b.headers()["location"], receipt.as_str());
+    assert_eq!(
+        submit(key).await.unwrap().headers()["location"],
+        receipt.as_str()
+    );
+    assert_eq!(executions(&base).await["orders"], 1);
+    let page = c.get(format!("{base}{receipt}")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("2 × Rust in Action"));
+
+    // A form without its key is refused before anything runs.
+    let missing = c
+        .post(format!("{base}/checkout"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("item=x&quantity=1")
+        .send()
+        .await
+        .unwrap();
+    common::problem(missing, 400).await;
+    assert_eq!(executions(&base).await["orders"], 1);
 }

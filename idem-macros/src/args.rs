@@ -25,6 +25,7 @@ pub const OPTIONS: &[&str] = &[
     "respond_async_after",
     "replay_headers",
     "transactional",
+    "key",
 ];
 
 /// What the attribute asked for, with defaults applied.
@@ -41,6 +42,8 @@ pub struct Args {
     pub required: bool,
     pub on_store_error_proceed: bool,
     pub transactional: Option<Span>,
+    /// `(kind, name)` pairs, in order of preference; empty for the app's key header.
+    pub key: Vec<(String, String)>,
     pub max_body: u64,
     pub krate: syn::Path,
 }
@@ -155,6 +158,7 @@ impl Args {
             required: true,
             on_store_error_proceed: false,
             transactional: None,
+            key: Vec::new(),
             max_body: 2 << 20,
             krate: syn::parse_quote!(::idem),
         };
@@ -240,6 +244,28 @@ impl Args {
                         args.on_store_error_proceed =
                             one_of("on_store_error", v, &["reject", "proceed"])? == "proceed";
                         on_store_error_span = Some(v.span());
+                    }
+                    "key" => {
+                        // One string, or an array of them.
+                        let entries = match v {
+                            Expr::Array(_) => string_list(
+                                "key",
+                                v,
+                                "[\"header:Idempotency-Key\", \"form:_idem\"]",
+                            )?,
+                            _ => vec![string("key", v, "\"form:_idem\"")?],
+                        };
+                        let mut bad = Errors::default();
+                        for (entry, sp) in entries {
+                            match validate::key_source(&entry) {
+                                Err(m) => bad.push(sp, m),
+                                Ok(src) if args.key.contains(&src) => {
+                                    bad.push(sp, format!("`{entry}` is listed twice"))
+                                }
+                                Ok(src) => args.key.push(src),
+                            }
+                        }
+                        bad.finish()?;
                     }
                     "transactional" => {
                         return Err(syn::Error::new(

@@ -130,6 +130,12 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let transactional = args.transactional.is_some();
+    let key_sources = args.key.iter().map(|(kind, name)| match kind.as_str() {
+        "query" => quote!(#private::KeySource::Query(#name)),
+        "form" => quote!(#private::KeySource::Form(#name)),
+        "cookie" => quote!(#private::KeySource::Cookie(#name)),
+        _ => quote!(#private::KeySource::Header(#name)),
+    });
     let on_store_error = if args.on_store_error_proceed {
         quote!(#private::OnStoreError::Proceed)
     } else {
@@ -160,6 +166,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 replay_headers: &[#(#replay_headers),*],
                 store: #store,
                 transactional: #transactional,
+                key: &[#(#key_sources),*],
             };
             #private::run(
                 __idem_req,

@@ -1,6 +1,7 @@
 //! What the code `#[idempotent]` generates calls. Not public API: it may change in any release.
 
 pub use crate::actix::{run, HandlerResult};
+pub use crate::key_source::KeySource;
 pub use crate::policy::{Guarantee, OnConflict, OnStoreError, Policy};
 pub use actix_web;
 

@@ -78,6 +78,10 @@ pub struct Policy {
     /// in that same transaction: the handler's writes and the record commit together or not at
     /// all.
     pub transactional: bool,
+    /// Where the key is read, in order of preference; empty means the app's key header
+    /// ([`IdempotencyBuilder::header_name`](crate::IdempotencyBuilder::header_name), by default
+    /// `Idempotency-Key`).
+    pub key: &'static [crate::KeySource],
 }
 
 impl Policy {
@@ -107,6 +111,7 @@ impl Policy {
             replay_headers: &[],
             store: None,
             transactional: false,
+            key: &[],
         }
     }
 }

@@ -2,7 +2,9 @@
 //! problem+json, and the answers to duplicates in flight (status resource, webhooks).
 
 use actix_web::body::{to_bytes_limited, BoxBody};
-use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use actix_web::http::header::{
+    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, RETRY_AFTER,
+};
 use actix_web::http::StatusCode;
 use actix_web::{dev, web, HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
@@ -12,7 +14,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::NEVER_REPLAYED;
 use crate::engine::{Decision, Ticket};
-use crate::key::parse_key_headers;
+use crate::key::{parse_key_headers, IdempotencyKey};
+use crate::key_source::{
+    form_fingerprint_body, from_cookies, from_form, from_query, query_without, FormKeyError,
+    KeySource,
+};
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
 use crate::{Fingerprint, Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
@@ -77,8 +83,96 @@ where
 
 /// A request refused before the store was asked: observed, then answered.
 fn refused(policy: &Policy, kind: ProblemKind, detail: impl Into<String>) -> HttpResponse {
+    refused_with(policy, reject(kind, detail))
+}
+
+fn refused_with(policy: &Policy, resp: HttpResponse) -> HttpResponse {
     observe::outcome(policy.endpoint, None, Outcome::Rejected);
-    reject(kind, detail)
+    resp
+}
+
+/// The request body: still a stream, or read into memory (raw, before any decompression).
+enum Body {
+    Raw(web::Payload),
+    Buffered(Bytes),
+}
+
+impl Body {
+    async fn buffer(self, req: &HttpRequest, limit: usize) -> Result<Bytes, HttpResponse> {
+        match self {
+            Body::Raw(payload) => buffer_body(req, payload, limit).await,
+            Body::Buffered(b) => Ok(b),
+        }
+    }
+
+    fn into_payload(self) -> dev::Payload {
+        match self {
+            Body::Raw(payload) => payload.into_inner(),
+            Body::Buffered(b) => dev::Payload::from(b),
+        }
+    }
+}
+
+/// The key, from the first of the endpoint's sources that has one (the app's key header when
+/// the endpoint names none). `Err` is the 400's detail: a malformed key where one was found.
+fn find_key(
+    req: &HttpRequest,
+    policy: &Policy,
+    default_header: &HeaderName,
+    content_type: &str,
+    body: &Body,
+) -> Result<Option<IdempotencyKey>, String> {
+    let header = |name| parse_key_headers(req.headers().get_all(name).map(|v| v.as_bytes()));
+    if policy.key.is_empty() {
+        return header(default_header.as_str()).map_err(|e| e.to_string());
+    }
+    for source in policy.key {
+        let found = match *source {
+            KeySource::Header(name) => header(name).map_err(FormKeyError::from),
+            KeySource::Query(name) => from_query(req.query_string(), name).map_err(Into::into),
+            KeySource::Cookie(name) => {
+                let cookies = req.headers().get_all(COOKIE).map(|v| v.as_bytes());
+                from_cookies(cookies, name).map_err(Into::into)
+            }
+            KeySource::Form(name) => match body {
+                Body::Buffered(b) => from_form(content_type, b, name),
+                Body::Raw(_) => Ok(None),
+            },
+        };
+        match found {
+            Ok(Some(key)) => return Ok(Some(key)),
+            Ok(None) => {}
+            Err(e) => return Err(format!("{source}: {e}")),
+        }
+    }
+    Ok(None)
+}
+
+/// The 400 detail for a missing key: where this endpoint looks for one.
+fn missing_key(policy: &Policy, default_header: &HeaderName) -> String {
+    let places = if policy.key.is_empty() {
+        format!("an {default_header} header")
+    } else {
+        policy
+            .key
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
+    format!(
+        "this endpoint requires an idempotency key in {places}: 1 to 255 printable ASCII \
+         characters, unique per operation (a UUID works well)"
+    )
+}
+
+/// The names of this endpoint's key sources of one kind (`pick` chooses it), if any.
+fn key_names(
+    policy: &Policy,
+    pick: impl Fn(KeySource) -> Option<&'static str>,
+) -> Option<Vec<&'static str>> {
+    let names: Vec<&'static str> = policy.key.iter().filter_map(|s| pick(*s)).collect();
+    (!names.is_empty()).then_some(names)
 }
 
 async fn flow<F, Fut>(
@@ -99,22 +193,31 @@ where
     };
     let shared = &idem.shared;
 
-    let headers = req.headers().get_all(&shared.header).map(|v| v.as_bytes());
-    let key = match parse_key_headers(headers) {
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    // A key in a form field needs the body first; otherwise the body is read once the key is
+    // known to be valid.
+    let mut body = Body::Raw(payload);
+    if policy.key.iter().any(|s| matches!(s, KeySource::Form(_))) {
+        body = match body.buffer(&req, policy.max_body).await {
+            Ok(b) => Body::Buffered(b),
+            Err(resp) => return refused_with(policy, resp),
+        };
+    }
+    let key = match find_key(&req, policy, &shared.header, &content_type, &body) {
         Ok(Some(key)) => key,
         Ok(None) if policy.required => {
             return refused(
                 policy,
                 ProblemKind::KeyMissing,
-                format!(
-                    "this endpoint requires an {} header: 1 to 255 printable ASCII characters, \
-                     unique per operation (a UUID works well)",
-                    shared.header
-                ),
+                missing_key(policy, &shared.header),
             )
         }
-        Ok(None) => return keyless(&engine, policy, req, payload.into_inner(), handler).await,
-        Err(e) => return refused(policy, ProblemKind::KeyInvalid, e.to_string()),
+        Ok(None) => return keyless(&engine, policy, req, body.into_payload(), handler).await,
+        Err(detail) => return refused(policy, ProblemKind::KeyInvalid, detail),
     };
     // A callback that is present but not allowed is refused before anything runs; a missing one
     // only matters if this request turns out to be a duplicate.
@@ -129,32 +232,47 @@ where
         _ => None,
     };
 
-    let body = match buffer_body(&req, payload, policy.max_body).await {
+    let body = match body.buffer(&req, policy.max_body).await {
         Ok(b) => b,
-        Err(resp) => {
-            observe::outcome(policy.endpoint, None, Outcome::Rejected);
-            return resp;
-        }
+        Err(resp) => return refused_with(policy, resp),
     };
 
     let principal = idem.principal(&req);
     let storage_key =
         StorageKey::scoped(&shared.prefix, policy.endpoint, principal.as_bytes(), &key);
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-        .unwrap_or_default();
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    // Nor is a query parameter that carries the key.
+    let without_key = key_names(policy, |s| match s {
+        KeySource::Query(name) => Some(name),
+        _ => None,
+    })
+    .and_then(|names| query_without(req.query_string(), &names))
+    .map(|q| match q.as_str() {
+        "" => req.path().to_owned(),
+        q => format!("{}?{q}", req.path()),
+    });
+    let path = match &without_key {
+        Some(p) => p.as_str(),
+        None => req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/"),
+    };
     let method = req.method().as_str();
+    // A form field that carries the key is not part of "the same request".
+    let form = key_names(policy, |s| match s {
+        KeySource::Form(name) => Some(name),
+        _ => None,
+    })
+    .and_then(|fields| form_fingerprint_body(&content_type, &body, &fields));
+    let (fp_type, fp_body): (&str, &[u8]) = match &form {
+        Some((t, b)) => (t, b),
+        None => (&content_type, &body),
+    };
     let fingerprint = match policy.guarantee {
-        Guarantee::Strict => Fingerprint::strict(method, path, &content_type, &body),
-        Guarantee::Result => Fingerprint::result(method, path, &content_type, &body),
-        Guarantee::Semantic => Fingerprint::semantic(method, path, policy.fingerprint, &body),
+        Guarantee::Strict => Fingerprint::strict(method, path, fp_type, fp_body),
+        Guarantee::Result => Fingerprint::result(method, path, fp_type, fp_body),
+        Guarantee::Semantic => Fingerprint::semantic(method, path, policy.fingerprint, fp_body),
     };
 
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
