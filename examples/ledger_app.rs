@@ -116,7 +116,10 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     let stall = Duration::from_millis(env_or("STALL_AFTER_WRITE_MS", "0").parse().unwrap_or(0));
 
-    let store = PostgresStore::connect_table(&pg, &env_or("IDEM_TABLE", "idem_records"))
+    let store = PostgresStore::builder(&pg)
+        .table(&env_or("IDEM_TABLE", "idem_records"))
+        .max_connections(8)
+        .connect()
         .await
         .map_err(std::io::Error::other)?;
     let (runs, connection) = tokio_postgres::connect(&pg, NoTls)

@@ -61,34 +61,27 @@ impl PostgresStore {
 
     /// Like [`connect`](Self::connect), with records in `table` (letters, digits and `_`).
     pub async fn connect_table(config: &str, table: &str) -> Result<Self, StoreError> {
-        if table.is_empty()
-            || !table
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        {
-            return Err(StoreError::Unavailable(format!(
-                "invalid table name `{table}`: use letters, digits and `_`"
-            )));
+        Self::builder(config).table(table).connect().await
+    }
+
+    /// A store with settings other than the defaults (table `idem_records`, 16 pooled
+    /// connections):
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), idem_runtime::StoreError> {
+    /// let store = idem_runtime::PostgresStore::builder("host=127.0.0.1 user=postgres dbname=app")
+    ///     .table("payments_idempotency")
+    ///     .max_connections(8)
+    ///     .connect()
+    ///     .await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub fn builder(config: &str) -> PostgresStoreBuilder {
+        PostgresStoreBuilder {
+            config: config.to_owned(),
+            table: "idem_records".into(),
+            max_connections: 16,
         }
-        let pg: tokio_postgres::Config = config.parse().map_err(unavailable)?;
-        let pool = Pool::builder(Manager::new(pg.clone(), NoTls))
-            .max_size(16)
-            .build()
-            .map_err(unavailable)?;
-        let store = PostgresStore {
-            pool,
-            table: table.to_owned(),
-            waiters: Arc::new(Waiters::default()),
-        };
-        store.migrate().await?;
-        let reaper = store.clone();
-        tokio::spawn(async move { reaper.reap_forever().await });
-        tokio::spawn(listen_forever(
-            pg,
-            store.channel(),
-            Arc::downgrade(&store.waiters),
-        ));
-        Ok(store)
     }
 
     /// The channel completions and releases are notified on.
@@ -341,6 +334,64 @@ async fn listen(
                 }
             }
         }
+    }
+}
+
+/// Settings of a [`PostgresStore`]; see [`PostgresStore::builder`].
+#[derive(Debug, Clone)]
+pub struct PostgresStoreBuilder {
+    config: String,
+    table: String,
+    max_connections: usize,
+}
+
+impl PostgresStoreBuilder {
+    /// The records' table (letters, digits and `_`; default `idem_records`). Its token sequence
+    /// is `<table>_token` and its notification channel `<table>_done`.
+    pub fn table(mut self, table: &str) -> Self {
+        self.table = table.to_owned();
+        self
+    }
+
+    /// Pooled connections (default 16, at least 1). A transactional handler holds one for its
+    /// whole run, and the store keeps one more, outside the pool, for `LISTEN`.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// Connects, creates the table if it is missing, and starts the reaper and the listener.
+    pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+        let table = self.table;
+        if table.is_empty()
+            || table.len() > 50
+            || !table
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(StoreError::Unavailable(format!(
+                "invalid table name `{table}`: 1 to 50 letters, digits and `_`"
+            )));
+        }
+        let pg: tokio_postgres::Config = self.config.parse().map_err(unavailable)?;
+        let pool = Pool::builder(Manager::new(pg.clone(), NoTls))
+            .max_size(self.max_connections)
+            .build()
+            .map_err(unavailable)?;
+        let store = PostgresStore {
+            pool,
+            table,
+            waiters: Arc::new(Waiters::default()),
+        };
+        store.migrate().await?;
+        let reaper = store.clone();
+        tokio::spawn(async move { reaper.reap_forever().await });
+        tokio::spawn(listen_forever(
+            pg,
+            store.channel(),
+            Arc::downgrade(&store.waiters),
+        ));
+        Ok(store)
     }
 }
 
