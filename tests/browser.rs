@@ -123,17 +123,25 @@ async fn text(c: &Client, id: &str) -> String {
 /// Waits (bounded) until `#result` says the payment succeeded and the attempts log shows a
 /// replayed answer; returns the log.
 async fn until_paid_and_replayed(c: &Client) -> String {
+    until("a success and a replayed answer in the log", || async {
+        let log = text(c, "log").await;
+        (text(c, "result").await.contains("succeeded") && log.contains("(replayed)")).then_some(log)
+    })
+    .await
+}
+
+/// Polls `check` every 100 ms until it gives a value; fails after 30 s, naming `what`.
+async fn until<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let log = text(c, "log").await;
-        if text(c, "result").await.contains("succeeded") && log.contains("(replayed)") {
-            return log;
+        if let Some(v) = check().await {
+            return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "no success; log: {}",
-            text(c, "log").await
-        );
+        assert!(Instant::now() < deadline, "waited 30 s for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -244,17 +252,14 @@ async fn hidden_key(c: &Client) -> String {
 
 /// Waits (bounded) for the receipt page; returns its order id.
 async fn receipt_order(c: &Client) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let url = c.current_url().await.expect("url");
-        if url.path().starts_with("/receipts/") {
-            if let Ok(order) = c.find(Locator::Id("order")).await {
-                return order.text().await.expect("order id");
-            }
+    until("the receipt page", || async {
+        let url = c.current_url().await.ok()?;
+        if !url.path().starts_with("/receipts/") {
+            return None;
         }
-        assert!(Instant::now() < deadline, "no receipt; at {url}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        c.find(Locator::Id("order")).await.ok()?.text().await.ok()
+    })
+    .await
 }
 
 #[actix_web::test]
@@ -365,16 +370,9 @@ async fn checkout_form_resubmitted_every_way_places_one_order() {
 
 /// Waits (bounded) until the page's text contains `needle`; returns the text.
 async fn wait_for_text(c: &Client, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(body) = c.find(Locator::Css("body")).await {
-            if let Ok(t) = body.text().await {
-                if t.contains(needle) {
-                    return t;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "`{needle}` never showed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until(&format!("`{needle}` on the page"), || async {
+        let t = c.find(Locator::Css("body")).await.ok()?.text().await.ok()?;
+        t.contains(needle).then_some(t)
+    })
+    .await
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use actix_web::{dev::ServerHandle, post, web, App, HttpResponse, HttpServer};
+use actix_web::{dev::ServerHandle, post, web, HttpResponse};
 use common::problem;
 use idem::{idempotent, Idempotency};
 use reqwest::header::{CONTENT_TYPE, COOKIE};
@@ -53,22 +53,13 @@ fn start() -> Server {
     let runs = web::Data::new(Runs::default());
     let r = runs.clone();
     let idem = Idempotency::builder().build();
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(idem.clone())
+    let (addr, handle) = common::serve(1, move |cfg| {
+        cfg.app_data(idem.clone())
             .app_data(r.clone())
             .service(any)
             .service(cookie_first)
-            .service(form_only)
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .expect("bind");
-    let addr = server.addrs()[0];
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
+            .service(form_only);
+    });
     Server {
         addr,
         runs,

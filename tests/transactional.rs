@@ -5,7 +5,7 @@
 
 mod common;
 
-use actix_web::{dev::ServerHandle, error, post, web, App, HttpResponse, HttpServer};
+use actix_web::{dev::ServerHandle, error, post, web, HttpResponse};
 use common::demo::{free_port, start_example, Demo};
 use common::{pg, problem};
 use idem::{idempotent, IdemTx, Idempotency, IdempotencyContext, MemoryStore, PostgresStore};
@@ -141,23 +141,14 @@ impl Server {
             stall_next_ms: AtomicU64::new(0),
         });
         let l = ledger.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(idem.clone())
+        let (addr, handle) = common::serve(2, move |cfg| {
+            cfg.app_data(idem.clone())
                 .app_data(l.clone())
                 .service(post_ledger)
                 .service(ledger_optional)
                 .service(ledger_on_memory)
-                .service(not_transactional)
-        })
-        .workers(2)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("bind a loopback port");
-        let addr = server.addrs()[0];
-        let server = server.run();
-        let handle = server.handle();
-        actix_web::rt::spawn(server);
+                .service(not_transactional);
+        });
         Some(Server {
             addr,
             ledger,

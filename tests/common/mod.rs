@@ -126,21 +126,12 @@ pub fn start(idem: Option<Idempotency>) -> TestServer {
 pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> TestServer {
     let c = counters.clone();
     let registered = idem.clone();
-    let server = HttpServer::new(move || {
-        let app = App::new().app_data(c.clone()).configure(routes);
-        match &idem {
-            Some(i) => app.app_data(i.clone()).service(i.status_service()),
-            None => app,
+    let (addr, handle) = serve(2, move |cfg| {
+        cfg.app_data(c.clone()).configure(routes);
+        if let Some(i) = &idem {
+            cfg.app_data(i.clone()).service(i.status_service());
         }
-    })
-    .workers(2)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .expect("bind a loopback port");
-    let addr = server.addrs()[0];
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
+    });
     TestServer {
         addr,
         counters,
@@ -148,6 +139,24 @@ pub fn start_with(idem: Option<Idempotency>, counters: web::Data<Counters>) -> T
         client: client(),
         handle,
     }
+}
+
+/// Runs an app made by `configure` on a free loopback port, with `workers` workers, on the
+/// current actix runtime; stopped through the handle (or with the runtime).
+pub fn serve(
+    workers: usize,
+    configure: impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+) -> (SocketAddr, ServerHandle) {
+    let server = HttpServer::new(move || App::new().configure(configure.clone()))
+        .workers(workers)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("bind a loopback port");
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    (addr, handle)
 }
 
 /// See [`TestServer::send_then_reset`].
