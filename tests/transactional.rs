@@ -288,7 +288,16 @@ async fn an_attempt_that_lost_its_lease_cannot_commit() {
     s.ledger.stall_next_ms.store(2500, Ordering::SeqCst);
     let stalled = s.post("/ledger", Some("lease"), &entry(7, "")).send();
     let stalled = actix_web::rt::spawn(stalled);
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Once the first attempt has written, let its 1 s lease lapse.
+    let started = Instant::now();
+    while s.runs() < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the first attempt never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let takeover = s
         .post("/ledger", Some("lease"), &entry(7, ""))
         .send()
