@@ -493,3 +493,107 @@ async fn three_instances_and_300_duplicates_make_one_row() {
     drop(running);
     apps.drop_tables().await;
 }
+
+/// Test-only: accepts any server certificate (the local PostgreSQL serves Debian's self-signed
+/// "snakeoil" one). What this test checks is that the store's connections are encrypted; how a
+/// certificate is verified is the connector's business.
+#[derive(Debug)]
+struct AcceptAnyCert(rustls::crypto::CryptoProvider);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[post("/tls")]
+#[idempotent(store = "pg", transactional)]
+async fn tls_in_use(tx: IdemTx) -> actix_web::Result<HttpResponse> {
+    let db = tx.client().await?;
+    let ssl: bool = db
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(error::ErrorInternalServerError)?
+        .get(0);
+    Ok(HttpResponse::Created().json(json!({ "ssl": ssl })))
+}
+
+/// `PostgresStore::builder(…).tls(connector)`: with `sslmode=require`, every connection of the
+/// store (the handler's transaction included) is encrypted.
+#[actix_web::test]
+async fn the_store_connects_over_tls() {
+    let Some(_probe) = pg::store("the_store_connects_over_tls", "idem_tls_probe").await else {
+        return;
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone().into())
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyCert(provider)))
+        .with_no_client_auth();
+    let records = pg::table("idem_tls");
+    let store = PostgresStore::builder(&format!("{} sslmode=require", pg::config()))
+        .table(&records)
+        .max_connections(2)
+        .tls(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+        .connect()
+        .await
+        .expect("a TLS connection (the local PostgreSQL has ssl = on)");
+    let idem = Idempotency::builder().named_store("pg", store).build();
+    let (addr, handle) = common::serve(1, move |cfg| {
+        cfg.app_data(idem.clone()).service(tls_in_use);
+    });
+    let r = common::client()
+        .post(format!("http://{addr}/tls"))
+        .header("Idempotency-Key", "tls-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["ssl"], true);
+    handle.stop(false).await;
+    pg::drop_tables(&pg::client().await, &[&records, "idem_tls_probe"]).await;
+}

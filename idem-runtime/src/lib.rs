@@ -43,7 +43,7 @@ pub use problem::{Problem, ProblemKind};
 pub use record::{FencingToken, Record, RecordState, StoredResponse};
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
-pub use store::postgres::{PostgresStore, PostgresStoreBuilder};
+pub use store::postgres::{PostgresStore, PostgresStoreBuilder, Tls as PostgresTls};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{Begin, Fenced, Store, StoreError};

@@ -24,7 +24,8 @@ use deadpool_postgres::{Manager, Pool};
 use futures_util::StreamExt;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
 use super::waiters::{wait_for, Waiters};
 use super::{Begin, Fenced, Store, StoreError};
@@ -81,6 +82,7 @@ impl PostgresStore {
             config: config.to_owned(),
             table: "idem_records".into(),
             max_connections: 16,
+            tls: NoTls,
         }
     }
 
@@ -288,21 +290,27 @@ impl Drop for TxConn {
 
 /// Keeps one `LISTEN` connection on `channel` for as long as `waiters` lives, reconnecting with
 /// a short backoff.
-async fn listen_forever(config: tokio_postgres::Config, channel: String, waiters: Weak<Waiters>) {
+async fn listen_forever<T: Tls>(
+    config: tokio_postgres::Config,
+    tls: T,
+    channel: String,
+    waiters: Weak<Waiters>,
+) {
     while waiters.strong_count() > 0 {
-        if let Err(error) = listen(&config, &channel, &waiters).await {
+        if let Err(error) = listen(&config, tls.clone(), &channel, &waiters).await {
             tracing::debug!(%error, "idem: PostgreSQL LISTEN connection failed; retrying");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-async fn listen(
+async fn listen<T: Tls>(
     config: &tokio_postgres::Config,
+    tls: T,
     channel: &str,
     waiters: &Weak<Waiters>,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = config.connect(tls).await?;
     // Notifications arrive through the connection, which this task drives.
     let to_wake = waiters.clone();
     let mut driver = tokio::spawn(async move {
@@ -337,15 +345,48 @@ async fn listen(
     }
 }
 
+/// A TLS connector for the store's connections: `NoTls` (the default), or any
+/// `tokio-postgres` connector (`tokio-postgres-rustls`, `postgres-native-tls`, …) given to
+/// [`PostgresStoreBuilder::tls`]. Implemented for every type that qualifies.
+pub trait Tls:
+    MakeTlsConnect<Socket, Stream = Self::TlsStream, TlsConnect = Self::Connector>
+    + Clone
+    + Sync
+    + Send
+    + 'static
+{
+    /// The encrypted stream.
+    type TlsStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Sync + Send + 'static;
+    /// The per-connection connector.
+    type Connector: TlsConnect<Socket, Stream = Self::TlsStream, Future = Self::Handshake>
+        + Sync
+        + Send;
+    /// The handshake.
+    type Handshake: Send;
+}
+
+impl<T> Tls for T
+where
+    T: MakeTlsConnect<Socket> + Clone + Sync + Send + 'static,
+    T::Stream: Sync + Send + 'static,
+    T::TlsConnect: Sync + Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    type TlsStream = T::Stream;
+    type Connector = T::TlsConnect;
+    type Handshake = <T::TlsConnect as TlsConnect<Socket>>::Future;
+}
+
 /// Settings of a [`PostgresStore`]; see [`PostgresStore::builder`].
 #[derive(Debug, Clone)]
-pub struct PostgresStoreBuilder {
+pub struct PostgresStoreBuilder<T = NoTls> {
     config: String,
     table: String,
     max_connections: usize,
+    tls: T,
 }
 
-impl PostgresStoreBuilder {
+impl<T> PostgresStoreBuilder<T> {
     /// The records' table (letters, digits and `_`; default `idem_records`). Its token sequence
     /// is `<table>_token` and its notification channel `<table>_done`.
     pub fn table(mut self, table: &str) -> Self {
@@ -360,8 +401,23 @@ impl PostgresStoreBuilder {
         self
     }
 
+    /// Encrypts every connection with `tls` (a `tokio-postgres` TLS connector; whether and how
+    /// the server's certificate is checked is the connector's business, and the connection
+    /// string's `sslmode` says whether TLS is required).
+    pub fn tls<U: Tls>(self, tls: U) -> PostgresStoreBuilder<U> {
+        PostgresStoreBuilder {
+            config: self.config,
+            table: self.table,
+            max_connections: self.max_connections,
+            tls,
+        }
+    }
+
     /// Connects, creates the table if it is missing, and starts the reaper and the listener.
-    pub async fn connect(self) -> Result<PostgresStore, StoreError> {
+    pub async fn connect(self) -> Result<PostgresStore, StoreError>
+    where
+        T: Tls,
+    {
         let table = self.table;
         if table.is_empty()
             || table.len() > 50
@@ -374,7 +430,7 @@ impl PostgresStoreBuilder {
             )));
         }
         let pg: tokio_postgres::Config = self.config.parse().map_err(unavailable)?;
-        let pool = Pool::builder(Manager::new(pg.clone(), NoTls))
+        let pool = Pool::builder(Manager::new(pg.clone(), self.tls.clone()))
             .max_size(self.max_connections)
             .build()
             .map_err(unavailable)?;
@@ -388,6 +444,7 @@ impl PostgresStoreBuilder {
         tokio::spawn(async move { reaper.reap_forever().await });
         tokio::spawn(listen_forever(
             pg,
+            self.tls,
             store.channel(),
             Arc::downgrade(&store.waiters),
         ));
