@@ -24,8 +24,7 @@ use super::{problem_response, reject, Verdict};
 use crate::engine::{deadline, Engine, Ticket};
 use crate::observe::Outcome;
 use crate::problem::{Problem, ProblemKind};
-use crate::store::postgres::TxConn;
-use crate::{Fenced, StoreError};
+use crate::store::postgres::{TxConn, TxEnd};
 
 /// An extractor for `#[idempotent(transactional)]` handlers: the open PostgreSQL transaction in
 /// which the handler writes, and in which the runtime then stores its response.
@@ -169,16 +168,15 @@ pub(super) async fn finish(
         return (not_postgres(), Outcome::Executed);
     };
     let limit = engine.store_timeout();
-    let completed = deadline("complete", limit, async {
-        pg.complete_in(&conn, ticket.key(), ticket.token(), &stored, ticket.ttl())
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    let end = deadline("complete", limit, async {
+        Ok(pg
+            .complete_and_commit(conn, ticket.key(), ticket.token(), &stored, ticket.ttl())
+            .await)
     })
     .await;
-    match completed {
-        Ok(Fenced::Done) => {}
-        Ok(Fenced::Lost) => {
-            rollback(conn, ticket).await;
+    match end {
+        Ok(TxEnd::Committed) => (resp, Outcome::Executed),
+        Ok(TxEnd::Lost) => {
             crate::observe::count("idem_lease_lost_total");
             tracing::warn!(key = %ticket.key(), "idem: lease lost before commit; the handler's writes were rolled back");
             let p = Problem::new(
@@ -187,13 +185,12 @@ pub(super) async fn finish(
                  back. Retry with the same key to get the outcome",
             )
             .retry_after(1);
-            return (problem_response(&p), Outcome::Executed);
+            (problem_response(&p), Outcome::Executed)
         }
-        Err(error) => {
+        Ok(TxEnd::RolledBack(error)) => {
             // Usually the handler's own SQL failed and aborted the transaction.
-            rollback(conn, ticket).await;
             ticket.release().await;
-            tracing::error!(key = %ticket.key(), %error, "idem: the response could not be stored in the handler's transaction; rolled back");
+            tracing::error!(key = %ticket.key(), %error, "idem: the handler's transaction failed and was rolled back; nothing stored");
             let status = resp.status();
             if status.is_client_error() || status.is_server_error() {
                 // The handler already says what went wrong; nothing was kept.
@@ -201,34 +198,29 @@ pub(super) async fn finish(
             }
             let p = Problem::new(
                 ProblemKind::HandlerFailed,
-                "the handler's transaction could not be committed (its SQL failed or the \
-                 database went away); nothing was kept, so a retry with the same key runs it again",
+                "the handler's transaction could not be committed (its SQL failed); nothing \
+                 was kept, so a retry with the same key runs it again",
             );
-            return (problem_response(&p), Outcome::Executed);
+            (problem_response(&p), Outcome::Executed)
         }
+        Ok(TxEnd::Unknown(error)) => commit_unknown(ticket, &error).await,
+        Err(error) => commit_unknown(ticket, &error).await,
     }
-    match deadline("commit", limit, async {
-        conn.commit()
-            .await
-            .map_err(|e| StoreError::Unavailable(e.to_string()))
-    })
-    .await
-    {
-        Ok(()) => (resp, Outcome::Executed),
-        Err(error) => {
-            // Committed or not, a retry is safe: it replays if the commit happened, and this
-            // release (a no-op on a completed record) lets it run at once if not.
-            ticket.release().await;
-            tracing::error!(key = %ticket.key(), %error, "idem: COMMIT failed; outcome unknown to this process");
-            let p = Problem::new(
-                ProblemKind::StoreUnavailable,
-                "the transaction's commit did not complete; retry with the same key: you get the \
-                 stored response if it committed, a single new execution if it did not",
-            )
-            .retry_after(1);
-            (problem_response(&p), Outcome::StoreError)
-        }
-    }
+}
+
+/// `COMMIT` did not answer (an error, or past the store deadline). Committed or not, a retry is
+/// safe: it replays if the commit happened, and this release (a no-op on a completed record)
+/// lets it run at once if not.
+async fn commit_unknown(ticket: &Ticket, error: &dyn std::fmt::Display) -> (HttpResponse, Outcome) {
+    ticket.release().await;
+    tracing::error!(key = %ticket.key(), %error, "idem: COMMIT did not answer; outcome unknown to this process");
+    let p = Problem::new(
+        ProblemKind::StoreUnavailable,
+        "the transaction's commit did not complete; retry with the same key: you get the \
+         stored response if it committed, a single new execution if it did not",
+    )
+    .retry_after(1);
+    (problem_response(&p), Outcome::StoreError)
 }
 
 /// `ROLLBACK` under the store deadline; past it, the connection is closed (which rolls back).

@@ -208,29 +208,77 @@ impl PostgresStore {
     }
 
     /// Writes the completion of `key` inside the transaction of `conn` (fenced like
-    /// [`Store::complete`]); it becomes visible when, and only if, the transaction commits.
-    pub(crate) async fn complete_in(
+    /// [`Store::complete`]) and commits, in one round trip: the fenced `UPDATE` and `COMMIT`
+    /// are sent together. The `UPDATE` raises an error when the lease is lost, which aborts the
+    /// transaction, so the `COMMIT` behind it can only roll back: the handler's writes never
+    /// commit without the record.
+    pub(crate) async fn complete_and_commit(
         &self,
-        conn: &TxConn,
+        mut conn: TxConn,
         key: &StorageKey,
         token: FencingToken,
         response: &StoredResponse,
         ttl: Duration,
-    ) -> Result<Fenced, tokio_postgres::Error> {
+    ) -> TxEnd {
         let Some(client) = conn.obj.as_deref() else {
-            return Ok(Fenced::Lost);
+            return TxEnd::Lost;
         };
-        let body = response.encode().to_vec();
-        let ttl = ms(ttl);
-        Self::fenced_on(
-            client,
-            &self.fenced_sql(COMPLETE_SET, true),
-            key,
-            token,
-            &[&body, &ttl],
-        )
-        .await
+        let update = format!(
+            "UPDATE {t} SET {COMPLETE_SET}
+              WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > clock_timestamp()
+              RETURNING key, waiting",
+            t = self.table
+        );
+        // No row updated: `1 / 0` (a value, so the planner cannot fold it away) aborts.
+        let sql = format!(
+            "WITH u AS ({update})
+             SELECT CASE WHEN u.waiting THEN pg_notify('{}', u.key) END,
+                    1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END)
+               FROM (SELECT 1) AS one LEFT JOIN u ON true",
+            self.channel()
+        );
+        let statement = match client.prepare_cached(&sql).await {
+            Ok(s) => s,
+            // Preparing fails in a transaction the handler's SQL already aborted.
+            Err(e) => return TxEnd::RolledBack(e),
+        };
+        let (body, ttl) = (response.encode().to_vec(), ms(ttl));
+        let token = token.0 as i64;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+            [&key.as_str(), &token, &body, &ttl];
+        // Both requests leave before either answer is read.
+        let (completed, committed) = tokio::join!(
+            client.query(&statement, &params),
+            client.batch_execute("COMMIT")
+        );
+        let end = match (completed, committed) {
+            (Ok(_), Ok(())) => TxEnd::Committed,
+            (Err(e), Ok(()))
+                if e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) =>
+            {
+                TxEnd::Lost
+            }
+            // The `COMMIT` of an aborted transaction is a `ROLLBACK`.
+            (Err(e), Ok(())) => TxEnd::RolledBack(e),
+            (Err(e), Err(_)) => return TxEnd::RolledBack(e),
+            (Ok(_), Err(e)) => return TxEnd::Unknown(e),
+        };
+        // The transaction ended cleanly: the connection goes back to the pool.
+        drop(conn.obj.take());
+        end
     }
+}
+
+/// How a transactional completion ended.
+pub(crate) enum TxEnd {
+    /// The handler's writes and the stored response committed.
+    Committed,
+    /// The lease had been lost (another attempt took over): rolled back.
+    Lost,
+    /// The transaction failed (usually the handler's own SQL) and was rolled back.
+    RolledBack(tokio_postgres::Error),
+    /// `COMMIT` did not answer cleanly: whether it committed is unknown here.
+    Unknown(tokio_postgres::Error),
 }
 
 /// The `SET` of a completion: `$3` the encoded response, `$4` the TTL in milliseconds.
