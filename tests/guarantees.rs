@@ -232,3 +232,49 @@ async fn endpoint_replay_headers_add_to_the_app_list() {
     assert!(replayed(&again));
     assert!(!again.headers().contains_key("x-trace"));
 }
+
+/// Under `result`, a gzip-encoded body is fingerprinted decoded: the same JSON compressed at
+/// another level (other bytes on the wire) is the same request; other JSON is not; a corrupt or
+/// bomb-sized gzip body is refused before anything runs.
+#[actix_web::test]
+async fn result_fingerprints_the_decoded_body() {
+    use std::io::Write;
+    let srv = server();
+    let gzip = |json: &str, level: u32| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(level));
+        gz.write_all(json.as_bytes()).unwrap();
+        gz.finish().unwrap()
+    };
+    let send = |key: &'static str, body: Vec<u8>| {
+        srv.post("/result", key)
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", "gzip")
+            .body(body)
+            .send()
+    };
+    let json =
+        r#"{"amount": 100, "currency": "EUR", "note": "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}"#;
+    let (fast, best) = (gzip(json, 1), gzip(json, 9));
+    assert_ne!(fast, best, "two encodings of one body");
+    let first = send("gz-r", fast).await.unwrap();
+    assert_eq!(first.status(), 201);
+    let again = send("gz-r", best).await.unwrap();
+    assert!(replayed(&again), "the same JSON, however compressed");
+    let other = send("gz-r", gzip(r#"{"amount": 101}"#, 6)).await.unwrap();
+    problem(other, 422).await;
+
+    let p = problem(
+        send("gz-bad", b"\x1f\x8b not gzip".to_vec()).await.unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(p["type"], "urn:idem:problem:body-unreadable");
+    // 3 MiB of zeros compress to a few KiB; decoded they pass the 2 MiB limit.
+    let bomb = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&vec![b' '; 3 << 20]).unwrap();
+        gz.finish().unwrap()
+    };
+    problem(send("gz-bomb", bomb).await.unwrap(), 413).await;
+    assert_eq!(srv.count(|c| &c.result), 1);
+}

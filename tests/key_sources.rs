@@ -263,3 +263,31 @@ async fn a_plain_form_posts_its_hidden_key() {
     assert_eq!(status(s.form("/form-only", &next)).await, (201, false));
     assert_eq!(s.runs(), 2);
 }
+
+/// A gzip-encoded form still yields its key (and its fingerprint is of the decoded fields).
+#[actix_web::test]
+async fn a_gzip_form_is_read_decoded() {
+    use std::io::Write;
+    let s = start();
+    let gzip = |form: &str| {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(form.as_bytes()).unwrap();
+        gz.finish().unwrap()
+    };
+    let send = |body: Vec<u8>| {
+        s.post("/form-only")
+            .header(CONTENT_TYPE, FORM)
+            .header("Content-Encoding", "gzip")
+            .body(body)
+    };
+    assert_eq!(
+        status(send(gzip("item=book&_idem=gz-1"))).await,
+        (201, false)
+    );
+    // The same form, sent plain this time: the same request.
+    assert_eq!(
+        status(s.form("/form-only", "item=book&_idem=gz-1")).await,
+        (201, true)
+    );
+    assert_eq!(s.runs(), 1);
+}

@@ -2,31 +2,25 @@
 //! problem+json, and the answers to duplicates in flight (status resource, webhooks).
 
 use actix_web::body::{to_bytes_limited, BoxBody};
-use actix_web::http::header::{
-    HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, RETRY_AFTER,
-};
+use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::StatusCode;
 use actix_web::{dev, web, HttpMessage, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::NEVER_REPLAYED;
 use crate::engine::{Decision, Ticket};
-use crate::key::{parse_key_headers, IdempotencyKey};
-use crate::key_source::{
-    form_fingerprint_body, from_cookies, from_form, from_query, query_without, FormKeyError,
-    KeySource,
-};
+use crate::key_source::KeySource;
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
-use crate::{Fingerprint, Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
+use crate::{Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
 use tracing::Instrument;
 
 mod config;
 mod context;
 mod operator;
+mod request;
 mod status;
 #[cfg(feature = "postgres")]
 mod tx;
@@ -36,6 +30,7 @@ use config::find;
 pub use config::{Idempotency, IdempotencyBuilder};
 pub use context::IdempotencyContext;
 pub use operator::{default_principal, OperatorError, RecordInfo};
+use request::{find_key, missing_key, Body};
 #[cfg(feature = "postgres")]
 pub use tx::{IdemTx, TxClient, TxEnded};
 
@@ -91,90 +86,6 @@ fn refused_with(policy: &Policy, resp: HttpResponse) -> HttpResponse {
     resp
 }
 
-/// The request body: still a stream, or read into memory (raw, before any decompression).
-enum Body {
-    Raw(web::Payload),
-    Buffered(Bytes),
-}
-
-impl Body {
-    async fn buffer(self, req: &HttpRequest, limit: usize) -> Result<Bytes, HttpResponse> {
-        match self {
-            Body::Raw(payload) => buffer_body(req, payload, limit).await,
-            Body::Buffered(b) => Ok(b),
-        }
-    }
-
-    fn into_payload(self) -> dev::Payload {
-        match self {
-            Body::Raw(payload) => payload.into_inner(),
-            Body::Buffered(b) => dev::Payload::from(b),
-        }
-    }
-}
-
-/// The key, from the first of the endpoint's sources that has one (the app's key header when
-/// the endpoint names none). `Err` is the 400's detail: a malformed key where one was found.
-fn find_key(
-    req: &HttpRequest,
-    policy: &Policy,
-    default_header: &HeaderName,
-    content_type: &str,
-    body: &Body,
-) -> Result<Option<IdempotencyKey>, String> {
-    let header = |name| parse_key_headers(req.headers().get_all(name).map(|v| v.as_bytes()));
-    if policy.key.is_empty() {
-        return header(default_header.as_str()).map_err(|e| e.to_string());
-    }
-    for source in policy.key {
-        let found = match *source {
-            KeySource::Header(name) => header(name).map_err(FormKeyError::from),
-            KeySource::Query(name) => from_query(req.query_string(), name).map_err(Into::into),
-            KeySource::Cookie(name) => {
-                let cookies = req.headers().get_all(COOKIE).map(|v| v.as_bytes());
-                from_cookies(cookies, name).map_err(Into::into)
-            }
-            KeySource::Form(name) => match body {
-                Body::Buffered(b) => from_form(content_type, b, name),
-                Body::Raw(_) => Ok(None),
-            },
-        };
-        match found {
-            Ok(Some(key)) => return Ok(Some(key)),
-            Ok(None) => {}
-            Err(e) => return Err(format!("{source}: {e}")),
-        }
-    }
-    Ok(None)
-}
-
-/// The 400 detail for a missing key: where this endpoint looks for one.
-fn missing_key(policy: &Policy, default_header: &HeaderName) -> String {
-    let places = if policy.key.is_empty() {
-        format!("an {default_header} header")
-    } else {
-        policy
-            .key
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(" or ")
-    };
-    format!(
-        "this endpoint requires an idempotency key in {places}: 1 to 255 printable ASCII \
-         characters, unique per operation (a UUID works well)"
-    )
-}
-
-/// The names of this endpoint's key sources of one kind (`pick` chooses it), if any.
-fn key_names(
-    policy: &Policy,
-    pick: impl Fn(KeySource) -> Option<&'static str>,
-) -> Option<Vec<&'static str>> {
-    let names: Vec<&'static str> = policy.key.iter().filter_map(|s| pick(*s)).collect();
-    (!names.is_empty()).then_some(names)
-}
-
 async fn flow<F, Fut>(
     req: HttpRequest,
     payload: web::Payload,
@@ -201,13 +112,20 @@ where
     // A key in a form field needs the body first; otherwise the body is read once the key is
     // known to be valid.
     let mut body = Body::Raw(payload);
+    // Decoded (gunzipped…) once, when a form key or a `result`/`semantic` fingerprint needs it.
+    let mut decoded = None;
     if policy.key.iter().any(|s| matches!(s, KeySource::Form(_))) {
-        body = match body.buffer(&req, policy.max_body).await {
-            Ok(b) => Body::Buffered(b),
+        let raw = match body.buffer(&req, policy.max_body).await {
+            Ok(b) => b,
             Err(resp) => return refused_with(policy, resp),
         };
+        decoded = match request::decode(&req, &raw, policy.max_body) {
+            Ok(d) => Some(d),
+            Err(resp) => return refused_with(policy, resp),
+        };
+        body = Body::Buffered(raw);
     }
-    let key = match find_key(&req, policy, &shared.header, &content_type, &body) {
+    let key = match find_key(&req, policy, &shared.header, &content_type, &body, &decoded) {
         Ok(Some(key)) => key,
         Ok(None) if policy.required => {
             return refused(
@@ -236,44 +154,18 @@ where
         Ok(b) => b,
         Err(resp) => return refused_with(policy, resp),
     };
+    if decoded.is_none() && policy.guarantee != Guarantee::Strict {
+        decoded = match request::decode(&req, &body, policy.max_body) {
+            Ok(d) => Some(d),
+            Err(resp) => return refused_with(policy, resp),
+        };
+    }
+    let decoded = decoded.as_ref().and_then(|d| d.as_deref());
 
     let principal = idem.principal(&req);
     let storage_key =
         StorageKey::scoped(&shared.prefix, policy.endpoint, principal.as_bytes(), &key);
-    // Nor is a query parameter that carries the key.
-    let without_key = key_names(policy, |s| match s {
-        KeySource::Query(name) => Some(name),
-        _ => None,
-    })
-    .and_then(|names| query_without(req.query_string(), &names))
-    .map(|q| match q.as_str() {
-        "" => req.path().to_owned(),
-        q => format!("{}?{q}", req.path()),
-    });
-    let path = match &without_key {
-        Some(p) => p.as_str(),
-        None => req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/"),
-    };
-    let method = req.method().as_str();
-    // A form field that carries the key is not part of "the same request".
-    let form = key_names(policy, |s| match s {
-        KeySource::Form(name) => Some(name),
-        _ => None,
-    })
-    .and_then(|fields| form_fingerprint_body(&content_type, &body, &fields));
-    let (fp_type, fp_body): (&str, &[u8]) = match &form {
-        Some((t, b)) => (t, b),
-        None => (&content_type, &body),
-    };
-    let fingerprint = match policy.guarantee {
-        Guarantee::Strict => Fingerprint::strict(method, path, fp_type, fp_body),
-        Guarantee::Result => Fingerprint::result(method, path, fp_type, fp_body),
-        Guarantee::Semantic => Fingerprint::semantic(method, path, policy.fingerprint, fp_body),
-    };
+    let fingerprint = request::fingerprint(&req, policy, &content_type, &body, decoded);
 
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects
@@ -394,55 +286,6 @@ pub(crate) fn not_configured(endpoint: &str) -> HttpResponse {
         ProblemKind::Internal,
         "this endpoint is idempotent but the server has no idempotency layer configured",
     )
-}
-
-/// Reads the raw body (still compressed, if it was sent compressed), refusing more than `limit`.
-async fn buffer_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, HttpResponse> {
-    let too_large = || {
-        reject(
-            ProblemKind::BodyTooLarge,
-            format!("the request body is larger than this endpoint's limit of {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    // The usual body arrives in one chunk: keep that chunk rather than copying it.
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    let mut total = 0usize;
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            reject(
-                ProblemKind::BodyUnreadable,
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        total += chunk.len();
-        if total > limit {
-            return Err(too_large());
-        }
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    buf.reserve(declared.map_or(0, |n| n as usize).min(limit));
-                    buf.extend_from_slice(&earlier);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
 }
 
 /// A request without a key where keys are optional: run plainly (in a transaction of its own
