@@ -121,7 +121,7 @@ where
         };
         decoded = match request::decode(&req, &raw, policy.max_body) {
             Ok(d) => Some(d),
-            Err(resp) => return refused_with(policy, resp),
+            Err(p) => return refused_with(policy, problem_response(&p)),
         };
         body = Body::Buffered(raw);
     }
@@ -157,7 +157,7 @@ where
     if decoded.is_none() && policy.guarantee != Guarantee::Strict {
         decoded = match request::decode(&req, &body, policy.max_body) {
             Ok(d) => Some(d),
-            Err(resp) => return refused_with(policy, resp),
+            Err(p) => return refused_with(policy, problem_response(&p)),
         };
     }
     let decoded = decoded.as_ref().and_then(|d| d.as_deref());

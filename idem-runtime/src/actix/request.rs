@@ -14,7 +14,7 @@ use crate::key_source::{
     form_fingerprint_body, from_cookies, from_form, from_query, query_without, FormKeyError,
     KeySource,
 };
-use crate::problem::ProblemKind;
+use crate::problem::{Problem, ProblemKind};
 use crate::{Fingerprint, Guarantee, Policy};
 
 /// The request body: still a stream, or read into memory (raw, before any decompression).
@@ -165,7 +165,7 @@ pub(super) fn decode(
     req: &HttpRequest,
     raw: &[u8],
     limit: usize,
-) -> Result<Option<Vec<u8>>, HttpResponse> {
+) -> Result<Option<Vec<u8>>, Problem> {
     let Some(encoding) = req.headers().get(CONTENT_ENCODING) else {
         return Ok(None);
     };
@@ -180,12 +180,12 @@ pub(super) fn decode(
     let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
     // One byte past the limit tells a body that is too large once decoded.
     match reader.take(limit as u64 + 1).read_to_end(&mut out) {
-        Ok(_) if out.len() > limit => Err(reject(
+        Ok(_) if out.len() > limit => Err(Problem::new(
             ProblemKind::BodyTooLarge,
             format!("the request body is larger than this endpoint's limit of {limit} bytes once decoded"),
         )),
         Ok(_) => Ok(Some(out)),
-        Err(e) => Err(reject(
+        Err(e) => Err(Problem::new(
             ProblemKind::BodyUnreadable,
             format!("the request body is not valid {encoding}: {e}"),
         )),
