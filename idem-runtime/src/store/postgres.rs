@@ -442,10 +442,11 @@ impl<T> PostgresStoreBuilder<T> {
         self
     }
 
-    /// Pooled connections (default 16, at least 1). A transactional handler holds one for its
-    /// whole run, and the store keeps one more, outside the pool, for `LISTEN`.
+    /// Pooled connections (default 16, at least 2). A transactional handler holds one for its
+    /// whole run while its lease is renewed through another, so a pool of one could starve the
+    /// renewal; the store keeps one more, outside the pool, for `LISTEN`.
     pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
+        self.max_connections = n.max(2);
         self
     }
 
