@@ -201,8 +201,9 @@ struct Part<'a> {
     data: &'a [u8],
 }
 
+/// Linear-time substring search (a hostile body cannot make it quadratic).
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    memchr::memmem::find(hay, needle)
 }
 
 /// `name="…"`-style parameter of a `Content-Disposition` value.
