@@ -230,12 +230,13 @@ struct CheckoutForm {
 }
 
 /// Places the order once per rendered form: a duplicate in flight waits for the first and gets
-/// the same 303, so every submission of one form lands on one receipt.
+/// the same 303, so every submission of one form lands on one receipt. A duplicate that waited
+/// 3 s gets 409; reloading that page (resubmitting the form) lands on the receipt too.
 #[post("/checkout")]
 #[idempotent(
     key = "form:_idem",
     on_conflict = "wait",
-    wait_timeout = "10s",
+    wait_timeout = "3s",
     max_body = "16KiB"
 )]
 async fn place_order(form: web::Form<CheckoutForm>, ledger: web::Data<Ledger>) -> HttpResponse {

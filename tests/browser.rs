@@ -276,31 +276,7 @@ async fn checkout_form_resubmitted_every_way_places_one_order() {
     assert_eq!(key.len(), 36, "a fresh UUID key in the form: {key}");
 
     // A real double click on the submit button: two submissions of one form.
-    let place = c.find(Locator::Id("place")).await.unwrap();
-    let double = MouseActions::new("mouse".into())
-        .then(PointerAction::MoveToElement {
-            element: place,
-            duration: None,
-            x: 0.0,
-            y: 0.0,
-        })
-        .then(PointerAction::Down {
-            button: MOUSE_BUTTON_LEFT,
-        })
-        .then(PointerAction::Up {
-            button: MOUSE_BUTTON_LEFT,
-        })
-        // A person's double click: the second press ~150 ms after the first.
-        .then(PointerAction::Pause {
-            duration: Duration::from_millis(150),
-        })
-        .then(PointerAction::Down {
-            button: MOUSE_BUTTON_LEFT,
-        })
-        .then(PointerAction::Up {
-            button: MOUSE_BUTTON_LEFT,
-        });
-    c.perform_actions(double).await.expect("double click");
+    double_click(&c, "place").await;
     let order = receipt_order(&c).await;
     assert_eq!(
         orders_executed(&base).await,
@@ -366,6 +342,70 @@ async fn checkout_form_resubmitted_every_way_places_one_order() {
     assert_eq!(after.1, before.1 + 1, "the reload did POST again");
 
     c.close().await.unwrap();
+}
+
+/// The POST itself reloaded: with the order slower (4 s) than a duplicate's wait (3 s), the
+/// double click's second submission shows the 409 page, a POST result. Reloading it and
+/// confirming the resubmission POSTs the form again, which lands on the receipt of the one
+/// order; so does every later reload.
+#[actix_web::test]
+async fn reloading_the_post_after_a_double_click_shows_the_one_receipt() {
+    if !chromium_available() {
+        return;
+    }
+    let (_demo, base) = start_demo(None, 4000).await;
+    let (_driver, c, _profile) = browser().await;
+    c.goto(&format!("{base}/checkout"))
+        .await
+        .expect("open the form");
+    double_click(&c, "place").await;
+    wait_for_text(&c, "urn:idem:problem:in-progress").await;
+    assert_eq!(
+        c.current_url().await.unwrap().path(),
+        "/checkout",
+        "a POST result"
+    );
+    let posts = checkout_posts(&base).await;
+    let reload = c.refresh();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reload).await;
+    let _ = c.accept_alert().await;
+    let order = receipt_order(&c).await;
+    assert!(
+        checkout_posts(&base).await > posts,
+        "the reload POSTed the form again"
+    );
+    c.refresh().await.unwrap();
+    assert_eq!(receipt_order(&c).await, order);
+    assert_eq!(
+        orders_executed(&base).await,
+        1,
+        "one order for three submissions"
+    );
+    c.close().await.unwrap();
+}
+
+/// A person's double click on element `id`: the second press ~150 ms after the first.
+async fn double_click(c: &Client, id: &str) {
+    let target = c.find(Locator::Id(id)).await.unwrap();
+    let press = |actions: MouseActions| {
+        actions
+            .then(PointerAction::Down {
+                button: MOUSE_BUTTON_LEFT,
+            })
+            .then(PointerAction::Up {
+                button: MOUSE_BUTTON_LEFT,
+            })
+    };
+    let actions = MouseActions::new("mouse".into()).then(PointerAction::MoveToElement {
+        element: target,
+        duration: None,
+        x: 0.0,
+        y: 0.0,
+    });
+    let actions = press(press(actions).then(PointerAction::Pause {
+        duration: Duration::from_millis(150),
+    }));
+    c.perform_actions(actions).await.expect("double click");
 }
 
 /// Waits (bounded) until the page's text contains `needle`; returns the text.
