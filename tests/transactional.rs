@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 struct Entry {
     amount: i64,
     /// How the handler ends after its write: "" (201), "500", "409-sql" (bad SQL, then 409),
-    /// "panic".
+    /// "panic", "commit" (commits the transaction itself, then 201).
     #[serde(default)]
     end: String,
 }
@@ -62,6 +62,14 @@ async fn write(
             Some(HttpResponse::Conflict().json(json!({"error": "insufficient funds"})))
         }
         "panic" => panic!("handler panics after its write"),
+        "commit" => {
+            // Against the rules: the handler ends the runtime's transaction itself.
+            let db = tx.client().await?;
+            db.batch_execute("COMMIT")
+                .await
+                .map_err(error::ErrorInternalServerError)?;
+            None
+        }
         _ => None,
     };
     Ok((id, early))
@@ -596,4 +604,33 @@ async fn the_store_connects_over_tls() {
     assert_eq!(r.json::<Value>().await.unwrap()["ssl"], true);
     handle.stop(false).await;
     pg::drop_tables(&pg::client().await, &[&records, "idem_tls_probe"]).await;
+}
+
+/// A handler that commits the transaction itself (which it must not) is caught: its writes are
+/// committed already, so the response is kept the way a cache store would keep it, and a retry
+/// replays instead of writing again.
+#[actix_web::test]
+async fn a_handler_that_commits_itself_still_gets_one_execution() {
+    let Some(s) = Server::start(
+        "a_handler_that_commits_itself_still_gets_one_execution",
+        true,
+    )
+    .await
+    else {
+        return;
+    };
+    let first = s
+        .post("/ledger", Some("self"), &entry(9, "commit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    let again = s
+        .post("/ledger", Some("self"), &entry(9, "commit"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!((s.rows().await, s.runs()), (1, 1));
+    s.stop().await;
 }

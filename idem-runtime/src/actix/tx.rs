@@ -187,6 +187,13 @@ pub(super) async fn finish(
             .retry_after(1);
             (problem_response(&p), Outcome::Executed)
         }
+        Ok(TxEnd::EndedByHandler) => {
+            // Its writes may be committed already: keep the response the way a cache store
+            // would, so that a retry replays rather than running again.
+            tracing::error!(key = %ticket.key(), "idem: the handler ended its transaction itself (COMMIT/ROLLBACK through IdemTx); its writes and the record were not committed together");
+            ticket.complete(&stored).await;
+            (resp, Outcome::Executed)
+        }
         Ok(TxEnd::RolledBack(error)) => {
             // Usually the handler's own SQL failed and aborted the transaction.
             ticket.release().await;

@@ -229,11 +229,15 @@ impl PostgresStore {
               RETURNING key, waiting",
             t = self.table
         );
-        // No row updated: `1 / 0` (a value, so the planner cannot fold it away) aborts.
+        // Two guards that fail the whole statement, its `UPDATE` included, on values the
+        // planner cannot fold away: `ln(0)` when the statement runs outside a transaction block
+        // (the handler ended ours: its transaction started with this very statement), `1 / 0`
+        // when no row was updated (the lease was lost).
         let sql = format!(
             "WITH u AS ({update})
-             SELECT CASE WHEN u.waiting THEN pg_notify('{}', u.key) END,
-                    1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END)
+             SELECT ln(CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END),
+                    1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END),
+                    CASE WHEN u.waiting THEN pg_notify('{}', u.key) END
                FROM (SELECT 1) AS one LEFT JOIN u ON true",
             self.channel()
         );
@@ -251,13 +255,13 @@ impl PostgresStore {
             client.query(&statement, &params),
             client.batch_execute("COMMIT")
         );
+        use tokio_postgres::error::SqlState;
         let end = match (completed, committed) {
             (Ok(_), Ok(())) => TxEnd::Committed,
-            (Err(e), Ok(()))
-                if e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) =>
-            {
-                TxEnd::Lost
+            (Err(e), Ok(())) if e.code() == Some(&SqlState::INVALID_ARGUMENT_FOR_LOG) => {
+                TxEnd::EndedByHandler
             }
+            (Err(e), Ok(())) if e.code() == Some(&SqlState::DIVISION_BY_ZERO) => TxEnd::Lost,
             // The `COMMIT` of an aborted transaction is a `ROLLBACK`.
             (Err(e), Ok(())) => TxEnd::RolledBack(e),
             (Err(e), Err(_)) => return TxEnd::RolledBack(e),
@@ -275,6 +279,9 @@ pub(crate) enum TxEnd {
     Committed,
     /// The lease had been lost (another attempt took over): rolled back.
     Lost,
+    /// The handler ended the transaction itself (`COMMIT` or `ROLLBACK` through `IdemTx`):
+    /// whatever it wrote is as it left it, and the record was not written.
+    EndedByHandler,
     /// The transaction failed (usually the handler's own SQL) and was rolled back.
     RolledBack(tokio_postgres::Error),
     /// `COMMIT` did not answer cleanly: whether it committed is unknown here.
