@@ -126,20 +126,44 @@ pub trait Store: Send + Sync + 'static {
     /// `timeout`, whichever is first. The default polls [`get`](Store::get); stores that can push
     /// should.
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match self.get(key).await? {
-                Some(Record {
-                    state: crate::RecordState::InProgress { .. },
-                    ..
-                }) => {}
-                _ => return Ok(()),
+        settle(self, key, timeout, Duration::from_millis(50), None).await
+    }
+}
+
+/// Returns once the record of `key` is no longer in progress (completed, released or expired),
+/// or after `timeout`: it is re-read every `every`, and sooner whenever `wake` is notified (a
+/// store's completion push).
+pub(crate) async fn settle<S: Store + ?Sized>(
+    store: &S,
+    key: &StorageKey,
+    timeout: Duration,
+    every: Duration,
+    wake: Option<&tokio::sync::Notify>,
+) -> Result<(), StoreError> {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        // Created before the read: a completion pushed in between still wakes it.
+        let notified = wake.map(tokio::sync::Notify::notified);
+        let record = store.get(key).await?;
+        if !matches!(
+            record,
+            Some(Record {
+                state: crate::RecordState::InProgress { .. },
+                ..
+            })
+        ) {
+            return Ok(());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= until {
+            return Ok(());
+        }
+        let pause = (until - now).min(every);
+        match notified {
+            Some(n) => {
+                let _ = tokio::time::timeout(pause, n).await;
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(());
-            }
-            tokio::time::sleep((deadline - now).min(Duration::from_millis(50))).await;
+            None => tokio::time::sleep(pause).await,
         }
     }
 }

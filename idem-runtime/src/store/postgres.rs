@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, NoTls, Socket};
 
-use super::waiters::{wait_for, Waiters};
+use super::waiters::{Waiters, POLL_EVERY};
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 
@@ -648,16 +648,8 @@ impl Store for PostgresStore {
             .await
             .map_err(unavailable)?;
         drop(client);
-        wait_for(&self.waiters, key.as_str(), timeout, || async {
-            Ok(!matches!(
-                self.get(key).await?,
-                Some(Record {
-                    state: RecordState::InProgress { .. },
-                    ..
-                })
-            ))
-        })
-        .await
+        let wake = self.waiters.register(key.as_str());
+        super::settle(self, key, timeout, POLL_EVERY, Some(&wake)).await
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {

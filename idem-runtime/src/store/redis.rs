@@ -470,16 +470,8 @@ impl Store for RedisStore {
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
-        super::waiters::wait_for(&self.waiters, key.as_str(), timeout, || async {
-            Ok(!matches!(
-                self.get(key).await?,
-                Some(Record {
-                    state: RecordState::InProgress { .. },
-                    ..
-                })
-            ))
-        })
-        .await
+        let wake = self.waiters.register(key.as_str());
+        super::settle(self, key, timeout, super::waiters::POLL_EVERY, Some(&wake)).await
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {

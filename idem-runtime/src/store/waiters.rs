@@ -39,31 +39,3 @@ impl Waiters {
         }
     }
 }
-
-/// Waits on `key` until `done` says the record left its in-progress state, `timeout` passes, or
-/// (between reads) a push for `key` arrives.
-pub(crate) async fn wait_for<F, Fut, E>(
-    waiters: &Waiters,
-    key: &str,
-    timeout: Duration,
-    mut done: F,
-) -> Result<(), E>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<bool, E>>,
-{
-    let until = tokio::time::Instant::now() + timeout;
-    let notify = waiters.register(key);
-    loop {
-        // Created before the read: a completion pushed in between still wakes it.
-        let notified = notify.notified();
-        if done().await? {
-            return Ok(());
-        }
-        let now = tokio::time::Instant::now();
-        if now >= until {
-            return Ok(());
-        }
-        let _ = tokio::time::timeout((until - now).min(POLL_EVERY), notified).await;
-    }
-}
