@@ -42,6 +42,7 @@ use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredRe
 pub struct PostgresStore {
     pool: Pool,
     table: String,
+    sql: Arc<Statements>,
     waiters: Arc<Waiters>,
 }
 
@@ -86,11 +87,6 @@ impl PostgresStore {
         }
     }
 
-    /// The channel completions and releases are notified on.
-    fn channel(&self) -> String {
-        format!("{}_done", self.table)
-    }
-
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(unavailable)
     }
@@ -126,16 +122,11 @@ impl PostgresStore {
     /// Deletes expired rows, at most 1000 per statement, every 5 s, for as long as the runtime
     /// lives.
     async fn reap_forever(self) {
-        let sql = format!(
-            "DELETE FROM {t} WHERE key IN
-               (SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000)",
-            t = self.table
-        );
         loop {
             tokio::time::sleep(Duration::from_secs(5)).await;
             loop {
                 let Ok(c) = self.client().await else { break };
-                match c.execute(&sql, &[]).await {
+                match c.execute(&self.sql.reap, &[]).await {
                     Ok(n) if n >= 1000 => continue,
                     Ok(_) => break,
                     Err(error) => {
@@ -147,27 +138,7 @@ impl PostgresStore {
         }
     }
 
-    /// A token- and lease-checked update of the record; with `notify`, the update also
-    /// notifies the store's channel with the key. `clock_timestamp()`, not `now()`: inside a
-    /// transaction `now()` is the time the transaction began.
-    fn fenced_sql(&self, set: &str, notify: bool) -> String {
-        let update = format!(
-            "UPDATE {t} SET {set}
-              WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > clock_timestamp()",
-            t = self.table
-        );
-        if notify {
-            format!(
-                "WITH u AS ({update} RETURNING key, waiting)
-                 SELECT CASE WHEN waiting THEN pg_notify('{}', key) END FROM u",
-                self.channel()
-            )
-        } else {
-            update
-        }
-    }
-
-    /// Runs a [`fenced_sql`](Self::fenced_sql) statement on `client`.
+    /// Runs one of the fenced statements of [`Statements`] on `client`.
     async fn fenced_on(
         client: &deadpool_postgres::ClientWrapper,
         sql: &str,
@@ -187,14 +158,13 @@ impl PostgresStore {
     /// Runs one fenced update on a pooled connection.
     async fn fenced(
         &self,
-        set: &str,
-        notify: bool,
+        sql: &str,
         key: &StorageKey,
         token: FencingToken,
         extra: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Fenced, StoreError> {
         let client = self.client().await?;
-        Self::fenced_on(&client, &self.fenced_sql(set, notify), key, token, extra)
+        Self::fenced_on(&client, sql, key, token, extra)
             .await
             .map_err(unavailable)
     }
@@ -223,25 +193,7 @@ impl PostgresStore {
         let Some(client) = conn.obj.as_deref() else {
             return TxEnd::Lost;
         };
-        let update = format!(
-            "UPDATE {t} SET {COMPLETE_SET}
-              WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > clock_timestamp()
-              RETURNING key, waiting",
-            t = self.table
-        );
-        // Two guards that fail the whole statement, its `UPDATE` included, on values the
-        // planner cannot fold away: `ln(0)` when the statement runs outside a transaction block
-        // (the handler ended ours: its transaction started with this very statement), `1 / 0`
-        // when no row was updated (the lease was lost).
-        let sql = format!(
-            "WITH u AS ({update})
-             SELECT ln(CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END),
-                    1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END),
-                    CASE WHEN u.waiting THEN pg_notify('{}', u.key) END
-               FROM (SELECT 1) AS one LEFT JOIN u ON true",
-            self.channel()
-        );
-        let statement = match client.prepare_cached(&sql).await {
+        let statement = match client.prepare_cached(&self.sql.complete_in_tx).await {
             Ok(s) => s,
             // Preparing fails in a transaction the handler's SQL already aborted.
             Err(e) => return TxEnd::RolledBack(e),
@@ -286,6 +238,109 @@ pub(crate) enum TxEnd {
     RolledBack(tokio_postgres::Error),
     /// `COMMIT` did not answer cleanly: whether it committed is unknown here.
     Unknown(tokio_postgres::Error),
+}
+
+/// Every statement the store sends, written once for its table (and prepared once per
+/// connection).
+struct Statements {
+    /// The channel completions and releases of marked rows are notified on.
+    channel: String,
+    begin: String,
+    get: String,
+    purge: String,
+    /// Deletes expired rows, at most 1000 per statement.
+    reap: String,
+    complete: String,
+    release: String,
+    renew: String,
+    /// Marks a row in progress as waited on, so that its completion notifies.
+    mark_waiting: String,
+    /// The completion inside a transactional handler's transaction.
+    complete_in_tx: String,
+}
+
+impl Statements {
+    fn new(t: &str) -> Self {
+        let channel = format!("{t}_done");
+        // A token- and lease-checked update. `clock_timestamp()`, not `now()`: inside a
+        // transaction `now()` is the time the transaction began.
+        let fenced = |set: &str| {
+            format!(
+                "UPDATE {t} SET {set}
+                  WHERE key = $1 AND token = $2 AND state = 'p' AND lease_until > clock_timestamp()
+                  RETURNING key, waiting"
+            )
+        };
+        // ... that also notifies the channel with the key when a waiter marked the row.
+        let notifying = |set: &str| {
+            format!(
+                "WITH u AS ({}) SELECT CASE WHEN waiting THEN pg_notify('{channel}', key) END FROM u",
+                fenced(set)
+            )
+        };
+        Statements {
+            begin: format!(
+                "WITH live AS (
+               SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
+                WHERE key = $1
+                  AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))),
+             taken AS (
+               INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+               SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
+                      now() + $3::bigint * interval '1 millisecond',
+                      now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond'
+                WHERE NOT EXISTS (SELECT 1 FROM live)
+               ON CONFLICT (key) DO UPDATE SET
+                 fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
+                 attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
+                 acquired_at = now(), lease_until = EXCLUDED.lease_until,
+                 expires_at = EXCLUDED.expires_at, response = NULL
+               WHERE NOT ((r.state = 'c' AND r.expires_at > now())
+                       OR (r.state = 'p' AND r.lease_until > now()))
+               RETURNING token, attempt)
+             SELECT true, token, attempt, NULL::bytea, NULL::text, NULL::bigint, NULL::bytea FROM taken
+             UNION ALL
+             SELECT false, token, attempt, fingerprint, state::text,
+                    (extract(epoch FROM (lease_until - now())) * 1000)::bigint, response
+               FROM live"
+            ),
+            get: format!(
+                "SELECT fingerprint, state::text, token, attempt,
+                    (extract(epoch FROM acquired_at) * 1000000)::bigint,
+                    (extract(epoch FROM (CASE WHEN state = 'p' THEN lease_until ELSE expires_at END - now())) * 1000)::bigint,
+                    response
+               FROM {t} WHERE key = $1
+                AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))"
+            ),
+            purge: format!("DELETE FROM {t} WHERE key = $1"),
+            reap: format!(
+                "DELETE FROM {t} WHERE key IN
+                   (SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000)"
+            ),
+            complete: notifying(COMPLETE_SET),
+            release: notifying("state = 'r'"),
+            renew: fenced(
+                "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
+                 expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
+            ),
+            mark_waiting: format!(
+                "UPDATE {t} SET waiting = true WHERE key = $1 AND state = 'p' AND NOT waiting"
+            ),
+            // Two guards that fail the whole statement, its `UPDATE` included, on values the
+            // planner cannot fold away: `ln(0)` when the statement runs outside a transaction
+            // block (the handler ended ours: its transaction started with this very
+            // statement), `1 / 0` when no row was updated (the lease was lost).
+            complete_in_tx: format!(
+                "WITH u AS ({})
+                 SELECT ln(CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END),
+                        1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END),
+                        CASE WHEN u.waiting THEN pg_notify('{channel}', u.key) END
+                   FROM (SELECT 1) AS one LEFT JOIN u ON true",
+                fenced(COMPLETE_SET)
+            ),
+            channel,
+        }
+    }
 }
 
 /// The `SET` of a completion: `$3` the encoded response, `$4` the TTL in milliseconds.
@@ -492,6 +547,7 @@ impl<T> PostgresStoreBuilder<T> {
             .map_err(unavailable)?;
         let store = PostgresStore {
             pool,
+            sql: Arc::new(Statements::new(&table)),
             table,
             waiters: Arc::new(Waiters::default()),
         };
@@ -501,7 +557,7 @@ impl<T> PostgresStoreBuilder<T> {
         tokio::spawn(listen_forever(
             pg,
             self.tls,
-            store.channel(),
+            store.sql.channel.clone(),
             Arc::downgrade(&store.waiters),
         ));
         Ok(store)
@@ -521,35 +577,12 @@ impl Store for PostgresStore {
         // anything: replays and duplicates in flight cost one indexed read. Otherwise the insert
         // (or the takeover of a released, lapsed or expired row) happens in the same statement;
         // its `WHERE` re-checks the row under its lock, for a rival that got there first.
-        let sql = format!(
-            "WITH live AS (
-               SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
-                WHERE key = $1
-                  AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))),
-             taken AS (
-               INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-               SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
-                      now() + $3::bigint * interval '1 millisecond',
-                      now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond'
-                WHERE NOT EXISTS (SELECT 1 FROM live)
-               ON CONFLICT (key) DO UPDATE SET
-                 fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
-                 attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
-                 acquired_at = now(), lease_until = EXCLUDED.lease_until,
-                 expires_at = EXCLUDED.expires_at, response = NULL
-               WHERE NOT ((r.state = 'c' AND r.expires_at > now())
-                       OR (r.state = 'p' AND r.lease_until > now()))
-               RETURNING token, attempt)
-             SELECT true, token, attempt, NULL::bytea, NULL::text, NULL::bigint, NULL::bytea FROM taken
-             UNION ALL
-             SELECT false, token, attempt, fingerprint, state::text,
-                    (extract(epoch FROM (lease_until - now())) * 1000)::bigint, response
-               FROM live",
-            t = self.table
-        );
         let client = self.client().await?;
         // Prepared once per connection: after that, `begin` is one round trip.
-        let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+        let statement = client
+            .prepare_cached(&self.sql.begin)
+            .await
+            .map_err(unavailable)?;
         let (lease_ms, keep_ms) = (ms(lease), ms(keep));
         // A concurrent insert committed between this statement's snapshot and its conflict
         // check leaves it with no row to show: ask again, once.
@@ -604,12 +637,12 @@ impl Store for PostgresStore {
     ) -> Result<Fenced, StoreError> {
         let body = response.encode().to_vec();
         let ttl = ms(ttl);
-        self.fenced(COMPLETE_SET, true, key, token, &[&body, &ttl])
+        self.fenced(&self.sql.complete, key, token, &[&body, &ttl])
             .await
     }
 
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.fenced("state = 'r'", true, key, token, &[]).await
+        self.fenced(&self.sql.release, key, token, &[]).await
     }
 
     async fn renew(
@@ -619,15 +652,7 @@ impl Store for PostgresStore {
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
         let lease = ms(lease);
-        self.fenced(
-            "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
-             expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
-            false,
-            key,
-            token,
-            &[&lease],
-        )
-        .await
+        self.fenced(&self.sql.renew, key, token, &[&lease]).await
     }
 
     fn as_postgres(&self) -> Option<&PostgresStore> {
@@ -637,12 +662,11 @@ impl Store for PostgresStore {
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         // Ask for a notification before the first read: a completion after the mark notifies,
         // one before it is seen by the read.
-        let mark = format!(
-            "UPDATE {} SET waiting = true WHERE key = $1 AND state = 'p' AND NOT waiting",
-            self.table
-        );
         let client = self.client().await?;
-        let statement = client.prepare_cached(&mark).await.map_err(unavailable)?;
+        let statement = client
+            .prepare_cached(&self.sql.mark_waiting)
+            .await
+            .map_err(unavailable)?;
         client
             .execute(&statement, &[&key.as_str()])
             .await
@@ -653,28 +677,21 @@ impl Store for PostgresStore {
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        let sql = format!("DELETE FROM {} WHERE key = $1", self.table);
         let n = self
             .client()
             .await?
-            .execute(&sql, &[&key.as_str()])
+            .execute(&self.sql.purge, &[&key.as_str()])
             .await
             .map_err(unavailable)?;
         Ok(n > 0)
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
-        let sql = format!(
-            "SELECT fingerprint, state::text, token, attempt,
-                    (extract(epoch FROM acquired_at) * 1000000)::bigint,
-                    (extract(epoch FROM (CASE WHEN state = 'p' THEN lease_until ELSE expires_at END - now())) * 1000)::bigint,
-                    response
-               FROM {} WHERE key = $1
-                AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))",
-            self.table
-        );
         let client = self.client().await?;
-        let statement = client.prepare_cached(&sql).await.map_err(unavailable)?;
+        let statement = client
+            .prepare_cached(&self.sql.get)
+            .await
+            .map_err(unavailable)?;
         let rows = client
             .query(&statement, &[&key.as_str()])
             .await
