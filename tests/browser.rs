@@ -264,14 +264,9 @@ async fn receipt_order(c: &Client) -> String {
 
 #[actix_web::test]
 async fn checkout_form_resubmitted_every_way_places_one_order() {
-    if !chromium_available() {
+    let Some((_demo, base, _driver, c, _profile)) = checkout(1000).await else {
         return;
-    }
-    let (_demo, base) = start_demo(None, 1000).await;
-    let (_driver, c, _profile) = browser().await;
-    c.goto(&format!("{base}/checkout"))
-        .await
-        .expect("open the form");
+    };
     let key = hidden_key(&c).await;
     assert_eq!(key.len(), 36, "a fresh UUID key in the form: {key}");
 
@@ -328,9 +323,7 @@ async fn checkout_form_resubmitted_every_way_places_one_order() {
     let refused = hidden_key(&c).await;
     let before = (orders_executed(&base).await, checkout_posts(&base).await);
     assert_eq!(before.0, 2, "the refusal is an execution");
-    let reload = c.refresh();
-    let _ = tokio::time::timeout(Duration::from_secs(5), reload).await;
-    let _ = c.accept_alert().await;
+    reload_confirming(&c).await;
     wait_for_text(&c, "Order not placed").await;
     assert_eq!(
         hidden_key(&c).await,
@@ -350,14 +343,9 @@ async fn checkout_form_resubmitted_every_way_places_one_order() {
 /// order; so does every later reload.
 #[actix_web::test]
 async fn reloading_the_post_after_a_double_click_shows_the_one_receipt() {
-    if !chromium_available() {
+    let Some((_demo, base, _driver, c, _profile)) = checkout(4000).await else {
         return;
-    }
-    let (_demo, base) = start_demo(None, 4000).await;
-    let (_driver, c, _profile) = browser().await;
-    c.goto(&format!("{base}/checkout"))
-        .await
-        .expect("open the form");
+    };
     double_click(&c, "place").await;
     wait_for_text(&c, "urn:idem:problem:in-progress").await;
     assert_eq!(
@@ -366,9 +354,7 @@ async fn reloading_the_post_after_a_double_click_shows_the_one_receipt() {
         "a POST result"
     );
     let posts = checkout_posts(&base).await;
-    let reload = c.refresh();
-    let _ = tokio::time::timeout(Duration::from_secs(10), reload).await;
-    let _ = c.accept_alert().await;
+    reload_confirming(&c).await;
     let order = receipt_order(&c).await;
     assert!(
         checkout_posts(&base).await > posts,
@@ -382,6 +368,29 @@ async fn reloading_the_post_after_a_double_click_shows_the_one_receipt() {
         "one order for three submissions"
     );
     c.close().await.unwrap();
+}
+
+/// The demo (orders taking `delay_ms`) and a browser on its checkout form; `None` without
+/// Chromium.
+async fn checkout(
+    delay_ms: u64,
+) -> Option<(common::demo::Demo, String, Driver, Client, tempdir::Dir)> {
+    if !chromium_available() {
+        return None;
+    }
+    let (demo, base) = start_demo(None, delay_ms).await;
+    let (driver, c, profile) = browser().await;
+    c.goto(&format!("{base}/checkout"))
+        .await
+        .expect("open the form");
+    Some((demo, base, driver, c, profile))
+}
+
+/// Reloads a page that was a POST's answer; Chromium asks to confirm the resubmission, which
+/// is accepted (the reload command itself may not return until the dialog is dealt with).
+async fn reload_confirming(c: &Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.refresh()).await;
+    let _ = c.accept_alert().await;
 }
 
 /// A person's double click on element `id`: the second press ~150 ms after the first.
