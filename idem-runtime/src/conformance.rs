@@ -37,6 +37,7 @@ macro_rules! store_conformance_tests {
             complete_then_replay_is_byte_exact,
             only_the_lease_holder_may_write,
             expired_lease_is_taken_over_and_fenced,
+            lapsed_lease_nobody_took_still_belongs_to_its_holder,
             release_frees_the_key,
             renew_extends_the_lease,
             completed_record_expires_after_ttl,
@@ -225,6 +226,40 @@ pub async fn expired_lease_is_taken_over_and_fenced(store: Arc<impl Store>) {
     match store.begin(&key, &fp("a"), LEASE, KEEP).await {
         Ok(Begin::Replay(r)) => assert_eq!(r, response(2), "the new owner's record stands"),
         other => panic!("expected the new owner's replay, got {other:?}"),
+    }
+}
+
+/// A lease that ran out while nobody took the key over still belongs to its holder: a late
+/// renewal re-extends it (duplicates then see it in progress again) and a late completion is
+/// kept. Only a takeover, which hands out a new token, fences the old holder out.
+pub async fn lapsed_lease_nobody_took_still_belongs_to_its_holder(store: Arc<impl Store>) {
+    let key = unique_key("lapsed");
+    let short = Duration::from_millis(200);
+    let t = acquire(&*store, &key, short).await;
+    tokio::time::sleep(short + Duration::from_millis(150)).await;
+    assert_eq!(
+        store.renew(&key, t, LEASE).await.ok(),
+        Some(Fenced::Done),
+        "a late renewal by the holder nobody replaced re-extends its lease"
+    );
+    assert!(
+        matches!(
+            store.begin(&key, &fp("a"), LEASE, KEEP).await,
+            Ok(Begin::InProgress { .. })
+        ),
+        "the re-extended lease keeps duplicates out"
+    );
+    let other = unique_key("lapsed-complete");
+    let t2 = acquire(&*store, &other, short).await;
+    tokio::time::sleep(short + Duration::from_millis(150)).await;
+    assert_eq!(
+        store.complete(&other, t2, &response(5), TTL).await.ok(),
+        Some(Fenced::Done),
+        "a late completion by the holder nobody replaced is kept"
+    );
+    match store.begin(&other, &fp("a"), LEASE, KEEP).await {
+        Ok(Begin::Replay(r)) => assert_eq!(r, response(5)),
+        other => panic!("expected the late completion's replay, got {other:?}"),
     }
 }
 

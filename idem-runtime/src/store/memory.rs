@@ -259,7 +259,8 @@ impl Inner {
         self.used.load(Ordering::Relaxed) + need <= self.max_bytes
     }
 
-    /// Runs `f` on the live entry of `key` held by `token`.
+    /// Runs `f` on the in-progress entry of `key` held by `token`; a lapsed lease that nobody
+    /// took over still belongs to its holder (a takeover changes the token).
     fn with_lease<R>(
         &self,
         key: &StorageKey,
@@ -269,8 +270,7 @@ impl Inner {
         let mut map = self.shard(key);
         let holds = matches!(
             map.get(key),
-            Some(Entry { state: EntryState::InProgress { token: t, lease_until, .. }, .. })
-                if *t == token && *lease_until > Instant::now()
+            Some(Entry { state: EntryState::InProgress { token: t, .. }, .. }) if *t == token
         );
         holds.then(|| f(self, &mut map))
     }

@@ -57,7 +57,8 @@ if v then
       return {'P', left}
     end
   end
-  attempt = tonumber(string.sub(v, 50, 55)) + 1
+  -- Six digits: clamped, so that a key retried a million times keeps a well-formed record.
+  attempt = math.min(tonumber(string.sub(v, 50, 55)) + 1, 999999)
 end
 local token = t[1] .. string.format('%06d', tonumber(t[2]))
 local lease = tonumber(ARGV[2])
@@ -67,12 +68,13 @@ redis.call('SET', KEYS[1],
 return {'A', token, attempt}
 ";
 
-/// The lease check shared by complete, release and renew: the record must be in progress, held
-/// by ARGV[1], and its lease not over.
+/// The fence shared by complete, release and renew: the record must be in progress and held by
+/// ARGV[1]. A lease that ran out while nobody took the key over still belongs to its holder (a
+/// takeover hands out a new token, which this check refuses), so a late renewal re-extends it
+/// and a late completion is kept instead of running the operation again.
 const HELD: &str = r"
 local v = redis.call('GET', KEYS[1])
 if (not v) or string.sub(v, 1, 1) ~= 'p' or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
-if tonumber(string.sub(v, 56, 71)) <= now then return 0 end
 ";
 
 const COMPLETE_TAIL: &str = r"
@@ -190,6 +192,9 @@ pub struct RedisStore {
     conn: Conn,
     scripts: Arc<Scripts>,
     waiters: Arc<Waiters>,
+    /// Set while the scripts are being loaded again after a `NOSCRIPT`: one reload at a time,
+    /// however many calls met the lost scripts at once.
+    reloading: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Builder for [`RedisStore`].
@@ -264,6 +269,7 @@ impl RedisStoreBuilder {
             conn,
             scripts: Arc::new(Scripts::new()),
             waiters: Arc::new(Waiters::default()),
+            reloading: Arc::default(),
         };
         store.load_scripts().await?;
         tokio::spawn(redis_notify::subscribe(
@@ -362,15 +368,19 @@ impl RedisStore {
         };
         match self.conn.query(&build("EVALSHA", &script.sha)).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                tracing::info!("idem: Redis lost its scripts (restart, failover or SCRIPT FLUSH); resending as EVAL and reloading them");
                 // Reload every script in the background, so the other operations do not each
-                // pay their own NOSCRIPT round trip.
-                let store = self.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = store.load_scripts().await {
-                        tracing::warn!(%error, "idem: reloading the Redis scripts failed; calls fall back to EVAL");
-                    }
-                });
+                // pay their own NOSCRIPT round trip; one reload at a time.
+                use std::sync::atomic::Ordering;
+                if !self.reloading.swap(true, Ordering::AcqRel) {
+                    tracing::info!("idem: Redis lost its scripts (restart, failover or SCRIPT FLUSH); resending as EVAL and reloading them");
+                    let store = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = store.load_scripts().await {
+                            tracing::warn!(%error, "idem: reloading the Redis scripts failed; calls fall back to EVAL");
+                        }
+                        store.reloading.store(false, Ordering::Release);
+                    });
+                }
                 self.conn
                     .query(&build("EVAL", &script.code))
                     .await

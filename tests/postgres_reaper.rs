@@ -1,0 +1,85 @@
+//! The PostgreSQL reaper against a concurrent `begin`, with two sessions and no timing: the
+//! reaper must never delete a row that another session revived while the reaper looked at it.
+
+mod common;
+
+use common::pg;
+use std::time::{Duration, Instant};
+
+/// Session A revives an expired row (as `begin` takes an expired key over) and holds it; the
+/// reaper runs meanwhile; A commits. The revived row must survive, and an expired row nobody
+/// touches is still reaped.
+#[actix_web::test]
+async fn the_reaper_never_deletes_a_row_a_concurrent_begin_revived() {
+    let table = pg::table("reaper");
+    let Some(store) = pg::store(
+        "the_reaper_never_deletes_a_row_a_concurrent_begin_revived",
+        &table,
+    )
+    .await
+    else {
+        return;
+    };
+    let db = pg::client().await;
+    db.batch_execute(&format!(
+        "INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+         VALUES ('revived', '\\x00', 'c', 1, 1, now() - interval '2 hours', now() - interval '2 hours', now() - interval '1 hour'),
+                ('stale',   '\\x00', 'c', 2, 1, now() - interval '2 hours', now() - interval '2 hours', now() - interval '1 hour')"
+    ))
+    .await
+    .expect("insert expired rows");
+
+    // Session A: the takeover, not yet committed.
+    let a = pg::client().await;
+    a.batch_execute(&format!(
+        "BEGIN; UPDATE {table} SET state = 'p', token = 3, attempt = 2, acquired_at = now(),
+                lease_until = now() + interval '1 hour', expires_at = now() + interval '1 day'
+          WHERE key = 'revived'"
+    ))
+    .await
+    .expect("session A revives the row");
+
+    // The reaper, in session B: it either skips the locked row or waits for it.
+    let reaper = store.clone();
+    let reap = tokio::spawn(async move { reaper.reap_once().await });
+    let started = Instant::now();
+    loop {
+        if reap.is_finished() {
+            break;
+        }
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM %' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the reaper neither ran nor waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.batch_execute("COMMIT").await.expect("session A commits");
+    let reaped = reap.await.expect("reaper task").expect("reap");
+
+    let rows: Vec<String> = db
+        .query(&format!("SELECT key FROM {table} ORDER BY key"), &[])
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        ["revived"],
+        "the revived row survives; the stale one is reaped"
+    );
+    assert_eq!(reaped, 1);
+    pg::drop_tables(&db, &[&table]).await;
+}
