@@ -1,6 +1,7 @@
-//! The app the fault suite (`tests/faults.rs`) kills, restarts and starves of Redis: one
-//! idempotent endpoint with a short lease, counting its executions in Redis so that the count
-//! survives the process.
+//! The app the fault suite (`tests/faults.rs`) kills, restarts, stops with SIGTERM and starves of
+//! Redis: one idempotent endpoint with a short lease, counting its executions in Redis so that
+//! the count survives the process. SIGTERM drains the operations in flight before it stops
+//! (`Idempotency::serve`).
 //!
 //! ```text
 //! IDEM_REDIS_URL=redis://127.0.0.1:6379 PORT=8090 cargo run --example fault_app
@@ -58,19 +59,23 @@ async fn main() -> std::io::Result<()> {
         .get_multiplexed_async_connection()
         .await
         .map_err(std::io::Error::other)?;
+    // 500 ms: a 2 s lease is renewed every 666 ms, and each renewal must fit in a third of it.
     let idem = Idempotency::builder()
         .store(store)
-        .store_timeout(Duration::from_millis(800))
+        .store_timeout(Duration::from_millis(500))
         .build();
     let counter = web::Data::new(counter);
-    HttpServer::new(move || {
+    let app_idem = idem.clone();
+    let server = HttpServer::new(move || {
         App::new()
-            .app_data(idem.clone())
+            .app_data(app_idem.clone())
             .app_data(counter.clone())
             .service(work)
     })
     .workers(2)
+    // SIGTERM is handled by `serve`, which drains the operations in flight first.
+    .disable_signals()
     .bind(("127.0.0.1", port))?
-    .run()
-    .await
+    .run();
+    idem.serve(server, Duration::from_secs(30)).await
 }

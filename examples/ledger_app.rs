@@ -130,9 +130,11 @@ async fn main() -> std::io::Result<()> {
         .await
         .map_err(std::io::Error::other)?;
 
+    // 500 ms: the 2 s lease is renewed every 666 ms, and a renewal must fit in a third of it.
     let idem = Idempotency::builder()
         .store(idem::MemoryStore::default())
         .named_store("pg", store)
+        .store_timeout(std::time::Duration::from_millis(500))
         .build();
     let settings = web::Data::new(Settings {
         ledger,

@@ -409,7 +409,9 @@ async fn main() -> std::io::Result<()> {
         ),
     };
     println!("payments demo on http://127.0.0.1:{port} ({store_name})");
-    HttpServer::new(move || {
+    let app_idem = idem.clone();
+    let server = HttpServer::new(move || {
+        let idem = app_idem.clone();
         App::new()
             .app_data(idem.clone())
             .app_data(ledger.clone())
@@ -429,7 +431,10 @@ async fn main() -> std::io::Result<()> {
             .service(page)
             .service(metrics)
     })
+    // SIGTERM and Ctrl-C are handled by `serve`: it lets the payments in flight finish and
+    // store their records (even those whose client hung up) before the server stops.
+    .disable_signals()
     .bind(("127.0.0.1", port))?
-    .run()
-    .await
+    .run();
+    idem.serve(server, Duration::from_secs(30)).await
 }

@@ -11,9 +11,15 @@ use common::{problem, start_with, Charge, Counters, TestServer};
 use idem::{Idempotency, RedisStore};
 use std::time::{Duration, Instant};
 
-const DEADLINE: Duration = Duration::from_millis(800);
+/// The store deadline of these apps: `/slow`'s 1 s lease is renewed every 333 ms, and a lease
+/// must be longer than three deadlines.
+const DEADLINE: Duration = Duration::from_millis(300);
 
 async fn redis_app(url: &str, renew: bool) -> TestServer {
+    redis_app_with(url, renew, DEADLINE).await
+}
+
+async fn redis_app_with(url: &str, renew: bool, deadline: Duration) -> TestServer {
     let store = RedisStore::builder()
         .url(url)
         .response_timeout(Duration::from_millis(500))
@@ -22,7 +28,7 @@ async fn redis_app(url: &str, renew: bool) -> TestServer {
         .expect("connect");
     let idem = Idempotency::builder()
         .store(store)
-        .store_timeout(DEADLINE)
+        .store_timeout(deadline)
         .renew_leases(renew)
         .build();
     start_with(Some(idem), web::Data::new(Counters::default()))
@@ -239,54 +245,210 @@ async fn redis_stalled_mid_request() {
     );
 }
 
-/// 4. Redis connections reset while `complete` is on the wire: the client still gets its
-/// response; the record stays in progress until its lease, so a retry within it gets 409, never
-/// a second execution. After the lease it may run once more (the documented window).
+/// 4. Every Redis connection reset by the very write that stores the first response: the client
+/// still gets its response, the completion is retried while the lease is held, and the retry
+/// replays the real response — one execution.
 #[actix_web::test]
-async fn redis_reset_mid_complete() {
-    if !available("redis_reset_mid_complete") {
+async fn redis_reset_on_the_first_completion_still_replays() {
+    if !available("redis_reset_on_the_first_completion_still_replays") {
         return;
     }
     let redis = RedisServer::start();
     let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
     let app = redis_app(&proxy.url(), true).await;
-    let started = Instant::now();
-    let first = actix_web::rt::spawn(
-        app.post("/slow-long-lease", "reset")
-            .json(&charge(4, 600))
-            .send(),
-    );
-    // Hold everything just before the handler finishes, so `complete` sits in the proxy…
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    proxy.stall();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // …and reset it there.
-    proxy.reset();
-    proxy.resume();
-    let first = first.await.unwrap().unwrap();
-    assert_eq!(first.status(), 200, "the response still reaches the client");
+    reset_on_first_completion(&app, &proxy, "/charge", 4404).await;
+}
 
-    // Within the lease (3 s, last renewed 1 s after the start).
-    let r = app
-        .post("/slow-long-lease", "reset")
-        .json(&charge(4, 600))
+/// 4b. The same against PostgreSQL: the connection that carries the first completion is reset.
+#[actix_web::test]
+async fn postgres_reset_on_the_first_completion_still_replays() {
+    let table = common::pg::table("faults_reset");
+    let Some(direct) = common::pg::store(
+        "postgres_reset_on_the_first_completion_still_replays",
+        &table,
+    )
+    .await
+    else {
+        return;
+    };
+    drop(direct);
+    let pg_addr = pg_address();
+    let proxy = FaultProxy::start(pg_addr).await;
+    let store = idem::PostgresStore::connect_table(&proxy.pg_config(&common::pg::config()), &table)
+        .await
+        .expect("connect through the proxy");
+    let idem = Idempotency::builder()
+        .named_store("pg", store)
+        .store_timeout(DEADLINE)
+        .build();
+    let app = start_with(Some(idem), web::Data::new(Counters::default()));
+    reset_on_first_completion(&app, &proxy, "/durable", 4405).await;
+    common::pg::drop_tables(&common::pg::client().await, &[&table]).await;
+}
+
+/// The host and port of the test PostgreSQL.
+fn pg_address() -> std::net::SocketAddr {
+    let config = common::pg::config();
+    let field = |name: &str| {
+        config
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let host = field("host=").unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = field("port=").and_then(|p| p.parse().ok()).unwrap_or(5432);
+    format!("{host}:{port}")
+        .parse()
+        .expect("a loopback host:port in IDEM_PG")
+}
+
+/// Arms `proxy` to reset every connection on the write that carries the response of `amount`,
+/// then: the client gets 201, the retry replays that body, one execution.
+async fn reset_on_first_completion(app: &TestServer, proxy: &FaultProxy, path: &str, amount: i64) {
+    // The stored body is `{"amount":…,…}`; only the completion carries it to the store.
+    proxy.reset_on(format!("\"amount\":{amount}").as_bytes());
+    let first = app
+        .post(path, "reset")
+        .json(&charge(amount, 0))
         .send()
         .await
         .unwrap();
-    assert!(
-        started.elapsed() < Duration::from_millis(2800),
-        "checked within the lease"
-    );
-    assert!(
-        r.status() == 409 || r.headers().contains_key("idempotent-replayed"),
-        "within the lease: 409 or the replay, got {}",
-        r.status()
+    assert_eq!(first.status(), 201, "the response still reaches the client");
+    let first_body = first.bytes().await.unwrap();
+    assert_eq!(proxy.sprung(), 1, "the completion's connection was reset");
+    let retry = app
+        .retry_until_done(path, "reset", &charge(amount, 0))
+        .await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(
+        retry.headers().get("idempotent-replayed").unwrap(),
+        "true",
+        "the completion was retried and kept"
     );
     assert_eq!(
-        app.count(|c| &c.slow),
-        1,
-        "never a second execution within the lease"
+        retry.bytes().await.unwrap(),
+        first_body,
+        "the real response, replayed"
     );
+    assert_eq!(app.count(|c| &c.charge), 1, "one execution");
+}
+
+/// 4c. A renewal stuck on a stalled store never pauses the handler: it runs beside it. The
+/// handler (three leases long) measures the longest time it was not polled.
+#[actix_web::test]
+async fn a_slow_renewal_never_pauses_the_handler() {
+    if !available("a_slow_renewal_never_pauses_the_handler") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    // `/progress` has a 1.5 s lease, renewed every 500 ms; each renewal may take 450 ms.
+    let app = redis_app_with(&proxy.url(), true, Duration::from_millis(450)).await;
+    let run = actix_web::rt::spawn(
+        app.post("/progress", "progress")
+            .json(&charge(1, 4500))
+            .send(),
+    );
+    // Stall the store across the first renewal (due 500 ms after `begin`): it hangs until the
+    // store deadline.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.resume();
+    let dup = app
+        .post("/progress", "progress")
+        .json(&charge(1, 4500))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(dup.status(), 409, "the lease is still held");
+    let r = run.await.unwrap().unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    let gap = body["max_gap_ms"].as_u64().unwrap();
+    // A 10 ms tick; a paused handler would show the stalled renewal's 450 ms.
+    assert!(gap < 250, "the handler was not polled for {gap} ms");
+    assert_eq!(app.count(|c| &c.progress), 1);
+}
+
+/// 4d. `on_conflict = "wait"` with `on_store_error = "proceed"`: once the store said another
+/// request holds the key, a store failure while waiting answers 503, never an unprotected run.
+#[actix_web::test]
+async fn a_store_failure_while_waiting_never_runs_the_duplicate() {
+    if !available("a_store_failure_while_waiting_never_runs_the_duplicate") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let app = redis_app(&proxy.url(), true).await;
+    let first = actix_web::rt::spawn(app.post("/wait-proceed", "w").json(&charge(5, 2000)).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dup = actix_web::rt::spawn(app.post("/wait-proceed", "w").json(&charge(5, 2000)).send());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.stall();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.resume();
+    let dup = dup.await.unwrap().unwrap();
+    assert!(dup.headers().contains_key("retry-after"));
+    problem(dup, 503).await;
+    assert_eq!(first.await.unwrap().unwrap().status(), 201);
+    let r = app
+        .retry_until_done("/wait-proceed", "w", &charge(5, 2000))
+        .await;
+    assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(app.count(|c| &c.wait), 1, "the duplicate never ran");
+}
+
+/// 4e. SIGTERM (a deploy) while a handler runs whose client already hung up: the app drains it,
+/// completes its record and exits; a second instance replays it.
+#[actix_web::test]
+async fn sigterm_lets_an_abandoned_handler_complete() {
+    if !available("sigterm_lets_an_abandoned_handler_complete") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let env = [("IDEM_REDIS_URL", redis.url())];
+    let port = free_port();
+    let mut app = start_example("fault_app", port, &env).await;
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    common::reset_after(
+        addr,
+        "/work",
+        "deploy",
+        &charge(0, 2500),
+        Duration::from_millis(300),
+    )
+    .await;
+    let started = Instant::now();
+    while executions(&redis) < 1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the handler never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = app
+        .terminate(Duration::from_secs(20))
+        .await
+        .expect("the app exits after the drain");
+    assert!(status.success(), "a clean exit: {status:?}");
+
+    let port = free_port();
+    let _second = start_example("fault_app", port, &env).await;
+    let r = common::client()
+        .post(format!("http://127.0.0.1:{port}/work"))
+        .header("Idempotency-Key", "deploy")
+        .json(&charge(0, 2500))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers().get("idempotent-replayed").unwrap(),
+        "true",
+        "the drained handler's record"
+    );
+    assert_eq!(executions(&redis), 1, "one execution across the deploy");
 }
 
 /// 5. Many clients hanging up mid-handler at once: every operation runs once, and every retry

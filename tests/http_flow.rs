@@ -13,6 +13,9 @@ fn idem() -> Idempotency {
     Idempotency::builder()
         .store(MemoryStore::default())
         .replay_headers(["X-Request-Id"])
+        // The memory store answers at once; a short deadline admits the 1 s leases of `/slow`
+        // and `/short-ttl` (a lease must be longer than three store deadlines).
+        .store_timeout(Duration::from_millis(150))
         .build()
 }
 
@@ -235,10 +238,27 @@ async fn client_disconnect_does_not_cancel_the_handler() {
     assert_eq!(srv.count(|c| &c.charge), 1, "the handler finished once");
 }
 
+/// Under `strict` (the default) a panic is an answer like a returned 500: kept and replayed, so
+/// the side effects the handler made before it panicked never happen twice.
 #[actix_web::test]
-async fn panicking_handler_releases_the_key() {
+async fn panicking_handler_under_strict_replays_its_500() {
     let srv = start(Some(idem()));
     let send = || srv.post("/panics", "boom").send();
+    let p = problem(send().await.unwrap(), 500).await;
+    assert_eq!(p["type"], "urn:idem:problem:handler-failed");
+    let r = send().await.unwrap();
+    assert_eq!(r.headers().get("idempotent-replayed").unwrap(), "true");
+    let again = problem(r, 500).await;
+    assert_eq!(again, p, "the retry replays the first answer");
+    assert_eq!(srv.count(|c| &c.panics), 1, "one execution");
+}
+
+/// Under `result` a panic is a 5xx, which that guarantee does not keep: released, and the retry
+/// runs the handler again.
+#[actix_web::test]
+async fn panicking_handler_under_result_releases_the_key() {
+    let srv = start(Some(idem()));
+    let send = || srv.post("/panics-result", "boom").send();
     let p = problem(send().await.unwrap(), 500).await;
     assert_eq!(p["type"], "urn:idem:problem:handler-failed");
     let r = send().await.unwrap();
@@ -398,12 +418,15 @@ async fn store_errors_fail_closed_or_open_per_policy() {
         "reject: the handler does not run"
     );
 
+    // A full store answered: it is not unreachable, and a flood must not be able to switch
+    // idempotency off, so even `proceed` fails closed here.
     let r = srv.post("/proceed", "x").send().await.unwrap();
-    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("retry-after").is_some());
+    problem(r, 503).await;
     assert_eq!(
         srv.count(|c| &c.proceed),
-        1,
-        "proceed: the handler runs unprotected"
+        0,
+        "proceed: a full store never runs the handler unprotected"
     );
 }
 

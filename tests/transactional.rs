@@ -62,6 +62,12 @@ async fn write(
             Some(HttpResponse::Conflict().json(json!({"error": "insufficient funds"})))
         }
         "panic" => panic!("handler panics after its write"),
+        // 9 MiB: over the default `max_response_bytes`.
+        "big" => Some(
+            HttpResponse::Created()
+                .content_type("application/octet-stream")
+                .body(vec![b'x'; 9 << 20]),
+        ),
         "commit" => {
             // Against the rules: the handler ends the runtime's transaction itself.
             let db = tx.client().await?;
@@ -142,6 +148,8 @@ impl Server {
             .store(MemoryStore::default())
             .named_store("pg", store)
             .renew_leases(renew_leases)
+            // `/ledger`'s 1 s lease is renewed every 333 ms; a renewal must fit in that.
+            .store_timeout(Duration::from_millis(300))
             .build();
         let ledger = web::Data::new(Ledger {
             table,
@@ -227,6 +235,26 @@ async fn the_ledger_row_and_the_response_commit_together() {
             .unwrap()
             .get(0);
     assert_eq!(state, "c");
+    s.stop().await;
+}
+
+/// A response too big to keep: the "not kept" marker commits with the ledger row; the retry gets
+/// the marker, never a second row.
+#[actix_web::test]
+async fn a_response_too_big_to_keep_commits_its_marker_with_the_row() {
+    let test = "a_response_too_big_to_keep_commits_its_marker_with_the_row";
+    let Some(s) = Server::start(test, true).await else {
+        return;
+    };
+    let send = || s.post("/ledger", Some("big"), &entry(7, "big")).send();
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.bytes().await.unwrap().len(), 9 << 20);
+    let retry = send().await.unwrap();
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let marker = problem(retry, 201).await;
+    assert_eq!(marker["type"], "urn:idem:problem:response-not-kept");
+    assert_eq!((s.rows().await, s.runs()), (1, 1));
     s.stop().await;
 }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::problem::{Problem, ProblemKind};
-use crate::store::{Begin, Fenced, Store, StoreError};
-use crate::{
-    FencingToken, Fingerprint, OnConflict, OnStoreError, Policy, StorageKey, StoredResponse,
-};
+use crate::store::{Begin, Store, StoreError};
+pub use crate::ticket::Ticket;
+use crate::{Fingerprint, OnConflict, OnStoreError, Policy, StorageKey, StoredResponse};
 
 /// Headers never stored for replay, whatever the allow-list says: credentials, per-response
 /// values and hop-by-hop headers.
@@ -80,7 +79,7 @@ pub struct Engine {
     store: Arc<dyn Store>,
     store_timeout: Duration,
     replay_headers: Vec<String>,
-    renew_leases: bool,
+    pub(crate) renew_leases: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -147,7 +146,6 @@ impl Engine {
     }
 
     /// The deadline of every store call.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn store_timeout(&self) -> Duration {
         self.store_timeout
     }
@@ -170,6 +168,7 @@ impl Engine {
         let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
         let mut waited = false;
         loop {
+            let sent = tokio::time::Instant::now();
             let answer = deadline(
                 "begin",
                 self.store_timeout,
@@ -182,14 +181,14 @@ impl Engine {
                     if attempt > 1 {
                         crate::observe::count("idem_reattempts_total");
                     }
-                    Decision::Execute(Ticket {
-                        engine: self.clone(),
+                    Decision::Execute(Ticket::new(
+                        self.clone(),
                         key,
                         token,
                         attempt,
-                        lease: policy.lease,
-                        ttl: policy.ttl,
-                    })
+                        (policy.lease, policy.ttl),
+                        sent,
+                    ))
                 }
                 Ok(Begin::Replay(response)) => Decision::Replay { response, waited },
                 Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
@@ -215,7 +214,11 @@ impl Engine {
                         )
                         .await;
                         if let Err(e) = waited_for {
-                            return self.store_failed(policy, e);
+                            // The store already said another request holds this key: running
+                            // this duplicate unprotected would run the operation twice,
+                            // whatever `on_store_error` says.
+                            tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed while a duplicate waited for the first request; rejecting it");
+                            return Decision::Reject(self.store_problem(&e));
                         }
                         waited = true;
                         continue;
@@ -226,12 +229,15 @@ impl Engine {
         }
     }
 
-    /// Step 7: fail closed (503) or open, per policy.
+    /// Step 7: fail closed (503) or open, per policy. A full store always fails closed: it
+    /// answered, and running unprotected because of a flood would hand the flood the power to
+    /// switch idempotency off.
     pub fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
-        if matches!(error, StoreError::Full) {
+        let full = matches!(error, StoreError::Full);
+        if full {
             crate::observe::count("idem_store_full_total");
         }
-        if policy.on_store_error == OnStoreError::Proceed {
+        if policy.on_store_error == OnStoreError::Proceed && !full {
             tracing::warn!(endpoint = policy.endpoint, %error, "idem: store failed; running the handler WITHOUT idempotency protection (on_store_error = \"proceed\")");
             return Decision::Unprotected;
         }
@@ -263,125 +269,5 @@ impl Engine {
     /// Reads the record of `key`, under the store deadline.
     pub async fn get(&self, key: &StorageKey) -> Result<Option<crate::Record>, StoreError> {
         deadline("get", self.store_timeout, self.store.get(key)).await
-    }
-}
-
-/// The lease on one key, held by the request that runs its handler.
-#[derive(Clone)]
-pub struct Ticket {
-    engine: Arc<Engine>,
-    key: StorageKey,
-    token: FencingToken,
-    attempt: u32,
-    lease: Duration,
-    ttl: Duration,
-}
-
-impl std::fmt::Debug for Ticket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticket")
-            .field("key", &self.key)
-            .field("token", &self.token)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Ticket {
-    /// The storage key this ticket holds.
-    pub fn key(&self) -> &StorageKey {
-        &self.key
-    }
-
-    /// The fencing token of this lease.
-    pub fn token(&self) -> FencingToken {
-        self.token
-    }
-
-    /// Which acquisition of the key this is (1 for the first).
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The engine this lease was taken through.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) fn engine(&self) -> &Arc<Engine> {
-        &self.engine
-    }
-
-    /// How long the completed response is to be kept.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// Runs `work` while renewing the lease every `lease / 3`, so a slow handler is not taken
-    /// over by a duplicate. If the lease is lost anyway (the store was unreachable for a whole
-    /// lease), `work` still finishes and the later `complete` is refused by fencing.
-    pub async fn keep_alive<F: Future>(&self, work: F) -> F::Output {
-        let mut work = std::pin::pin!(work);
-        // A handler that finishes without waiting needs no renewal timer at all.
-        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
-        if let std::task::Poll::Ready(out) = first {
-            return out;
-        }
-        let every = (self.lease / 3).max(Duration::from_millis(10));
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renewing = self.engine.renew_leases;
-        loop {
-            tokio::select! {
-                out = &mut work => return out,
-                _ = tick.tick(), if renewing => {
-                    let store = &self.engine.store;
-                    match deadline("renew", self.engine.store_timeout, store.renew(&self.key, self.token, self.lease)).await {
-                        Ok(Fenced::Done) => crate::observe::count("idem_lease_renewals_total"),
-                        Ok(Fenced::Lost) => {
-                            crate::observe::count("idem_lease_lost_total");
-                            tracing::warn!(key = %self.key, "idem: lease lost while the handler runs; its response will not be stored");
-                            renewing = false;
-                        }
-                        Err(error) => tracing::warn!(key = %self.key, %error, "idem: lease renewal failed; will retry"),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Stores the handler's response for replay. Returns whether it was stored; a failure is
-    /// logged, since the client still gets its response.
-    pub async fn complete(&self, response: &StoredResponse) -> bool {
-        let store = &self.engine.store;
-        match deadline(
-            "complete",
-            self.engine.store_timeout,
-            store.complete(&self.key, self.token, response, self.ttl),
-        )
-        .await
-        {
-            Ok(Fenced::Done) => true,
-            Ok(Fenced::Lost) => {
-                crate::observe::count("idem_lease_lost_total");
-                tracing::warn!(key = %self.key, "idem: lease was lost before completion; the response was not stored (fencing)");
-                false
-            }
-            Err(error) => {
-                tracing::error!(key = %self.key, %error, "idem: could not store the response; the key stays in progress until its lease ends");
-                false
-            }
-        }
-    }
-
-    /// Forgets the in-progress record so the next request with this key runs afresh.
-    pub async fn release(&self) {
-        let store = &self.engine.store;
-        if let Err(error) = deadline(
-            "release",
-            self.engine.store_timeout,
-            store.release(&self.key, self.token),
-        )
-        .await
-        {
-            tracing::error!(key = %self.key, %error, "idem: could not release the key; it frees itself when its lease ends");
-        }
     }
 }

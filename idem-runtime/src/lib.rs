@@ -21,6 +21,7 @@ pub mod policy;
 pub mod problem;
 pub mod record;
 pub mod store;
+mod ticket;
 
 #[doc(hidden)]
 pub mod __private;

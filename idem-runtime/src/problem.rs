@@ -29,6 +29,13 @@ pub enum ProblemKind {
     HandlerFailed,
     /// The app has no `Idempotency` registered, or another server-side fault (500).
     Internal,
+    /// The replay of an operation that ran, but whose response could not be kept (too large,
+    /// or its body failed while it was sent): the original status, this body. The operation is
+    /// not run again.
+    ResponseNotKept,
+    /// The server is shutting down and starts no new operation; retry, with the same key, on
+    /// another instance or later (503).
+    ShuttingDown,
 }
 
 impl ProblemKind {
@@ -44,8 +51,10 @@ impl ProblemKind {
             ProblemKind::KeyReused => 422,
             ProblemKind::InProgress => 409,
             ProblemKind::BodyTooLarge => 413,
-            ProblemKind::StoreUnavailable => 503,
-            ProblemKind::HandlerFailed | ProblemKind::Internal => 500,
+            ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => 503,
+            ProblemKind::HandlerFailed | ProblemKind::Internal | ProblemKind::ResponseNotKept => {
+                500
+            }
         }
     }
 
@@ -64,6 +73,8 @@ impl ProblemKind {
             ProblemKind::StatusNotFound => "urn:idem:problem:status-not-found",
             ProblemKind::HandlerFailed => "urn:idem:problem:handler-failed",
             ProblemKind::Internal => "urn:idem:problem:internal",
+            ProblemKind::ResponseNotKept => "urn:idem:problem:response-not-kept",
+            ProblemKind::ShuttingDown => "urn:idem:problem:shutting-down",
         }
     }
 
@@ -82,6 +93,8 @@ impl ProblemKind {
             ProblemKind::StatusNotFound => "Idempotency status not found",
             ProblemKind::HandlerFailed => "Handler failed",
             ProblemKind::Internal => "Idempotency layer misconfigured",
+            ProblemKind::ResponseNotKept => "The operation ran; its response was not kept",
+            ProblemKind::ShuttingDown => "Server shutting down",
         }
     }
 }

@@ -12,6 +12,25 @@ impl Demo {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+
+    /// Sends SIGTERM (what a deploy sends) and waits up to `within` for the process to exit;
+    /// returns its exit status, or `None` if it was still running (it is then killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM failed");
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.kill();
+        None
+    }
 }
 
 impl Drop for Demo {

@@ -32,6 +32,9 @@ pub struct Counters {
     pub webhook: AtomicUsize,
     pub result: AtomicUsize,
     pub semantic: AtomicUsize,
+    pub big: AtomicUsize,
+    pub broken: AtomicUsize,
+    pub progress: AtomicUsize,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -204,7 +207,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
         .service(webhook)
         .service(result)
         .service(semantic)
-        .service(durable);
+        .service(durable)
+        .service(big)
+        .service(broken_stream)
+        .service(panics_result)
+        .service(progress)
+        .service(wait_proceed);
 }
 
 /// Kept in the store registered as "pg" (a named store).
@@ -363,6 +371,73 @@ async fn panics(counters: web::Data<Counters>) -> &'static str {
         panic!("first run panics (expected by the test)");
     }
     "recovered"
+}
+
+/// Panics on its first run only, under `result`: a panic is then a released 5xx.
+#[actix_web::post("/panics-result")]
+#[idempotent(guarantee = "result")]
+async fn panics_result(counters: web::Data<Counters>) -> &'static str {
+    if counters.panics.fetch_add(1, Ordering::SeqCst) == 0 {
+        panic!("first run panics (expected by the test)");
+    }
+    "recovered"
+}
+
+/// 9 MiB: over the default `max_response_bytes` (8 MiB). Answers 201 with the run number in a
+/// header, and a body of `delay_ms`-independent bytes.
+#[actix_web::post("/big")]
+#[idempotent]
+async fn big(counters: web::Data<Counters>) -> HttpResponse {
+    let n = counters.big.fetch_add(1, Ordering::SeqCst) + 1;
+    HttpResponse::Created()
+        .insert_header(("X-Run", n.to_string()))
+        .content_type("application/octet-stream")
+        .body(vec![b'x'; 9 << 20])
+}
+
+/// A streamed body that fails after its first chunk.
+#[actix_web::post("/broken-stream")]
+#[idempotent]
+async fn broken_stream(counters: web::Data<Counters>) -> HttpResponse {
+    counters.broken.fetch_add(1, Ordering::SeqCst);
+    let chunks: Vec<Result<web::Bytes, std::io::Error>> = vec![
+        Ok(web::Bytes::from_static(b"{\"partial\":")),
+        Err(std::io::Error::other("the report generator crashed")),
+    ];
+    HttpResponse::Accepted()
+        .content_type("application/json")
+        .streaming(futures_util::stream::iter(chunks))
+}
+
+/// Runs for `delay_ms` in 10 ms steps and answers the longest gap between two steps: how long
+/// the handler was not polled. Its lease is 1.5 s (renewed every 500 ms).
+#[actix_web::post("/progress")]
+#[idempotent(lease = "1500ms", ttl = "1h")]
+async fn progress(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    let n = counters.progress.fetch_add(1, Ordering::SeqCst) + 1;
+    let until = std::time::Instant::now() + Duration::from_millis(body.delay_ms);
+    let mut last = std::time::Instant::now();
+    let mut max_gap = Duration::ZERO;
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        max_gap = max_gap.max(last.elapsed());
+        last = std::time::Instant::now();
+    }
+    HttpResponse::Ok()
+        .json(serde_json::json!({ "run": n, "max_gap_ms": max_gap.as_millis() as u64 }))
+}
+
+/// `wait` for duplicates and `proceed` on store errors: a duplicate whose wait fails must still
+/// never run.
+#[actix_web::post("/wait-proceed")]
+#[idempotent(
+    on_conflict = "wait",
+    wait_timeout = "10s",
+    on_store_error = "proceed",
+    lease = "3s"
+)]
+async fn wait_proceed(body: web::Json<Charge>, counters: web::Data<Counters>) -> HttpResponse {
+    charge_like(&counters.wait, &body).await
 }
 
 /// Returns `Err` (a 500): under `strict` that is a response like any other, and is replayed.

@@ -1,11 +1,13 @@
 //! A TCP fault proxy on loopback, between an app and its Redis (`tc netem` is not available
 //! here): pass traffic, stall it (a blackhole that TCP would later recover from: bytes are held,
-//! not lost, and delivered when the stall ends), or reset every open connection. It also counts
-//! round trips: the times a client speaks again after its server answered.
+//! not lost, and delivered when the stall ends), or reset every open connection — now, or the
+//! first time the app sends bytes containing a pattern (the body of a response being stored, say:
+//! a reset exactly on the first completion). It also counts round trips: the times a client
+//! speaks again after its server answered.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +20,10 @@ pub struct FaultProxy {
     /// Bumped by `reset`: connections opened before the bump are torn down.
     generation: Arc<AtomicU64>,
     turns: Arc<AtomicU64>,
+    /// Reset every connection the first time the app sends this; then disarmed.
+    trap: Arc<Mutex<Option<Vec<u8>>>>,
+    /// How many times the trap went off.
+    sprung: Arc<AtomicU64>,
 }
 
 impl FaultProxy {
@@ -29,6 +35,8 @@ impl FaultProxy {
             stalled: Arc::default(),
             generation: Arc::default(),
             turns: Arc::default(),
+            trap: Arc::default(),
+            sprung: Arc::default(),
         };
         let p = proxy.clone();
         tokio::spawn(async move {
@@ -45,6 +53,47 @@ impl FaultProxy {
 
     pub fn url(&self) -> String {
         format!("redis://{}", self.addr)
+    }
+
+    /// A libpq connection string through the proxy, from `config` (whose host and port are
+    /// replaced).
+    pub fn pg_config(&self, config: &str) -> String {
+        let rest: Vec<&str> = config
+            .split_whitespace()
+            .filter(|kv| !kv.starts_with("host=") && !kv.starts_with("port="))
+            .collect();
+        format!(
+            "host={} port={} {}",
+            self.addr.ip(),
+            self.addr.port(),
+            rest.join(" ")
+        )
+    }
+
+    /// Resets every open connection the first time the app sends bytes containing `pattern`;
+    /// those bytes never reach the server.
+    pub fn reset_on(&self, pattern: &[u8]) {
+        *self.trap.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// How many times a [`reset_on`](Self::reset_on) trap went off.
+    pub fn sprung(&self) -> u64 {
+        self.sprung.load(Ordering::SeqCst)
+    }
+
+    /// Whether `chunk` (to the server) springs the trap: if so it is disarmed and every
+    /// connection reset.
+    fn springs(&self, chunk: &[u8]) -> bool {
+        let mut trap = self.trap.lock().unwrap();
+        let hit = trap
+            .as_ref()
+            .is_some_and(|p| chunk.windows(p.len()).any(|w| w == p.as_slice()));
+        if hit {
+            *trap = None;
+            self.sprung.fetch_add(1, Ordering::SeqCst);
+            self.reset();
+        }
+        hit
     }
 
     /// Holds all traffic from now on (both directions) until `resume`.
@@ -98,7 +147,7 @@ async fn pipe(mut client: TcpStream, mut upstream: TcpStream, proxy: FaultProxy,
         while proxy.stalled.load(Ordering::SeqCst) && !proxy.dead(born) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        if proxy.dead(born) {
+        if proxy.dead(born) || (to_upstream && proxy.springs(&up_buf[..chunk])) {
             break;
         }
         if to_upstream && answered {

@@ -39,6 +39,10 @@ pub(super) struct Shared {
     pub(super) max_response: usize,
     pub(super) status_path: String,
     pub(super) webhook: WebhookConfig,
+    /// Operations in flight, for a graceful shutdown.
+    pub(super) inflight: Arc<super::shutdown::Inflight>,
+    /// Endpoints whose lease was found too short for its renewals (logged once each).
+    pub(super) short_leases: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -202,8 +206,10 @@ impl IdempotencyBuilder {
         self
     }
 
-    /// Largest handler response stored for replay (default 8 MiB). A larger one is not stored:
-    /// the key is released and the client gets 500, so size this above your largest response.
+    /// Largest handler response stored for replay (default 8 MiB). A larger one still reaches
+    /// its client in full, and the operation still counts as done: the record keeps its status
+    /// and a `urn:idem:problem:response-not-kept` body instead, which is what retries get. Size
+    /// this above your largest response.
     pub fn max_response_bytes(mut self, bytes: usize) -> Self {
         self.max_response = bytes;
         self
@@ -298,6 +304,8 @@ impl IdempotencyBuilder {
                 max_response: self.max_response,
                 status_path: self.status_path,
                 webhook: self.webhook,
+                inflight: Arc::default(),
+                short_leases: Default::default(),
             }),
         }
     }

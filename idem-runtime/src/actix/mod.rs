@@ -1,26 +1,27 @@
 //! The actix-web adapter: raw body buffering, extractor re-run, response capture and replay,
 //! problem+json, and the answers to duplicates in flight (status resource, webhooks).
 
-use actix_web::body::{to_bytes_limited, BoxBody};
+use actix_web::body::BoxBody;
 use actix_web::http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use actix_web::http::StatusCode;
-use actix_web::{dev, web, HttpMessage, HttpRequest, HttpResponse};
-use bytes::Bytes;
+use actix_web::{dev, web, HttpRequest, HttpResponse};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::engine::NEVER_REPLAYED;
-use crate::engine::{Decision, Ticket};
+use crate::engine::Decision;
 use crate::key_source::KeySource;
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
 use crate::{Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
 use tracing::Instrument;
 
+mod capture;
 mod config;
 mod context;
+mod execute;
 mod operator;
 mod request;
+mod shutdown;
 mod status;
 #[cfg(feature = "postgres")]
 mod tx;
@@ -29,6 +30,8 @@ pub mod webhook;
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder};
 pub use context::IdempotencyContext;
+#[cfg(feature = "postgres")]
+pub(crate) use execute::Verdict;
 pub use operator::{default_principal, OperatorError, RecordInfo};
 use request::{find_key, missing_key, Body};
 #[cfg(feature = "postgres")]
@@ -102,6 +105,9 @@ where
     let Some(engine) = idem.engine_for(policy.store).cloned() else {
         return store_not_registered(policy);
     };
+    if let Some(resp) = execute::lease_too_short(&idem, &engine, policy) {
+        return resp;
+    }
     let shared = &idem.shared;
 
     let content_type = req
@@ -177,7 +183,10 @@ where
     let own_status = async_after.map(|_| storage_key.clone());
     tracing::Span::current().record("key", storage_key.status_id());
     let idem2 = idem.clone();
+    // A graceful shutdown waits for this task, whether or not its client is still there.
+    let inflight = idem.shared.inflight.enter();
     let task_body = async move {
+        let _inflight = inflight;
         let key_id = storage_key.status_id().to_owned();
         let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
             Decision::Replay { response, waited } => (
@@ -201,7 +210,9 @@ where
                 plain(req, dev::Payload::from(body), handler).await,
                 Outcome::StoreError,
             ),
-            Decision::Execute(ticket) => execute(&idem2, policy, ticket, req, body, handler).await,
+            Decision::Execute(ticket) => {
+                execute::execute(&idem2, policy, ticket, req, body, handler).await
+            }
             Decision::Accepted(key) => (
                 status::accepted(idem2.status_path(), &key),
                 Outcome::Accepted,
@@ -216,9 +227,13 @@ where
                 ),
                 Some((url, raw_key)) => {
                     let config = idem2.shared.webhook.clone();
+                    let delivery = idem2.shared.inflight.enter();
                     actix_web::rt::spawn(
-                        webhook::deliver_when_done(engine, config, key, raw_key, url)
-                            .in_current_span(),
+                        async move {
+                            webhook::deliver_when_done(engine, config, key, raw_key, url).await;
+                            drop(delivery);
+                        }
+                        .in_current_span(),
                     );
                     (webhook_accepted(), Outcome::Accepted)
                 }
@@ -328,163 +343,6 @@ fn extractor_problem(e: &actix_web::Error) -> HttpResponse {
     problem_response(
         &Problem::new(ProblemKind::RequestInvalid, e.to_string()).with_status(status.as_u16()),
     )
-}
-
-/// Releases the key if dropped while armed: the handler panicked (the task unwinds through it)
-/// or the task was dropped before the handler finished.
-struct ReleaseOnDrop(Option<Ticket>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        if let Some(ticket) = self.0.take() {
-            actix_web::rt::spawn(async move { ticket.release().await });
-        }
-    }
-}
-
-/// What becomes of one execution's result.
-pub(crate) enum Verdict {
-    /// Store the response for replay, and answer with it.
-    Keep(HttpResponse, StoredResponse),
-    /// Store nothing and release the key (the retry runs afresh); answer with this.
-    Release(HttpResponse),
-    /// An extractor refused the request: not an execution; release and answer with its problem.
-    Refused(HttpResponse),
-}
-
-impl Verdict {
-    fn of(
-        policy: &Policy,
-        result: Result<Result<(HttpResponse, StoredResponse), HttpResponse>, actix_web::Error>,
-    ) -> Verdict {
-        match result {
-            // Under `result` and `semantic` a server error is not an outcome worth keeping: the
-            // retry runs the handler again.
-            Ok(Ok((resp, _)))
-                if policy.guarantee != Guarantee::Strict && resp.status().is_server_error() =>
-            {
-                Verdict::Release(resp)
-            }
-            Ok(Ok((resp, stored))) => Verdict::Keep(resp, stored),
-            Ok(Err(too_big)) => Verdict::Release(too_big),
-            // Validation failures are not an execution: cache nothing (Stripe does the same).
-            Err(e) => Verdict::Refused(extractor_problem(&e)),
-        }
-    }
-}
-
-async fn execute<F, Fut>(
-    idem: &Idempotency,
-    policy: &Policy,
-    ticket: Ticket,
-    req: HttpRequest,
-    body: Bytes,
-    handler: F,
-) -> (HttpResponse, Outcome)
-where
-    F: FnOnce(HttpRequest, dev::Payload) -> Fut,
-    Fut: Future<Output = HandlerResult>,
-{
-    let mut armed = ReleaseOnDrop(Some(ticket.clone()));
-    req.extensions_mut().insert(IdempotencyContext::new(
-        ticket.key().status_id(),
-        ticket.token(),
-        ticket.attempt(),
-    ));
-    #[cfg(feature = "postgres")]
-    let tx = if policy.transactional {
-        match tx::open(ticket.engine(), &req).await {
-            Ok(tx) => Some(tx),
-            Err(resp) => {
-                armed.0 = None;
-                ticket.release().await;
-                return (resp, Outcome::StoreError);
-            }
-        }
-    } else {
-        None
-    };
-    let result = ticket
-        .keep_alive(async {
-            match handler(req, dev::Payload::from(body)).await {
-                Ok(resp) => Ok(capture(idem, policy, resp).await),
-                Err(e) => Err(e),
-            }
-        })
-        .await;
-    armed.0 = None;
-    let verdict = Verdict::of(policy, result);
-    #[cfg(feature = "postgres")]
-    if let Some(tx) = tx {
-        return tx::finish(tx, &ticket, verdict).await;
-    }
-    match verdict {
-        Verdict::Keep(resp, stored) => {
-            ticket.complete(&stored).await;
-            (resp, Outcome::Executed)
-        }
-        Verdict::Release(resp) => {
-            ticket.release().await;
-            (resp, Outcome::Executed)
-        }
-        Verdict::Refused(resp) => {
-            ticket.release().await;
-            (resp, Outcome::Rejected)
-        }
-    }
-}
-
-/// Buffers the handler's response and splits it into what the client gets now and what is
-/// stored for replay. `Err` when the body could not be buffered within the size limit.
-async fn capture(
-    idem: &Idempotency,
-    policy: &Policy,
-    resp: HttpResponse,
-) -> Result<(HttpResponse, StoredResponse), HttpResponse> {
-    let limit = idem.shared.max_response;
-    let (head, body) = resp.into_parts();
-    let bytes = match to_bytes_limited(body, limit).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "idem: the handler's response body failed; nothing stored");
-            return Err(reject(
-                ProblemKind::HandlerFailed,
-                "the handler's response body failed; nothing was stored, so a retry runs it again",
-            ));
-        }
-        Err(_) => {
-            tracing::error!(
-                limit,
-                "idem: handler response larger than max_response_bytes; nothing stored"
-            );
-            return Err(reject(
-                ProblemKind::HandlerFailed,
-                "the handler's response is too large to be stored for replay",
-            ));
-        }
-    };
-    let engine = &idem.shared.engine;
-    let headers = head
-        .headers()
-        .iter()
-        .filter(|(name, _)| {
-            let name = name.as_str();
-            engine.is_replayed(name)
-                || (policy.replay_headers.contains(&name) && !NEVER_REPLAYED.contains(&name))
-        })
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
-        .collect();
-    let stored = StoredResponse {
-        status: head.status().as_u16(),
-        headers,
-        body: bytes.clone(),
-    };
-    Ok((head.set_body(BoxBody::new(bytes)), stored))
 }
 
 /// Builds the replay of a stored response: status, stored headers, body bytes, and

@@ -1,0 +1,250 @@
+//! One execution of an idempotent handler, from the lease taken to the record written: the
+//! handler runs under its renewed lease, a panic is caught, the response is captured, and the
+//! verdict is written with a fenced `complete` or `release` that is retried while the lease is
+//! held (in the background once the client has its answer).
+
+use actix_web::{dev, HttpMessage, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use futures_util::FutureExt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use tracing::Instrument;
+
+use super::capture::capture;
+use super::{extractor_problem, problem_response, HandlerResult, Idempotency, IdempotencyContext};
+use crate::engine::{Engine, Ticket};
+use crate::observe::Outcome;
+use crate::problem::{Problem, ProblemKind};
+use crate::store::Fenced;
+use crate::{Guarantee, Policy, StoredResponse};
+
+/// Releases the key if dropped while armed: the task was dropped before the handler finished
+/// (its runtime stopped), or it unwound through code outside the handler.
+struct ReleaseOnDrop(Option<(Ticket, Idempotency)>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some((ticket, idem)) = self.0.take() {
+            let inflight = idem.shared.inflight.enter();
+            actix_web::rt::spawn(async move {
+                ticket.release().await;
+                drop(inflight);
+            });
+        }
+    }
+}
+
+/// How the handler ended.
+pub(super) enum Ran {
+    /// It answered; what the client gets and what is stored.
+    Answered(HttpResponse, StoredResponse),
+    /// An extractor refused the request: the handler body never started.
+    Refused(actix_web::Error),
+    /// It panicked.
+    Panicked,
+}
+
+/// What becomes of one execution's result.
+pub(crate) enum Verdict {
+    /// Store the response for replay, and answer with it.
+    Keep(HttpResponse, StoredResponse),
+    /// Store nothing and release the key (the retry runs afresh); answer with this.
+    Release(HttpResponse),
+    /// An extractor refused the request: not an execution; release and answer with its problem.
+    Refused(HttpResponse),
+}
+
+impl Verdict {
+    fn of(policy: &Policy, ran: Ran) -> Verdict {
+        let strict = policy.guarantee == Guarantee::Strict;
+        match ran {
+            // Under `result` and `semantic` a server error is not an outcome worth keeping: the
+            // retry runs the handler again.
+            Ran::Answered(resp, _) if !strict && resp.status().is_server_error() => {
+                Verdict::Release(resp)
+            }
+            Ran::Answered(resp, stored) => Verdict::Keep(resp, stored),
+            // Validation failures are not an execution: cache nothing (Stripe does the same).
+            Ran::Refused(e) => Verdict::Refused(extractor_problem(&e)),
+            // `strict` promises the same response: a panic's 500 is kept like a returned one. A
+            // transactional handler's writes are rolled back, so nothing happened: released.
+            Ran::Panicked if strict && !policy.transactional => {
+                let p = Problem::new(
+                    ProblemKind::HandlerFailed,
+                    "the handler failed (it panicked) after it started; under guarantee \
+                     \"strict\" this answer is kept, and retries with this key get it again",
+                );
+                let stored = StoredResponse {
+                    status: p.status(),
+                    headers: vec![(
+                        "content-type".into(),
+                        Bytes::from_static(b"application/problem+json"),
+                    )],
+                    body: p.to_json().into(),
+                };
+                Verdict::Keep(problem_response(&p), stored)
+            }
+            Ran::Panicked => Verdict::Release(problem_response(&Problem::new(
+                ProblemKind::HandlerFailed,
+                "the handler failed (it panicked) before producing a response; nothing was kept, \
+                 so a retry with the same key runs it again",
+            ))),
+        }
+    }
+}
+
+/// Runs the handler under `ticket` and writes its record; answers with the client's response.
+pub(super) async fn execute<F, Fut>(
+    idem: &Idempotency,
+    policy: &Policy,
+    ticket: Ticket,
+    req: HttpRequest,
+    body: Bytes,
+    handler: F,
+) -> (HttpResponse, Outcome)
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut,
+    Fut: Future<Output = HandlerResult>,
+{
+    if idem.shared.inflight.draining() {
+        // A shutdown started after this request's `begin`: run nothing new here; the retry
+        // runs it on another instance.
+        settle_release(idem, &ticket).await;
+        let p = Problem::new(
+            ProblemKind::ShuttingDown,
+            "this server is shutting down and starts no new operation; retry with the same key",
+        )
+        .retry_after(1);
+        return (problem_response(&p), Outcome::Rejected);
+    }
+    let mut armed = ReleaseOnDrop(Some((ticket.clone(), idem.clone())));
+    req.extensions_mut().insert(IdempotencyContext::new(
+        ticket.key().status_id(),
+        ticket.token(),
+        ticket.attempt(),
+    ));
+    #[cfg(feature = "postgres")]
+    let tx = if policy.transactional {
+        match super::tx::open(ticket.engine(), &req).await {
+            Ok(tx) => Some(tx),
+            Err(resp) => {
+                armed.0 = None;
+                ticket.release().await;
+                return (resp, Outcome::StoreError);
+            }
+        }
+    } else {
+        None
+    };
+    let run = AssertUnwindSafe(async {
+        match handler(req, dev::Payload::from(body)).await {
+            Ok(resp) => {
+                let (resp, stored) = capture(idem, policy, resp).await;
+                Ran::Answered(resp, stored)
+            }
+            Err(e) => Ran::Refused(e),
+        }
+    })
+    .catch_unwind();
+    let ran = ticket.keep_alive(run).await.unwrap_or_else(|_| {
+        tracing::error!(endpoint = policy.endpoint, "idem: the handler panicked");
+        Ran::Panicked
+    });
+    armed.0 = None;
+    let verdict = Verdict::of(policy, ran);
+    #[cfg(feature = "postgres")]
+    if let Some(tx) = tx {
+        return super::tx::finish(tx, &ticket, verdict).await;
+    }
+    match verdict {
+        Verdict::Keep(resp, stored) => {
+            settle_complete(idem, &ticket, stored).await;
+            (resp, Outcome::Executed)
+        }
+        Verdict::Release(resp) => {
+            settle_release(idem, &ticket).await;
+            (resp, Outcome::Executed)
+        }
+        Verdict::Refused(resp) => {
+            settle_release(idem, &ticket).await;
+            (resp, Outcome::Rejected)
+        }
+    }
+}
+
+/// Stores the response: one attempt while the client waits; if the store failed, the client gets
+/// its answer now and the attempts go on in the background while the lease is held (a graceful
+/// shutdown waits for them).
+async fn settle_complete(idem: &Idempotency, ticket: &Ticket, stored: StoredResponse) {
+    match ticket.complete_once(&stored).await {
+        Ok(Fenced::Done) => {}
+        Ok(Fenced::Lost) => {
+            crate::observe::count("idem_lease_lost_total");
+            tracing::warn!(key = %ticket.key(), "idem: another request took the key over before completion; this response was not stored (fencing)");
+        }
+        Err(error) => {
+            tracing::warn!(key = %ticket.key(), %error, "idem: storing the response failed; retrying in the background while the lease is held");
+            let inflight = idem.shared.inflight.enter();
+            let ticket = ticket.clone();
+            actix_web::rt::spawn(
+                async move {
+                    ticket.complete(&stored).await;
+                    drop(inflight);
+                }
+                .in_current_span(),
+            );
+        }
+    }
+}
+
+/// Releases the key, like [`settle_complete`] stores: once inline, then in the background.
+async fn settle_release(idem: &Idempotency, ticket: &Ticket) {
+    if let Err(error) = ticket.release_once().await {
+        tracing::warn!(key = %ticket.key(), %error, "idem: releasing the key failed; retrying in the background while the lease is held");
+        let inflight = idem.shared.inflight.enter();
+        let ticket = ticket.clone();
+        actix_web::rt::spawn(
+            async move {
+                ticket.release().await;
+                drop(inflight);
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// A 500 problem when the endpoint's lease is too short for its renewals: each renewal may take
+/// up to the store deadline, and three fit in a lease, so `lease / 3` must exceed it. Logged once
+/// per endpoint.
+pub(super) fn lease_too_short(
+    idem: &Idempotency,
+    engine: &Engine,
+    policy: &Policy,
+) -> Option<HttpResponse> {
+    if !engine.renew_leases || policy.lease / 3 > engine.store_timeout() {
+        return None;
+    }
+    let detail = format!(
+        "endpoint `{}`: its lease ({:?}) is too short for the store deadline ({:?}): a renewal \
+         every lease/3 may take up to the deadline, so lease/3 must exceed it. Raise `lease` \
+         on the endpoint to more than {:?}, or lower `store_timeout` on the Idempotency builder",
+        policy.endpoint,
+        policy.lease,
+        engine.store_timeout(),
+        engine.store_timeout() * 3,
+    );
+    let mut logged = idem
+        .shared
+        .short_leases
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if !logged.contains(&policy.endpoint) {
+        logged.push(policy.endpoint);
+        tracing::error!("idem: {detail}");
+    }
+    crate::observe::outcome(policy.endpoint, None, Outcome::Rejected);
+    Some(problem_response(&Problem::new(
+        ProblemKind::Internal,
+        detail,
+    )))
+}

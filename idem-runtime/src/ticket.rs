@@ -1,0 +1,263 @@
+//! The lease on one key, held by the request that runs its handler: renewed concurrently with the
+//! handler, and ended by a fenced `complete` or `release` that is retried while the lease can
+//! still be held.
+//!
+//! The lease is tracked on this process's clock, conservatively: it is held until the send time
+//! of the last `begin` or `renew` the store acknowledged, plus the lease. Stores accept a fenced
+//! write from the token that still owns the record even past its lease end (nobody took it over);
+//! a takeover hands out a new token, which fences the old holder out. So retrying a write past
+//! the local estimate is harmless, and giving up at it is the earliest point where a duplicate
+//! may legitimately have run.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+use crate::engine::{deadline, Engine};
+use crate::store::{Fenced, StoreError};
+use crate::{FencingToken, StorageKey, StoredResponse};
+
+/// First pause before a failed `complete` or `release` is tried again; it doubles up to
+/// [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The lease on one key, held by the request that runs its handler.
+#[derive(Clone)]
+pub struct Ticket {
+    engine: Arc<Engine>,
+    key: StorageKey,
+    token: FencingToken,
+    attempt: u32,
+    lease: Duration,
+    ttl: Duration,
+    /// When the last acknowledged `begin`/`renew` was sent: the lease is held until then +
+    /// `lease`. Shared by the clones (the renewal and the completion run from different ones).
+    renewed: Arc<Mutex<Instant>>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket")
+            .field("key", &self.key)
+            .field("token", &self.token)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ticket {
+    /// A lease taken by a `begin` sent at `sent`; `(lease, ttl)` are the endpoint's.
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        key: StorageKey,
+        token: FencingToken,
+        attempt: u32,
+        (lease, ttl): (Duration, Duration),
+        sent: Instant,
+    ) -> Self {
+        Ticket {
+            engine,
+            key,
+            token,
+            attempt,
+            lease,
+            ttl,
+            renewed: Arc::new(Mutex::new(sent)),
+        }
+    }
+
+    /// The storage key this ticket holds.
+    pub fn key(&self) -> &StorageKey {
+        &self.key
+    }
+
+    /// The fencing token of this lease.
+    pub fn token(&self) -> FencingToken {
+        self.token
+    }
+
+    /// Which acquisition of the key this is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The engine this lease was taken through.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// How long the completed response is to be kept.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn last_renewed(&self) -> Instant {
+        *self.renewed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Until when this process may count on holding the lease.
+    pub fn held_until(&self) -> Instant {
+        self.last_renewed() + self.lease
+    }
+
+    /// One renewal; an acknowledged one moves the local lease end.
+    async fn renew_once(&self) -> Result<Fenced, StoreError> {
+        let sent = Instant::now();
+        let store = self.engine.store();
+        let answer = deadline(
+            "renew",
+            self.engine.store_timeout(),
+            store.renew(&self.key, self.token, self.lease),
+        )
+        .await;
+        if let Ok(Fenced::Done) = answer {
+            let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
+            *renewed = (*renewed).max(sent);
+        }
+        answer
+    }
+
+    /// Renews the lease every `lease / 3` for as long as it is polled; never returns. A failed
+    /// renewal is tried again after `lease / 6`; a lost lease stops the renewals.
+    async fn renew_forever(&self) -> Infallible {
+        if !self.engine.renew_leases {
+            return std::future::pending().await;
+        }
+        let every = (self.lease / 3).max(Duration::from_millis(10));
+        let mut next = self.last_renewed() + every;
+        loop {
+            tokio::time::sleep_until(next).await;
+            let sent = Instant::now();
+            match self.renew_once().await {
+                Ok(Fenced::Done) => {
+                    crate::observe::count("idem_lease_renewals_total");
+                    next = sent + every;
+                }
+                Ok(Fenced::Lost) => {
+                    crate::observe::count("idem_lease_lost_total");
+                    tracing::warn!(key = %self.key, "idem: lease lost while the handler runs (another request took the key over); its response will not be stored");
+                    return std::future::pending().await;
+                }
+                Err(error) => {
+                    tracing::warn!(key = %self.key, %error, "idem: lease renewal failed; trying again");
+                    next = Instant::now() + every / 2;
+                }
+            }
+        }
+    }
+
+    /// Runs `work` while renewing the lease every `lease / 3`, so a slow handler is not taken
+    /// over by a duplicate. The renewal runs beside `work`, never instead of it: a slow store
+    /// does not pause the handler. If the lease is lost anyway (another request took the key over
+    /// after the store was unreachable for a whole lease), `work` still finishes and its
+    /// `complete` is refused by fencing.
+    pub async fn keep_alive<F: Future>(&self, work: F) -> F::Output {
+        let mut work = std::pin::pin!(work);
+        // A handler that finishes without waiting needs no renewal timer at all.
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(out) = first {
+            return out;
+        }
+        tokio::select! {
+            biased;
+            out = &mut work => out,
+            never = self.renew_forever() => match never {},
+        }
+    }
+
+    /// Retries the fenced write `call` (named `op`) while the lease is held, renewing it
+    /// meanwhile; the last error once the lease can no longer be counted on.
+    async fn until_settled<Fut>(
+        &self,
+        op: &'static str,
+        call: impl Fn() -> Fut,
+    ) -> Result<Fenced, StoreError>
+    where
+        Fut: Future<Output = Result<Fenced, StoreError>>,
+    {
+        let tries = async {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                let error = match deadline(op, self.engine.store_timeout(), call()).await {
+                    Ok(fenced) => return Ok(fenced),
+                    Err(error) => error,
+                };
+                if Instant::now() + backoff >= self.held_until() {
+                    return Err(error);
+                }
+                tracing::warn!(key = %self.key, %error, op, "idem: store write failed; trying again while the lease is held");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        };
+        tokio::select! {
+            biased;
+            settled = tries => settled,
+            never = self.renew_forever() => match never {},
+        }
+    }
+
+    /// One attempt at storing the handler's response, under the store deadline.
+    pub async fn complete_once(&self, response: &StoredResponse) -> Result<Fenced, StoreError> {
+        let store = self.engine.store();
+        deadline(
+            "complete",
+            self.engine.store_timeout(),
+            store.complete(&self.key, self.token, response, self.ttl),
+        )
+        .await
+    }
+
+    /// Stores the handler's response for replay, retrying with backoff while the lease is held.
+    /// Returns whether it was stored; the outcome is logged, since the client gets its response
+    /// either way.
+    pub async fn complete(&self, response: &StoredResponse) -> bool {
+        let store = self.engine.store();
+        let written = self
+            .until_settled("complete", || {
+                store.complete(&self.key, self.token, response, self.ttl)
+            })
+            .await;
+        match written {
+            Ok(Fenced::Done) => true,
+            Ok(Fenced::Lost) => {
+                crate::observe::count("idem_lease_lost_total");
+                tracing::warn!(key = %self.key, "idem: another request took the key over before completion; this response was not stored (fencing)");
+                false
+            }
+            Err(error) => {
+                crate::observe::count("idem_complete_abandoned_total");
+                tracing::error!(key = %self.key, %error, "idem: could not store the response while the lease was held; the key stays in progress until its lease ends, and a retry after that runs the operation again");
+                false
+            }
+        }
+    }
+
+    /// One attempt at releasing the key, under the store deadline.
+    pub async fn release_once(&self) -> Result<Fenced, StoreError> {
+        let store = self.engine.store();
+        deadline(
+            "release",
+            self.engine.store_timeout(),
+            store.release(&self.key, self.token),
+        )
+        .await
+    }
+
+    /// Forgets the in-progress record so the next request with this key runs afresh, retrying
+    /// with backoff while the lease is held (after that, the lease end frees the key anyway).
+    pub async fn release(&self) {
+        let store = self.engine.store();
+        let released = self
+            .until_settled("release", || store.release(&self.key, self.token))
+            .await;
+        if let Err(error) = released {
+            tracing::error!(key = %self.key, %error, "idem: could not release the key; it frees itself when its lease ends");
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Responses that cannot be kept for replay, and other answers that must not run a finished
+//! operation again: the operation ran, so retries get a marker, never a second execution.
+
+mod common;
+
+use common::{problem, start, Charge};
+use idem::{Idempotency, MemoryStore};
+
+fn idem() -> Idempotency {
+    Idempotency::builder().store(MemoryStore::default()).build()
+}
+
+/// A 9 MiB response with the default 8 MiB limit: the first client gets all of it; the retry
+/// gets the documented marker with the original status, never a second execution.
+#[actix_web::test]
+async fn a_response_too_big_to_keep_is_sent_once_and_marked() {
+    let srv = start(Some(idem()));
+    let send = || srv.post("/big", "big-1").send();
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    assert_eq!(first.headers().get("x-run").unwrap(), "1");
+    assert_eq!(
+        first.headers().get("content-type").unwrap(),
+        "application/octet-stream"
+    );
+    let body = first.bytes().await.unwrap();
+    assert_eq!(
+        body.len(),
+        9 << 20,
+        "the first client gets the whole response"
+    );
+    assert!(body.iter().all(|b| *b == b'x'));
+
+    let retry = send().await.unwrap();
+    assert_eq!(retry.headers().get("idempotent-replayed").unwrap(), "true");
+    let marker = problem(retry, 201).await;
+    assert_eq!(marker["type"], "urn:idem:problem:response-not-kept");
+    assert_eq!(marker["original_content_type"], "application/octet-stream");
+    assert_eq!(marker["reason"], "too-large");
+    assert_eq!(srv.count(|c| &c.big), 1, "one execution");
+}
+
+/// A body stream that fails mid-way: the operation ran; its retry gets the marker with the
+/// original status.
+#[actix_web::test]
+async fn a_response_body_that_fails_runs_once() {
+    let srv = start(Some(idem()));
+    let send = || srv.post("/broken-stream", "broken-1").send();
+    let first = send().await;
+    // The client sees the stream break where the handler's body failed.
+    if let Ok(r) = first {
+        assert_eq!(r.status(), 202);
+        assert!(r.bytes().await.is_err(), "the body is cut off");
+    }
+    let retry = send().await.unwrap();
+    assert_eq!(retry.headers().get("idempotent-replayed").unwrap(), "true");
+    let marker = problem(retry, 202).await;
+    assert_eq!(marker["type"], "urn:idem:problem:response-not-kept");
+    assert_eq!(marker["original_content_type"], "application/json");
+    assert_eq!(marker["reason"], "body-failed");
+    assert_eq!(srv.count(|c| &c.broken), 1, "one execution");
+}
+
+/// A lease too short for its renewals (lease/3 must exceed the store deadline) is refused with a
+/// message that names both settings; the handler does not run.
+#[actix_web::test]
+async fn a_lease_too_short_for_the_store_deadline_is_refused() {
+    // `/slow` has a 1 s lease; the default store deadline is 2 s.
+    let srv = start(Some(idem()));
+    let body = Charge {
+        amount: 1,
+        delay_ms: 0,
+    };
+    let p = problem(
+        srv.post("/slow", "short").json(&body).send().await.unwrap(),
+        500,
+    )
+    .await;
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("lease") && detail.contains("store_timeout"),
+        "{detail}"
+    );
+    assert_eq!(srv.count(|c| &c.slow), 0);
+
+    let srv = start(Some(
+        Idempotency::builder()
+            .store(MemoryStore::default())
+            .store_timeout(std::time::Duration::from_millis(300))
+            .build(),
+    ));
+    let r = srv.post("/slow", "short").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "1 s / 3 > 300 ms");
+}
