@@ -409,7 +409,10 @@ async fn start_pg() -> Result<Pg, String> {
         insert: format!("INSERT INTO {ledger} (amount) VALUES ($1)"),
     });
     let addr = serve(
-        Idempotency::builder().named_store("pg", store).build(),
+        Idempotency::builder()
+            .unscoped()
+            .named_store("pg", store)
+            .build(),
         Some(ledger_data),
     );
     Ok(Pg {
@@ -438,6 +441,7 @@ fn main() {
 
     let memory = serve(
         Idempotency::builder()
+            .unscoped()
             .store(MemoryStore::builder().max_bytes(4 << 30).build())
             .build(),
         None,
@@ -452,7 +456,7 @@ fn main() {
             .block_on(RedisStore::connect(&server.url()))
             .expect("connect");
         // The store's connection task lives on `rt`; the app calls it from its own worker.
-        let addr = serve(Idempotency::builder().store(store).build(), None);
+        let addr = serve(Idempotency::builder().unscoped().store(store).build(), None);
         (server, addr)
     });
     let local = tokio::task::LocalSet::new();

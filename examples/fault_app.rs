@@ -61,6 +61,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     // 500 ms: a 2 s lease is renewed every 666 ms, and each renewal must fit in a third of it.
     let idem = Idempotency::builder()
+        .unscoped()
         .store(store)
         .store_timeout(Duration::from_millis(500))
         .build();

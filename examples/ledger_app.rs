@@ -132,6 +132,7 @@ async fn main() -> std::io::Result<()> {
 
     // 500 ms: the 2 s lease is renewed every 666 ms, and a renewal must fit in a third of it.
     let idem = Idempotency::builder()
+        .unscoped()
         .store(idem::MemoryStore::default())
         .named_store("pg", store)
         .store_timeout(std::time::Duration::from_millis(500))

@@ -10,7 +10,7 @@
 //!     web::Json(body.into_inner())
 //! }
 //!
-//! let idem = Idempotency::builder().store(MemoryStore::default()).build();
+//! let idem = Idempotency::builder().unscoped().store(MemoryStore::default()).build();
 //! HttpServer::new(move || App::new().app_data(idem.clone()).service(create));
 //! ```
 //!

@@ -5,7 +5,6 @@ mod common;
 
 use common::{start, Charge};
 use idem::client::{Client, ClientError, RetryPolicy};
-use idem::Idempotency;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -100,7 +99,7 @@ fn client(policy: RetryPolicy) -> Client {
 
 #[actix_web::test]
 async fn dropped_connections_and_a_503_are_retried_with_one_key() {
-    let app = start(Some(Idempotency::builder().build()));
+    let app = start(Some(common::builder().build()));
     let (proxy, keys) = flaky_proxy(app.addr, |n| match n {
         0..=2 => Fault::Drop,
         3 => Fault::Unavailable,
@@ -164,7 +163,7 @@ fn uuid_v4_shape(k: &str) -> bool {
 
 #[actix_web::test]
 async fn conflicts_are_retried_until_the_replay() {
-    let app = start(Some(Idempotency::builder().build()));
+    let app = start(Some(common::builder().build()));
     let c = client(RetryPolicy::default());
     let op = c.operation();
     let url = app.url("/charge");
@@ -181,7 +180,7 @@ async fn conflicts_are_retried_until_the_replay() {
 
 #[actix_web::test]
 async fn client_errors_are_not_retried() {
-    let app = start(Some(Idempotency::builder().build()));
+    let app = start(Some(common::builder().build()));
     let c = client(RetryPolicy::default());
 
     let op = c.operation();
@@ -222,7 +221,7 @@ async fn client_errors_are_not_retried() {
 
 #[actix_web::test]
 async fn gives_up_after_the_bounded_number_of_attempts() {
-    let app = start(Some(Idempotency::builder().build()));
+    let app = start(Some(common::builder().build()));
     let (proxy, keys) = flaky_proxy(app.addr, |_| Fault::Drop).await;
     let c = client(RetryPolicy {
         max_attempts: 4,

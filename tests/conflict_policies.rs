@@ -7,7 +7,7 @@ mod common;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use common::redis::{available, RedisCluster, RedisServer};
 use common::{problem, start_with, Charge, Counters, TestServer};
-use idem::{Idempotency, MemoryStore, RedisStore};
+use idem::{MemoryStore, RedisStore};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,7 +30,7 @@ struct Setup {
 }
 
 async fn setup(backend: Backend, webhook_allow: &[String]) -> Option<Setup> {
-    let builder = Idempotency::builder()
+    let builder = common::builder()
         .webhook_allow(webhook_allow)
         .webhook_secret(SECRET)
         .webhook_retries(3, Duration::from_millis(50));
@@ -351,8 +351,19 @@ async fn webhook_policy(backend: Backend) {
         assert_eq!(d.body, first_body.to_vec());
         assert_eq!(d.status, "201");
         assert_eq!(d.key, "h");
-        assert_eq!(d.signature, idem::actix::webhook::sign(SECRET, &d.body));
-        assert!(verify(SECRET, &d.body, &d.signature), "signature verifies");
+        assert!(
+            independent_verify(SECRET, &d.signature, &d.key, 201, &d.body),
+            "the signature verifies by the documented recipe"
+        );
+        idem::actix::webhook::verify(
+            SECRET,
+            &d.signature,
+            &d.key,
+            201,
+            &d.body,
+            Duration::from_secs(300),
+        )
+        .expect("and by the helper");
     }
     assert_eq!(s.app.count(|c| &c.webhook), 1);
 
@@ -388,13 +399,27 @@ async fn webhook_policy(backend: Backend) {
     handle.stop(false).await;
 }
 
-/// What a receiver does: recompute HMAC-SHA256 over the body and compare.
-fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
+/// What a receiver in another language does: HMAC-SHA256 of `"<t>.<key>.<status>." ‖ body`,
+/// compared with `v1`, and `t` recent.
+fn independent_verify(secret: &[u8], header: &str, key: &str, status: u16, body: &[u8]) -> bool {
     use hmac::Mac;
-    let Some(hex) = header.strip_prefix("sha256=") else {
+    let field = |name: &str| {
+        header
+            .split(',')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap_or("")
+            .to_owned()
+    };
+    let (t, v1) = (field("t"), field("v1"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let Ok(at) = t.parse::<u64>() else {
         return false;
     };
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(format!("{t}.{key}.{status}.").as_bytes());
     mac.update(body);
     let expected: String = mac
         .finalize()
@@ -402,7 +427,68 @@ fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    expected == hex
+    expected == v1 && now.abs_diff(at) <= 300
+}
+
+/// Fifty duplicates naming one callback URL: one delivery, not fifty.
+#[actix_web::test]
+async fn fifty_duplicates_with_one_callback_get_one_delivery() {
+    let (base, got, handle) = receiver();
+    let Some(s) = setup(Backend::Memory, &[format!("{base}/hooks")]).await else {
+        return;
+    };
+    let first = {
+        let req = s.app.post("/webhook", "fifty").json(&charge(3, 800));
+        actix_web::rt::spawn(async move { req.send().await.unwrap().status() })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let dups = (0..50).map(|_| {
+        s.app
+            .post("/webhook", "fifty")
+            .json(&charge(3, 800))
+            .header("Idempotency-Callback", format!("{base}/hooks/one"))
+            .send()
+    });
+    for r in futures_util::future::join_all(dups).await {
+        assert_eq!(r.unwrap().status(), 202);
+    }
+    assert_eq!(first.await.unwrap(), 201);
+    let started = Instant::now();
+    while got.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "no delivery");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        got.lock().unwrap().len(),
+        1,
+        "one delivery for fifty duplicates"
+    );
+    handle.stop(false).await;
+}
+
+/// A webhook endpoint on an app without a webhook secret: refused at first use with a message
+/// naming the option, never an unsigned (or empty-key) delivery.
+#[actix_web::test]
+async fn a_webhook_endpoint_without_a_secret_is_refused() {
+    let app = common::start(Some(
+        common::builder()
+            .store(MemoryStore::default())
+            .webhook_allow(["http://127.0.0.1:9/hooks"])
+            .build(),
+    ));
+    let r = app
+        .post("/webhook", "no-secret")
+        .json(&charge(1, 0))
+        .send()
+        .await
+        .unwrap();
+    let p = problem(r, 500).await;
+    assert!(
+        p["detail"].as_str().unwrap().contains("webhook_secret"),
+        "{p}"
+    );
+    assert_eq!(app.count(|c| &c.webhook), 0);
 }
 
 #[actix_web::test]

@@ -137,8 +137,8 @@ async fn metrics_show_outcomes_and_admin_is_off_by_default() {
         .await
         .unwrap();
     for line in [
-        r#"idem_requests_total{endpoint="payments::create_payment",outcome="executed"} 1"#,
-        r#"idem_requests_total{endpoint="payments::create_payment",outcome="replayed"} 1"#,
+        r#"idem_requests_total{endpoint="payments.create",outcome="executed"} 1"#,
+        r#"idem_requests_total{endpoint="payments.create",outcome="replayed"} 1"#,
         r#"payments_demo_executions_total{endpoint="payments"} 1"#,
     ] {
         assert!(
@@ -148,9 +148,8 @@ async fn metrics_show_outcomes_and_admin_is_off_by_default() {
     }
     assert!(text.contains("idem_store_call_seconds"));
     let admin = c
-        .get(format!(
-            "{base}/admin/idempotency?endpoint=payments::create_payment&key=m1"
-        ))
+        .post(format!("{base}/admin/idempotency/inspect"))
+        .json(&serde_json::json!({ "endpoint": "payments.create", "key": "m1" }))
         .header("Authorization", "Bearer anything")
         .send()
         .await
@@ -172,23 +171,31 @@ async fn admin_route_inspects_and_purges_with_the_token() {
     let r = c
         .post(format!("{base}/payments"))
         .header("Idempotency-Key", "support-1")
+        .header("Authorization", "Bearer sk_test_a1")
         .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    let url = format!("{base}/admin/idempotency?endpoint=payments::create_payment&key=support-1");
+    // The key travels in the body; the record is named by the endpoint's name and the account.
+    let record = serde_json::json!({
+        "endpoint": "payments.create",
+        "principal": "acct_a",
+        "key": "support-1",
+    });
     let wrong = c
-        .get(&url)
+        .post(format!("{base}/admin/idempotency/inspect"))
         .header("Authorization", "Bearer nope")
+        .body("not even JSON: the token is checked first")
         .send()
         .await
         .unwrap();
     assert_eq!(wrong.status(), 404);
-    let admin = |method: reqwest::Method| {
+    let admin = |action: &str| {
         let req = c
-            .request(method, &url)
-            .header("Authorization", "Bearer op-secret");
+            .post(format!("{base}/admin/idempotency/{action}"))
+            .header("Authorization", "Bearer op-secret")
+            .json(&record);
         async move {
             req.send()
                 .await
@@ -198,13 +205,70 @@ async fn admin_route_inspects_and_purges_with_the_token() {
                 .unwrap()
         }
     };
-    let info = admin(reqwest::Method::GET).await;
+    let info = admin("inspect").await;
     assert_eq!(info["record"]["state"], "completed");
     assert_eq!(info["record"]["status"], 201);
     assert_eq!(info["record"]["attempt"], 1);
-    assert_eq!(admin(reqwest::Method::DELETE).await["purged"], true);
-    let gone = admin(reqwest::Method::GET).await;
+    assert_eq!(admin("purge").await["purged"], true);
+    let gone = admin("inspect").await;
     assert!(gone["record"].is_null());
+}
+
+/// Keys belong to the account, not to the credential: a rotated API key of the same account
+/// replays, another account runs its own payment with the same key, an unknown key is 401, and
+/// no `Authorization` at all is the public account.
+#[actix_web::test]
+async fn keys_are_scoped_by_the_account_behind_the_api_key() {
+    let (_demo, base) = start_demo(None, 10).await;
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let pay = |api_key: Option<&'static str>| {
+        let mut req = c
+            .post(format!("{base}/payments"))
+            .header("Idempotency-Key", "same-key")
+            .json(&serde_json::json!({ "amount": 700, "currency": "EUR" }));
+        if let Some(k) = api_key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        req.send()
+    };
+    let a1 = pay(Some("sk_test_a1")).await.unwrap();
+    assert_eq!(a1.status(), 201);
+    assert!(a1.headers().get("idempotent-replayed").is_none());
+    let a1: serde_json::Value = a1.json().await.unwrap();
+    let a2 = pay(Some("sk_test_a2")).await.unwrap();
+    assert_eq!(a2.status(), 201);
+    assert_eq!(
+        a2.headers().get("idempotent-replayed").unwrap(),
+        "true",
+        "a rotated key of the same account replays"
+    );
+    assert_eq!(a2.json::<serde_json::Value>().await.unwrap(), a1);
+    let b1 = pay(Some("sk_test_b1")).await.unwrap();
+    assert_eq!(b1.status(), 201);
+    assert!(
+        b1.headers().get("idempotent-replayed").is_none(),
+        "another account never gets account A's payment"
+    );
+    assert_ne!(
+        b1.json::<serde_json::Value>().await.unwrap()["id"],
+        a1["id"]
+    );
+    let unknown = pay(Some("sk_test_nope")).await.unwrap();
+    assert_eq!(unknown.status(), 401);
+    assert_eq!(
+        unknown.headers()["content-type"],
+        "application/problem+json"
+    );
+    let p: serde_json::Value = unknown.json().await.unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("API key"));
+    let anonymous = pay(None).await.unwrap();
+    assert_eq!(anonymous.status(), 201, "anonymous curl still works");
+    assert!(anonymous.headers().get("idempotent-replayed").is_none());
+    assert_eq!(
+        executions(&base).await["payments"],
+        3,
+        "acct_a once, acct_b once, acct_public once"
+    );
 }
 
 /// The checkout form's HTTP contract: a hidden key per render, 303 to the receipt, the same 303

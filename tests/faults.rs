@@ -8,7 +8,7 @@ use common::demo::{free_port, start_example};
 use common::proxy::FaultProxy;
 use common::redis::{available, RedisServer};
 use common::{problem, start_with, Charge, Counters, TestServer};
-use idem::{Idempotency, RedisStore};
+use idem::RedisStore;
 use std::time::{Duration, Instant};
 
 /// The store deadline of these apps: `/slow`'s 1 s lease is renewed every 333 ms, and a lease
@@ -26,7 +26,7 @@ async fn redis_app_with(url: &str, renew: bool, deadline: Duration) -> TestServe
         .connect()
         .await
         .expect("connect");
-    let idem = Idempotency::builder()
+    let idem = common::builder()
         .store(store)
         .store_timeout(deadline)
         .renew_leases(renew)
@@ -277,7 +277,7 @@ async fn postgres_reset_on_the_first_completion_still_replays() {
     let store = idem::PostgresStore::connect_table(&proxy.pg_config(&common::pg::config()), &table)
         .await
         .expect("connect through the proxy");
-    let idem = Idempotency::builder()
+    let idem = common::builder()
         .named_store("pg", store)
         .store_timeout(DEADLINE)
         .build();
@@ -456,7 +456,7 @@ async fn sigterm_lets_an_abandoned_handler_complete() {
 #[actix_web::test]
 async fn clients_resetting_under_load_run_each_operation_once() {
     let app = start_with(
-        Some(Idempotency::builder().build()),
+        Some(common::builder().build()),
         web::Data::new(Counters::default()),
     );
     let keys: Vec<String> = (0..50).map(|i| format!("hangup-{i}")).collect();

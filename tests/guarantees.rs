@@ -4,11 +4,10 @@
 mod common;
 
 use common::{problem, start, TestServer};
-use idem::Idempotency;
 use serde_json::{json, Value};
 
 fn server() -> TestServer {
-    start(Some(Idempotency::builder().build()))
+    start(Some(common::builder().build()))
 }
 
 async fn send(srv: &TestServer, path: &str, key: &str, body: &str) -> reqwest::Response {

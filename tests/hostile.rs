@@ -6,7 +6,6 @@
 mod common;
 
 use common::start;
-use idem::Idempotency;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use std::io::{Read, Write};
@@ -140,7 +139,7 @@ fn send(addr: SocketAddr, h: &Hostile) -> (u16, String, Vec<u8>) {
 
 #[actix_web::test]
 async fn hostile_requests_get_clear_errors_and_nothing_breaks() {
-    let app = start(Some(Idempotency::builder().build()));
+    let app = start(Some(common::builder().build()));
     let addr = app.addr;
     // The requests are blocking: run them off this thread, which drives the server.
     let result = tokio::task::spawn_blocking(move || {

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::time::Duration;
 
 fn idem() -> Idempotency {
-    Idempotency::builder()
+    common::builder()
         .store(MemoryStore::default())
         .replay_headers(["X-Request-Id"])
         // The memory store answers at once; a short deadline admits the 1 s leases of `/slow`
@@ -328,7 +328,7 @@ async fn principals_never_share_a_key() {
 
 #[actix_web::test]
 async fn custom_scope_function_separates_accounts() {
-    let idem = Idempotency::builder()
+    let idem = common::builder()
         .scope(|req| {
             req.headers()
                 .get("x-account")
@@ -356,7 +356,7 @@ async fn full_memory_store_is_503_and_keeps_live_records() {
         .max_bytes(3 * 1024)
         .sweep_every(None)
         .build();
-    let srv = start(Some(Idempotency::builder().store(store.clone()).build()));
+    let srv = start(Some(common::builder().store(store.clone()).build()));
     let mut admitted = Vec::new();
     let mut full = 0;
     for i in 0..40 {
@@ -403,7 +403,7 @@ async fn full_memory_store_is_503_and_keeps_live_records() {
 async fn store_errors_fail_closed_or_open_per_policy() {
     // A store with no room at all: every `begin` fails with `Full`.
     let store = MemoryStore::builder().max_bytes(0).build();
-    let srv = start(Some(Idempotency::builder().store(store).build()));
+    let srv = start(Some(common::builder().store(store).build()));
     let r = srv
         .post("/charge", "x")
         .json(&charge(1, 0))

@@ -5,7 +5,7 @@ mod common;
 
 use actix_web::{dev::ServerHandle, post, web, HttpResponse};
 use common::problem;
-use idem::{idempotent, Idempotency};
+use idem::idempotent;
 use reqwest::header::{CONTENT_TYPE, COOKIE};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,7 +52,7 @@ struct Server {
 fn start() -> Server {
     let runs = web::Data::new(Runs::default());
     let r = runs.clone();
-    let idem = Idempotency::builder().build();
+    let idem = common::builder().build();
     let (addr, handle) = common::serve(1, move |cfg| {
         cfg.app_data(idem.clone())
             .app_data(r.clone())

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{problem, start, Charge};
-use idem::{Idempotency, MemoryStore, RecordState, StorageKey, Store};
+use idem::{MemoryStore, RecordState, StorageKey, Store};
 
 fn storage_key(endpoint: &str, key: &str) -> StorageKey {
     StorageKey::scoped(
@@ -24,7 +24,7 @@ async fn endpoints_use_the_store_they_name() {
     };
     let memory = MemoryStore::default();
     let srv = start(Some(
-        Idempotency::builder()
+        common::builder()
             .store(memory.clone())
             .named_store("pg", pg.clone())
             .build(),
@@ -47,7 +47,7 @@ async fn endpoints_use_the_store_they_name() {
     assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(srv.count(|c| &c.charge), 1);
 
-    let durable = storage_key("named_stores::common::durable", &key);
+    let durable = storage_key("POST /durable", &key);
     assert!(
         matches!(
             pg.get(&durable).await.unwrap().map(|r| r.state),
@@ -69,7 +69,7 @@ async fn endpoints_use_the_store_they_name() {
             .status(),
         201
     );
-    let plain = storage_key("named_stores::common::charge", &key);
+    let plain = storage_key("POST /charge", &key);
     assert!(
         memory.get(&plain).await.unwrap().is_some(),
         "default endpoints use the default store"
@@ -78,15 +78,12 @@ async fn endpoints_use_the_store_they_name() {
     // Operators find and purge it without knowing which store holds it.
     let idem = srv.idem.clone().expect("registered");
     let info = idem
-        .inspect("named_stores::common::durable", "", &key)
+        .inspect("POST /durable", "", &key)
         .await
         .unwrap()
         .expect("found in the named store");
     assert_eq!(info.state, "completed");
-    assert!(idem
-        .purge("named_stores::common::durable", "", &key)
-        .await
-        .unwrap());
+    assert!(idem.purge("POST /durable", "", &key).await.unwrap());
     assert!(
         pg.get(&durable).await.unwrap().is_none(),
         "purged from PostgreSQL"
@@ -95,7 +92,7 @@ async fn endpoints_use_the_store_they_name() {
 
 #[actix_web::test]
 async fn an_unregistered_store_is_a_clear_500() {
-    let srv = start(Some(Idempotency::builder().build()));
+    let srv = start(Some(common::builder().build()));
     let r = srv
         .post("/durable", "k")
         .json(&Charge {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{start, Charge, TestServer};
-use idem::{default_principal, Idempotency, MemoryStore};
+use idem::MemoryStore;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -93,7 +93,7 @@ async fn post(srv: &TestServer, path: &str, key: &str, body: &Charge) -> reqwest
 #[actix_web::test]
 async fn every_outcome_is_counted_and_logged_without_secrets() {
     let c = captured();
-    let srv = start(Some(Idempotency::builder().build()));
+    let srv = start(Some(common::builder().build()));
 
     assert_eq!(
         post(&srv, "/charge", RAW_KEY, &charge(1, 0)).await.status(),
@@ -133,7 +133,7 @@ async fn every_outcome_is_counted_and_logged_without_secrets() {
 
     // store_error: a store with no room.
     let full = start(Some(
-        Idempotency::builder()
+        common::builder()
             .store(MemoryStore::builder().max_bytes(0).build())
             .build(),
     ));
@@ -198,13 +198,15 @@ async fn every_outcome_is_counted_and_logged_without_secrets() {
 #[actix_web::test]
 async fn operators_inspect_and_purge_a_record() {
     let _ = captured();
-    let srv = start(Some(Idempotency::builder().build()));
+    let srv = start(Some(common::builder().build()));
     let idem = srv.idem.clone().expect("registered");
-    let endpoint = "observability::common::charge";
-    let principal = default_principal(AUTH);
+    // The endpoint's name: its method and route pattern (no `name` on it); the principal: what
+    // the scope reads (the tests scope by the `Authorization` header).
+    let endpoint = "POST /charge";
+    let principal = AUTH;
 
     assert!(idem
-        .inspect(endpoint, &principal, "op-1")
+        .inspect(endpoint, principal, "op-1")
         .await
         .unwrap()
         .is_none());
@@ -213,7 +215,7 @@ async fn operators_inspect_and_purge_a_record() {
         201
     );
     let info = idem
-        .inspect(endpoint, &principal, "op-1")
+        .inspect(endpoint, principal, "op-1")
         .await
         .unwrap()
         .expect("a record");
@@ -227,13 +229,13 @@ async fn operators_inspect_and_purge_a_record() {
     // Another principal's view of the same key: nothing.
     assert!(idem.inspect(endpoint, "", "op-1").await.unwrap().is_none());
 
-    assert!(idem.purge(endpoint, &principal, "op-1").await.unwrap());
-    assert!(!idem.purge(endpoint, &principal, "op-1").await.unwrap());
+    assert!(idem.purge(endpoint, principal, "op-1").await.unwrap());
+    assert!(!idem.purge(endpoint, principal, "op-1").await.unwrap());
     let again = post(&srv, "/charge", "op-1", &charge(5, 0)).await;
     assert!(
         !again.headers().contains_key("idempotent-replayed"),
         "purged: the retry runs afresh"
     );
     assert_eq!(srv.count(|c| &c.charge), 2);
-    assert!(idem.inspect(endpoint, &principal, "bad key").await.is_err());
+    assert!(idem.inspect(endpoint, principal, "bad key").await.is_err());
 }

@@ -7,7 +7,7 @@ use common::{problem, start, Charge};
 use idem::{Idempotency, MemoryStore};
 
 fn idem() -> Idempotency {
-    Idempotency::builder().store(MemoryStore::default()).build()
+    common::builder().store(MemoryStore::default()).build()
 }
 
 /// A 9 MiB response with the default 8 MiB limit: the first client gets all of it; the retry
@@ -84,7 +84,7 @@ async fn a_lease_too_short_for_the_store_deadline_is_refused() {
     assert_eq!(srv.count(|c| &c.slow), 0);
 
     let srv = start(Some(
-        Idempotency::builder()
+        common::builder()
             .store(MemoryStore::default())
             .store_timeout(std::time::Duration::from_millis(300))
             .build(),

@@ -8,7 +8,7 @@ mod common;
 use actix_web::{dev::ServerHandle, error, post, web, HttpResponse};
 use common::demo::{free_port, start_example, Demo};
 use common::{pg, problem};
-use idem::{idempotent, IdemTx, Idempotency, IdempotencyContext, MemoryStore, PostgresStore};
+use idem::{idempotent, IdemTx, IdempotencyContext, MemoryStore, PostgresStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -144,7 +144,7 @@ impl Server {
         ))
         .await
         .expect("create the ledger");
-        let idem = Idempotency::builder()
+        let idem = common::builder()
             .store(MemoryStore::default())
             .named_store("pg", store)
             .renew_leases(renew_leases)
@@ -229,11 +229,21 @@ async fn the_ledger_row_and_the_response_commit_together() {
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     assert_eq!(again.json::<Value>().await.unwrap(), first);
     assert_eq!((s.rows().await, s.runs()), (1, 1));
+    // The record of `k1` on `POST /ledger`, anonymous, under the unkeyed derivation.
+    let key = idem::StorageKey::scoped(
+        "idem:",
+        "POST /ledger",
+        b"",
+        &idem::key::parse_key(b"k1").unwrap(),
+    );
     let state: String =
-        s.db.query_one(&format!("SELECT state::text FROM {}", s.records), &[])
-            .await
-            .unwrap()
-            .get(0);
+        s.db.query_one(
+            &format!("SELECT state::text FROM {} WHERE key = $1", s.records),
+            &[&key.as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(state, "c");
     s.stop().await;
 }
@@ -618,7 +628,7 @@ async fn the_store_connects_over_tls() {
         .connect()
         .await
         .expect("a TLS connection (the local PostgreSQL has ssl = on)");
-    let idem = Idempotency::builder().named_store("pg", store).build();
+    let idem = common::builder().named_store("pg", store).build();
     let (addr, handle) = common::serve(1, move |cfg| {
         cfg.app_data(idem.clone()).service(tls_in_use);
     });

@@ -26,15 +26,21 @@ pub const OPTIONS: &[&str] = &[
     "replay_headers",
     "transactional",
     "key",
+    "name",
+    "client_error_ttl",
 ];
 
 /// What the attribute asked for, with defaults applied.
 pub struct Args {
     pub ttl: Millis,
+    /// A shorter TTL for 4xx answers.
+    pub client_error_ttl: Option<Millis>,
     pub guarantee: String,
     pub fingerprint: Vec<String>,
     pub replay_headers: Vec<String>,
     pub store: Option<String>,
+    /// The endpoint's stable name; `None` for method + route pattern, read at run time.
+    pub name: Option<String>,
     pub on_conflict: String,
     pub wait_timeout: Millis,
     pub respond_async_after: Option<Millis>,
@@ -140,6 +146,7 @@ impl Args {
         let mut errors = Errors::default();
         let mut seen: Vec<String> = Vec::new();
         let mut ttl: Option<(Millis, Span)> = None;
+        let mut client_error_ttl: Option<(Millis, Span)> = None;
         let mut lease: Option<(Millis, Span)> = None;
         let mut wait_timeout: Option<Span> = None;
         let mut fingerprint_span: Option<Span> = None;
@@ -147,10 +154,12 @@ impl Args {
         let mut async_after: Option<Span> = None;
         let mut args = Args {
             ttl: 24 * 3600 * 1000,
+            client_error_ttl: None,
             guarantee: "strict".into(),
             fingerprint: Vec::new(),
             replay_headers: Vec::new(),
             store: None,
+            name: None,
             on_conflict: "retry_after".into(),
             wait_timeout: 10 * 1000,
             respond_async_after: None,
@@ -214,6 +223,12 @@ impl Args {
             let result: Result<(), syn::Error> = (|| {
                 match name.as_str() {
                     "ttl" => ttl = Some((duration("ttl", v, validate::TTL_RANGE)?, v.span())),
+                    "client_error_ttl" => {
+                        client_error_ttl = Some((
+                            duration("client_error_ttl", v, validate::TTL_RANGE)?,
+                            v.span(),
+                        ))
+                    }
                     "lease" => {
                         lease = Some((duration("lease", v, validate::LEASE_RANGE)?, v.span()))
                     }
@@ -288,6 +303,11 @@ impl Args {
                         let (s, sp) = string("max_body", v, "\"1MiB\"")?;
                         args.max_body =
                             validate::parse_size(&s).map_err(|m| syn::Error::new(sp, m))?;
+                    }
+                    "name" => {
+                        let (name, sp) = string("name", v, "\"payments.create\"")?;
+                        validate::endpoint_name(&name).map_err(|m| syn::Error::new(sp, m))?;
+                        args.name = Some(name);
                     }
                     "store" => {
                         let (name, sp) = string("store", v, "\"pg\"")?;
@@ -390,6 +410,19 @@ impl Args {
         }
         if let Some((ms, _)) = ttl {
             args.ttl = ms;
+        }
+        match client_error_ttl {
+            Some((ms, span)) if ms > args.ttl => errors.push(
+                span,
+                format!(
+                    "`client_error_ttl` ({}) must not be longer than `ttl` ({}): it is the \
+                     shorter life of cached 4xx answers",
+                    validate::show(ms),
+                    validate::show(args.ttl)
+                ),
+            ),
+            Some((ms, _)) => args.client_error_ttl = Some(ms),
+            None => {}
         }
         match lease {
             Some((ms, span)) if ms >= args.ttl => errors.push(

@@ -118,6 +118,10 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
         None => quote!(::core::option::Option::None),
     };
+    let client_error_ttl = match args.client_error_ttl {
+        Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    };
     let guarantee = match args.guarantee.as_str() {
         "result" => quote!(#private::Guarantee::Result),
         "semantic" => quote!(#private::Guarantee::Semantic),
@@ -126,6 +130,10 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let pointers = &args.fingerprint;
     let replay_headers = &args.replay_headers;
     let store = match &args.store {
+        Some(name) => quote!(::core::option::Option::Some(#name)),
+        None => quote!(::core::option::Option::None),
+    };
+    let endpoint_name = match &args.name {
         Some(name) => quote!(::core::option::Option::Some(#name)),
         None => quote!(::core::option::Option::None),
     };
@@ -153,7 +161,9 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
 
             const __IDEM_POLICY: #private::Policy = #private::Policy {
                 endpoint: ::core::concat!(::core::module_path!(), "::", #name_str),
+                name: #endpoint_name,
                 ttl: #private::millis(#ttl),
+                client_error_ttl: #client_error_ttl,
                 lease: #private::millis(#lease),
                 guarantee: #guarantee,
                 on_conflict: #on_conflict,

@@ -311,6 +311,24 @@ pub fn fn_shape(sig: &syn::Signature) -> Result<(), syn::Error> {
     errors.map_or(Ok(()), Err)
 }
 
+/// An endpoint `name`: 1 to 100 characters, a letter first, then letters, digits and `.`, `_`,
+/// `-`, `:` or `/` — stable across deploys, so that records outlive renames and moves.
+pub fn endpoint_name(name: &str) -> Result<(), String> {
+    let ok = (1..=100).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':' | b'/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`name` must be 1 to 100 characters: a letter, then letters, digits, `.`, `_`, `-`, \
+             `:` or `/`, like `name = \"payments.create\"`; got {name:?}"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

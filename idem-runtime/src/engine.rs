@@ -29,9 +29,13 @@ pub const NEVER_REPLAYED: &[&str] = &[
     "content-length",
 ];
 
-/// Headers replayed by default.
+/// Headers replayed by default. `retry-after` keeps a replayed 429/503 meaningful, and
+/// `content-encoding` belongs to the body: a handler that compressed its own body is replayed
+/// with the same bytes and the same encoding.
 pub const DEFAULT_REPLAYED: &[&str] = &[
     "content-type",
+    "content-encoding",
+    "retry-after",
     "content-language",
     "content-location",
     "location",
@@ -40,6 +44,16 @@ pub const DEFAULT_REPLAYED: &[&str] = &[
     "link",
     "cache-control",
 ];
+
+/// 429 for a principal over its share: new keys per window, or records held.
+fn too_many_keys(wait: Duration) -> Problem {
+    Problem::new(
+        ProblemKind::TooManyKeys,
+        "this client started more new operations (or holds more idempotency records) than it \
+         may; retry after Retry-After seconds. Other clients are not affected",
+    )
+    .retry_after(wait.as_secs_f64().ceil() as u64)
+}
 
 fn in_progress() -> Problem {
     Problem::new(
@@ -80,6 +94,11 @@ pub struct Engine {
     store_timeout: Duration,
     replay_headers: Vec<String>,
     pub(crate) renew_leases: bool,
+    /// The per-principal limit on new keys, if the app set one.
+    admission: Option<Arc<crate::admission::Admission>>,
+    /// When this store last confirmed that every instance uses the same secret (`None`: never),
+    /// and whether a check is under way.
+    secret_checked: std::sync::Mutex<(Option<tokio::time::Instant>, bool)>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -126,9 +145,20 @@ impl Engine {
         Engine {
             store,
             renew_leases: true,
+            admission: None,
+            secret_checked: Default::default(),
             store_timeout,
             replay_headers,
         }
+    }
+
+    /// Limits new keys per principal with `admission` (shared by the app's engines).
+    pub(crate) fn with_admission(
+        mut self,
+        admission: Option<Arc<crate::admission::Admission>>,
+    ) -> Self {
+        self.admission = admission;
+        self
     }
 
     /// Turns lease renewal off. A test hook for the fault suite (a handler slower than its
@@ -178,15 +208,27 @@ impl Engine {
             .await;
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
+                    if let Some(wait) = self.over_admission(&key) {
+                        // Not this principal's turn: give the key back at once.
+                        let released = deadline(
+                            "release",
+                            self.store_timeout,
+                            self.store.release(&key, token),
+                        )
+                        .await;
+                        if let Err(error) = released {
+                            tracing::warn!(%error, "idem: releasing a key refused by the admission limit failed; it frees itself when its lease ends");
+                        }
+                        return Decision::Reject(too_many_keys(wait));
+                    }
                     if attempt > 1 {
                         crate::observe::count("idem_reattempts_total");
                     }
                     Decision::Execute(Ticket::new(
                         self.clone(),
                         key,
-                        token,
-                        attempt,
-                        (policy.lease, policy.ttl),
+                        (token, attempt),
+                        policy,
                         sent,
                     ))
                 }
@@ -229,10 +271,24 @@ impl Engine {
         }
     }
 
+    /// How long `key`'s principal must wait for a new key, if it is over the admission limit.
+    fn over_admission(&self, key: &StorageKey) -> Option<Duration> {
+        let refused = self.admission.as_ref()?.admit(key.principal_tag()).err();
+        if refused.is_some() {
+            crate::observe::count("idem_admission_refused_total");
+        }
+        refused
+    }
+
     /// Step 7: fail closed (503) or open, per policy. A full store always fails closed: it
     /// answered, and running unprotected because of a flood would hand the flood the power to
     /// switch idempotency off.
     pub fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
+        if matches!(error, StoreError::PrincipalFull) {
+            // Answered to this principal only, and never a reason to run unprotected.
+            crate::observe::count("idem_principal_full_total");
+            return Decision::Reject(too_many_keys(Duration::from_secs(10)));
+        }
         let full = matches!(error, StoreError::Full);
         if full {
             crate::observe::count("idem_store_full_total");
@@ -258,6 +314,36 @@ impl Engine {
                 "the idempotency store is unavailable; retry with the same key later",
             )
             .retry_after(1),
+        }
+    }
+
+    /// Whether a check that the app's instances agree on the secret is due on this store (never
+    /// done, or older than five minutes, and none under way); marks it under way if so.
+    pub(crate) fn secret_check_due(&self) -> bool {
+        let mut state = self
+            .secret_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let due = !state.1
+            && state
+                .0
+                .is_none_or(|at| at.elapsed() >= crate::secret::CHECK_EVERY);
+        if due {
+            state.1 = true;
+        }
+        due
+    }
+
+    /// Ends a check started after [`secret_check_due`](Self::secret_check_due): a completed one
+    /// (whatever it found) is not repeated for five minutes, a failed one on the next request.
+    pub(crate) fn secret_check_done(&self, completed: bool) {
+        let mut state = self
+            .secret_checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        state.1 = false;
+        if completed {
+            state.0 = Some(tokio::time::Instant::now());
         }
     }
 

@@ -117,13 +117,6 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
-/// Hex of SHA-256 of `bytes`; used to turn credentials into an opaque principal.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(64);
-    push_hex(&mut s, &Sha256::digest(bytes));
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,9 +151,11 @@ mod tests {
     }
 
     #[test]
-    fn hex_is_sha256() {
+    fn hex_is_lower_case_and_complete() {
+        let mut s = String::new();
+        push_hex(&mut s, &Sha256::digest(b"abc"));
         assert_eq!(
-            sha256_hex(b"abc"),
+            s,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }

@@ -144,7 +144,8 @@ fn parse_sf_string(v: &[u8]) -> Result<Vec<u8>, KeyError> {
 }
 
 /// The name a record is stored under:
-/// `prefix + tag(principal) + "-" + hex(SHA-256(endpoint ‖ principal ‖ key))`.
+/// `prefix + tag(principal) + "-" + hex(HMAC(endpoint ‖ principal ‖ key))`, the HMACs keyed by
+/// sub-keys of the app secret (see [`KeyDerivation`](crate::secret::KeyDerivation)).
 ///
 /// Each hashed part is length-prefixed so that no two different triples collide, and everything
 /// is hex so that no client-chosen byte (a `{…}` hash tag, say) reaches the store. The 16-hex
@@ -156,55 +157,35 @@ pub struct StorageKey {
     id_at: usize,
 }
 
-/// Hex digits of the principal tag.
-const TAG_LEN: usize = 16;
-/// Length of a status id: tag, dash, 64 hex digits.
-const ID_LEN: usize = TAG_LEN + 1 + 64;
-
-/// The principal tag: the first 16 hex digits of SHA-256 of the principal.
-fn principal_tag(principal: &[u8]) -> String {
-    let mut tag = crate::fingerprint::sha256_hex(principal);
-    tag.truncate(TAG_LEN);
-    tag
-}
-
 impl StorageKey {
-    /// Derives the storage key of `key` sent by `principal` to `endpoint`.
-    pub fn scoped(prefix: &str, endpoint: &str, principal: &[u8], key: &IdempotencyKey) -> Self {
-        use sha2::{Digest, Sha256};
-        let mut h = Sha256::new();
-        for part in [endpoint.as_bytes(), principal, key.0.as_bytes()] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part);
-        }
-        let mut full = String::with_capacity(prefix.len() + ID_LEN);
-        full.push_str(prefix);
-        full.push_str(&principal_tag(principal));
-        full.push('-');
-        crate::fingerprint::push_hex(&mut full, &h.finalize());
-        StorageKey {
-            full,
-            id_at: prefix.len(),
-        }
+    /// A storage key from its full text and where its id starts.
+    pub(crate) fn from_parts(full: String, id_at: usize) -> Self {
+        StorageKey { full, id_at }
     }
 
-    /// The storage key a status id names, if `id` is well formed and belongs to `principal`.
+    /// Derives the storage key of `key` sent by `principal` to `endpoint`, without an app secret
+    /// ([`KeyDerivation::unkeyed`](crate::secret::KeyDerivation::unkeyed)). An app derives its
+    /// keys with its own [`KeyDerivation`](crate::secret::KeyDerivation).
+    pub fn scoped(prefix: &str, endpoint: &str, principal: &[u8], key: &IdempotencyKey) -> Self {
+        crate::secret::KeyDerivation::public().storage_key(prefix, endpoint, principal, key)
+    }
+
+    /// The storage key a status id names, if `id` is well formed and belongs to `principal`
+    /// (unkeyed derivation).
     pub fn from_status_id(prefix: &str, id: &str, principal: &[u8]) -> Option<Self> {
-        let well_formed = id.len() == ID_LEN
-            && id.as_bytes()[TAG_LEN] == b'-'
-            && id
-                .bytes()
-                .enumerate()
-                .all(|(i, b)| i == TAG_LEN || matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        (well_formed && id[..TAG_LEN] == principal_tag(principal)).then(|| StorageKey {
-            full: format!("{prefix}{id}"),
-            id_at: prefix.len(),
-        })
+        crate::secret::KeyDerivation::public().status_key(prefix, id, principal)
     }
 
     /// The unguessable, principal-bound id of this record, for status URLs.
     pub fn status_id(&self) -> &str {
         &self.full[self.id_at..]
+    }
+
+    /// The tag of the principal this key belongs to (16 hex digits; keyed by the app secret):
+    /// what per-principal limits count by.
+    pub fn principal_tag(&self) -> &str {
+        let id = self.status_id();
+        id.get(..crate::secret::TAG_LEN).unwrap_or(id)
     }
 
     /// The key as the store sees it.

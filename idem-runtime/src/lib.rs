@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod actix;
+mod admission;
 pub mod canonical;
 #[cfg(feature = "client")]
 pub mod client;
@@ -20,18 +21,19 @@ pub mod observe;
 pub mod policy;
 pub mod problem;
 pub mod record;
+pub mod secret;
 pub mod store;
 mod ticket;
 
 #[doc(hidden)]
 pub mod __private;
 
-pub use actix::{
-    default_principal, Idempotency, IdempotencyBuilder, IdempotencyContext, OperatorError,
-    RecordInfo,
-};
 #[cfg(feature = "postgres")]
 pub use actix::{IdemTx, TxClient, TxEnded};
+pub use actix::{
+    Idempotency, IdempotencyBuilder, IdempotencyContext, NoScope, OperatorError, RecordInfo,
+    ScopeChosen, Scoped,
+};
 /// The connection pool `PostgresStore` and `IdemTx` use, re-exported for the same reason.
 #[cfg(feature = "postgres")]
 pub use deadpool_postgres;

@@ -45,10 +45,19 @@ pub enum OnStoreError {
 /// One endpoint's idempotency settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Scope of the keys: the handler's module path and name.
+    /// The handler's module path and name, for logs and for telling handlers apart.
     pub endpoint: &'static str,
+    /// The endpoint's stable name (`name = "payments.create"`): the endpoint part of every
+    /// storage key, and what metrics and the operator API call it. `None`: the request's method
+    /// and matched route pattern (`POST /payments`), read at run time — stable across renames
+    /// and moves of the handler, not across a change of its route.
+    pub name: Option<&'static str>,
     /// How long a completed response is replayed.
     pub ttl: Duration,
+    /// How long a completed 4xx answer is replayed, when shorter than `ttl`
+    /// (`client_error_ttl = "1h"`): a client that fixes its request after a 4xx can reuse its
+    /// key sooner.
+    pub client_error_ttl: Option<Duration>,
     /// Lifetime of the in-progress lock; renewed every `lease / 3` while the handler runs.
     pub lease: Duration,
     /// See [`Guarantee`].
@@ -98,7 +107,9 @@ impl Policy {
     pub const fn new(endpoint: &'static str) -> Self {
         Policy {
             endpoint,
+            name: None,
             ttl: Self::DEFAULT_TTL,
+            client_error_ttl: None,
             lease: Self::DEFAULT_LEASE,
             guarantee: Guarantee::Strict,
             on_conflict: OnConflict::RetryAfter,

@@ -36,6 +36,9 @@ pub enum ProblemKind {
     /// The server is shutting down and starts no new operation; retry, with the same key, on
     /// another instance or later (503).
     ShuttingDown,
+    /// This principal started more new operations than it may, or holds as many records as it
+    /// may; other principals are not affected (429).
+    TooManyKeys,
 }
 
 impl ProblemKind {
@@ -49,6 +52,7 @@ impl ProblemKind {
             | ProblemKind::CallbackInvalid => 400,
             ProblemKind::StatusNotFound => 404,
             ProblemKind::KeyReused => 422,
+            ProblemKind::TooManyKeys => 429,
             ProblemKind::InProgress => 409,
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => 503,
@@ -75,6 +79,7 @@ impl ProblemKind {
             ProblemKind::Internal => "urn:idem:problem:internal",
             ProblemKind::ResponseNotKept => "urn:idem:problem:response-not-kept",
             ProblemKind::ShuttingDown => "urn:idem:problem:shutting-down",
+            ProblemKind::TooManyKeys => "urn:idem:problem:too-many-keys",
         }
     }
 
@@ -95,6 +100,7 @@ impl ProblemKind {
             ProblemKind::Internal => "Idempotency layer misconfigured",
             ProblemKind::ResponseNotKept => "The operation ran; its response was not kept",
             ProblemKind::ShuttingDown => "Server shutting down",
+            ProblemKind::TooManyKeys => "Too many new idempotency keys",
         }
     }
 }

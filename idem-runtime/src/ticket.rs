@@ -33,6 +33,7 @@ pub struct Ticket {
     attempt: u32,
     lease: Duration,
     ttl: Duration,
+    client_error_ttl: Option<Duration>,
     /// When the last acknowledged `begin`/`renew` was sent: the lease is held until then +
     /// `lease`. Shared by the clones (the renewal and the completion run from different ones).
     renewed: Arc<Mutex<Instant>>,
@@ -49,13 +50,12 @@ impl std::fmt::Debug for Ticket {
 }
 
 impl Ticket {
-    /// A lease taken by a `begin` sent at `sent`; `(lease, ttl)` are the endpoint's.
+    /// A lease taken under `policy` by a `begin` sent at `sent`.
     pub(crate) fn new(
         engine: Arc<Engine>,
         key: StorageKey,
-        token: FencingToken,
-        attempt: u32,
-        (lease, ttl): (Duration, Duration),
+        (token, attempt): (FencingToken, u32),
+        policy: &crate::Policy,
         sent: Instant,
     ) -> Self {
         Ticket {
@@ -63,8 +63,9 @@ impl Ticket {
             key,
             token,
             attempt,
-            lease,
-            ttl,
+            lease: policy.lease,
+            ttl: policy.ttl,
+            client_error_ttl: policy.client_error_ttl,
             renewed: Arc::new(Mutex::new(sent)),
         }
     }
@@ -90,10 +91,13 @@ impl Ticket {
         &self.engine
     }
 
-    /// How long the completed response is to be kept.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-    pub(crate) fn ttl(&self) -> Duration {
-        self.ttl
+    /// How long a completed response of `status` is to be kept: the endpoint's TTL, or its
+    /// shorter `client_error_ttl` for a 4xx.
+    pub(crate) fn ttl_for(&self, status: u16) -> Duration {
+        match self.client_error_ttl {
+            Some(short) if (400..500).contains(&status) => short,
+            _ => self.ttl,
+        }
     }
 
     fn last_renewed(&self) -> Instant {
@@ -208,7 +212,12 @@ impl Ticket {
         deadline(
             "complete",
             self.engine.store_timeout(),
-            store.complete(&self.key, self.token, response, self.ttl),
+            store.complete(
+                &self.key,
+                self.token,
+                response,
+                self.ttl_for(response.status),
+            ),
         )
         .await
     }
@@ -220,7 +229,12 @@ impl Ticket {
         let store = self.engine.store();
         let written = self
             .until_settled("complete", || {
-                store.complete(&self.key, self.token, response, self.ttl)
+                store.complete(
+                    &self.key,
+                    self.token,
+                    response,
+                    self.ttl_for(response.status),
+                )
             })
             .await;
         match written {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::webhook::WebhookConfig;
 use crate::engine::Engine;
+use crate::secret::KeyDerivation;
 use crate::store::Store;
 use crate::MemoryStore;
 
@@ -15,13 +16,26 @@ type ScopeFn = dyn Fn(&HttpRequest) -> Option<String> + Send + Sync;
 /// The idempotency layer of one app: its store and settings, shared by every worker.
 ///
 /// Register it with `App::new().app_data(idem.clone())`; every `#[idempotent]` handler finds it
-/// there.
+/// there. The builder must be told who a request belongs to (keys are scoped by it) before it
+/// builds: by a request extension your auth middleware inserts, a header, a closure, or
+/// explicitly nobody (`unscoped()`, for an app with one tenant).
 ///
 /// ```
 /// use idem_runtime::{Idempotency, MemoryStore};
+///
+/// /// What the app's auth middleware inserts into each request's extensions.
+/// #[derive(Clone)]
+/// struct AccountId(String);
+/// impl std::fmt::Display for AccountId {
+///     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+///         f.write_str(&self.0)
+///     }
+/// }
+///
 /// let idem = Idempotency::builder()
 ///     .store(MemoryStore::default())
-///     .scope(|req| req.headers().get("x-account").and_then(|v| v.to_str().ok()).map(String::from))
+///     .scope_by_extension::<AccountId>()
+///     .secret(b"32 random bytes shared by every instance".to_vec())
 ///     .build();
 /// # let _ = idem;
 /// ```
@@ -35,10 +49,16 @@ pub(super) struct Shared {
     pub(super) named: Vec<(String, Arc<Engine>)>,
     pub(super) header: HeaderName,
     pub(super) prefix: String,
-    pub(super) scope: Option<Arc<ScopeFn>>,
+    pub(super) scope: Scope,
+    /// How storage keys are derived (keyed by the app secret, when there is one).
+    pub(super) derivation: KeyDerivation,
     pub(super) max_response: usize,
     pub(super) status_path: String,
     pub(super) webhook: WebhookConfig,
+    /// Webhook deliveries pending, one per key and callback URL.
+    pub(super) deliveries: Arc<super::webhook::Deliveries>,
+    /// The endpoint names claimed so far, with their handlers.
+    pub(super) names: super::names::Names,
     /// Operations in flight, for a graceful shutdown.
     pub(super) inflight: Arc<super::shutdown::Inflight>,
     /// Endpoints whose lease was found too short for its renewals (logged once each).
@@ -55,15 +75,81 @@ impl std::fmt::Debug for Idempotency {
     }
 }
 
-/// Builder for [`Idempotency`].
-pub struct IdempotencyBuilder {
+/// Who a request belongs to.
+#[derive(Clone)]
+pub(super) enum Scope {
+    /// Nobody: one tenant, every request in one scope.
+    Unscoped,
+    /// A request header's value.
+    Header(HeaderName),
+    /// A function of the request (a closure, or a request extension's value).
+    Func(Arc<ScopeFn>),
+}
+
+/// Marker of an [`IdempotencyBuilder`] that has not yet been told who a request belongs to; it
+/// cannot build.
+#[derive(Debug)]
+pub struct NoScope;
+
+/// Marker of an [`IdempotencyBuilder`] that knows who a request belongs to.
+pub struct Scoped(Scope);
+
+impl std::fmt::Debug for Scoped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Scope::Unscoped => "Scoped(unscoped)",
+            Scope::Header(_) => "Scoped(header)",
+            Scope::Func(_) => "Scoped(function)",
+        })
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::Scoped {}
+}
+
+/// An [`IdempotencyBuilder`] whose scope was chosen: only such a builder builds.
+#[diagnostic::on_unimplemented(
+    message = "the Idempotency builder must be told who a request belongs to before `build()`",
+    label = "no scope chosen for the idempotency keys",
+    note = "choose one: `.scope_by_extension::<AccountId>()` (a value your auth middleware inserts), `.scope_by_header(name)`, `.scope(|req| ...)`, or `.unscoped()` for an app with a single tenant"
+)]
+pub trait ScopeChosen: sealed::Sealed {
+    /// The chosen scope.
+    #[doc(hidden)]
+    fn chosen(self) -> Scoped;
+}
+
+impl ScopeChosen for Scoped {
+    fn chosen(self) -> Scoped {
+        self
+    }
+}
+
+/// Builder for [`Idempotency`]. `S` records whether the scope was chosen: [`build`](Self::build)
+/// exists only once it was.
+pub struct IdempotencyBuilder<S = NoScope> {
+    settings: Settings,
+    scope: S,
+}
+
+impl<S> std::fmt::Debug for IdempotencyBuilder<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyBuilder").finish_non_exhaustive()
+    }
+}
+
+/// Everything a builder holds besides its scope.
+struct Settings {
     store: Option<Arc<dyn Store>>,
     named: Vec<(String, Arc<dyn Store>)>,
     header: HeaderName,
     prefix: String,
     store_timeout: Duration,
     replay_headers: Vec<String>,
-    scope: Option<Arc<ScopeFn>>,
+    secret: Option<Vec<u8>>,
+    admission: Option<(u32, Duration)>,
     max_response: usize,
     status_path: String,
     webhook: WebhookConfig,
@@ -71,20 +157,25 @@ pub struct IdempotencyBuilder {
 }
 
 impl Idempotency {
-    /// Starts a builder: memory store, `Idempotency-Key` header, 2 s store deadline.
+    /// Starts a builder: memory store, `Idempotency-Key` header, 2 s store deadline, no secret,
+    /// and no scope yet (choose one before `build()`).
     pub fn builder() -> IdempotencyBuilder {
         IdempotencyBuilder {
-            store: None,
-            named: Vec::new(),
-            header: HeaderName::from_static("idempotency-key"),
-            prefix: "idem:".into(),
-            store_timeout: Duration::from_secs(2),
-            replay_headers: Vec::new(),
-            scope: None,
-            max_response: 8 << 20,
-            status_path: "/idempotency".into(),
-            webhook: WebhookConfig::default(),
-            renew_leases: true,
+            settings: Settings {
+                store: None,
+                named: Vec::new(),
+                header: HeaderName::from_static("idempotency-key"),
+                prefix: "idem:".into(),
+                store_timeout: Duration::from_secs(2),
+                replay_headers: Vec::new(),
+                secret: None,
+                admission: None,
+                max_response: 8 << 20,
+                status_path: "/idempotency".into(),
+                webhook: WebhookConfig::default(),
+                renew_leases: true,
+            },
+            scope: NoScope,
         }
     }
 
@@ -112,17 +203,45 @@ impl Idempotency {
         std::iter::once(&self.shared.engine).chain(self.shared.named.iter().map(|(_, e)| e))
     }
 
-    /// Who sent `req`, hashed: the builder's scope function, or by default a hash of the
-    /// `Authorization` header; empty for anonymous requests.
+    /// Who sent `req`, as the builder's scope says; empty for anonymous requests and for an
+    /// unscoped app. It is only ever hashed (keyed by the app secret) into storage keys.
     pub fn principal(&self, req: &HttpRequest) -> String {
         match &self.shared.scope {
-            Some(f) => f(req).unwrap_or_default(),
-            None => req
+            Scope::Unscoped => String::new(),
+            Scope::Header(name) => req
                 .headers()
-                .get(actix_web::http::header::AUTHORIZATION)
-                .map(|v| crate::fingerprint::sha256_hex(v.as_bytes()))
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .unwrap_or_default(),
+            Scope::Func(f) => f(req).unwrap_or_default(),
         }
+    }
+
+    /// Checks, on every store, that all instances of this app derive storage keys with the same
+    /// secret (or all with none): `Ok(false)` when one does not — a retry reaching it would run
+    /// again. Call it at startup to refuse to start on a mismatch; the adapter also runs it in
+    /// the background on the first request and every five minutes, logging a mismatch as an
+    /// error (`idem_secret_mismatch_total`).
+    pub async fn check_secret(&self) -> Result<bool, crate::StoreError> {
+        let mut agreed = true;
+        for engine in self.engines() {
+            agreed &= crate::secret::agree(engine, self.prefix(), &self.shared.derivation).await?;
+            // Checked: the first request need not check again.
+            engine.secret_check_done(true);
+        }
+        Ok(agreed)
+    }
+
+    /// Runs the secret check on `engine` in the background when one is due.
+    pub(super) fn check_secret_when_due(&self, engine: &Arc<Engine>) {
+        if !engine.secret_check_due() {
+            return;
+        }
+        let (idem, engine) = (self.clone(), engine.clone());
+        actix_web::rt::spawn(async move {
+            let done = crate::secret::agree(&engine, idem.prefix(), &idem.shared.derivation).await;
+            engine.secret_check_done(done.is_ok());
+        });
     }
 
     /// The prefix of every storage key.
@@ -141,7 +260,7 @@ impl Idempotency {
     ///
     /// ```
     /// # use idem_runtime::Idempotency;
-    /// let idem = Idempotency::builder().build();
+    /// let idem = Idempotency::builder().unscoped().build();
     /// let app = actix_web::App::new().app_data(idem.clone()).service(idem.status_service());
     /// # let _ = app;
     /// ```
@@ -151,58 +270,115 @@ impl Idempotency {
     }
 }
 
-impl IdempotencyBuilder {
+impl<S> IdempotencyBuilder<S> {
     /// The store records live in (default: a fresh [`MemoryStore`]).
     pub fn store(mut self, store: impl Store) -> Self {
-        self.store = Some(Arc::new(store));
+        self.settings.store = Some(Arc::new(store));
         self
     }
 
     /// Registers `store` under `name`, for endpoints that say `store = "name"` (a durable store
     /// for payments, say, next to a fast default).
     pub fn named_store(mut self, name: impl Into<String>, store: impl Store) -> Self {
-        self.named.push((name.into(), Arc::new(store)));
+        self.settings.named.push((name.into(), Arc::new(store)));
         self
     }
 
     /// The request header carrying the key (default `Idempotency-Key`).
     pub fn header_name(mut self, name: HeaderName) -> Self {
-        self.header = name;
+        self.settings.header = name;
         self
     }
 
     /// Prefix of every storage key (default `idem:`), to share a store between apps.
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.settings.prefix = prefix.into();
         self
     }
 
     /// Deadline of every single store call (default 2 s).
     pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = timeout;
+        self.settings.store_timeout = timeout;
         self
     }
 
     /// Response headers replayed on top of the defaults (`Content-Type`, `Location`, `ETag`,
     /// `Link`, …). Credentials, `Date` and hop-by-hop headers are never replayed.
-    pub fn replay_headers<I, S>(mut self, names: I) -> Self
+    pub fn replay_headers<I, N>(mut self, names: I) -> Self
     where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
     {
-        self.replay_headers
+        self.settings
+            .replay_headers
             .extend(names.into_iter().map(Into::into));
         self
     }
 
-    /// Who sent a request: keys are scoped by it, so two principals never see each other's
-    /// responses. Return `None` for anonymous requests. The default hashes the `Authorization`
-    /// header when present. The value is hashed before use; it never reaches the store.
-    pub fn scope<F>(mut self, f: F) -> Self
+    /// Who sent a request, as a function of it: keys are scoped by it, so two principals never
+    /// see each other's records. Return the *account* (not a credential, which rotates), or
+    /// `None` for anonymous requests (one shared scope). The value is only ever hashed, keyed by
+    /// the app [`secret`](Self::secret); it never reaches the store.
+    pub fn scope<F>(self, f: F) -> IdempotencyBuilder<Scoped>
     where
         F: Fn(&HttpRequest) -> Option<String> + Send + Sync + 'static,
     {
-        self.scope = Some(Arc::new(f));
+        self.with_scope(Scope::Func(Arc::new(f)))
+    }
+
+    /// Scopes keys by the value of type `T` that the app's own auth middleware inserts into each
+    /// request's extensions (`req.extensions_mut().insert(AccountId(..))`), the actix way; a
+    /// request without one is anonymous.
+    pub fn scope_by_extension<T>(self) -> IdempotencyBuilder<Scoped>
+    where
+        T: std::fmt::Display + 'static,
+    {
+        self.scope(|req| {
+            use actix_web::HttpMessage;
+            req.extensions().get::<T>().map(ToString::to_string)
+        })
+    }
+
+    /// Scopes keys by the value of request header `name` (set by a gateway that authenticated the
+    /// request, say `X-Account-Id`); a request without it is anonymous.
+    pub fn scope_by_header(self, name: HeaderName) -> IdempotencyBuilder<Scoped> {
+        self.with_scope(Scope::Header(name))
+    }
+
+    /// Every request in one scope: for an app with a single tenant, where any caller may replay
+    /// any other caller's response.
+    pub fn unscoped(self) -> IdempotencyBuilder<Scoped> {
+        self.with_scope(Scope::Unscoped)
+    }
+
+    fn with_scope(self, scope: Scope) -> IdempotencyBuilder<Scoped> {
+        IdempotencyBuilder {
+            settings: self.settings,
+            scope: Scoped(scope),
+        }
+    }
+
+    /// The app secret, shared by every instance of the app (at least 32 random bytes; keep it
+    /// with your other secrets). Principals and keys become storage keys through HMACs under
+    /// sub-keys of it, so a store dump or a log line gives no offline oracle for account ids.
+    /// Without one, the same derivation runs under a public key (logged as a warning at build).
+    /// Every instance must use the same secret: instances that disagree derive other storage
+    /// keys, so a retry reaching another instance would run again; they notice it through the
+    /// store and log it as an error (`idem_secret_mismatch_total`). Changing the secret orphans
+    /// the records written under the old one, like an upgrade of the derivation does.
+    pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.settings.secret = Some(secret.into());
+        self
+    }
+
+    /// At most `limit` new operations (keys) per principal per `per`, in this instance: a burst
+    /// of `limit`, refilled steadily. A principal over it gets 429 `urn:idem:problem:too-many-keys`
+    /// with `Retry-After`; other principals, and replays of anyone's finished operations, are not
+    /// affected. Anonymous requests count as one principal. Off by default; for a memory store,
+    /// [`MemoryStoreBuilder::per_principal`](crate::MemoryStoreBuilder::per_principal) also caps
+    /// what one principal may hold.
+    pub fn admission_limit(mut self, limit: u32, per: Duration) -> Self {
+        self.settings.admission = Some((limit, per));
         self
     }
 
@@ -211,28 +387,28 @@ impl IdempotencyBuilder {
     /// and a `urn:idem:problem:response-not-kept` body instead, which is what retries get. Size
     /// this above your largest response.
     pub fn max_response_bytes(mut self, bytes: usize) -> Self {
-        self.max_response = bytes;
+        self.settings.max_response = bytes;
         self
     }
 
     /// Path of the status resources of `on_conflict = "accepted"` (default `/idempotency`);
     /// mount them with [`Idempotency::status_service`].
     pub fn status_path(mut self, path: impl Into<String>) -> Self {
-        self.status_path = path.into();
+        self.settings.status_path = path.into();
         self
     }
 
     /// URLs that `on_conflict = "webhook"` may call back: a callback is allowed when its scheme,
     /// host and port equal one of these and its path lies under that one's path. Unparsable
     /// entries are ignored (and logged).
-    pub fn webhook_allow<I, S>(mut self, urls: I) -> Self
+    pub fn webhook_allow<I, U>(mut self, urls: I) -> Self
     where
-        I: IntoIterator<Item = S>,
-        S: AsRef<str>,
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
     {
         for u in urls {
             match reqwest::Url::parse(u.as_ref()) {
-                Ok(url) => self.webhook.allow.push(url),
+                Ok(url) => self.settings.webhook.allow.push(url),
                 Err(e) => {
                     tracing::error!(url = u.as_ref(), error = %e, "idem: ignoring an unparsable webhook allow-list entry")
                 }
@@ -241,55 +417,84 @@ impl IdempotencyBuilder {
         self
     }
 
-    /// The secret webhook deliveries are signed with (HMAC-SHA256 over the body, in the
-    /// `Idempotency-Signature: sha256=<hex>` header).
+    /// The secret webhook deliveries are signed with, shared with their receivers (see
+    /// [`webhook`](crate::actix::webhook) for the signature and its
+    /// [`verify`](crate::actix::webhook::verify)er). Required by every endpoint with
+    /// `on_conflict = "webhook"`: without it they answer 500, never an unsigned delivery. Keep it
+    /// apart from the app [`secret`](Self::secret): this one is given to third parties.
     pub fn webhook_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
-        self.webhook.secret = Arc::new(secret.into());
+        self.settings.webhook.secret = Arc::new(secret.into());
         self
     }
 
     /// Per-attempt timeout of a webhook delivery (default 5 s).
     pub fn webhook_timeout(mut self, timeout: Duration) -> Self {
-        self.webhook.timeout = timeout;
+        self.settings.webhook.timeout = timeout;
         self
     }
 
     /// Delivery attempts (default 4) and the first backoff (default 200 ms, doubling).
     pub fn webhook_retries(mut self, attempts: u32, first_backoff: Duration) -> Self {
-        self.webhook.attempts = attempts.max(1);
-        self.webhook.backoff = first_backoff;
+        self.settings.webhook.attempts = attempts.max(1);
+        self.settings.webhook.backoff = first_backoff;
         self
     }
 
     /// How long a webhook waits for the first request to complete (default 5 min).
     pub fn webhook_wait_max(mut self, max: Duration) -> Self {
-        self.webhook.wait_max = max;
+        self.settings.webhook.wait_max = max;
         self
     }
 
     /// Test hook: no lease renewal (see the fault suite). Never turn this off in production.
     #[doc(hidden)]
     pub fn renew_leases(mut self, on: bool) -> Self {
-        self.renew_leases = on;
+        self.settings.renew_leases = on;
         self
     }
 
-    /// Finishes the builder.
-    pub fn build(self) -> Idempotency {
+    /// Finishes the builder; it must have been told who a request belongs to (a scope method
+    /// or [`unscoped`](Self::unscoped)), or this does not compile.
+    pub fn build(self) -> Idempotency
+    where
+        S: ScopeChosen,
+    {
+        let Scoped(scope) = self.scope.chosen();
+        let settings = self.settings;
+        let derivation = match &settings.secret {
+            Some(secret) => {
+                if secret.len() < 16 {
+                    tracing::warn!(
+                        bytes = secret.len(),
+                        "idem: the app secret is short; use at least 32 random bytes"
+                    );
+                }
+                KeyDerivation::keyed(secret)
+            }
+            None => {
+                tracing::warn!("idem: no app secret (IdempotencyBuilder::secret): storage keys are derived under a public key, so a store dump lets anyone confirm a guessed account id offline");
+                KeyDerivation::unkeyed()
+            }
+        };
+        let admission = settings
+            .admission
+            .map(|(limit, per)| Arc::new(crate::admission::Admission::new(limit, per)));
         let engine = |store: Arc<dyn Store>| {
-            let engine = Engine::new(store, self.store_timeout, &self.replay_headers);
-            Arc::new(if self.renew_leases {
+            let engine = Engine::new(store, settings.store_timeout, &settings.replay_headers)
+                .with_admission(admission.clone());
+            Arc::new(if settings.renew_leases {
                 engine
             } else {
                 engine.without_lease_renewal()
             })
         };
         let default = engine(
-            self.store
+            settings
+                .store
                 .clone()
                 .unwrap_or_else(|| Arc::new(MemoryStore::default())),
         );
-        let named = self
+        let named = settings
             .named
             .iter()
             .map(|(n, s)| (n.clone(), engine(s.clone())))
@@ -298,12 +503,15 @@ impl IdempotencyBuilder {
             shared: Arc::new(Shared {
                 engine: default,
                 named,
-                header: self.header,
-                prefix: self.prefix,
-                scope: self.scope,
-                max_response: self.max_response,
-                status_path: self.status_path,
-                webhook: self.webhook,
+                header: settings.header,
+                prefix: settings.prefix,
+                scope,
+                derivation,
+                max_response: settings.max_response,
+                status_path: settings.status_path,
+                webhook: settings.webhook,
+                names: Default::default(),
+                deliveries: Arc::default(),
                 inflight: Arc::default(),
                 short_leases: Default::default(),
             }),

@@ -12,13 +12,14 @@ use crate::engine::Decision;
 use crate::key_source::KeySource;
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
-use crate::{Guarantee, OnConflict, Policy, StorageKey, StoredResponse};
+use crate::{Guarantee, OnConflict, Policy, StoredResponse};
 use tracing::Instrument;
 
 mod capture;
 mod config;
 mod context;
 mod execute;
+mod names;
 mod operator;
 mod request;
 mod shutdown;
@@ -28,11 +29,11 @@ mod tx;
 pub mod webhook;
 
 use config::find;
-pub use config::{Idempotency, IdempotencyBuilder};
+pub use config::{Idempotency, IdempotencyBuilder, NoScope, ScopeChosen, Scoped};
 pub use context::IdempotencyContext;
 #[cfg(feature = "postgres")]
 pub(crate) use execute::Verdict;
-pub use operator::{default_principal, OperatorError, RecordInfo};
+pub use operator::{OperatorError, RecordInfo};
 use request::{find_key, missing_key, Body};
 #[cfg(feature = "postgres")]
 pub use tx::{IdemTx, TxClient, TxEnded};
@@ -105,10 +106,24 @@ where
     let Some(engine) = idem.engine_for(policy.store).cloned() else {
         return store_not_registered(policy);
     };
+    // From here on the endpoint is known by its stable name (the storage keys' endpoint part,
+    // metrics, logs).
+    let policy = match idem.shared.names.resolve(policy, &req) {
+        Ok(name) => Policy {
+            endpoint: name,
+            ..*policy
+        },
+        Err(conflict) => return name_conflict(policy, &conflict),
+    };
+    let policy = &policy;
     if let Some(resp) = execute::lease_too_short(&idem, &engine, policy) {
         return resp;
     }
+    idem.check_secret_when_due(&engine);
     let shared = &idem.shared;
+    if policy.on_conflict == OnConflict::Webhook && shared.webhook.secret.is_empty() {
+        return webhook_secret_missing(policy);
+    }
 
     let content_type = req
         .headers()
@@ -170,7 +185,9 @@ where
 
     let principal = idem.principal(&req);
     let storage_key =
-        StorageKey::scoped(&shared.prefix, policy.endpoint, principal.as_bytes(), &key);
+        shared
+            .derivation
+            .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key);
     let fingerprint = request::fingerprint(&req, policy, &content_type, &body, decoded);
 
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
@@ -185,7 +202,9 @@ where
     let idem2 = idem.clone();
     // A graceful shutdown waits for this task, whether or not its client is still there.
     let inflight = idem.shared.inflight.enter();
+    let named = *policy;
     let task_body = async move {
+        let policy = &named;
         let _inflight = inflight;
         let key_id = storage_key.status_id().to_owned();
         let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
@@ -225,18 +244,31 @@ where
                     ),
                     Outcome::Rejected,
                 ),
-                Some((url, raw_key)) => {
-                    let config = idem2.shared.webhook.clone();
-                    let delivery = idem2.shared.inflight.enter();
-                    actix_web::rt::spawn(
-                        async move {
-                            webhook::deliver_when_done(engine, config, key, raw_key, url).await;
-                            drop(delivery);
-                        }
-                        .in_current_span(),
-                    );
-                    (webhook_accepted(), Outcome::Accepted)
-                }
+                Some((url, raw_key)) => match idem2.shared.deliveries.claim(&key, &url) {
+                    // However many duplicates ask, one delivery per key and callback URL.
+                    webhook::Claim::Pending => (webhook_accepted(), Outcome::Accepted),
+                    webhook::Claim::Full => {
+                        let p = Problem::new(
+                            ProblemKind::StoreUnavailable,
+                            "too many webhook deliveries are pending on this server; retry \
+                             with the same key later",
+                        )
+                        .retry_after(5);
+                        (problem_response(&p), Outcome::Rejected)
+                    }
+                    webhook::Claim::New(slot) => {
+                        let config = idem2.shared.webhook.clone();
+                        let inflight = idem2.shared.inflight.enter();
+                        actix_web::rt::spawn(
+                            async move {
+                                webhook::deliver_when_done(engine, config, key, raw_key, url).await;
+                                drop((slot, inflight));
+                            }
+                            .in_current_span(),
+                        );
+                        (webhook_accepted(), Outcome::Accepted)
+                    }
+                },
             },
         };
         observe::outcome(policy.endpoint, Some(&key_id), outcome);
@@ -288,6 +320,41 @@ fn store_not_registered(policy: &Policy) -> HttpResponse {
     reject(
         ProblemKind::Internal,
         format!("this endpoint's idempotency store `{name}` is not configured on the server"),
+    )
+}
+
+/// 500 for a second handler claiming an endpoint name another handler of the app owns; logged
+/// each time (it is a deploy error to fix at once).
+fn name_conflict(policy: &Policy, conflict: &names::Conflict) -> HttpResponse {
+    tracing::error!(
+        endpoint = policy.endpoint,
+        name = conflict.name,
+        owner = conflict.owner,
+        "idem: two handlers claim one endpoint name; give each its own `name`"
+    );
+    observe::outcome(conflict.name, None, Outcome::Rejected);
+    reject(
+        ProblemKind::Internal,
+        format!(
+            "the endpoint name `{}` belongs to another handler of this app (`{}`); each \
+             idempotent handler needs its own name",
+            conflict.name, conflict.owner
+        ),
+    )
+}
+
+/// 500 for a webhook endpoint on an app without a webhook secret: deliveries are never signed
+/// with an empty key. Logged once.
+fn webhook_secret_missing(policy: &Policy) -> HttpResponse {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!(endpoint = policy.endpoint, "idem: on_conflict = \"webhook\" needs a webhook secret: add `.webhook_secret(…)` to the Idempotency builder");
+    }
+    observe::outcome(policy.endpoint, None, Outcome::Rejected);
+    reject(
+        ProblemKind::Internal,
+        "this endpoint answers duplicates by webhook, but the server has no `webhook_secret` \
+         configured to sign deliveries with",
     )
 }
 

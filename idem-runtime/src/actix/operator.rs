@@ -46,21 +46,18 @@ impl Idempotency {
         key: &str,
     ) -> Result<StorageKey, KeyError> {
         let key = parse_key(key.as_bytes())?;
-        Ok(StorageKey::scoped(
-            self.prefix(),
-            endpoint,
-            principal.as_bytes(),
-            &key,
-        ))
+        Ok(self
+            .shared
+            .derivation
+            .storage_key(self.prefix(), endpoint, principal.as_bytes(), &key))
     }
 
     /// The record of `key` sent by `principal` to `endpoint`, if live (in the default store or
     /// any named one).
     ///
     /// `endpoint` is the handler's module path and name (`my_app::payments::create`, what the
-    /// logs show); `principal` is what the app's scope function returns — by default
-    /// [`default_principal`] of the request's `Authorization` header, or `""` for anonymous
-    /// requests.
+    /// logs show); `principal` is what the app's scope returns for the client's requests (its
+    /// account id, say), or `""` for anonymous requests and unscoped apps.
     pub async fn inspect(
         &self,
         endpoint: &str,
@@ -114,9 +111,4 @@ impl Idempotency {
         }
         Ok(purged)
     }
-}
-
-/// The principal the default scope derives from an `Authorization` header value.
-pub fn default_principal(authorization: &str) -> String {
-    crate::fingerprint::sha256_hex(authorization.as_bytes())
 }

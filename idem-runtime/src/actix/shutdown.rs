@@ -95,7 +95,7 @@ impl Idempotency {
     /// # async fn demo() -> std::io::Result<()> {
     /// use actix_web::{App, HttpServer};
     /// use std::time::Duration;
-    /// let idem = idem_runtime::Idempotency::builder().build();
+    /// let idem = idem_runtime::Idempotency::builder().unscoped().build();
     /// let app_idem = idem.clone();
     /// let server = HttpServer::new(move || App::new().app_data(app_idem.clone()))
     ///     .disable_signals()

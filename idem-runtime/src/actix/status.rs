@@ -1,7 +1,7 @@
 //! `on_conflict = "accepted"`: 202 + `Location` of a status resource, and the resource itself.
 //!
 //! A status id is the record's storage key without its prefix: a 16-hex tag of the principal and
-//! 64 hex of SHA-256 over endpoint, principal and key. It cannot be guessed without the key, and
+//! 64 hex of an HMAC over endpoint, principal and key (keyed by the app secret). It cannot be guessed without the key, and
 //! a principal whose tag differs gets 404 without the store being asked.
 
 use actix_web::http::header::{CONTENT_TYPE, LOCATION, RETRY_AFTER};
@@ -37,7 +37,11 @@ pub(crate) async fn status(req: HttpRequest, id: web::Path<String>) -> HttpRespo
         return super::not_configured("status resource");
     };
     let principal = idem.principal(&req);
-    let Some(key) = StorageKey::from_status_id(idem.prefix(), &id, principal.as_bytes()) else {
+    let Some(key) = idem
+        .shared
+        .derivation
+        .status_key(idem.prefix(), &id, principal.as_bytes())
+    else {
         return not_found();
     };
     // The record lives in whichever store its endpoint uses.

@@ -170,7 +170,13 @@ pub(super) async fn finish(
     let limit = engine.store_timeout();
     let end = deadline("complete", limit, async {
         Ok(pg
-            .complete_and_commit(conn, ticket.key(), ticket.token(), &stored, ticket.ttl())
+            .complete_and_commit(
+                conn,
+                ticket.key(),
+                ticket.token(),
+                &stored,
+                ticket.ttl_for(stored.status),
+            )
             .await)
     })
     .await;

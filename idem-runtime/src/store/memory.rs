@@ -39,11 +39,48 @@ struct Inner {
     /// Per shard: when a full store last scanned it for records to drop (ms since `born`), so a
     /// flood of new keys against a full store costs a scan per shard per interval, not per key.
     last_rescue: Vec<AtomicU64>,
+    /// When a full store last scanned the other shards too (ms since `born`): at most once per
+    /// interval for the whole store.
+    last_rescue_all: AtomicU64,
     born: Instant,
     used: AtomicUsize,
     entries: AtomicUsize,
     max_bytes: usize,
     next_token: AtomicU64,
+    /// Per-principal caps and what each principal holds, when the store has them.
+    principals: Option<Principals>,
+}
+
+/// What one principal may hold, and what each holds: records and bytes, by principal tag.
+struct Principals {
+    records: usize,
+    bytes: usize,
+    held: Mutex<HashMap<u64, (usize, usize)>>,
+}
+
+impl Principals {
+    fn tag(key: &StorageKey) -> u64 {
+        u64::from_str_radix(key.principal_tag(), 16).unwrap_or(0)
+    }
+
+    /// Whether `key`'s principal may take one more record of `size` bytes.
+    fn admits(&self, key: &StorageKey, size: usize) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let (records, bytes) = held.get(&Self::tag(key)).copied().unwrap_or((0, 0));
+        records < self.records && bytes + size <= self.bytes
+    }
+
+    /// Adds (or, negative, removes) records and bytes to `key`'s principal.
+    fn charge(&self, key: &StorageKey, records: isize, bytes: isize) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let tag = Self::tag(key);
+        let entry = held.entry(tag).or_insert((0, 0));
+        entry.0 = entry.0.saturating_add_signed(records);
+        entry.1 = entry.1.saturating_add_signed(bytes);
+        if entry.0 == 0 {
+            held.remove(&tag);
+        }
+    }
 }
 
 struct Entry {
@@ -84,6 +121,7 @@ impl Entry {
 pub struct MemoryStoreBuilder {
     max_bytes: usize,
     sweep_every: Option<Duration>,
+    per_principal: Option<(usize, usize)>,
 }
 
 impl Default for MemoryStore {
@@ -102,6 +140,17 @@ impl MemoryStoreBuilder {
         self
     }
 
+    /// Caps what one principal may hold: at most `records` records and `bytes` bytes (counted
+    /// like [`max_bytes`](Self::max_bytes)). A principal at its cap gets 429
+    /// `urn:idem:problem:too-many-keys` for new keys while everyone else is still admitted, so
+    /// one client flooding unique keys cannot fill the store for all. Anonymous requests count
+    /// as one principal (as does every request of an unscoped app: leave this off there). Off
+    /// by default.
+    pub fn per_principal(mut self, records: usize, bytes: usize) -> Self {
+        self.per_principal = Some((records, bytes));
+        self
+    }
+
     /// How often the sweeper thread drops expired records; `None` leaves expiry lazy only.
     pub fn sweep_every(mut self, every: Option<Duration>) -> Self {
         self.sweep_every = every;
@@ -113,11 +162,17 @@ impl MemoryStoreBuilder {
         let inner = Arc::new(Inner {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             last_rescue: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
+            last_rescue_all: AtomicU64::new(0),
             born: Instant::now(),
             used: AtomicUsize::new(0),
             entries: AtomicUsize::new(0),
             max_bytes: self.max_bytes,
             next_token: AtomicU64::new(1),
+            principals: self.per_principal.map(|(records, bytes)| Principals {
+                records,
+                bytes,
+                held: Mutex::default(),
+            }),
         });
         if let Some(every) = self.sweep_every {
             let weak = Arc::downgrade(&inner);
@@ -147,6 +202,7 @@ impl MemoryStore {
         MemoryStoreBuilder {
             max_bytes: 256 << 20,
             sweep_every: Some(Duration::from_secs(1)),
+            per_principal: None,
         }
     }
 
@@ -199,13 +255,19 @@ impl Inner {
         if let Some(e) = map.remove(key) {
             self.used.fetch_sub(e.size, Ordering::Relaxed);
             self.entries.fetch_sub(1, Ordering::Relaxed);
+            if let Some(p) = &self.principals {
+                p.charge(key, -1, -(e.size as isize));
+            }
             if let EntryState::InProgress { done, .. } = e.state {
                 done.notify_waiters();
             }
         }
     }
 
-    fn resize(&self, entry: &mut Entry, new_size: usize) {
+    fn resize(&self, key: &StorageKey, entry: &mut Entry, new_size: usize) {
+        if let Some(p) = &self.principals {
+            p.charge(key, 0, new_size as isize - entry.size as isize);
+        }
         if new_size >= entry.size {
             self.used
                 .fetch_add(new_size - entry.size, Ordering::Relaxed);
@@ -248,15 +310,42 @@ impl Inner {
             return false;
         }
         self.last_rescue[shard].store(at.max(1), Ordering::Relaxed);
-        let expired: Vec<StorageKey> = map
+        self.drop_dead(map, now);
+        if self.used.load(Ordering::Relaxed) + need <= self.max_bytes {
+            return true;
+        }
+        // The room may be in other shards: look there too (once per interval for the whole
+        // store), skipping any that is busy (this shard's lock is held, so waiting for another
+        // could deadlock).
+        let last_all = self.last_rescue_all.load(Ordering::Relaxed);
+        if last_all != 0 && at < last_all + RESCUE_EVERY_MS {
+            return false;
+        }
+        self.last_rescue_all.store(at.max(1), Ordering::Relaxed);
+        for (i, other) in self.shards.iter().enumerate() {
+            if i == shard {
+                continue;
+            }
+            if let Ok(mut other) = other.try_lock() {
+                self.drop_dead(&mut other, now);
+            }
+            if self.used.load(Ordering::Relaxed) + need <= self.max_bytes {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops the records of `map` that are not live.
+    fn drop_dead(&self, map: &mut HashMap<StorageKey, Entry>, now: Instant) {
+        let dead: Vec<StorageKey> = map
             .iter()
             .filter(|(_, e)| !e.is_live(now))
             .map(|(k, _)| k.clone())
             .collect();
-        for k in expired {
+        for k in dead {
             self.remove_entry(map, &k);
         }
-        self.used.load(Ordering::Relaxed) + need <= self.max_bytes
     }
 
     /// Runs `f` on the in-progress entry of `key` held by `token`; a lapsed lease that nobody
@@ -315,8 +404,16 @@ impl Store for MemoryStore {
             inner.remove_entry(&mut map, key);
         }
         let size = key.as_str().len() + ENTRY_OVERHEAD;
+        if let Some(p) = &inner.principals {
+            if !p.admits(key, size) {
+                return Err(StoreError::PrincipalFull);
+            }
+        }
         if !inner.admit(&mut map, Inner::shard_index(key), size, now) {
             return Err(StoreError::Full);
+        }
+        if let Some(p) = &inner.principals {
+            p.charge(key, 1, size as isize);
         }
         let token = FencingToken(inner.next_token.fetch_add(1, Ordering::Relaxed));
         map.insert(
@@ -351,7 +448,11 @@ impl Store for MemoryStore {
             if let Some(e) = map.get_mut(key) {
                 let old = std::mem::replace(&mut e.state, EntryState::Completed(response.clone()));
                 e.expires_at = Instant::now() + ttl;
-                inner.resize(e, key.as_str().len() + ENTRY_OVERHEAD + response.size());
+                inner.resize(
+                    key,
+                    e,
+                    key.as_str().len() + ENTRY_OVERHEAD + response.size(),
+                );
                 inner.publish();
                 if let EntryState::InProgress { done, .. } = old {
                     done.notify_waiters();

@@ -55,6 +55,10 @@ pub enum StoreError {
     /// The store is at its capacity and refuses new records (live records are never evicted).
     #[error("the idempotency store is full")]
     Full,
+    /// This principal holds as many records as the store allows one principal; others are
+    /// still admitted.
+    #[error("this principal holds as many idempotency records as it may")]
+    PrincipalFull,
     /// The call did not finish within its deadline.
     #[error("the idempotency store did not answer within {0:?}")]
     Timeout(Duration),

@@ -36,7 +36,7 @@ async fn with_get_ours_first() -> String {
 }
 
 fn main() {
-    let idem = Idempotency::builder().build();
+    let idem = Idempotency::builder().unscoped().build();
     let _app = App::new()
         .app_data(idem)
         .service(route_first)

@@ -29,7 +29,7 @@ async fn webhook() -> HttpResponse {
 }
 
 fn main() {
-    let idem = Idempotency::builder()
+    let idem = Idempotency::builder().unscoped()
         .webhook_allow(["http://127.0.0.1:9000/hooks"])
         .webhook_secret("s3cret")
         .build();

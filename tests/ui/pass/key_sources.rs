@@ -31,7 +31,7 @@ async fn session() -> HttpResponse {
 
 fn main() {
     let _hidden: String = idem::form_key_input("_idem");
-    let idem = Idempotency::builder().build();
+    let idem = Idempotency::builder().unscoped().build();
     let _app = App::new()
         .app_data(idem)
         .service(deep_link)

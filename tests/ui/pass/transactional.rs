@@ -33,6 +33,6 @@ async fn refund(tx: Option<IdemTx>) -> HttpResponse {
 }
 
 fn main() {
-    let idem = Idempotency::builder().build();
+    let idem = Idempotency::builder().unscoped().build();
     let _app = App::new().app_data(idem).service(charge).service(refund);
 }

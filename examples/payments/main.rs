@@ -10,6 +10,12 @@
 //! Listens on 127.0.0.1:8080 (`PORT` overrides). The handler waits `PAYMENT_DELAY_MS`
 //! (default 200) to stand for a card processor.
 //!
+//! Requests authenticate like a payments API (`auth.rs`): `Authorization: Bearer <api key>`,
+//! each key belonging to an account, and idempotency keys are scoped by the account. Without
+//! `Authorization` a request belongs to the public account, so plain `curl` works. The app
+//! secret comes from `IDEM_SECRET` (a fixed demo value otherwise). SIGTERM or Ctrl-C drains the
+//! payments in flight before the server stops.
+//!
 //! `GET /checkout` is a server-rendered shop form with no JavaScript at all: the page carries
 //! a fresh key in a hidden field (`idem::form_key_input`), `POST /checkout` is idempotent on
 //! that field and answers 303 to the receipt, so a double click, a re-submit after the back
@@ -18,6 +24,9 @@
 //! Records live in memory unless `IDEM_REDIS_URL` is set: one URL for a single Redis, several
 //! (comma-separated) or `IDEM_REDIS_CLUSTER=1` for a Redis Cluster. Run several copies on
 //! different ports against one Redis and a duplicate still runs once.
+
+mod admin;
+mod auth;
 
 use actix_web::http::StatusCode;
 use actix_web::{get, post, web, App, HttpResponse, HttpServer, Responder};
@@ -135,21 +144,31 @@ async fn move_money(kind: Kind, body: &NewPayment, ledger: &Ledger) -> HttpRespo
 
 /// A duplicate sent while the first runs gets 409 + `Retry-After`.
 #[post("/payments")]
-#[idempotent(ttl = "24h", guarantee = "strict", on_conflict = "retry_after")]
+#[idempotent(
+    name = "payments.create",
+    ttl = "24h",
+    guarantee = "strict",
+    on_conflict = "retry_after"
+)]
 async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
     move_money(Kind::Payment, &body, &ledger).await
 }
 
 /// A duplicate sent while the first runs waits for it and gets its response.
 #[post("/transfers")]
-#[idempotent(ttl = "24h", on_conflict = "wait", wait_timeout = "10s")]
+#[idempotent(
+    name = "transfers.create",
+    ttl = "24h",
+    on_conflict = "wait",
+    wait_timeout = "10s"
+)]
 async fn create_transfer(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
     move_money(Kind::Transfer, &body, &ledger).await
 }
 
 /// A duplicate sent while the first runs gets 202 + `Location` of a status resource.
 #[post("/refunds")]
-#[idempotent(ttl = "24h", on_conflict = "accepted")]
+#[idempotent(name = "refunds.create", ttl = "24h", on_conflict = "accepted")]
 async fn create_refund(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
     move_money(Kind::Refund, &body, &ledger).await
 }
@@ -234,6 +253,7 @@ struct CheckoutForm {
 /// 3 s gets 409; reloading that page (resubmitting the form) lands on the receipt too.
 #[post("/checkout")]
 #[idempotent(
+    name = "checkout.place",
     key = "form:_idem",
     on_conflict = "wait",
     wait_timeout = "3s",
@@ -306,54 +326,6 @@ async fn metrics(
         .body(out)
 }
 
-/// Which record an operator asks about: `?endpoint=payments::create_payment&key=…` and, for
-/// a request that carried `Authorization`, `&principal=` its hash (`idem::default_principal`).
-#[derive(Deserialize)]
-struct AdminQuery {
-    endpoint: String,
-    #[serde(default)]
-    principal: String,
-    key: String,
-}
-
-/// The operator routes exist only when `IDEM_ADMIN_TOKEN` is set, and want it as a bearer token.
-fn admin_allowed(req: &actix_web::HttpRequest) -> bool {
-    let Ok(token) = std::env::var("IDEM_ADMIN_TOKEN") else {
-        return false;
-    };
-    let sent = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    !token.is_empty() && sent == Some(token.as_str())
-}
-
-/// `GET /admin/idempotency?…`: the record's state, attempt, age, expiry and fingerprint.
-/// `DELETE` the same: forget it (a support case).
-async fn admin(
-    req: actix_web::HttpRequest,
-    q: web::Query<AdminQuery>,
-    idem: web::Data<Idempotency>,
-) -> HttpResponse {
-    if !admin_allowed(&req) {
-        return problem(StatusCode::NOT_FOUND, "not found");
-    }
-    let result = if req.method() == actix_web::http::Method::DELETE {
-        idem.purge(&q.endpoint, &q.principal, &q.key)
-            .await
-            .map(|purged| serde_json::json!({ "purged": purged }))
-    } else {
-        idem.inspect(&q.endpoint, &q.principal, &q.key)
-            .await
-            .map(|info| serde_json::json!({ "record": info }))
-    };
-    match result {
-        Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => problem(StatusCode::BAD_REQUEST, &e.to_string()),
-    }
-}
-
 #[get("/stats")]
 async fn stats(ledger: web::Data<Ledger>) -> impl Responder {
     let executions: serde_json::Map<String, serde_json::Value> = Kind::ALL
@@ -401,25 +373,37 @@ async fn main() -> std::io::Result<()> {
             } else {
                 "Redis store"
             };
-            (Idempotency::builder().store(store).build(), name)
+            (Idempotency::builder().store(store), name)
         }
         _ => (
-            Idempotency::builder().store(MemoryStore::default()).build(),
+            Idempotency::builder().store(MemoryStore::default()),
             "memory store",
         ),
     };
+    // Keys are scoped by the account the API key belongs to. Every instance must share the
+    // secret; the demo has a default for trying it out.
+    let secret = std::env::var("IDEM_SECRET")
+        .unwrap_or_else(|_| "payments-demo-secret: set IDEM_SECRET in production".into());
+    let idem = idem
+        .scope_by_extension::<auth::AccountId>()
+        .secret(secret)
+        .build();
+    let keys = auth::ApiKeys::from_env();
     println!("payments demo on http://127.0.0.1:{port} ({store_name})");
     let app_idem = idem.clone();
     let server = HttpServer::new(move || {
         let idem = app_idem.clone();
+        let keys = keys.clone();
         App::new()
+            .wrap(actix_web::middleware::from_fn(move |req, next| {
+                auth::authenticate(keys.clone(), req, next)
+            }))
             .app_data(idem.clone())
             .app_data(ledger.clone())
             .app_data(prometheus.clone())
             .app_data(web::Data::new(idem.clone()))
             .service(idem.status_service())
-            .route("/admin/idempotency", web::get().to(admin))
-            .route("/admin/idempotency", web::delete().to(admin))
+            .service(admin::routes())
             .service(create_payment)
             .service(create_transfer)
             .service(create_refund)

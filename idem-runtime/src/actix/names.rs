@@ -1,0 +1,71 @@
+//! Endpoint names: the endpoint part of every storage key, and what metrics and the operator API
+//! call an endpoint.
+//!
+//! A name is the attribute's `name = "payments.create"`, or else the request's method and matched
+//! route pattern (`POST /payments`). Neither depends on where the handler lives in the Rust code,
+//! so records outlive a rename or a move of the handler across a deploy. A name belongs to one
+//! handler per app: a second handler claiming it is refused (500) and logged.
+
+use actix_web::HttpRequest;
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use crate::Policy;
+
+/// The names this app's endpoints resolved to, each with the handler (module path) that owns
+/// it. Names are leaked once each: there are as many as routes.
+#[derive(Default)]
+pub(super) struct Names {
+    owners: RwLock<HashMap<&'static str, &'static str>>,
+}
+
+/// Two handlers claim one name.
+#[derive(Debug)]
+pub(super) struct Conflict {
+    pub(super) name: &'static str,
+    pub(super) owner: &'static str,
+}
+
+impl Names {
+    /// The name of `policy`'s endpoint for `req`, claimed for its handler.
+    pub(super) fn resolve(
+        &self,
+        policy: &'static Policy,
+        req: &HttpRequest,
+    ) -> Result<&'static str, Conflict> {
+        let derived;
+        let name: &str = match policy.name {
+            Some(name) => name,
+            None => {
+                let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+                derived = format!("{} {route}", req.method());
+                &derived
+            }
+        };
+        let owned = |(name, owner): (&&'static str, &&'static str)| {
+            if *owner == policy.endpoint {
+                Ok(*name)
+            } else {
+                Err(Conflict { name, owner })
+            }
+        };
+        if let Some(found) = self
+            .owners
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_key_value(name)
+        {
+            return owned(found);
+        }
+        let mut owners = self.owners.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = owners.get_key_value(name) {
+            return owned(found);
+        }
+        let name: &'static str = match policy.name {
+            Some(name) => name,
+            None => Box::leak(name.to_owned().into_boxed_str()),
+        };
+        owners.insert(name, policy.endpoint);
+        Ok(name)
+    }
+}

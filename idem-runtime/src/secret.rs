@@ -1,0 +1,254 @@
+//! The app secret and what is derived from it: how a request's principal and key become a
+//! storage key.
+//!
+//! One secret serves the whole library; each use gets a sub-key of its own,
+//! `HMAC-SHA256(secret, "idem/v2/<use>")`, so that no two uses share a key. Principal tags and
+//! storage keys are then HMACs under those sub-keys: a store dump or a log line gives no offline
+//! oracle for account ids or credentials. Every instance of an app must use the same secret (or
+//! none): otherwise each computes other storage keys for the same request, and a retry that
+//! reaches another instance runs again. [`KeyDerivation::verifier`] is what instances compare
+//! through the store to notice that.
+//!
+//! Without a secret the same construction runs under a fixed, public key: storage keys stay
+//! stable and unguessable without the idempotency key, but a low-entropy principal (an account
+//! id) can be confirmed offline from a dump.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::sync::OnceLock;
+
+use crate::key::{IdempotencyKey, StorageKey};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The key of the unkeyed derivation: public, so that an app without a secret still derives the
+/// same storage keys on every instance.
+const PUBLIC_KEY: &[u8] = b"idem/v2/no-secret";
+
+/// Hex digits of the principal tag at the start of every status id.
+pub(crate) const TAG_LEN: usize = 16;
+/// Length of a status id: tag, dash, 64 hex digits.
+pub(crate) const ID_LEN: usize = TAG_LEN + 1 + 64;
+
+/// How storage keys are derived from (endpoint, principal, key): keyed by the app's secret, or
+/// by a public key when there is none.
+#[derive(Clone)]
+pub struct KeyDerivation {
+    tag: HmacSha256,
+    id: HmacSha256,
+    verifier: [u8; 32],
+    keyed: bool,
+}
+
+impl std::fmt::Debug for KeyDerivation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyDerivation")
+            .field("keyed", &self.keyed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn mac(key: &[u8]) -> HmacSha256 {
+    // HMAC takes a key of any length.
+    HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
+}
+
+/// `HMAC-SHA256(secret, "idem/v2/" + purpose)`: the sub-key of one use of the secret.
+pub(crate) fn sub_key(secret: &[u8], purpose: &str) -> [u8; 32] {
+    let mut m = mac(secret);
+    m.update(b"idem/v2/");
+    m.update(purpose.as_bytes());
+    m.finalize().into_bytes().into()
+}
+
+impl KeyDerivation {
+    /// Storage keys keyed by `secret` (at least 32 random bytes are advised).
+    pub fn keyed(secret: &[u8]) -> Self {
+        Self::with(secret, true)
+    }
+
+    /// Storage keys under the public key: stable across instances, but a principal can be
+    /// confirmed offline from a store dump.
+    pub fn unkeyed() -> Self {
+        Self::with(PUBLIC_KEY, false)
+    }
+
+    /// The shared unkeyed derivation.
+    pub(crate) fn public() -> &'static Self {
+        static PUBLIC: OnceLock<KeyDerivation> = OnceLock::new();
+        PUBLIC.get_or_init(Self::unkeyed)
+    }
+
+    fn with(secret: &[u8], keyed: bool) -> Self {
+        KeyDerivation {
+            tag: mac(&sub_key(secret, "principal-tag")),
+            id: mac(&sub_key(secret, "storage-key")),
+            verifier: sub_key(secret, "verifier"),
+            keyed,
+        }
+    }
+
+    /// Whether a secret keys this derivation.
+    pub fn is_keyed(&self) -> bool {
+        self.keyed
+    }
+
+    /// A value every instance with the same secret (or none) computes alike, and that says
+    /// nothing about the secret: what instances compare to find that they disagree.
+    pub fn verifier(&self) -> [u8; 32] {
+        self.verifier
+    }
+
+    /// The 16-hex tag of `principal`.
+    fn tag(&self, principal: &[u8]) -> String {
+        let mut m = self.tag.clone();
+        m.update(principal);
+        let mut tag = String::with_capacity(64);
+        crate::fingerprint::push_hex(&mut tag, &m.finalize().into_bytes());
+        tag.truncate(TAG_LEN);
+        tag
+    }
+
+    /// The storage key of `key` sent by `principal` to `endpoint`:
+    /// `prefix ‖ tag(principal) ‖ "-" ‖ hex(HMAC(endpoint ‖ principal ‖ key))`, each part
+    /// length-prefixed.
+    pub fn storage_key(
+        &self,
+        prefix: &str,
+        endpoint: &str,
+        principal: &[u8],
+        key: &IdempotencyKey,
+    ) -> StorageKey {
+        let mut m = self.id.clone();
+        for part in [endpoint.as_bytes(), principal, key.as_str().as_bytes()] {
+            m.update(&(part.len() as u64).to_be_bytes());
+            m.update(part);
+        }
+        let mut full = String::with_capacity(prefix.len() + ID_LEN);
+        full.push_str(prefix);
+        full.push_str(&self.tag(principal));
+        full.push('-');
+        crate::fingerprint::push_hex(&mut full, &m.finalize().into_bytes());
+        StorageKey::from_parts(full, prefix.len())
+    }
+
+    /// The storage key a status id names, if `id` is well formed and belongs to `principal`.
+    pub fn status_key(&self, prefix: &str, id: &str, principal: &[u8]) -> Option<StorageKey> {
+        let well_formed = id.len() == ID_LEN
+            && id.as_bytes()[TAG_LEN] == b'-'
+            && id
+                .bytes()
+                .enumerate()
+                .all(|(i, b)| i == TAG_LEN || matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        (well_formed && id[..TAG_LEN] == self.tag(principal))
+            .then(|| StorageKey::from_parts(format!("{prefix}{id}"), prefix.len()))
+    }
+}
+
+/// How long the shared check record lives, and how often an instance checks again.
+const CHECK_KEEP: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Compares this instance's [`KeyDerivation::verifier`] with the one the store holds for the
+/// app (`prefix`), writing it when there is none: `Ok(false)` when another instance wrote a
+/// different one (a different secret, or one with and one without), logged as an error.
+pub(crate) async fn agree(
+    engine: &crate::Engine,
+    prefix: &str,
+    derivation: &KeyDerivation,
+) -> Result<bool, crate::StoreError> {
+    use crate::store::Begin;
+    let key = crate::key::parse_key(b"v2").unwrap_or_else(|_| unreachable!("a valid key"));
+    let key = StorageKey::scoped(prefix, "idem.secret-check", b"", &key);
+    let fp = crate::Fingerprint(derivation.verifier());
+    let lease = std::time::Duration::from_secs(10);
+    let store = engine.store();
+    let agreed = match crate::engine::deadline(
+        "begin",
+        engine.store_timeout(),
+        store.begin(&key, &fp, lease, CHECK_KEEP),
+    )
+    .await?
+    {
+        Begin::Acquired { token, .. } => {
+            let mark = crate::StoredResponse {
+                status: 204,
+                headers: Vec::new(),
+                body: bytes::Bytes::new(),
+            };
+            crate::engine::deadline(
+                "complete",
+                engine.store_timeout(),
+                store.complete(&key, token, &mark, CHECK_KEEP),
+            )
+            .await?;
+            true
+        }
+        Begin::Replay(_) | Begin::InProgress { .. } => true,
+        Begin::Mismatch => false,
+    };
+    if !agreed {
+        crate::observe::count("idem_secret_mismatch_total");
+        tracing::error!(prefix, "idem: another instance of this app derives storage keys with a different secret (or with none): a retry that reaches it runs the operation again. Give every instance the same IdempotencyBuilder::secret");
+    }
+    Ok(agreed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::parse_key;
+
+    #[test]
+    fn secrets_separate_storage_keys_and_tags() {
+        let key = parse_key(b"order-1").unwrap();
+        let a = KeyDerivation::keyed(b"secret-a").storage_key("p:", "e", b"acct_a", &key);
+        let b = KeyDerivation::keyed(b"secret-b").storage_key("p:", "e", b"acct_a", &key);
+        let none = KeyDerivation::unkeyed().storage_key("p:", "e", b"acct_a", &key);
+        assert_ne!(a, b);
+        assert_ne!(a, none);
+        assert_eq!(
+            a,
+            KeyDerivation::keyed(b"secret-a").storage_key("p:", "e", b"acct_a", &key),
+            "stable"
+        );
+        assert_ne!(
+            a,
+            KeyDerivation::keyed(b"secret-a").storage_key("p:", "e", b"acct_b", &key),
+            "principals never share a key"
+        );
+        assert_eq!(a.status_id().len(), ID_LEN);
+    }
+
+    #[test]
+    fn a_status_id_opens_only_for_its_principal() {
+        let kd = KeyDerivation::keyed(b"s");
+        let key = kd.storage_key("p:", "e", b"acct_a", &parse_key(b"k").unwrap());
+        assert_eq!(
+            kd.status_key("p:", key.status_id(), b"acct_a"),
+            Some(key.clone())
+        );
+        assert_eq!(kd.status_key("p:", key.status_id(), b"acct_b"), None);
+        assert_eq!(
+            KeyDerivation::unkeyed().status_key("p:", key.status_id(), b"acct_a"),
+            None
+        );
+        assert_eq!(kd.status_key("p:", "zz", b"acct_a"), None);
+    }
+
+    #[test]
+    fn verifiers_agree_only_on_the_same_secret() {
+        assert_eq!(
+            KeyDerivation::keyed(b"s").verifier(),
+            KeyDerivation::keyed(b"s").verifier()
+        );
+        assert_ne!(
+            KeyDerivation::keyed(b"s").verifier(),
+            KeyDerivation::keyed(b"t").verifier()
+        );
+        assert_ne!(
+            KeyDerivation::keyed(b"s").verifier(),
+            KeyDerivation::unkeyed().verifier()
+        );
+    }
+}
