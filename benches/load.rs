@@ -459,6 +459,20 @@ fn main() {
         let addr = serve(Idempotency::builder().unscoped().store(store).build(), None);
         (server, addr)
     });
+    // `durability(1, …)`: a master with one local replica, reached through a proxy that counts
+    // round trips.
+    let durable = (redis.is_some() && wanted("redis")).then(|| {
+        let master = redis_server::RedisServer::start();
+        let replica = redis_server::RedisServer::replica_of(&master);
+        let proxy = start_proxy(([127, 0, 0, 1], master.port).into());
+        let store = RedisStore::builder()
+            .url(proxy.url())
+            .durability(1, Duration::from_millis(500))
+            .connect();
+        let store = rt.block_on(store).expect("connect");
+        let addr = serve(Idempotency::builder().unscoped().store(store).build(), None);
+        (master, replica, proxy, addr)
+    });
     let local = tokio::task::LocalSet::new();
     let pg = if wanted("postgres") {
         match local.block_on(&rt, start_pg()) {
@@ -524,6 +538,29 @@ fn main() {
                     mix,
                 });
             }
+            if let Some((master, _replica, proxy, addr)) = &durable {
+                run += 1;
+                master.cli(&["CONFIG", "RESETSTAT"]);
+                let turns = proxy.turns();
+                let (rps, p50, p99, n, mix) =
+                    drive(*addr, "/idem", scenario, run, conns, secs, &body).await;
+                let n = n.max(1) as f64;
+                let cmds = ["evalsha", "eval", "wait"]
+                    .map(|c| master.calls(c))
+                    .iter()
+                    .sum::<u64>();
+                let trips = (proxy.turns() - turns) as f64 / n;
+                rows.push(Row {
+                    scenario: scenario.name(),
+                    target: "redis durable",
+                    rps,
+                    p50,
+                    p99,
+                    ratio: Some(rps / plain_rps),
+                    store_per_req: Some(cmds as f64 / n),
+                    mix: format!("{mix}; {trips:.2} round trips/req"),
+                });
+            }
             if let Some(pg) = &pg {
                 run += 1;
                 let mut base_rps = plain_rps;
@@ -583,5 +620,5 @@ fn main() {
             r.mix
         );
     }
-    drop(redis);
+    drop((redis, durable));
 }

@@ -96,3 +96,46 @@ async fn lost_scripts_are_reloaded_once_for_a_burst() {
          first ended); got {loads} SCRIPT LOADs"
     );
 }
+
+/// Fencing tokens grow per key even when the server's clock is behind the last token (a failover
+/// to a replica with a slower clock, or a clock step): the next token is the previous one + 1.
+#[actix_web::test]
+async fn tokens_grow_per_key_even_when_the_clock_is_behind() {
+    if !available("tokens_grow_per_key_even_when_the_clock_is_behind") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let k = key("clock-behind");
+    let fp = Fingerprint::strict("POST", "/", "", b"");
+    let Ok(Begin::Acquired { token, .. }) = store.begin(&k, &fp, LEASE, KEEP).await else {
+        panic!("acquire");
+    };
+    store.release(&k, token).await.expect("release");
+    // Forge a token from a clock a day ahead of this server's: bytes 33..49 hold it.
+    let ahead = token.0 + 86_400 * 1_000_000;
+    let client = redis::Client::open(redis.url()).expect("client");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let mut raw: Vec<u8> = redis::cmd("GET")
+        .arg(k.as_str())
+        .query_async(&mut c)
+        .await
+        .expect("GET");
+    raw[33..49].copy_from_slice(format!("{ahead:016}").as_bytes());
+    let () = redis::cmd("SET")
+        .arg(k.as_str())
+        .arg(raw)
+        .arg("KEEPTTL")
+        .query_async(&mut c)
+        .await
+        .expect("SET");
+    match store.begin(&k, &fp, LEASE, KEEP).await {
+        Ok(Begin::Acquired { token, .. }) => {
+            assert_eq!(token.0, ahead + 1, "larger than every earlier token")
+        }
+        other => panic!("expected an acquisition, got {other:?}"),
+    }
+}

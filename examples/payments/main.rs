@@ -23,7 +23,9 @@
 //!
 //! Records live in memory unless `IDEM_REDIS_URL` is set: one URL for a single Redis, several
 //! (comma-separated) or `IDEM_REDIS_CLUSTER=1` for a Redis Cluster. Run several copies on
-//! different ports against one Redis and a duplicate still runs once.
+//! different ports against one Redis and a duplicate still runs once. A Redis whose
+//! `maxmemory-policy` may evict records is refused at start unless
+//! `IDEM_REDIS_ALLOW_EVICTION=1`.
 
 mod admin;
 mod auth;
@@ -362,12 +364,24 @@ async fn main() -> std::io::Result<()> {
             let urls: Vec<String> = urls.split(',').map(|u| u.trim().to_string()).collect();
             let cluster =
                 urls.len() > 1 || std::env::var("IDEM_REDIS_CLUSTER").is_ok_and(|v| v == "1");
-            let builder = if cluster {
+            let mut builder = if cluster {
                 RedisStore::builder().cluster(urls)
             } else {
                 RedisStore::builder().url(urls[0].clone())
             };
+            // A Redis that may evict records is refused unless this says otherwise.
+            let allow_eviction = std::env::var("IDEM_REDIS_ALLOW_EVICTION").is_ok_and(|v| v == "1");
+            if allow_eviction {
+                builder = builder.allow_eviction();
+            }
             let store = builder.connect().await.map_err(std::io::Error::other)?;
+            if store.eviction_policy() != "noeviction" {
+                eprintln!(
+                    "warning: Redis maxmemory-policy is {}; eviction allowed \
+                     (IDEM_REDIS_ALLOW_EVICTION=1): an evicted record's retry runs again",
+                    store.eviction_policy()
+                );
+            }
             let name = if cluster {
                 "Redis Cluster store"
             } else {

@@ -69,6 +69,14 @@ pub(crate) fn outcome(endpoint: &'static str, key: Option<&str>, outcome: Outcom
         .increment(1);
 }
 
+/// Adds `n` to the counter `name`.
+pub(crate) fn count_by(name: &'static str, n: u64) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(name).increment(n);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (name, n);
+}
+
 /// Records one store call's latency and whether it failed.
 pub(crate) fn store_call(op: &'static str, took: Duration, failed: bool) {
     tracing::trace!(target: "idem", op, micros = took.as_micros() as u64, failed, "idem: store call");

@@ -75,6 +75,46 @@ pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String
     (demo, format!("http://127.0.0.1:{port}"))
 }
 
+/// Runs example `name` with `PORT=port` and `env` until it exits (within `within`, or it is
+/// killed and this panics); its exit status and what it wrote to stderr.
+pub async fn run_example_to_exit(
+    name: &str,
+    port: u16,
+    env: &[(&str, String)],
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(example_binary(name));
+    cmd.env("PORT", port.to_string())
+        .env_remove("IDEM_REDIS_URL")
+        .env_remove("IDEM_REDIS_CLUSTER")
+        .env_remove("IDEM_REDIS_ALLOW_EVICTION");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start example {name}: {e}"));
+    let until = Instant::now() + within;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use std::io::Read;
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status, err);
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("example {name} was still running after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Starts example `name` with `PORT=port` and `env` (and no inherited `IDEM_REDIS_*`), and
 /// waits until it listens.
 pub async fn start_example(name: &str, port: u16, env: &[(&str, String)]) -> Demo {
@@ -82,6 +122,7 @@ pub async fn start_example(name: &str, port: u16, env: &[(&str, String)]) -> Dem
     cmd.env("PORT", port.to_string())
         .env_remove("IDEM_REDIS_URL")
         .env_remove("IDEM_REDIS_CLUSTER")
+        .env_remove("IDEM_REDIS_ALLOW_EVICTION")
         .env_remove("IDEM_ADMIN_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);

@@ -6,6 +6,7 @@ pub mod demo;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
 use idem::{idempotent, Idempotency};

@@ -42,6 +42,8 @@ pub struct RedisServer {
     dir: PathBuf,
     child: Option<Child>,
     cluster: bool,
+    /// Extra `redis-server` arguments (`--maxmemory-policy …`, `--replicaof …`).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -50,7 +52,48 @@ impl RedisServer {
         Self::start_on(free_port(), false)
     }
 
+    /// Starts a standalone server with extra arguments.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        Self::start_configured(free_port(), false, extra)
+    }
+
+    /// Starts a replica of `master`, and waits until it has synchronized.
+    pub fn replica_of(master: &RedisServer) -> RedisServer {
+        let port = master.port.to_string();
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica.synced() {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        replica
+    }
+
+    /// Starts a replica of the master at `port` (a proxy in front of it, say), and waits —
+    /// letting the runtime run, so that a proxy on it can carry the sync — until it has
+    /// synchronized.
+    pub async fn replica_through(port: u16) -> RedisServer {
+        let port = port.to_string();
+        let replica = Self::start_with(&["--replicaof", "127.0.0.1", &port]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica.synced() {
+            assert!(Instant::now() < deadline, "the replica did not sync");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        replica
+    }
+
+    /// Whether this replica's link to its master is up.
+    pub fn synced(&self) -> bool {
+        self.cli(&["INFO", "replication"])
+            .is_some_and(|i| i.contains("master_link_status:up"))
+    }
+
     fn start_on(port: u16, cluster: bool) -> RedisServer {
+        Self::start_configured(port, cluster, &[])
+    }
+
+    fn start_configured(port: u16, cluster: bool, extra: &[&str]) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("idem-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir for redis");
         let mut s = RedisServer {
@@ -58,6 +101,7 @@ impl RedisServer {
             dir,
             child: None,
             cluster,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
         s
@@ -71,6 +115,7 @@ impl RedisServer {
             .args(["--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         if self.cluster {

@@ -12,8 +12,6 @@ pub mod memory;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
-#[cfg(feature = "redis")]
-mod redis_notify;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod waiters;
 
@@ -65,6 +63,10 @@ pub enum StoreError {
     /// The store could not be reached or answered with an error.
     #[error("the idempotency store is unavailable: {0}")]
     Unavailable(String),
+    /// The store is set up in a way that cannot keep the promise (a Redis that may evict
+    /// records, say): fixed by its operator, not by retrying.
+    #[error("the idempotency store is misconfigured: {0}")]
+    Config(String),
     /// The store returned data it could not decode.
     #[error("the idempotency store returned a corrupt record: {0}")]
     Corrupt(String),

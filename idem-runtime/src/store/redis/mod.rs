@@ -1,4 +1,4 @@
-//! Redis and Redis Cluster stores.
+//! Redis stores: one server, a Redis Cluster, or the master a set of Sentinels names.
 //!
 //! One Redis string per record, every operation one single-key Lua script (so a cluster never
 //! sees a cross-slot command), and leases and TTLs as Redis expiries, on the server's clock.
@@ -9,7 +9,14 @@
 //! [`StoredResponse::encode`]: the body stays raw bytes. The lease end lives in the value, checked
 //! against the server's `TIME` by every script, so a record that is not completed can outlive its
 //! lease (as a Redis expiry, for `keep`) and still count attempts across takeovers. The fencing
-//! token is the server's `TIME` in microseconds at acquisition, so it grows with every takeover.
+//! token is the server's `TIME` in microseconds at acquisition, or the key's previous token + 1 if
+//! that is larger: it grows with every takeover, even after a failover to a replica whose clock
+//! is behind.
+//!
+//! With [`durability`](RedisStoreBuilder::durability), `WAIT n timeout` follows every write in
+//! the same round trip (2 round trips for a first request, 4 commands). Redis that may evict
+//! records (`maxmemory-policy` other than `noeviction`) is refused unless
+//! [`allow_eviction`](RedisStoreBuilder::allow_eviction) says otherwise.
 //!
 //! Round trips: `begin` and `complete` are one `EVALSHA` each, so a first request costs 2, a replay
 //! or a duplicate in progress 1. Scripts are loaded when the store connects; a server that lost
@@ -19,163 +26,27 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ErrorKind, RedisError, ServerErrorKind, Value};
+use redis::{ErrorKind, RedisError, ServerErrorKind, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::redis_notify::{self, Waiters};
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+use conn::Conn;
+use notify::Waiters;
+use scripts::{Script, Scripts, ATTEMPT, HEADER, TOKEN};
 
-/// Where the response starts in a record (Lua's 1-based offsets below are `HEADER + 1` = 72).
-const HEADER: usize = 1 + 32 + 16 + 6 + 16;
-const TOKEN: std::ops::Range<usize> = 33..49;
-const ATTEMPT: std::ops::Range<usize> = 49..55;
+mod builder;
+mod conn;
+mod eviction;
+mod notify;
+mod scripts;
 
-/// `now`: the server's clock in ms; `token`: its clock in µs, 16 digits.
-const CLOCK: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-";
+pub use builder::RedisStoreBuilder;
 
-const BEGIN: &str = r"
-local v = redis.call('GET', KEYS[1])
-local attempt = 1
-if v then
-  local st = string.sub(v, 1, 1)
-  if st == 'c' then
-    if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
-    return {'C', string.sub(v, 72)}
-  end
-  if st == 'p' then
-    local left = tonumber(string.sub(v, 56, 71)) - now
-    if left > 0 then
-      if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
-      return {'P', left}
-    end
-  end
-  -- Six digits: clamped, so that a key retried a million times keeps a well-formed record.
-  attempt = math.min(tonumber(string.sub(v, 50, 55)) + 1, 999999)
-end
-local token = t[1] .. string.format('%06d', tonumber(t[2]))
-local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1],
-  'p' .. ARGV[1] .. token .. string.format('%06d', attempt) .. string.format('%016d', now + lease),
-  'PX', math.max(lease, tonumber(ARGV[3])))
-return {'A', token, attempt}
-";
-
-/// The fence shared by complete, release and renew: the record must be in progress and held by
-/// ARGV[1]. A lease that ran out while nobody took the key over still belongs to its holder (a
-/// takeover hands out a new token, which this check refuses), so a late renewal re-extends it
-/// and a late completion is kept instead of running the operation again.
-const HELD: &str = r"
-local v = redis.call('GET', KEYS[1])
-if (not v) or string.sub(v, 1, 1) ~= 'p' or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
-";
-
-const COMPLETE_TAIL: &str = r"
-redis.call('SET', KEYS[1], 'c' .. string.sub(v, 2, 71) .. ARGV[2], 'PX', ARGV[3])
-redis.call('PUBLISH', 'idem:done', KEYS[1])
-return 1
-";
-
-const RELEASE_TAIL: &str = r"
-redis.call('SET', KEYS[1], 'r' .. string.sub(v, 2, 71), 'KEEPTTL')
-redis.call('PUBLISH', 'idem:done', KEYS[1])
-return 1
-";
-
-const RENEW_TAIL: &str = r"
-local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.sub(v, 1, 55) .. string.format('%016d', now + lease), 'KEEPTTL')
-if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
-return 1
-";
-
-const PURGE: &str = r"
-local n = redis.call('DEL', KEYS[1])
-redis.call('PUBLISH', 'idem:done', KEYS[1])
-return n
-";
-
-const GET: &str = r"
-local v = redis.call('GET', KEYS[1])
-if not v then return false end
-local st = string.sub(v, 1, 1)
-if st == 'c' then return {v, redis.call('PTTL', KEYS[1])} end
-if st == 'p' then
-  local left = tonumber(string.sub(v, 56, 71)) - now
-  if left > 0 then return {v, left} end
-end
-return false
-";
-
-/// A script with its SHA-1, sent as `EVALSHA` and resent as `EVAL` on `NOSCRIPT`.
-struct Script {
-    code: String,
-    sha: String,
-}
-
-impl Script {
-    fn new(code: String) -> Self {
-        let sha = redis::Script::new(&code).get_hash().to_string();
-        Script { code, sha }
-    }
-}
-
-struct Scripts {
-    begin: Script,
-    complete: Script,
-    release: Script,
-    renew: Script,
-    get: Script,
-    purge: Script,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            begin: Script::new(format!("{CLOCK}{BEGIN}")),
-            complete: Script::new(format!("{CLOCK}{HELD}{COMPLETE_TAIL}")),
-            release: Script::new(format!("{CLOCK}{HELD}{RELEASE_TAIL}")),
-            renew: Script::new(format!("{CLOCK}{HELD}{RENEW_TAIL}")),
-            get: Script::new(format!("{CLOCK}{GET}")),
-            purge: Script::new(PURGE.into()),
-        }
-    }
-
-    fn all(&self) -> [&Script; 6] {
-        [
-            &self.begin,
-            &self.complete,
-            &self.release,
-            &self.renew,
-            &self.get,
-            &self.purge,
-        ]
-    }
-}
-
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Conn {
-    async fn query(&self, cmd: &Cmd) -> Result<Value, RedisError> {
-        match self.clone() {
-            Conn::Single(mut c) => cmd.query_async(&mut c).await,
-            Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
-        }
-    }
-}
-
-/// A [`Store`] on Redis (one server) or Redis Cluster. Cheap to clone; clones share connections.
+/// A [`Store`] on Redis: one server, a cluster, or the master named by Sentinels. Cheap to
+/// clone; clones share connections. See "Running Redis for idempotency" in the README for the
+/// settings it needs (`noeviction`, persistence, replication).
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), idem_runtime::StoreError> {
@@ -195,88 +66,20 @@ pub struct RedisStore {
     /// Set while the scripts are being loaded again after a `NOSCRIPT`: one reload at a time,
     /// however many calls met the lost scripts at once.
     reloading: Arc<std::sync::atomic::AtomicBool>,
+    /// `WAIT replicas timeout` behind every write, when set.
+    durability: Option<(u32, Duration)>,
+    /// The eviction watcher's verdict.
+    watch: Arc<eviction::Watch>,
+    /// The `maxmemory-policy` found at connect.
+    policy: Arc<str>,
 }
 
-/// Builder for [`RedisStore`].
-#[derive(Debug, Clone)]
-pub struct RedisStoreBuilder {
-    urls: Vec<String>,
-    cluster: bool,
-    connect_timeout: Duration,
-    response_timeout: Duration,
-}
-
-impl RedisStoreBuilder {
-    /// One Redis server: `redis://[:password@]host:port[/db]` (`rediss://` with feature
-    /// `redis-tls`).
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.urls = vec![url.into()];
-        self.cluster = false;
-        self
-    }
-
-    /// A Redis Cluster, reached through any of these seed nodes.
-    pub fn cluster<I, S>(mut self, urls: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.urls = urls.into_iter().map(Into::into).collect();
-        self.cluster = true;
-        self
-    }
-
-    /// Deadline for establishing a connection (default 1 s).
-    pub fn connect_timeout(mut self, t: Duration) -> Self {
-        self.connect_timeout = t;
-        self
-    }
-
-    /// Deadline for one command's answer inside the client (default 500 ms). The engine puts its
-    /// own `store_timeout` around every call as well.
-    pub fn response_timeout(mut self, t: Duration) -> Self {
-        self.response_timeout = t;
-        self
-    }
-
-    /// Connects, and loads the scripts on every primary.
-    pub async fn connect(self) -> Result<RedisStore, StoreError> {
-        let conn = if self.cluster {
-            let client = ClusterClient::builder(self.urls.clone())
-                .connection_timeout(self.connect_timeout)
-                .response_timeout(self.response_timeout)
-                .build()
-                .map_err(unavailable)?;
-            Conn::Cluster(client.get_async_connection().await.map_err(unavailable)?)
-        } else {
-            let url = self
-                .urls
-                .first()
-                .ok_or_else(|| StoreError::Unavailable("no Redis URL given".into()))?;
-            let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.connect_timeout))
-                .set_response_timeout(Some(self.response_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_millis(500));
-            Conn::Single(
-                ConnectionManager::new_with_config(client, config)
-                    .await
-                    .map_err(unavailable)?,
-            )
-        };
-        let store = RedisStore {
-            conn,
-            scripts: Arc::new(Scripts::new()),
-            waiters: Arc::new(Waiters::default()),
-            reloading: Arc::default(),
-        };
-        store.load_scripts().await?;
-        tokio::spawn(redis_notify::subscribe(
-            self.urls,
-            Arc::downgrade(&store.waiters),
-        ));
-        Ok(store)
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("durability", &self.durability)
+            .field("maxmemory_policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -327,12 +130,12 @@ fn bytes_of(v: &Value) -> Option<&[u8]> {
 impl RedisStore {
     /// A builder: `redis://127.0.0.1:6379`, single server.
     pub fn builder() -> RedisStoreBuilder {
-        RedisStoreBuilder {
-            urls: vec!["redis://127.0.0.1:6379".into()],
-            cluster: false,
-            connect_timeout: Duration::from_secs(1),
-            response_timeout: Duration::from_millis(500),
-        }
+        RedisStoreBuilder::default()
+    }
+
+    /// The `maxmemory-policy` found at connect (`noeviction` unless eviction was allowed).
+    pub fn eviction_policy(&self) -> &str {
+        &self.policy
     }
 
     /// Connects to one Redis server at `url`.
@@ -352,12 +155,30 @@ impl RedisStore {
     }
 
     /// Runs `script` on `key`: one `EVALSHA`, or on `NOSCRIPT` one more round trip as `EVAL`.
+    /// A write (`writes`) on a durable store is followed by `WAIT` in the same round trip, and
+    /// its answer comes back as [`Unreplicated`] when too few replicas acknowledged it.
     async fn eval(
         &self,
         script: &Script,
         key: &StorageKey,
         args: &[&[u8]],
-    ) -> Result<Value, StoreError> {
+        writes: bool,
+    ) -> Result<Result<Value, Unreplicated>, StoreError> {
+        self.watch.check()?;
+        let durability = self.durability.filter(|_| writes);
+        let send = |cmd: redis::Cmd| async move {
+            match durability {
+                None => self.conn.query(&cmd).await.map(Ok),
+                Some((replicas, timeout)) => {
+                    let (value, acked) = self.conn.query_then_wait(&cmd, replicas, timeout).await?;
+                    Ok(if acked >= i64::from(replicas) {
+                        Ok(value)
+                    } else {
+                        Err(Unreplicated { value, acked })
+                    })
+                }
+            }
+        };
         let build = |verb: &str, body: &str| {
             let mut cmd = redis::cmd(verb);
             cmd.arg(body).arg(1).arg(key.as_str());
@@ -366,7 +187,7 @@ impl RedisStore {
             }
             cmd
         };
-        match self.conn.query(&build("EVALSHA", &script.sha)).await {
+        match send(build("EVALSHA", &script.sha)).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // Reload every script in the background, so the other operations do not each
                 // pay their own NOSCRIPT round trip; one reload at a time.
@@ -381,13 +202,46 @@ impl RedisStore {
                         store.reloading.store(false, Ordering::Release);
                     });
                 }
-                self.conn
-                    .query(&build("EVAL", &script.code))
-                    .await
-                    .map_err(unavailable)
+                send(build("EVAL", &script.code)).await.map_err(unavailable)
             }
             other => other.map_err(unavailable),
         }
+    }
+
+    /// A write that must be replicated: an unacknowledged one is an error (retried by the
+    /// engine like any failed write; every write is fenced and safe to repeat).
+    async fn write(
+        &self,
+        script: &Script,
+        key: &StorageKey,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        self.eval(script, key, args, true)
+            .await?
+            .map_err(|u| u.error(self.durability))
+    }
+
+    /// A read: never waits for replicas.
+    async fn read(&self, script: &Script, key: &StorageKey) -> Result<Value, StoreError> {
+        self.eval(script, key, &[], false)
+            .await
+            .map(|answer| answer.unwrap_or_else(|u| u.value))
+    }
+}
+
+/// A write fewer replicas acknowledged than the store's durability asks for.
+struct Unreplicated {
+    value: Value,
+    acked: i64,
+}
+
+impl Unreplicated {
+    fn error(self, durability: Option<(u32, Duration)>) -> StoreError {
+        let (replicas, timeout) = durability.unwrap_or_default();
+        StoreError::Unavailable(format!(
+            "the write reached {} of the {replicas} replica(s) it needs within {timeout:?}",
+            self.acked
+        ))
     }
 }
 
@@ -402,25 +256,48 @@ impl Store for RedisStore {
     ) -> Result<Begin, StoreError> {
         let lease_ms = millis(lease).to_string();
         let keep_ms = millis(keep).to_string();
-        let v = self
+        let (v, replicated) = match self
             .eval(
                 &self.scripts.begin,
                 key,
                 &[&fingerprint.0, lease_ms.as_bytes(), keep_ms.as_bytes()],
+                true,
             )
-            .await?;
+            .await?
+        {
+            Ok(v) => (v, None),
+            Err(u) => {
+                let acked = u.acked;
+                (u.value, Some(acked))
+            }
+        };
         let Value::Array(items) = v else {
             return Err(corrupt("begin answer"));
         };
         let tag = items.first().and_then(bytes_of);
         match (tag, items.get(1)) {
-            (Some(b"A"), Some(t)) => Ok(Begin::Acquired {
-                token: parse_token(bytes_of(t).ok_or_else(|| corrupt("token"))?)?,
-                attempt: match items.get(2) {
-                    Some(Value::Int(n)) => u32::try_from(*n).map_err(|_| corrupt("attempt"))?,
-                    _ => return Err(corrupt("attempt")),
-                },
-            }),
+            (Some(b"A"), Some(t)) => {
+                let token = parse_token(bytes_of(t).ok_or_else(|| corrupt("token"))?)?;
+                if let Some(acked) = replicated {
+                    // A lease the replicas may not have: a failover now would let a duplicate
+                    // run beside this one. Fail closed, and give the key back.
+                    if let Err(error) = self.release(key, token).await {
+                        tracing::warn!(%error, "idem: releasing an unreplicated begin failed; it frees itself when its lease ends");
+                    }
+                    return Err(Unreplicated {
+                        value: Value::Nil,
+                        acked,
+                    }
+                    .error(self.durability));
+                }
+                Ok(Begin::Acquired {
+                    token,
+                    attempt: match items.get(2) {
+                        Some(Value::Int(n)) => u32::try_from(*n).map_err(|_| corrupt("attempt"))?,
+                        _ => return Err(corrupt("attempt")),
+                    },
+                })
+            }
             (Some(b"M"), _) => Ok(Begin::Mismatch),
             (Some(b"P"), Some(Value::Int(ms))) => Ok(Begin::InProgress {
                 lease_left: Duration::from_millis((*ms).max(0) as u64),
@@ -444,7 +321,7 @@ impl Store for RedisStore {
         let encoded = response.encode();
         let token = token_arg(token);
         fenced(
-            self.eval(
+            self.write(
                 &self.scripts.complete,
                 key,
                 &[token.as_bytes(), &encoded, ttl_ms.as_bytes()],
@@ -456,7 +333,7 @@ impl Store for RedisStore {
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         let token = token_arg(token);
         fenced(
-            self.eval(&self.scripts.release, key, &[token.as_bytes()])
+            self.write(&self.scripts.release, key, &[token.as_bytes()])
                 .await?,
         )
     }
@@ -470,7 +347,7 @@ impl Store for RedisStore {
         let token = token_arg(token);
         let lease_ms = millis(lease).to_string();
         fenced(
-            self.eval(
+            self.write(
                 &self.scripts.renew,
                 key,
                 &[token.as_bytes(), lease_ms.as_bytes()],
@@ -485,14 +362,14 @@ impl Store for RedisStore {
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        match self.eval(&self.scripts.purge, key, &[]).await? {
+        match self.write(&self.scripts.purge, key, &[]).await? {
             Value::Int(n) => Ok(n > 0),
             _ => Err(corrupt("purge answer")),
         }
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
-        let v = self.eval(&self.scripts.get, key, &[]).await?;
+        let v = self.read(&self.scripts.get, key).await?;
         let items = match v {
             Value::Nil => return Ok(None),
             Value::Array(items) => items,

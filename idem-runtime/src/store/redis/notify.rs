@@ -8,25 +8,42 @@
 //! wait, just later.
 
 use futures_util::StreamExt;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-pub(crate) use super::waiters::Waiters;
+use super::conn::SentinelConn;
+pub(crate) use crate::store::waiters::Waiters;
 
 /// The channel completions are published on.
 pub const CHANNEL: &str = "idem:done";
 
+/// Where the subscriber connects.
+pub(super) enum Target {
+    /// Each of these in turn (one server, or a cluster's seed nodes).
+    Urls(Vec<String>),
+    /// Whichever master the Sentinels name at each (re)connection.
+    Sentinel(Arc<SentinelConn>),
+}
+
 /// Keeps one subscription alive for as long as `waiters` is, reconnecting with a short backoff
-/// and trying each of `urls` in turn.
-pub(crate) async fn subscribe(urls: Vec<String>, waiters: Weak<Waiters>) {
+/// (to the next URL, or to the master the Sentinels name now).
+pub(super) async fn subscribe(target: Target, waiters: Weak<Waiters>) {
     let mut attempt = 0usize;
     loop {
         if waiters.strong_count() == 0 {
             return;
         }
-        let url = &urls[attempt % urls.len().max(1)];
+        let client = match &target {
+            Target::Urls(urls) if urls.is_empty() => return,
+            Target::Urls(urls) => redis::Client::open(urls[attempt % urls.len()].as_str()),
+            Target::Sentinel(s) => s.master().await,
+        };
         attempt += 1;
-        match listen(url, &waiters).await {
+        let listened = match client {
+            Ok(client) => listen(client, &waiters).await,
+            Err(e) => Err(e),
+        };
+        match listened {
             Ok(()) => tracing::info!("idem: Redis completion subscription ended; reconnecting"),
             Err(error) => {
                 tracing::debug!(%error, "idem: Redis completion subscription failed; retrying")
@@ -36,8 +53,7 @@ pub(crate) async fn subscribe(urls: Vec<String>, waiters: Weak<Waiters>) {
     }
 }
 
-async fn listen(url: &str, waiters: &Weak<Waiters>) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
+async fn listen(client: redis::Client, waiters: &Weak<Waiters>) -> redis::RedisResult<()> {
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(CHANNEL).await?;
     let mut messages = pubsub.on_message();
