@@ -10,21 +10,23 @@
 //! ```text
 //! #[post("/payments")]
 //! pub async fn create(__idem_req: HttpRequest, __idem_payload: web::Payload) -> HttpResponse {
-//!     async fn __idem_handler(body: web::Json<T>, db: web::Data<Db>) -> impl Responder { … }
+//!     async fn create(body: web::Json<T>, db: web::Data<Db>) -> impl Responder { … }
 //!     const __IDEM_POLICY: Policy = Policy { endpoint: concat!(module_path!(), "::create"), … };
 //!     run(__idem_req, __idem_payload, &__IDEM_POLICY, |__idem_req, mut __idem_payload| async move {
-//!         let (__idem_arg0, __idem_arg1) =
-//!             match <(web::Json<T>, web::Data<Db>) as FromRequest>::from_request(…).await {
-//!                 Ok(v) => v,
-//!                 Err(e) => return Err(e.into()), // not cached: the runtime releases the key
-//!             };
-//!         let __idem_out = __idem_handler(__idem_arg0, __idem_arg1).await;
+//!         let __idem_arg0 = match <web::Json<T> as FromRequest>::from_request(…).await {
+//!             Ok(v) => v,
+//!             Err(e) => return Err(e.into()), // not cached: the runtime releases the key
+//!         };
+//!         let __idem_arg1 = …;                // each extractor in turn, with its own span
+//!         let __idem_out = create(__idem_arg0, __idem_arg1).await;
 //!         Ok(Responder::respond_to(__idem_out, &__idem_req).map_into_boxed_body())
 //!     }).await
 //! }
 //! ```
 //! The outer fn takes only the raw request and payload, so the runtime can buffer the body before
 //! any extractor (or decompression) touches it, then re-run the handler's own extractors on it.
+//! The inner fn keeps the user's name (it shadows the outer one inside it), so attributes such
+//! as `#[tracing::instrument]` name their span after the handler.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -56,8 +58,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let name_str = name.to_string();
     let call_site = Span::call_site();
 
-    let mut inner_sig = item.sig.clone();
-    inner_sig.ident = syn::Ident::new("__idem_handler", name.span());
+    let inner_sig = item.sig.clone();
     let body = &item.block;
 
     let types: Vec<&syn::Type> = item
@@ -72,12 +73,11 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let vars: Vec<syn::Ident> = (0..types.len())
         .map(|i| format_ident!("__idem_arg{}", i))
         .collect();
-    let extract = if types.is_empty() {
-        quote!()
-    } else {
-        let tuple_span = item.sig.inputs.span();
-        quote_spanned! {tuple_span=>
-            let (#(#vars,)*) = match <(#(#types,)*) as #private::actix_web::FromRequest>::from_request(
+    // One extractor at a time, in order (as actix's tuple extractor creates them), each under
+    // its own type's span: a type that is not an extractor is reported at that argument.
+    let extract = types.iter().zip(&vars).map(|(ty, var)| {
+        quote_spanned! {ty.span()=>
+            let #var = match <#ty as #private::actix_web::FromRequest>::from_request(
                 &__idem_req,
                 &mut __idem_payload,
             )
@@ -89,7 +89,8 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 }
             };
         }
-    };
+    });
+    let extract = quote!(#(#extract)*);
     let payload_param = if types.is_empty() {
         quote!(_)
     } else {
@@ -184,7 +185,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 &__IDEM_POLICY,
                 |__idem_req: #private::actix_web::HttpRequest, #payload_param: #private::actix_web::dev::Payload| async move {
                     #extract
-                    let __idem_out = __idem_handler(#(#vars),*).await;
+                    let __idem_out = #name(#(#vars),*).await;
                     ::core::result::Result::Ok(#respond)
                 },
             )

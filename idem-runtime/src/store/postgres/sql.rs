@@ -1,0 +1,113 @@
+//! The SQL the store sends, written once per table.
+
+/// Every statement the store sends, written once for its table (and prepared once per
+/// connection).
+pub(super) struct Statements {
+    /// The channel completions and releases of marked rows are notified on.
+    pub(super) channel: String,
+    pub(super) begin: String,
+    pub(super) get: String,
+    pub(super) purge: String,
+    /// Deletes expired rows, at most 1000 per statement.
+    pub(super) reap: String,
+    pub(super) complete: String,
+    pub(super) release: String,
+    pub(super) renew: String,
+    /// Marks a row in progress as waited on, so that its completion notifies.
+    pub(super) mark_waiting: String,
+    /// The completion inside a transactional handler's transaction.
+    pub(super) complete_in_tx: String,
+}
+
+impl Statements {
+    pub(super) fn new(t: &str) -> Self {
+        let channel = format!("{t}_done");
+        // A token-checked update: a lease that ran out while nobody took the key over still
+        // belongs to its holder (a takeover hands out a new token). `clock_timestamp()`, not
+        // `now()`, in the `SET`s: inside a transaction `now()` is the time it began.
+        let fenced = |set: &str| {
+            format!(
+                "UPDATE {t} SET {set}
+                  WHERE key = $1 AND token = $2 AND state = 'p'
+                  RETURNING key, waiting"
+            )
+        };
+        // ... that also notifies the channel with the key when a waiter marked the row.
+        let notifying = |set: &str| {
+            format!(
+                "WITH u AS ({}) SELECT CASE WHEN waiting THEN pg_notify('{channel}', key) END FROM u",
+                fenced(set)
+            )
+        };
+        Statements {
+            begin: format!(
+                "WITH live AS (
+               SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
+                WHERE key = $1
+                  AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))),
+             taken AS (
+               INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+               SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
+                      now() + $3::bigint * interval '1 millisecond',
+                      now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond'
+                WHERE NOT EXISTS (SELECT 1 FROM live)
+               ON CONFLICT (key) DO UPDATE SET
+                 fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
+                 attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
+                 acquired_at = now(), lease_until = EXCLUDED.lease_until,
+                 expires_at = EXCLUDED.expires_at, response = NULL
+               WHERE NOT ((r.state = 'c' AND r.expires_at > now())
+                       OR (r.state = 'p' AND r.lease_until > now()))
+               RETURNING token, attempt)
+             SELECT true, token, attempt, NULL::bytea, NULL::text, NULL::bigint, NULL::bytea FROM taken
+             UNION ALL
+             SELECT false, token, attempt, fingerprint, state::text,
+                    (extract(epoch FROM (lease_until - now())) * 1000)::bigint, response
+               FROM live"
+            ),
+            get: format!(
+                "SELECT fingerprint, state::text, token, attempt,
+                    (extract(epoch FROM acquired_at) * 1000000)::bigint,
+                    (extract(epoch FROM (CASE WHEN state = 'p' THEN lease_until ELSE expires_at END - now())) * 1000)::bigint,
+                    response
+               FROM {t} WHERE key = $1
+                AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))"
+            ),
+            purge: format!("DELETE FROM {t} WHERE key = $1"),
+            // The predicate is repeated outside: under READ COMMITTED a row the subquery picked
+            // but a concurrent `begin` revived meanwhile is re-checked only against the outer
+            // `WHERE` (EvalPlanQual), so without it a live record would be deleted. `SKIP LOCKED`
+            // also keeps the reaper off rows being written right now.
+            reap: format!(
+                "DELETE FROM {t} WHERE expires_at < now() AND key IN
+                   (SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+            ),
+            complete: notifying(COMPLETE_SET),
+            release: notifying("state = 'r'"),
+            renew: fenced(
+                "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
+                 expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
+            ),
+            mark_waiting: format!(
+                "UPDATE {t} SET waiting = true WHERE key = $1 AND state = 'p' AND NOT waiting"
+            ),
+            // Two guards that fail the whole statement, its `UPDATE` included, on values the
+            // planner cannot fold away: `ln(0)` when the statement runs outside a transaction
+            // block (the handler ended ours: its transaction started with this very
+            // statement), `1 / 0` when no row was updated (the lease was lost).
+            complete_in_tx: format!(
+                "WITH u AS ({})
+                 SELECT ln(CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END),
+                        1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END),
+                        CASE WHEN u.waiting THEN pg_notify('{channel}', u.key) END
+                   FROM (SELECT 1) AS one LEFT JOIN u ON true",
+                fenced(COMPLETE_SET)
+            ),
+            channel,
+        }
+    }
+}
+
+/// The `SET` of a completion: `$3` the encoded response, `$4` the TTL in milliseconds.
+const COMPLETE_SET: &str = "state = 'c', response = $3,
+     expires_at = clock_timestamp() + $4::bigint * interval '1 millisecond'";
