@@ -14,7 +14,10 @@
 //! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override).
 
 use actix_web::{post, web, App, HttpResponse, HttpServer};
-use idem::{idempotent, IdemTx, Idempotency, MemoryStore, PostgresStore, RedisStore};
+use idem::{idempotent, Idempotency, MemoryStore, RedisStore};
+// PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
+// feature, which a package cannot turn on for its own tests.
+use idem_runtime::{IdemTx, PostgresStore};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,7 +47,7 @@ async fn protected(body: web::Json<serde_json::Value>) -> HttpResponse {
 
 /// The ledger the PostgreSQL handlers write to.
 struct Ledger {
-    pool: idem::deadpool_postgres::Pool,
+    pool: idem_runtime::deadpool_postgres::Pool,
     insert: String,
 }
 
@@ -77,7 +80,7 @@ async fn transactional_pg(
 
 /// One ledger row, through a statement prepared once per connection; then the usual answer.
 async fn insert(
-    db: &idem::deadpool_postgres::ClientWrapper,
+    db: &idem_runtime::deadpool_postgres::ClientWrapper,
     sql: &str,
     body: &serde_json::Value,
 ) -> HttpResponse {
@@ -340,7 +343,7 @@ async fn drive(
 struct Pg {
     addr: SocketAddr,
     proxy: proxy::FaultProxy,
-    db: idem::tokio_postgres::Client,
+    db: idem_runtime::tokio_postgres::Client,
     tables: [String; 2],
 }
 
@@ -361,7 +364,7 @@ fn start_proxy(target: SocketAddr) -> proxy::FaultProxy {
 }
 
 async fn start_pg() -> Result<Pg, String> {
-    use idem::tokio_postgres::{config::Host, Config, NoTls};
+    use idem_runtime::tokio_postgres::{config::Host, Config, NoTls};
     let conf = std::env::var("IDEM_PG")
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into());
     let parsed: Config = conf.parse().map_err(|e| format!("IDEM_PG: {e}"))?;
@@ -397,10 +400,9 @@ async fn start_pg() -> Result<Pg, String> {
         .await
         .map_err(|e| e.to_string())?;
     let pool_config: Config = via_proxy.parse().map_err(|e| format!("{e}"))?;
-    let pool = idem::deadpool_postgres::Pool::builder(idem::deadpool_postgres::Manager::new(
-        pool_config,
-        NoTls,
-    ))
+    let pool = idem_runtime::deadpool_postgres::Pool::builder(
+        idem_runtime::deadpool_postgres::Manager::new(pool_config, NoTls),
+    )
     .max_size(16)
     .build()
     .map_err(|e| e.to_string())?;

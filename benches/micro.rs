@@ -23,12 +23,14 @@ use support::body;
 fn keys(c: &mut Criterion) {
     let mut g = c.benchmark_group("key");
     g.bench_function("parse bare", |b| {
-        b.iter(|| idem::key::parse_key(black_box(b"8e03978e-40d5-43e8-bc93-6894a57f9324")))
+        b.iter(|| idem::IdempotencyKey::parse(black_box(b"8e03978e-40d5-43e8-bc93-6894a57f9324")))
     });
     g.bench_function("parse sf-string", |b| {
-        b.iter(|| idem::key::parse_key(black_box(b"\"8e03978e-40d5-43e8-bc93-6894a57f9324\"")))
+        b.iter(|| {
+            idem::IdempotencyKey::parse(black_box(b"\"8e03978e-40d5-43e8-bc93-6894a57f9324\""))
+        })
     });
-    let k = idem::key::parse_key(b"8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap();
+    let k = idem::IdempotencyKey::parse(b"8e03978e-40d5-43e8-bc93-6894a57f9324").unwrap();
     g.bench_function("scope (storage key)", |b| {
         b.iter(|| StorageKey::scoped("idem:", "payments::create", black_box(b"principal"), &k))
     });
@@ -58,7 +60,7 @@ fn fingerprints(c: &mut Criterion) {
 }
 
 fn storage_key(i: u64) -> StorageKey {
-    let k = idem::key::parse_key(format!("bench-{i}").as_bytes()).expect("valid");
+    let k = idem::IdempotencyKey::parse(format!("bench-{i}").as_bytes()).expect("valid");
     StorageKey::scoped("bench:", "micro", b"", &k)
 }
 

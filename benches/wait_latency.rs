@@ -6,9 +6,10 @@
 //! `cargo bench --bench wait_latency`
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use idem::{
-    Begin, Fingerprint, MemoryStore, PostgresStore, RedisStore, StorageKey, Store, StoredResponse,
-};
+use idem::{Begin, Fingerprint, MemoryStore, RedisStore, StorageKey, Store, StoredResponse};
+// PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
+// feature, which a package cannot turn on for its own tests.
+use idem_runtime::PostgresStore;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ mod redis_server;
 const KEEP: Duration = Duration::from_secs(60);
 
 fn key(i: u64) -> StorageKey {
-    let k = idem::key::parse_key(format!("bench-{i}").as_bytes()).expect("valid key");
+    let k = idem::IdempotencyKey::parse(format!("bench-{i}").as_bytes()).expect("valid key");
     StorageKey::scoped("bench:", "wait_latency", b"", &k)
 }
 
@@ -93,7 +94,8 @@ fn wait_latency(c: &mut Criterion) {
             let drop = format!("DROP TABLE {table}; DROP SEQUENCE {table}_token;");
             let _ = rt.block_on(async {
                 let (db, conn) =
-                    idem::tokio_postgres::connect(&pg, idem::tokio_postgres::NoTls).await?;
+                    idem_runtime::tokio_postgres::connect(&pg, idem_runtime::tokio_postgres::NoTls)
+                        .await?;
                 tokio::spawn(conn);
                 db.batch_execute(&drop).await
             });

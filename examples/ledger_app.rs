@@ -15,8 +15,11 @@
 //! its ledger write, before answering: the window the crash test kills in).
 
 use actix_web::{error, post, web, App, HttpResponse, HttpServer};
-use idem::tokio_postgres::{self, NoTls};
-use idem::{idempotent, IdemTx, Idempotency, IdempotencyContext, PostgresStore};
+use idem::{idempotent, Idempotency, IdempotencyContext};
+use idem_runtime::tokio_postgres::{self, NoTls};
+// PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
+// feature, which a package cannot turn on for its own tests.
+use idem_runtime::{IdemTx, PostgresStore};
 use std::time::Duration;
 
 #[derive(serde::Deserialize)]

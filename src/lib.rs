@@ -1,22 +1,82 @@
+#![warn(missing_docs, missing_debug_implementations)]
 //! # idem — idempotent actix-web handlers by declaration
 //!
-//! ```ignore
-//! use actix_web::{post, web, App, HttpServer, Responder};
+//! Put [`#[idempotent]`](idempotent) on a POST handler and every retry, double click or parallel
+//! duplicate carrying the same `Idempotency-Key` has the effect of one request: the handler runs
+//! once, and every retry gets the first response back, with `Idempotent-Replayed: true`.
+//!
+//! ```no_run
+//! use actix_web::{post, web, App, HttpResponse, HttpServer};
 //! use idem::{idempotent, Idempotency, MemoryStore};
 //!
-//! #[post("/payments")]
-//! #[idempotent(ttl = "24h", guarantee = "strict", on_conflict = "retry_after")]
-//! async fn create(body: web::Json<serde_json::Value>) -> impl Responder {
-//!     web::Json(body.into_inner())
+//! #[derive(serde::Deserialize)]
+//! struct NewPayment {
+//!     amount: i64,
 //! }
 //!
-//! let idem = Idempotency::builder().unscoped().store(MemoryStore::default()).build();
-//! HttpServer::new(move || App::new().app_data(idem.clone()).service(create));
+//! #[post("/payments")]
+//! #[idempotent(name = "payments.create", ttl = "24h", on_conflict = "retry_after")]
+//! async fn create(body: web::Json<NewPayment>) -> HttpResponse {
+//!     // charge the card: runs once per Idempotency-Key
+//!     HttpResponse::Created().json(serde_json::json!({ "amount": body.amount }))
+//! }
+//!
+//! #[actix_web::main]
+//! async fn main() -> std::io::Result<()> {
+//!     let idem = Idempotency::builder()
+//!         .store(MemoryStore::default())
+//!         .unscoped() // one tenant; see `scope_by_extension` for accounts
+//!         .build();
+//!     HttpServer::new(move || App::new().app_data(idem.clone()).service(create))
+//!         .bind(("127.0.0.1", 8080))?
+//!         .run()
+//!         .await
+//! }
 //! ```
 //!
-//! Every retry, double click or parallel duplicate carrying the same `Idempotency-Key` has the
-//! effect of one request: the handler runs once and every retry gets the first response back,
-//! with `Idempotent-Replayed: true`. See the README for the options and status codes.
+//! What to read next: the attribute's options on [`idempotent`]; the app's settings on
+//! [`IdempotencyBuilder`]; the stores ([`MemoryStore`], `RedisStore`, `PostgresStore`); the
+//! answers a client can get on [`ProblemKind`]. The repository's `docs/` has the failure
+//! behaviour, the stores in production and the architecture.
 
 pub use idem_macros::idempotent;
-pub use idem_runtime::*;
+
+pub use idem_runtime::{
+    form_key, form_key_input, Guarantee, Idempotency, IdempotencyBuilder, IdempotencyContext,
+    NoScope, OnConflict, OnStoreError, OperatorError, Problem, ProblemKind, RecordInfo,
+    ScopeChosen, Scoped, DEFAULT_REPLAYED, NEVER_REPLAYED,
+};
+
+/// Stores: the ones idem ships, and what a store of your own implements.
+pub use idem_runtime::{
+    Begin, Fenced, FencingToken, Fingerprint, IdempotencyKey, KeyError, MemoryStore,
+    MemoryStoreBuilder, Record, RecordState, StorageKey, Store, StoreError, StoredResponse,
+};
+
+#[cfg(feature = "redis")]
+pub use idem_runtime::{RedisStore, RedisStoreBuilder};
+
+#[cfg(feature = "postgres")]
+pub use idem_runtime::{
+    deadpool_postgres, tokio_postgres, IdemTx, PostgresStore, PostgresStoreBuilder, PostgresTls,
+    TxClient, TxEnded,
+};
+
+/// Webhook deliveries (`on_conflict = "webhook"`): their headers, and the signature check a
+/// receiver runs.
+pub mod webhook {
+    pub use idem_runtime::actix::webhook::{
+        sign, verify, verify_at, SignatureError, CALLBACK_HEADER, SIGNATURE_HEADER, STATUS_HEADER,
+    };
+}
+
+#[cfg(feature = "client")]
+pub use idem_runtime::client;
+
+#[cfg(feature = "conformance")]
+pub use idem_runtime::{conformance, store_conformance_tests};
+
+/// What `#[idempotent]` expands to calls. **Not public API**: it changes with the macro in any
+/// release, and its path carries the version so that mismatched crates fail to compile.
+#[doc(hidden)]
+pub use idem_runtime::__private_v0_1;

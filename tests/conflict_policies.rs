@@ -355,7 +355,7 @@ async fn webhook_policy(backend: Backend) {
             independent_verify(SECRET, &d.signature, &d.key, 201, &d.body),
             "the signature verifies by the documented recipe"
         );
-        idem::actix::webhook::verify(
+        idem::webhook::verify(
             SECRET,
             &d.signature,
             &d.key,

@@ -1,5 +1,5 @@
 //! The fault suite: crashes, stalls, resets and abandoned clients against real processes. Each
-//! test ends with the number of executions it promises (see README, "Failure behaviour").
+//! test ends with the number of executions it promises (see `docs/failure-behaviour.md`).
 
 mod common;
 
@@ -274,9 +274,10 @@ async fn postgres_reset_on_the_first_completion_still_replays() {
     drop(direct);
     let pg_addr = pg_address();
     let proxy = FaultProxy::start(pg_addr).await;
-    let store = idem::PostgresStore::connect_table(&proxy.pg_config(&common::pg::config()), &table)
-        .await
-        .expect("connect through the proxy");
+    let store =
+        idem_runtime::PostgresStore::connect_table(&proxy.pg_config(&common::pg::config()), &table)
+            .await
+            .expect("connect through the proxy");
     let idem = common::builder()
         .named_store("pg", store)
         .store_timeout(DEADLINE)

@@ -34,7 +34,7 @@ fn a_million_keys_against_a_64_mib_store() {
         // Storage keys as the engine makes them (principal tag + 64 hex), without hashing a
         // million keys in a debug build.
         let tag = {
-            let k = idem::key::parse_key(b"x").unwrap();
+            let k = idem::IdempotencyKey::parse(b"x").unwrap();
             StorageKey::scoped("", "flood", b"", &k).status_id()[..16].to_owned()
         };
         let key = |i: u64| {

@@ -12,7 +12,7 @@ const KEYS: usize = 300;
 const CONTENDERS: usize = 8;
 
 fn key(i: usize) -> StorageKey {
-    let k = idem::key::parse_key(format!("stress-{i}").as_bytes()).expect("valid");
+    let k = idem::IdempotencyKey::parse(format!("stress-{i}").as_bytes()).expect("valid");
     StorageKey::scoped("stress:", "memory_stress", b"", &k)
 }
 

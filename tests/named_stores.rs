@@ -11,7 +11,7 @@ fn storage_key(endpoint: &str, key: &str) -> StorageKey {
         "idem:",
         endpoint,
         b"",
-        &idem::key::parse_key(key.as_bytes()).unwrap(),
+        &idem::IdempotencyKey::parse(key.as_bytes()).unwrap(),
     )
 }
 

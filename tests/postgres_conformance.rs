@@ -4,7 +4,7 @@
 
 mod common;
 
-async fn store() -> Option<((), idem::PostgresStore)> {
+async fn store() -> Option<((), idem_runtime::PostgresStore)> {
     common::pg::store("PostgreSQL conformance", "idem_conformance")
         .await
         .map(|s| ((), s))

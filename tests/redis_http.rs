@@ -202,7 +202,7 @@ async fn stored_bodies_are_raw_bytes() {
             "idem:",
             "mem",
             b"",
-            &idem::key::parse_key(name.as_bytes()).unwrap(),
+            &idem::IdempotencyKey::parse(name.as_bytes()).unwrap(),
         );
         let Ok(Begin::Acquired { token: t, .. }) =
             store.begin(&key, &fp, Duration::from_secs(30), KEEP).await

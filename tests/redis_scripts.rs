@@ -15,7 +15,7 @@ fn key(name: &str) -> StorageKey {
         "idem:",
         "scripts",
         b"",
-        &idem::key::parse_key(name.as_bytes()).expect("a valid key"),
+        &idem::IdempotencyKey::parse(name.as_bytes()).expect("a valid key"),
     )
 }
 

@@ -13,7 +13,7 @@ mod memory_cap {
     const KEEP: Duration = Duration::from_secs(60);
 
     fn key(i: usize) -> StorageKey {
-        let k = idem::key::parse_key(format!("k{i}").as_bytes()).unwrap();
+        let k = idem::IdempotencyKey::parse(format!("k{i}").as_bytes()).unwrap();
         StorageKey::scoped("t:", "cap", b"", &k)
     }
 

@@ -8,7 +8,10 @@ mod common;
 use actix_web::{dev::ServerHandle, error, post, web, HttpResponse};
 use common::demo::{free_port, start_example, Demo};
 use common::{pg, problem};
-use idem::{idempotent, IdemTx, IdempotencyContext, MemoryStore, PostgresStore};
+use idem::{idempotent, IdempotencyContext, MemoryStore};
+// PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
+// feature, which a package cannot turn on for its own tests.
+use idem_runtime::{IdemTx, PostgresStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -127,7 +130,7 @@ struct Server {
     ledger: web::Data<Ledger>,
     client: reqwest::Client,
     handle: ServerHandle,
-    db: idem::tokio_postgres::Client,
+    db: idem_runtime::tokio_postgres::Client,
     records: String,
 }
 
@@ -234,7 +237,7 @@ async fn the_ledger_row_and_the_response_commit_together() {
         "idem:",
         "POST /ledger",
         b"",
-        &idem::key::parse_key(b"k1").unwrap(),
+        &idem::IdempotencyKey::parse(b"k1").unwrap(),
     );
     let state: String =
         s.db.query_one(
@@ -416,7 +419,7 @@ async fn misconfigured_transactions_are_a_clear_500() {
 
 /// `examples/ledger_app` instances on one ledger and one records table.
 struct Apps {
-    db: idem::tokio_postgres::Client,
+    db: idem_runtime::tokio_postgres::Client,
     ledger: String,
     records: String,
 }

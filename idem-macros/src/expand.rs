@@ -50,7 +50,7 @@ fn stays_outside(attr: &syn::Attribute) -> bool {
 
 pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = &args.krate;
-    let private = quote!(#krate::__private);
+    let private = quote!(#krate::__private_v0_1);
     let (outer_attrs, inner_attrs): (Vec<_>, Vec<_>) =
         item.attrs.iter().cloned().partition(stays_outside);
     let vis = &item.vis;

@@ -66,13 +66,13 @@ pub fn parse_duration(s: &str) -> Result<Millis, String> {
 
 /// Human form of a duration for messages.
 pub fn show(ms: Millis) -> String {
-    if ms % DAY == 0 {
+    if ms.is_multiple_of(DAY) {
         format!("{}d", ms / DAY)
-    } else if ms % (3600 * SECOND) == 0 {
+    } else if ms.is_multiple_of(3600 * SECOND) {
         format!("{}h", ms / (3600 * SECOND))
-    } else if ms % (60 * SECOND) == 0 {
+    } else if ms.is_multiple_of(60 * SECOND) {
         format!("{}m", ms / (60 * SECOND))
-    } else if ms % SECOND == 0 {
+    } else if ms.is_multiple_of(SECOND) {
         format!("{}s", ms / SECOND)
     } else {
         format!("{ms}ms")

@@ -17,6 +17,18 @@ pub const MAX_KEY_LEN: usize = 255;
 pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
+    /// Parses one key as a client sends it: a bare token or an RFC 8941 sf-string, 1–255
+    /// printable ASCII characters.
+    ///
+    /// ```
+    /// use idem_runtime::IdempotencyKey;
+    /// assert_eq!(IdempotencyKey::parse(b"\"order-1\"").unwrap().as_str(), "order-1");
+    /// assert!(IdempotencyKey::parse(b"").is_err());
+    /// ```
+    pub fn parse(raw: &[u8]) -> Result<Self, KeyError> {
+        parse_key(raw)
+    }
+
     /// The key as the client sent it (after sf-string unescaping).
     pub fn as_str(&self) -> &str {
         &self.0
@@ -33,6 +45,7 @@ impl std::fmt::Debug for IdempotencyKey {
 
 /// Why a key was refused. Every variant maps to 400.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The header was sent more than once.
     #[error("the idempotency key header was sent more than once; send exactly one")]
@@ -40,7 +53,7 @@ pub enum KeyError {
     /// The value is empty (or an empty sf-string).
     #[error("the idempotency key is empty; send 1 to 255 printable ASCII characters")]
     Empty,
-    /// More than [`MAX_KEY_LEN`] characters.
+    /// More than 255 characters.
     #[error("the idempotency key is {0} characters long; at most 255 are allowed")]
     TooLong(usize),
     /// A byte outside printable ASCII (control characters, non-ASCII, ...).
@@ -55,8 +68,8 @@ pub enum KeyError {
 ///
 /// Returns `Ok(None)` when the header is absent.
 ///
-/// ```
-/// use idem_runtime::key::parse_key_headers;
+/// ```ignore
+/// // Crate-internal: `IdempotencyKey::parse` is the public way in.
 /// let key = parse_key_headers([&b"\"abc-123\""[..]]).unwrap().unwrap();
 /// assert_eq!(key.as_str(), "abc-123");
 /// assert!(parse_key_headers([&b"a"[..], &b"b"[..]]).is_err());
@@ -145,7 +158,7 @@ fn parse_sf_string(v: &[u8]) -> Result<Vec<u8>, KeyError> {
 
 /// The name a record is stored under:
 /// `prefix + tag(principal) + "-" + hex(HMAC(endpoint ‖ principal ‖ key))`, the HMACs keyed by
-/// sub-keys of the app secret (see [`KeyDerivation`](crate::secret::KeyDerivation)).
+/// sub-keys of the app secret ([`IdempotencyBuilder::secret`](crate::IdempotencyBuilder::secret)).
 ///
 /// Each hashed part is length-prefixed so that no two different triples collide, and everything
 /// is hex so that no client-chosen byte (a `{…}` hash tag, say) reaches the store. The 16-hex
@@ -163,9 +176,10 @@ impl StorageKey {
         StorageKey { full, id_at }
     }
 
-    /// Derives the storage key of `key` sent by `principal` to `endpoint`, without an app secret
-    /// ([`KeyDerivation::unkeyed`](crate::secret::KeyDerivation::unkeyed)). An app derives its
-    /// keys with its own [`KeyDerivation`](crate::secret::KeyDerivation).
+    /// Derives the storage key of `key` sent by `principal` to `endpoint` as an app without a
+    /// secret does (the derivation under the public key). An app with a
+    /// [`secret`](crate::IdempotencyBuilder::secret) derives other keys; to find its records, go
+    /// through [`Idempotency::inspect`](crate::Idempotency::inspect).
     pub fn scoped(prefix: &str, endpoint: &str, principal: &[u8], key: &IdempotencyKey) -> Self {
         crate::secret::KeyDerivation::public().storage_key(prefix, endpoint, principal, key)
     }

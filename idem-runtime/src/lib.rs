@@ -1,32 +1,43 @@
 //! The engine of [idem](https://crates.io/crates/idem): `Idempotency-Key` parsing, request
 //! fingerprints, the record state machine, stores, and the actix-web adapter.
 //!
-//! Users depend on the `idem` facade, which re-exports this crate and the `#[idempotent]`
-//! attribute. The core (keys, fingerprints, records, stores, [`engine`]) knows nothing of any web
-//! framework; [`actix`] adapts it to actix-web.
-#![warn(missing_docs)]
+//! Users depend on the `idem` facade, which re-exports what they use of this crate and the
+//! `#[idempotent]` attribute. The core (keys, fingerprints, records, stores, the engine) knows
+//! nothing of any web framework; [`actix`] adapts it to actix-web.
+#![warn(missing_docs, missing_debug_implementations)]
 
 pub mod actix;
 mod admission;
+#[doc(hidden)]
 pub mod canonical;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod engine;
-pub mod fingerprint;
-pub mod key;
+pub(crate) mod engine;
+pub(crate) mod fingerprint;
+pub(crate) mod key;
+#[doc(hidden)]
 pub mod key_source;
-pub mod observe;
-pub mod policy;
-pub mod problem;
-pub mod record;
-pub mod secret;
+pub(crate) mod observe;
+pub(crate) mod policy;
+pub(crate) mod problem;
+pub(crate) mod record;
+pub(crate) mod secret;
 pub mod store;
 mod ticket;
 
 #[doc(hidden)]
-pub mod __private;
+#[path = "private.rs"]
+pub mod __private_v0_1;
+
+/// Internals reached by this crate's own property tests and benches. **Not public API.**
+#[doc(hidden)]
+pub mod __support {
+    pub use crate::canonical;
+    pub use crate::key::parse_key;
+    pub use crate::key_source;
+}
 
 #[cfg(feature = "postgres")]
 pub use actix::{IdemTx, TxClient, TxEnded};
@@ -37,7 +48,7 @@ pub use actix::{
 /// The connection pool `PostgresStore` and `IdemTx` use, re-exported for the same reason.
 #[cfg(feature = "postgres")]
 pub use deadpool_postgres;
-pub use engine::Engine;
+pub use engine::{DEFAULT_REPLAYED, NEVER_REPLAYED};
 pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, StorageKey};
 pub use key_source::{form_key, form_key_input, KeySource};

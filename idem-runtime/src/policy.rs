@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// Which requests count as "the same" and which responses are kept (DESIGN §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Guarantee {
     /// Fingerprint of the exact body; every handler response is replayed byte for byte, 5xx
     /// included.
@@ -19,6 +20,7 @@ pub enum Guarantee {
 
 /// What a duplicate gets while the first request with its key is still running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnConflict {
     /// 409 Conflict with `Retry-After`.
     RetryAfter,
@@ -35,6 +37,7 @@ pub enum OnConflict {
 
 /// What to do when the store cannot be reached or answers too late.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OnStoreError {
     /// Fail closed: 503 with `Retry-After`, the handler does not run.
     Reject,

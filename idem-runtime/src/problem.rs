@@ -4,6 +4,7 @@ use serde::Serialize;
 
 /// Each case a client can meet, with a stable `type` URI (DESIGN §4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProblemKind {
     /// No key where the endpoint requires one (400).
     KeyMissing,

@@ -88,11 +88,6 @@ impl KeyDerivation {
         }
     }
 
-    /// Whether a secret keys this derivation.
-    pub fn is_keyed(&self) -> bool {
-        self.keyed
-    }
-
     /// A value every instance with the same secret (or none) computes alike, and that says
     /// nothing about the secret: what instances compare to find that they disagree.
     pub fn verifier(&self) -> [u8; 32] {
@@ -153,7 +148,7 @@ pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_se
 /// app (`prefix`), writing it when there is none: `Ok(false)` when another instance wrote a
 /// different one (a different secret, or one with and one without), logged as an error.
 pub(crate) async fn agree(
-    engine: &crate::Engine,
+    engine: &crate::engine::Engine,
     prefix: &str,
     derivation: &KeyDerivation,
 ) -> Result<bool, crate::StoreError> {

@@ -2,7 +2,7 @@
 //! bodies of arbitrary bytes never panic; a key they return is always a valid key; and the key
 //! field never changes a form's fingerprint body.
 
-use idem_runtime::key::parse_key;
+use idem_runtime::__support::parse_key;
 use idem_runtime::key_source::{
     form_fingerprint_body, from_cookies, from_form, from_query, query_without,
 };

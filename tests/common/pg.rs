@@ -2,8 +2,8 @@
 //! tests: a store on a table of the test's own, and a plain client for checking rows. Without a
 //! reachable server tests say so in one line and skip; with `CI` set that is a failure.
 
-use idem::tokio_postgres::{self, NoTls};
-use idem::PostgresStore;
+use idem_runtime::tokio_postgres::{self, NoTls};
+use idem_runtime::PostgresStore;
 
 /// The libpq connection string of the test database.
 pub fn config() -> String {

@@ -179,14 +179,9 @@ impl Idempotency {
         }
     }
 
-    /// The engine (store, deadlines, replay allow-list).
-    pub fn engine(&self) -> &Arc<Engine> {
-        &self.shared.engine
-    }
-
     /// The engine of the named store `name` (`store = "name"` on an endpoint), or of the default
     /// store for `None`.
-    pub fn engine_for(&self, name: Option<&str>) -> Option<&Arc<Engine>> {
+    pub(crate) fn engine_for(&self, name: Option<&str>) -> Option<&Arc<Engine>> {
         match name {
             None => Some(&self.shared.engine),
             Some(n) => self

@@ -373,7 +373,7 @@ pub(crate) fn not_configured(endpoint: &str) -> HttpResponse {
 /// A request without a key where keys are optional: run plainly (in a transaction of its own
 /// on a transactional endpoint).
 async fn keyless<F, Fut>(
-    engine: &crate::Engine,
+    engine: &crate::engine::Engine,
     policy: &Policy,
     req: HttpRequest,
     payload: dev::Payload,

@@ -10,6 +10,7 @@ use crate::{KeyError, RecordState, StorageKey, StoreError};
 
 /// What [`Idempotency::inspect`] finds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct RecordInfo {
     /// `in_progress` or `completed`.
     pub state: &'static str,
@@ -29,6 +30,7 @@ pub struct RecordInfo {
 
 /// Why an operator call failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum OperatorError {
     /// The key is not one a client could have sent.
     #[error(transparent)]

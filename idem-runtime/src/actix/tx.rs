@@ -61,6 +61,12 @@ impl std::fmt::Debug for IdemTx {
 /// transaction is the runtime's to end.
 pub struct TxClient<'a>(MappedMutexGuard<'a, deadpool_postgres::ClientWrapper>);
 
+impl std::fmt::Debug for TxClient<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxClient").finish_non_exhaustive()
+    }
+}
+
 impl Deref for TxClient<'_> {
     type Target = deadpool_postgres::ClientWrapper;
 

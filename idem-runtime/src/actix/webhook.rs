@@ -66,6 +66,7 @@ impl Default for WebhookConfig {
 
 /// Why a callback URL was refused (400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CallbackError {
     /// The duplicate carried no callback header.
     #[error("this endpoint answers duplicates by webhook: send an Idempotency-Callback header with an allowed URL")]
@@ -128,6 +129,7 @@ pub fn sign(secret: &[u8], timestamp: u64, key: &str, status: u16, body: &[u8]) 
 
 /// Why a delivery's signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SignatureError {
     /// Not `t=<seconds>,v1=<64 hex>`.
     #[error("the Idempotency-Signature header is malformed")]

@@ -34,6 +34,16 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_bytes", &self.inner.max_bytes)
+            .field("used_bytes", &self.used_bytes())
+            .field("records", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     shards: Vec<Mutex<HashMap<StorageKey, Entry>>>,
     /// Per shard: when a full store last scanned it for records to drop (ms since `born`), so a

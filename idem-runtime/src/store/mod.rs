@@ -49,6 +49,7 @@ pub enum Fenced {
 
 /// A store failure. Any of these makes the engine fail closed (503) or open, per policy.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The store is at its capacity and refuses new records (live records are never evicted).
     #[error("the idempotency store is full")]

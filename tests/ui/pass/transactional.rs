@@ -2,7 +2,10 @@
 #![deny(warnings)]
 
 use actix_web::{post, web, App, HttpResponse};
-use idem::{idempotent, IdemTx, Idempotency, IdempotencyContext};
+use idem::{idempotent, Idempotency, IdempotencyContext};
+// PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
+// feature, which a package cannot turn on for its own tests.
+use idem_runtime::IdemTx;
 
 #[derive(serde::Deserialize)]
 struct Charge {

@@ -45,7 +45,7 @@ mod scripts;
 pub use builder::RedisStoreBuilder;
 
 /// A [`Store`] on Redis: one server, a cluster, or the master named by Sentinels. Cheap to
-/// clone; clones share connections. See "Running Redis for idempotency" in the README for the
+/// clone; clones share connections. See "Running Redis for idempotency" in `docs/stores.md` for the
 /// settings it needs (`noeviction`, persistence, replication).
 ///
 /// ```no_run

@@ -1,4 +1,8 @@
-//! What the code `#[idempotent]` generates calls. Not public API: it may change in any release.
+//! What the code `#[idempotent]` generates calls.
+//!
+//! **Not public API.** Nothing here is covered by semver: it changes with the macro, in any
+//! release. Its path carries the version (`__private_v0_1`), so that an `idem-macros` and an
+//! `idem-runtime` of different versions fail to compile together instead of misbehaving.
 
 pub use crate::actix::{run, HandlerResult};
 pub use crate::key_source::KeySource;
