@@ -1,44 +1,16 @@
 #![warn(missing_docs, missing_debug_implementations)]
-//! # idem — idempotent actix-web handlers by declaration
+#![doc = include_str!("../README.md")]
 //!
-//! Put [`#[idempotent]`](idempotent) on a POST handler and every retry, double click or parallel
-//! duplicate carrying the same `Idempotency-Key` has the effect of one request: the handler runs
-//! once, and every retry gets the first response back, with `Idempotent-Replayed: true`.
+//! ---
 //!
-//! ```no_run
-//! use actix_web::{post, web, App, HttpResponse, HttpServer};
-//! use idem::{idempotent, Idempotency, MemoryStore};
-//!
-//! #[derive(serde::Deserialize)]
-//! struct NewPayment {
-//!     amount: i64,
-//! }
-//!
-//! #[post("/payments")]
-//! #[idempotent(name = "payments.create", ttl = "24h", on_conflict = "retry_after")]
-//! async fn create(body: web::Json<NewPayment>) -> HttpResponse {
-//!     // charge the card: runs once per Idempotency-Key
-//!     HttpResponse::Created().json(serde_json::json!({ "amount": body.amount }))
-//! }
-//!
-//! #[actix_web::main]
-//! async fn main() -> std::io::Result<()> {
-//!     let idem = Idempotency::builder()
-//!         .store(MemoryStore::default())
-//!         .unscoped() // one tenant; see `scope_by_extension` for accounts
-//!         .build();
-//!     HttpServer::new(move || App::new().app_data(idem.clone()).service(create))
-//!         .bind(("127.0.0.1", 8080))?
-//!         .run()
-//!         .await
-//! }
-//! ```
+//! # The API
 //!
 //! What to read next: the attribute's options on [`idempotent`]; the app's settings on
 //! [`IdempotencyBuilder`]; the stores ([`MemoryStore`], `RedisStore`, `PostgresStore`); the
 //! answers a client can get on [`ProblemKind`]. The repository's `docs/` has the failure
 //! behaviour, the stores in production and the architecture.
 
+#[doc = include_str!("../docs/attribute.md")]
 pub use idem_macros::idempotent;
 
 pub use idem_runtime::{

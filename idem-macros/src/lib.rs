@@ -13,15 +13,14 @@ use proc_macro::TokenStream;
 /// `Idempotency-Key` run the handler once, and every retry gets the first response back.
 ///
 /// ```ignore
+/// // Not a doctest here: a proc-macro crate cannot depend on `idem`, which re-exports this
+/// // attribute with every option documented and its examples compiled as doctests.
 /// #[post("/payments")]
-/// #[idempotent(ttl = "24h", guarantee = "strict", on_conflict = "retry_after")]
+/// #[idempotent(name = "payments.create", ttl = "24h", on_conflict = "retry_after")]
 /// async fn create(body: web::Json<NewPayment>) -> impl Responder { /* … */ }
 /// ```
 ///
-/// Options: `ttl`, `lease`, `guarantee`, `on_conflict` (with `wait_timeout` for `wait` and
-/// `respond_async_after` for `accepted`), `required`, `on_store_error`, `max_body`, `store`,
-/// `fingerprint` (with `guarantee = "semantic"`), `replay_headers`, `crate`.
-/// See the `idem` crate documentation for what each means.
+/// Use it as `idem::idempotent`; its documentation there lists every option.
 #[proc_macro_attribute]
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.into();

@@ -2,6 +2,8 @@
 //! cases. Run it against your store with [`store_conformance_tests!`](crate::store_conformance_tests):
 //!
 //! ```ignore
+//! // Not a doctest: the macro expands to #[test] functions, which a doctest would not run.
+//! // tests/store_conformance.rs runs exactly this.
 //! idem_runtime::store_conformance_tests!(async { idem_runtime::MemoryStore::default() });
 //! ```
 //!

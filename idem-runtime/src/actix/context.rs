@@ -13,6 +13,8 @@ use crate::FencingToken;
 /// take `Option<IdempotencyContext>`, which is `None` for requests without a key.
 ///
 /// ```ignore
+/// // Not compiled here: the attribute comes from `idem`, which depends on this crate
+/// // (tests/ui/pass/extractors.rs compiles handlers that take the context).
 /// #[post("/payments")]
 /// #[idempotent]
 /// async fn create(ctx: IdempotencyContext, body: web::Json<NewPayment>) -> HttpResponse {

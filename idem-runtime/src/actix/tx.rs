@@ -34,6 +34,8 @@ use crate::store::postgres::{TxConn, TxEnd};
 /// `guarantee = "result"`). Use `SAVEPOINT`s for partial rollbacks.
 ///
 /// ```ignore
+/// // Not compiled here: the attribute comes from `idem`, which depends on this crate
+/// // (tests/ui/pass/transactional.rs compiles this shape).
 /// #[post("/charges")]
 /// #[idempotent(store = "pg", transactional)]
 /// async fn charge(tx: IdemTx, body: web::Json<Charge>) -> actix_web::Result<HttpResponse> {
