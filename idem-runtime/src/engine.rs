@@ -222,7 +222,7 @@ impl Engine {
                         return Decision::Reject(too_many_keys(wait));
                     }
                     if attempt > 1 {
-                        crate::observe::count("idem_reattempts_total");
+                        crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
                     }
                     Decision::Execute(Ticket::new(
                         self.clone(),
@@ -275,7 +275,7 @@ impl Engine {
     fn over_admission(&self, key: &StorageKey) -> Option<Duration> {
         let refused = self.admission.as_ref()?.admit(key.principal_tag()).err();
         if refused.is_some() {
-            crate::observe::count("idem_admission_refused_total");
+            crate::observe::count(crate::observe::metric::ADMISSION_REFUSED_TOTAL);
         }
         refused
     }
@@ -286,12 +286,12 @@ impl Engine {
     pub fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
         if matches!(error, StoreError::PrincipalFull) {
             // Answered to this principal only, and never a reason to run unprotected.
-            crate::observe::count("idem_principal_full_total");
+            crate::observe::count(crate::observe::metric::PRINCIPAL_FULL_TOTAL);
             return Decision::Reject(too_many_keys(Duration::from_secs(10)));
         }
         let full = matches!(error, StoreError::Full);
         if full {
-            crate::observe::count("idem_store_full_total");
+            crate::observe::count(crate::observe::metric::STORE_FULL_TOTAL);
         }
         if policy.on_store_error == OnStoreError::Proceed && !full {
             tracing::warn!(endpoint = policy.endpoint, %error, "idem: store failed; running the handler WITHOUT idempotency protection (on_store_error = \"proceed\")");
@@ -357,3 +357,7 @@ impl Engine {
         deadline("get", self.store_timeout, self.store.get(key)).await
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

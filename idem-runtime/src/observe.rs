@@ -54,6 +54,42 @@ impl Outcome {
     }
 }
 
+/// The names of every metric idem exports (through the `metrics` facade, feature `metrics`): one
+/// place to read them, and the only place they are spelled.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) mod metric {
+    /// New keys refused by the per-principal admission limit.
+    pub(crate) const ADMISSION_REFUSED_TOTAL: &str = "idem_admission_refused_total";
+    /// Completions given up after the lease could no longer be held.
+    pub(crate) const COMPLETE_ABANDONED_TOTAL: &str = "idem_complete_abandoned_total";
+    /// Leases lost to another request (fenced out).
+    pub(crate) const LEASE_LOST_TOTAL: &str = "idem_lease_lost_total";
+    /// Lease renewals that succeeded.
+    pub(crate) const LEASE_RENEWALS_TOTAL: &str = "idem_lease_renewals_total";
+    /// Bytes held by the memory store.
+    pub(crate) const MEMORY_STORE_BYTES: &str = "idem_memory_store_bytes";
+    /// Records held by the memory store.
+    pub(crate) const MEMORY_STORE_ENTRIES: &str = "idem_memory_store_entries";
+    /// `begin`s refused because the principal held its share of a memory store.
+    pub(crate) const PRINCIPAL_FULL_TOTAL: &str = "idem_principal_full_total";
+    /// Acquisitions of a key after an earlier attempt (a release or a lapsed lease).
+    pub(crate) const REATTEMPTS_TOTAL: &str = "idem_reattempts_total";
+    /// Keys Redis evicted (with `allow_eviction()`).
+    pub(crate) const REDIS_EVICTED_KEYS_TOTAL: &str = "idem_redis_evicted_keys_total";
+    /// Requests by `endpoint` and `outcome` (executed, replayed, waited, conflict, mismatch, accepted, rejected, store_error).
+    pub(crate) const REQUESTS_TOTAL: &str = "idem_requests_total";
+    /// Responses completed with the `response-not-kept` marker.
+    pub(crate) const RESPONSE_NOT_KEPT_TOTAL: &str = "idem_response_not_kept_total";
+    /// Checks that found instances disagreeing on the app secret.
+    pub(crate) const SECRET_MISMATCH_TOTAL: &str = "idem_secret_mismatch_total";
+    /// Latency of each store call, by `op`.
+    pub(crate) const STORE_CALL_SECONDS: &str = "idem_store_call_seconds";
+    /// Store calls that failed, by `op`.
+    pub(crate) const STORE_ERRORS_TOTAL: &str = "idem_store_errors_total";
+    /// `begin`s refused because the store was full.
+    pub(crate) const STORE_FULL_TOTAL: &str = "idem_store_full_total";
+}
+
 /// Records the outcome of one request on `endpoint`; `key` is the hashed key (a status id).
 pub(crate) fn outcome(endpoint: &'static str, key: Option<&str>, outcome: Outcome) {
     tracing::info!(
@@ -65,11 +101,12 @@ pub(crate) fn outcome(endpoint: &'static str, key: Option<&str>, outcome: Outcom
         outcome.as_str()
     );
     #[cfg(feature = "metrics")]
-    metrics::counter!("idem_requests_total", "endpoint" => endpoint, "outcome" => outcome.as_str())
+    metrics::counter!(metric::REQUESTS_TOTAL, "endpoint" => endpoint, "outcome" => outcome.as_str())
         .increment(1);
 }
 
 /// Adds `n` to the counter `name`.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) fn count_by(name: &'static str, n: u64) {
     #[cfg(feature = "metrics")]
     metrics::counter!(name).increment(n);
@@ -82,9 +119,9 @@ pub(crate) fn store_call(op: &'static str, took: Duration, failed: bool) {
     tracing::trace!(target: "idem", op, micros = took.as_micros() as u64, failed, "idem: store call");
     #[cfg(feature = "metrics")]
     {
-        metrics::histogram!("idem_store_call_seconds", "op" => op).record(took.as_secs_f64());
+        metrics::histogram!(metric::STORE_CALL_SECONDS, "op" => op).record(took.as_secs_f64());
         if failed {
-            metrics::counter!("idem_store_errors_total", "op" => op).increment(1);
+            metrics::counter!(metric::STORE_ERRORS_TOTAL, "op" => op).increment(1);
         }
     }
     #[cfg(not(feature = "metrics"))]
@@ -103,8 +140,8 @@ pub(crate) fn count(name: &'static str) {
 pub(crate) fn memory_store(bytes: usize, entries: usize) {
     #[cfg(feature = "metrics")]
     {
-        metrics::gauge!("idem_memory_store_bytes").set(bytes as f64);
-        metrics::gauge!("idem_memory_store_entries").set(entries as f64);
+        metrics::gauge!(metric::MEMORY_STORE_BYTES).set(bytes as f64);
+        metrics::gauge!(metric::MEMORY_STORE_ENTRIES).set(entries as f64);
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (bytes, entries);

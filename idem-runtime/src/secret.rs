@@ -183,7 +183,7 @@ pub(crate) async fn agree(
         Begin::Mismatch => false,
     };
     if !agreed {
-        crate::observe::count("idem_secret_mismatch_total");
+        crate::observe::count(crate::observe::metric::SECRET_MISMATCH_TOTAL);
         tracing::error!(prefix, "idem: another instance of this app derives storage keys with a different secret (or with none): a retry that reaches it runs the operation again. Give every instance the same IdempotencyBuilder::secret");
     }
     Ok(agreed)

@@ -139,11 +139,11 @@ impl Ticket {
             let sent = Instant::now();
             match self.renew_once().await {
                 Ok(Fenced::Done) => {
-                    crate::observe::count("idem_lease_renewals_total");
+                    crate::observe::count(crate::observe::metric::LEASE_RENEWALS_TOTAL);
                     next = sent + every;
                 }
                 Ok(Fenced::Lost) => {
-                    crate::observe::count("idem_lease_lost_total");
+                    crate::observe::count(crate::observe::metric::LEASE_LOST_TOTAL);
                     tracing::warn!(key = %self.key, "idem: lease lost while the handler runs (another request took the key over); its response will not be stored");
                     return std::future::pending().await;
                 }
@@ -240,12 +240,12 @@ impl Ticket {
         match written {
             Ok(Fenced::Done) => true,
             Ok(Fenced::Lost) => {
-                crate::observe::count("idem_lease_lost_total");
+                crate::observe::count(crate::observe::metric::LEASE_LOST_TOTAL);
                 tracing::warn!(key = %self.key, "idem: another request took the key over before completion; this response was not stored (fencing)");
                 false
             }
             Err(error) => {
-                crate::observe::count("idem_complete_abandoned_total");
+                crate::observe::count(crate::observe::metric::COMPLETE_ABANDONED_TOTAL);
                 tracing::error!(key = %self.key, %error, "idem: could not store the response while the lease was held; the key stays in progress until its lease ends, and a retry after that runs the operation again");
                 false
             }

@@ -89,7 +89,7 @@ pub(super) async fn capture(
             if why == NotKept::TooLarge {
                 tracing::error!(limit, status, "idem: the handler's response is larger than max_response_bytes; it is sent in full but not kept, and retries get a \"response not kept\" marker instead of running the operation again");
             }
-            crate::observe::count("idem_response_not_kept_total");
+            crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
             let tail = match why {
                 NotKept::TooLarge => Tail::Body(body),
                 // The client sees the stream fail where it failed.

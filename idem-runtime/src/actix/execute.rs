@@ -179,7 +179,7 @@ async fn settle_complete(idem: &Idempotency, ticket: &Ticket, stored: StoredResp
     match ticket.complete_once(&stored).await {
         Ok(Fenced::Done) => {}
         Ok(Fenced::Lost) => {
-            crate::observe::count("idem_lease_lost_total");
+            crate::observe::count(crate::observe::metric::LEASE_LOST_TOTAL);
             tracing::warn!(key = %ticket.key(), "idem: another request took the key over before completion; this response was not stored (fencing)");
         }
         Err(error) => {

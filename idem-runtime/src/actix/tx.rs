@@ -191,7 +191,7 @@ pub(super) async fn finish(
     match end {
         Ok(TxEnd::Committed) => (resp, Outcome::Executed),
         Ok(TxEnd::Lost) => {
-            crate::observe::count("idem_lease_lost_total");
+            crate::observe::count(crate::observe::metric::LEASE_LOST_TOTAL);
             tracing::warn!(key = %ticket.key(), "idem: lease lost before commit; the handler's writes were rolled back");
             let p = Problem::new(
                 ProblemKind::InProgress,

@@ -170,7 +170,7 @@ pub(super) async fn watch_forever(conn: Conn, allow: bool, watch: Weak<Watch>) {
             let before = w.evicted.swap(now, Ordering::Relaxed);
             if now > before {
                 let n = now - before;
-                crate::observe::count_by("idem_redis_evicted_keys_total", n);
+                crate::observe::count_by(crate::observe::metric::REDIS_EVICTED_KEYS_TOTAL, n);
                 tracing::error!(evicted = n, "idem: Redis evicted keys; idempotency records among them are gone, and retries of those operations run again");
             }
         }
