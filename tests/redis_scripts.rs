@@ -19,22 +19,22 @@ fn key(name: &str) -> StorageKey {
     )
 }
 
-/// A record released for the 999 999th time: the next acquisition keeps a well-formed record
-/// (attempt clamped to six digits), so a duplicate still sees it in progress.
-#[actix_web::test]
-async fn attempts_past_six_digits_keep_the_record_well_formed() {
-    if !available("attempts_past_six_digits_keep_the_record_well_formed") {
-        return;
-    }
+/// A store on a private server, with `k` acquired and released once: its record stands, free,
+/// with its counters.
+async fn released_record(name: &str) -> (RedisServer, RedisStore, StorageKey, Fingerprint, u64) {
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.expect("connect");
-    let k = key("many-attempts");
+    let k = key(name);
     let fp = Fingerprint::strict("POST", "/", "", b"");
     let Ok(Begin::Acquired { token, .. }) = store.begin(&k, &fp, LEASE, KEEP).await else {
         panic!("acquire");
     };
     store.release(&k, token).await.expect("release");
-    // Forge the attempt counter: bytes 49..55 of the record hold it as six digits.
+    (redis, store, k, fp, token.0)
+}
+
+/// Overwrites bytes `at` of `k`'s record with `with`, keeping its TTL.
+async fn forge(redis: &RedisServer, k: &StorageKey, at: std::ops::Range<usize>, with: &[u8]) {
     let client = redis::Client::open(redis.url()).expect("client");
     let mut c = client
         .get_multiplexed_async_connection()
@@ -45,7 +45,7 @@ async fn attempts_past_six_digits_keep_the_record_well_formed() {
         .query_async(&mut c)
         .await
         .expect("GET");
-    raw[49..55].copy_from_slice(b"999999");
+    raw[at].copy_from_slice(with);
     let () = redis::cmd("SET")
         .arg(k.as_str())
         .arg(raw)
@@ -53,6 +53,18 @@ async fn attempts_past_six_digits_keep_the_record_well_formed() {
         .query_async(&mut c)
         .await
         .expect("SET");
+}
+
+/// A record released for the 999 999th time: the next acquisition keeps a well-formed record
+/// (attempt clamped to six digits), so a duplicate still sees it in progress.
+#[actix_web::test]
+async fn attempts_past_six_digits_keep_the_record_well_formed() {
+    if !available("attempts_past_six_digits_keep_the_record_well_formed") {
+        return;
+    }
+    let (redis, store, k, fp, _) = released_record("many-attempts").await;
+    // Forge the attempt counter: bytes 49..55 of the record hold it as six digits.
+    forge(&redis, &k, 49..55, b"999999").await;
 
     match store.begin(&k, &fp, LEASE, KEEP).await {
         Ok(Begin::Acquired { attempt, .. }) => assert_eq!(attempt, 999_999, "clamped"),
@@ -104,34 +116,10 @@ async fn tokens_grow_per_key_even_when_the_clock_is_behind() {
     if !available("tokens_grow_per_key_even_when_the_clock_is_behind") {
         return;
     }
-    let redis = RedisServer::start();
-    let store = RedisStore::connect(&redis.url()).await.expect("connect");
-    let k = key("clock-behind");
-    let fp = Fingerprint::strict("POST", "/", "", b"");
-    let Ok(Begin::Acquired { token, .. }) = store.begin(&k, &fp, LEASE, KEEP).await else {
-        panic!("acquire");
-    };
-    store.release(&k, token).await.expect("release");
+    let (redis, store, k, fp, token) = released_record("clock-behind").await;
     // Forge a token from a clock a day ahead of this server's: bytes 33..49 hold it.
-    let ahead = token.0 + 86_400 * 1_000_000;
-    let client = redis::Client::open(redis.url()).expect("client");
-    let mut c = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let mut raw: Vec<u8> = redis::cmd("GET")
-        .arg(k.as_str())
-        .query_async(&mut c)
-        .await
-        .expect("GET");
-    raw[33..49].copy_from_slice(format!("{ahead:016}").as_bytes());
-    let () = redis::cmd("SET")
-        .arg(k.as_str())
-        .arg(raw)
-        .arg("KEEPTTL")
-        .query_async(&mut c)
-        .await
-        .expect("SET");
+    let ahead = token + 86_400 * 1_000_000;
+    forge(&redis, &k, 33..49, format!("{ahead:016}").as_bytes()).await;
     match store.begin(&k, &fp, LEASE, KEEP).await {
         Ok(Begin::Acquired { token, .. }) => {
             assert_eq!(token.0, ahead + 1, "larger than every earlier token")

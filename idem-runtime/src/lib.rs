@@ -5,6 +5,7 @@
 //! `#[idempotent]` attribute. The core (keys, fingerprints, records, stores, the engine) knows
 //! nothing of any web framework; [`actix`] adapts it to actix-web.
 #![warn(missing_docs, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod actix;
 mod admission;
