@@ -5,7 +5,7 @@
 mod common;
 
 use actix_web::{post, web, HttpResponse};
-use common::demo::{free_port, run_example_to_exit, start_example};
+use common::demo::{free_port, run_example_to_exit, start_example_logged};
 use common::redis::{available, RedisServer};
 use common::sentinel::{Sentinels, SERVICE};
 use idem::{idempotent, IdempotencyContext, RedisStore};
@@ -90,7 +90,7 @@ async fn an_evicting_redis_is_refused_unless_allowed() {
         ("IDEM_REDIS_URL", redis.url()),
         ("IDEM_REDIS_ALLOW_EVICTION", "1".to_string()),
     ];
-    let _demo = start_example("payments", port, &env).await;
+    let (_demo, log) = start_example_logged("payments", port, &env).await;
     let r = common::client()
         .post(format!("http://127.0.0.1:{port}/payments"))
         .header("Idempotency-Key", "evictable")
@@ -99,6 +99,12 @@ async fn an_evicting_redis_is_refused_unless_allowed() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201, "with eviction allowed, it serves");
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        said.contains("volatile-lru") && said.contains("eviction allowed"),
+        "and says so: {said}"
+    );
+    let _ = std::fs::remove_file(log);
 }
 
 /// Master and replica; the replica cut off; a payment completes on the master only; the master

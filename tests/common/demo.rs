@@ -75,6 +75,21 @@ pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String
     (demo, format!("http://127.0.0.1:{port}"))
 }
 
+/// The command that runs example `name` with `PORT=port` and `env`, and no inherited
+/// `IDEM_REDIS_*` or `IDEM_ADMIN_TOKEN`.
+fn example_command(name: &str, port: u16, env: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(example_binary(name));
+    cmd.env("PORT", port.to_string())
+        .env_remove("IDEM_REDIS_URL")
+        .env_remove("IDEM_REDIS_CLUSTER")
+        .env_remove("IDEM_REDIS_ALLOW_EVICTION")
+        .env_remove("IDEM_ADMIN_TOKEN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
 /// Runs example `name` with `PORT=port` and `env` until it exits (within `within`, or it is
 /// killed and this panics); its exit status and what it wrote to stderr.
 pub async fn run_example_to_exit(
@@ -83,15 +98,7 @@ pub async fn run_example_to_exit(
     env: &[(&str, String)],
     within: Duration,
 ) -> (std::process::ExitStatus, String) {
-    let mut cmd = Command::new(example_binary(name));
-    cmd.env("PORT", port.to_string())
-        .env_remove("IDEM_REDIS_URL")
-        .env_remove("IDEM_REDIS_CLUSTER")
-        .env_remove("IDEM_REDIS_ALLOW_EVICTION");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
+    let mut child = example_command(name, port, env)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -118,17 +125,27 @@ pub async fn run_example_to_exit(
 /// Starts example `name` with `PORT=port` and `env` (and no inherited `IDEM_REDIS_*`), and
 /// waits until it listens.
 pub async fn start_example(name: &str, port: u16, env: &[(&str, String)]) -> Demo {
-    let mut cmd = Command::new(example_binary(name));
-    cmd.env("PORT", port.to_string())
-        .env_remove("IDEM_REDIS_URL")
-        .env_remove("IDEM_REDIS_CLUSTER")
-        .env_remove("IDEM_REDIS_ALLOW_EVICTION")
-        .env_remove("IDEM_ADMIN_TOKEN");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let child = cmd
+    start_example_with(name, port, env, Stdio::inherit()).await
+}
+
+/// Like [`start_example`], its stderr written to a file; returns the file's path.
+pub async fn start_example_logged(
+    name: &str,
+    port: u16,
+    env: &[(&str, String)],
+) -> (Demo, std::path::PathBuf) {
+    let log = std::env::temp_dir().join(format!("idem-{name}-{}-{port}.log", std::process::id()));
+    let file = std::fs::File::create(&log).expect("a log file");
+    (
+        start_example_with(name, port, env, Stdio::from(file)).await,
+        log,
+    )
+}
+
+async fn start_example_with(name: &str, port: u16, env: &[(&str, String)], stderr: Stdio) -> Demo {
+    let child = example_command(name, port, env)
         .stdout(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap_or_else(|e| panic!("start example {name}: {e}"));
     let demo = Demo(child);
