@@ -235,7 +235,9 @@ async fn checkout_posts(base: &str) -> u64 {
         .await
         .expect("metrics text");
     text.lines()
-        .filter(|l| l.starts_with("idem_requests_total{") && l.contains("place_order"))
+        .filter(|l| {
+            l.starts_with("idem_requests_total{") && l.contains("endpoint=\"checkout.place\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
