@@ -203,3 +203,26 @@ async fn instances_that_disagree_on_the_secret_are_reported() {
     assert!(!with(Some(b"another secret")).check_secret().await.unwrap());
     assert!(!with(None).check_secret().await.unwrap());
 }
+
+/// An unnamed handler serving as the default service (no route pattern) is named after the
+/// handler, not after each request path: names live as long as the app, so a client must not be
+/// able to mint one per path. One name means one operation per key across paths: the same key
+/// on another path is the same key with another payload (422).
+#[actix_web::test]
+async fn a_default_service_does_not_mint_a_name_per_path() {
+    #[idempotent]
+    async fn anywhere(runs: web::Data<Runs>) -> HttpResponse {
+        pay(&runs, "anywhere").await
+    }
+    let runs = web::Data::new(Runs::default());
+    let idem = common::builder().build();
+    let r = runs.clone();
+    let (addr, _h) = common::serve(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(r.clone())
+            .default_service(web::post().to(anywhere));
+    });
+    assert_eq!(send(addr, "/a", "k").await.status(), 201);
+    common::problem(send(addr, "/b/c", "k").await, 422).await;
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1);
+}

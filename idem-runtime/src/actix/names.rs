@@ -3,7 +3,9 @@
 //!
 //! A name is the attribute's `name = "payments.create"`, or else the request's method and matched
 //! route pattern (`POST /payments`). Neither depends on where the handler lives in the Rust code,
-//! so records outlive a rename or a move of the handler across a deploy. A name belongs to one
+//! so records outlive a rename or a move of the handler across a deploy. (A handler without a
+//! route pattern — a default service — is named by its method and Rust path: a name per request
+//! path would let clients mint names without bound.) A name belongs to one
 //! handler per app: a second handler claiming it is refused (500) and logged.
 
 use actix_web::HttpRequest;
@@ -37,7 +39,12 @@ impl Names {
         let name: &str = match policy.name {
             Some(name) => name,
             None => {
-                let route = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+                // No route pattern (a default service matches any path): the handler's path
+                // instead of the request's, so that names stay as few as the handlers and a
+                // client cannot mint one per path.
+                let route = req
+                    .match_pattern()
+                    .unwrap_or_else(|| policy.endpoint.to_owned());
                 derived = format!("{} {route}", req.method());
                 &derived
             }
