@@ -273,11 +273,14 @@ impl<T> PostgresStoreBuilder<T> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err(StoreError::Unavailable(format!(
+            return Err(StoreError::Config(format!(
                 "invalid table name `{table}`: 1 to 50 letters, digits and `_`"
             )));
         }
-        let pg: tokio_postgres::Config = self.config.parse().map_err(unavailable)?;
+        let pg: tokio_postgres::Config = self
+            .config
+            .parse()
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL configuration: {e}")))?;
         let pool = Pool::builder(Manager::new(pg.clone(), self.tls.clone()))
             .max_size(self.max_connections)
             .build()
