@@ -120,6 +120,16 @@ impl FromRequest for IdemTx {
     }
 }
 
+/// The store of `engine` if it can run a handler's transaction: a [`PostgresStore`] (found
+/// through `Any`: the `Store` trait itself knows nothing of PostgreSQL). A store that wraps one
+/// is not transactional.
+///
+/// [`PostgresStore`]: crate::PostgresStore
+fn transactional(engine: &Engine) -> Option<&crate::PostgresStore> {
+    let store: &dyn std::any::Any = &**engine.store();
+    store.downcast_ref::<crate::PostgresStore>()
+}
+
 /// The 500 of a transactional endpoint whose store is not a `PostgresStore`.
 fn not_postgres() -> HttpResponse {
     tracing::error!("idem: a transactional endpoint's store is not a PostgresStore");
@@ -131,7 +141,7 @@ fn not_postgres() -> HttpResponse {
 
 /// Opens the handler's transaction and hands it to the request's extensions.
 pub(super) async fn open(engine: &Engine, req: &HttpRequest) -> Result<IdemTx, HttpResponse> {
-    let Some(pg) = engine.store().as_postgres() else {
+    let Some(pg) = transactional(engine) else {
         return Err(not_postgres());
     };
     let conn = deadline("begin_transaction", engine.store_timeout(), pg.open_tx())
@@ -171,7 +181,7 @@ pub(super) async fn finish(
         }
     };
     let engine = ticket.engine();
-    let Some(pg) = engine.store().as_postgres() else {
+    let Some(pg) = transactional(engine) else {
         // `open` checked this already.
         return (not_postgres(), Outcome::Executed);
     };

@@ -79,7 +79,7 @@ pub enum StoreError {
 /// record itself (a crashed worker's lease simply runs out), and check the fencing token on every
 /// write that follows `begin`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: std::any::Any + Send + Sync {
     /// Looks at `key` and, when it is absent, released or its lease ran out, records it as in
     /// progress for `lease` under a fresh token. A record that is not completed is kept for
     /// `keep` (the endpoint's TTL) so that attempts are counted across releases and takeovers.
@@ -120,14 +120,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads the live record of `key`, if any.
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError>;
-
-    /// This store as a [`PostgresStore`](postgres::PostgresStore), for endpoints whose handler
-    /// runs in a transaction on it (`#[idempotent(transactional)]`). `None` for every other
-    /// store; a wrapper around a `PostgresStore` should forward it.
-    #[cfg(feature = "postgres")]
-    fn as_postgres(&self) -> Option<&postgres::PostgresStore> {
-        None
-    }
 
     /// Returns once the record of `key` changes state (completed, released or expired) or after
     /// `timeout`, whichever is first. The default polls [`get`](Store::get); stores that can push

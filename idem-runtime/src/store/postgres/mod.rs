@@ -395,10 +395,6 @@ impl Store for PostgresStore {
         self.fenced(&self.sql.renew, key, token, &[&lease]).await
     }
 
-    fn as_postgres(&self) -> Option<&PostgresStore> {
-        Some(self)
-    }
-
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         // Ask for a notification before the first read: a completion after the mark notifies,
         // one before it is seen by the read.
