@@ -8,6 +8,7 @@ use syn::spanned::Spanned;
 use syn::{Expr, ExprLit, Lit, Meta, Token};
 
 use crate::validate::{self, Millis};
+use crate::values::{Choice, Guarantee, KeyKind, OnConflict, OnStoreError};
 
 /// Every option DESIGN §5 defines.
 pub const OPTIONS: &[&str] = &[
@@ -35,21 +36,21 @@ pub struct Args {
     pub ttl: Millis,
     /// A shorter TTL for 4xx answers.
     pub client_error_ttl: Option<Millis>,
-    pub guarantee: String,
+    pub guarantee: Guarantee,
     pub fingerprint: Vec<String>,
     pub replay_headers: Vec<String>,
     pub store: Option<String>,
     /// The endpoint's stable name; `None` for method + route pattern, read at run time.
     pub name: Option<String>,
-    pub on_conflict: String,
+    pub on_conflict: OnConflict,
     pub wait_timeout: Millis,
     pub respond_async_after: Option<Millis>,
     pub lease: Millis,
     pub required: bool,
-    pub on_store_error_proceed: bool,
+    pub on_store_error: OnStoreError,
     pub transactional: Option<Span>,
     /// `(kind, name)` pairs, in order of preference; empty for the app's key header.
-    pub key: Vec<(String, String)>,
+    pub key: Vec<(KeyKind, String)>,
     pub max_body: u64,
     pub krate: syn::Path,
 }
@@ -107,6 +108,13 @@ fn one_of(name: &str, expr: &Expr, allowed: &[&str]) -> Result<String, syn::Erro
     ))
 }
 
+/// A string literal naming one value of `T`.
+fn choice<T: Choice>(name: &str, expr: &Expr) -> Result<T, syn::Error> {
+    let value = one_of(name, expr, T::NAMES)?;
+    T::from_name(&value)
+        .ok_or_else(|| syn::Error::new(expr.span(), format!("`{name}`: unknown value `{value}`")))
+}
+
 /// `["a", "b"]`: a non-empty array of string literals.
 fn string_list(name: &str, expr: &Expr, example: &str) -> Result<Vec<(String, Span)>, syn::Error> {
     let wrong = |span: Span| {
@@ -155,17 +163,17 @@ impl Args {
         let mut args = Args {
             ttl: 24 * 3600 * 1000,
             client_error_ttl: None,
-            guarantee: "strict".into(),
+            guarantee: Guarantee::Strict,
             fingerprint: Vec::new(),
             replay_headers: Vec::new(),
             store: None,
             name: None,
-            on_conflict: "retry_after".into(),
+            on_conflict: OnConflict::RetryAfter,
             wait_timeout: 10 * 1000,
             respond_async_after: None,
             lease: 30 * 1000,
             required: true,
-            on_store_error_proceed: false,
+            on_store_error: OnStoreError::Reject,
             transactional: None,
             key: Vec::new(),
             max_body: 2 << 20,
@@ -245,19 +253,14 @@ impl Args {
                         async_after = Some(span);
                     }
                     "guarantee" => {
-                        args.guarantee = one_of("guarantee", v, &["strict", "result", "semantic"])?;
+                        args.guarantee = choice("guarantee", v)?;
                         guarantee_span = Some(v.span());
                     }
                     "on_conflict" => {
-                        args.on_conflict = one_of(
-                            "on_conflict",
-                            v,
-                            &["retry_after", "wait", "accepted", "webhook"],
-                        )?;
+                        args.on_conflict = choice("on_conflict", v)?;
                     }
                     "on_store_error" => {
-                        args.on_store_error_proceed =
-                            one_of("on_store_error", v, &["reject", "proceed"])? == "proceed";
+                        args.on_store_error = choice("on_store_error", v)?;
                         on_store_error_span = Some(v.span());
                     }
                     "key" => {
@@ -368,13 +371,13 @@ impl Args {
             }
         }
 
-        match (args.guarantee.as_str(), fingerprint_span) {
-            ("semantic", None) => errors.push(
+        match (args.guarantee, fingerprint_span) {
+            (Guarantee::Semantic, None) => errors.push(
                 guarantee_span.unwrap_or_else(Span::call_site),
                 "`guarantee = \"semantic\"` needs the fields that decide \"same request\": \
                  add `fingerprint = [\"/amount\", \"/currency\"]` (JSON pointers)",
             ),
-            ("semantic", Some(_)) | (_, None) => {}
+            (Guarantee::Semantic, Some(_)) | (_, None) => {}
             (_, Some(span)) => errors.push(
                 span,
                 "`fingerprint` only applies with `guarantee = \"semantic\"`; set that or remove \
@@ -382,16 +385,17 @@ impl Args {
             ),
         }
         for (span, option, policy) in [
-            (wait_timeout, "wait_timeout", "wait"),
-            (async_after, "respond_async_after", "accepted"),
+            (wait_timeout, "wait_timeout", OnConflict::Wait),
+            (async_after, "respond_async_after", OnConflict::Accepted),
         ] {
             if let Some(span) = span {
                 if args.on_conflict != policy {
                     errors.push(
                         span,
                         format!(
-                            "`{option}` only applies with `on_conflict = \"{policy}\"`; \
-                             set that or remove `{option}`"
+                            "`{option}` only applies with `on_conflict = \"{}\"`; \
+                             set that or remove `{option}`",
+                            policy.name()
                         ),
                     );
                 }
@@ -399,7 +403,7 @@ impl Args {
         }
         if let (Some(_), true, Some(span)) = (
             args.transactional,
-            args.on_store_error_proceed,
+            args.on_store_error == OnStoreError::Proceed,
             on_store_error_span,
         ) {
             errors.push(

@@ -108,12 +108,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let lease = args.lease;
     let required = args.required;
     let max_body = args.max_body as usize;
-    let on_conflict = match args.on_conflict.as_str() {
-        "wait" => quote!(#private::OnConflict::Wait),
-        "accepted" => quote!(#private::OnConflict::Accepted),
-        "webhook" => quote!(#private::OnConflict::Webhook),
-        _ => quote!(#private::OnConflict::RetryAfter),
-    };
+    let on_conflict = args.on_conflict.tokens(&private);
     let wait_timeout = args.wait_timeout;
     let respond_async_after = match args.respond_async_after {
         Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
@@ -123,11 +118,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
         None => quote!(::core::option::Option::None),
     };
-    let guarantee = match args.guarantee.as_str() {
-        "result" => quote!(#private::Guarantee::Result),
-        "semantic" => quote!(#private::Guarantee::Semantic),
-        _ => quote!(#private::Guarantee::Strict),
-    };
+    let guarantee = args.guarantee.tokens(&private);
     let pointers = &args.fingerprint;
     let replay_headers = &args.replay_headers;
     let store = match &args.store {
@@ -139,17 +130,11 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let transactional = args.transactional.is_some();
-    let key_sources = args.key.iter().map(|(kind, name)| match kind.as_str() {
-        "query" => quote!(#private::KeySource::Query(#name)),
-        "form" => quote!(#private::KeySource::Form(#name)),
-        "cookie" => quote!(#private::KeySource::Cookie(#name)),
-        _ => quote!(#private::KeySource::Header(#name)),
-    });
-    let on_store_error = if args.on_store_error_proceed {
-        quote!(#private::OnStoreError::Proceed)
-    } else {
-        quote!(#private::OnStoreError::Reject)
-    };
+    let key_sources = args
+        .key
+        .iter()
+        .map(|(kind, name)| kind.tokens(&private, name));
+    let on_store_error = args.on_store_error.tokens(&private);
 
     quote_spanned! {call_site=>
         #(#outer_attrs)*

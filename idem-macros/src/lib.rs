@@ -6,6 +6,7 @@
 mod args;
 mod expand;
 mod validate;
+mod values;
 
 use proc_macro::TokenStream;
 

@@ -1,6 +1,7 @@
 //! Compile-time checks: durations, sizes, enum values, combinations of options, and the shape of
 //! the handler. Every error names what is allowed.
 
+use crate::values::{Choice, KeyKind};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
@@ -175,56 +176,52 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// The kinds of key source, as `key = "<kind>:<name>"` spells them.
-pub const KEY_SOURCES: &[&str] = &["header", "query", "form", "cookie"];
-
 /// Checks one `key` entry, `"<kind>:<name>"`; returns the kind and the name (a header name in
 /// lower case).
-pub fn key_source(entry: &str) -> Result<(String, String), String> {
+pub fn key_source(entry: &str) -> Result<(KeyKind, String), String> {
     let example = "like `\"header:Idempotency-Key\"`, `\"query:idem\"`, `\"form:_idem\"` or `\"cookie:idem\"`";
     let Some((kind, name)) = entry.split_once(':') else {
         return Err(format!(
             "`{entry}` is not `<source>:<name>`; write it {example}"
         ));
     };
-    if !KEY_SOURCES.contains(&kind) {
-        let hint = suggest(kind, KEY_SOURCES)
+    let Some(source) = KeyKind::from_name(kind) else {
+        let hint = suggest(kind, KeyKind::NAMES)
             .map(|s| format!("did you mean `{s}`? "))
             .unwrap_or_default();
         return Err(format!(
             "unknown key source `{kind}`; {hint}use one of `header`, `query`, `form`, `cookie`"
         ));
-    }
+    };
     if name.is_empty() {
         return Err(format!(
             "`{entry}` names no {kind}: write the name after the colon, like `\"{kind}:idem\"`"
         ));
     }
-    let ok = match kind {
-        "header" | "cookie" => is_token(name),
+    let token = matches!(source, KeyKind::Header | KeyKind::Cookie);
+    let ok = if token {
+        is_token(name)
+    } else {
         // Compared after percent-decoding: no byte that form encoding would rewrite.
-        _ => {
-            !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_graphic() && !b"\"&=;,%+#?".contains(&b))
-        }
+        name.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"&=;,%+#?".contains(&b))
     };
     if !ok || name.len() > 64 {
         return Err(format!(
             "`{name}` is not a valid {kind} name for a key: 1 to 64 characters, {}",
-            match kind {
-                "header" | "cookie" => "letters, digits and `!#$%&'*+-.^_`|~`",
-                _ => "printable ASCII without spaces or `\"&=;,%+#?`",
+            if token {
+                "letters, digits and `!#$%&'*+-.^_`|~`"
+            } else {
+                "printable ASCII without spaces or `\"&=;,%+#?`"
             }
         ));
     }
-    let name = if kind == "header" {
+    let name = if source == KeyKind::Header {
         name.to_ascii_lowercase()
     } else {
         name.to_owned()
     };
-    Ok((kind.to_owned(), name))
+    Ok((source, name))
 }
 
 /// Checks an HTTP header name (RFC 9110 token) and that it may be replayed; returns it lower-case.
