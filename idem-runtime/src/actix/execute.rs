@@ -8,7 +8,6 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use tracing::Instrument;
 
 use super::capture::capture;
 use super::{extractor_problem, problem_response, HandlerResult, Idempotency, IdempotencyContext};
@@ -25,11 +24,7 @@ struct ReleaseOnDrop(Option<(Ticket, Idempotency)>);
 impl Drop for ReleaseOnDrop {
     fn drop(&mut self) {
         if let Some((ticket, idem)) = self.0.take() {
-            let inflight = idem.shared.inflight.enter();
-            actix_web::rt::spawn(async move {
-                ticket.release().await;
-                drop(inflight);
-            });
+            idem.spawn_tracked(async move { ticket.release().await });
         }
     }
 }
@@ -184,15 +179,10 @@ async fn settle_complete(idem: &Idempotency, ticket: &Ticket, stored: StoredResp
         }
         Err(error) => {
             tracing::warn!(key = %ticket.key(), %error, "idem: storing the response failed; retrying in the background while the lease is held");
-            let inflight = idem.shared.inflight.enter();
             let ticket = ticket.clone();
-            actix_web::rt::spawn(
-                async move {
-                    ticket.complete(&stored).await;
-                    drop(inflight);
-                }
-                .in_current_span(),
-            );
+            idem.spawn_tracked(async move {
+                ticket.complete(&stored).await;
+            });
         }
     }
 }
@@ -201,15 +191,8 @@ async fn settle_complete(idem: &Idempotency, ticket: &Ticket, stored: StoredResp
 async fn settle_release(idem: &Idempotency, ticket: &Ticket) {
     if let Err(error) = ticket.release_once().await {
         tracing::warn!(key = %ticket.key(), %error, "idem: releasing the key failed; retrying in the background while the lease is held");
-        let inflight = idem.shared.inflight.enter();
         let ticket = ticket.clone();
-        actix_web::rt::spawn(
-            async move {
-                ticket.release().await;
-                drop(inflight);
-            }
-            .in_current_span(),
-        );
+        idem.spawn_tracked(async move { ticket.release().await });
     }
 }
 

@@ -258,14 +258,10 @@ where
                     }
                     webhook::Claim::New(slot) => {
                         let config = idem2.shared.webhook.clone();
-                        let inflight = idem2.shared.inflight.enter();
-                        actix_web::rt::spawn(
-                            async move {
-                                webhook::deliver_when_done(engine, config, key, raw_key, url).await;
-                                drop((slot, inflight));
-                            }
-                            .in_current_span(),
-                        );
+                        idem2.spawn_tracked(async move {
+                            webhook::deliver_when_done(engine, config, key, raw_key, url).await;
+                            drop(slot);
+                        });
                         (webhook_accepted(), Outcome::Accepted)
                     }
                 },

@@ -63,6 +63,20 @@ impl Inflight {
 }
 
 impl Idempotency {
+    /// Runs `work` in a task of its own (in the current span) that a graceful shutdown waits for:
+    /// background completions and releases, webhook deliveries.
+    pub(super) fn spawn_tracked(&self, work: impl std::future::Future<Output = ()> + 'static) {
+        use tracing::Instrument;
+        let inflight = self.shared.inflight.enter();
+        actix_web::rt::spawn(
+            async move {
+                work.await;
+                drop(inflight);
+            }
+            .in_current_span(),
+        );
+    }
+
     /// Starts a shutdown: from now on no new operation starts (a request that would run its
     /// handler gets 503 `urn:idem:problem:shutting-down` with `Retry-After`, and its key is
     /// released, so the client's retry runs it on another instance; replays and answers to
