@@ -96,9 +96,11 @@ pub struct Engine {
     pub(crate) renew_leases: bool,
     /// The per-principal limit on new keys, if the app set one.
     admission: Option<Arc<crate::admission::Admission>>,
-    /// When this store last confirmed that every instance uses the same secret (`None`: never),
-    /// and whether a check is under way.
-    secret_checked: std::sync::Mutex<(Option<tokio::time::Instant>, bool)>,
+    /// When the next check that every instance uses the same secret is due, in ms since
+    /// `born` (0: at once), and whether one is under way: read on every request, so atomics.
+    secret_due_ms: std::sync::atomic::AtomicU64,
+    secret_checking: std::sync::atomic::AtomicBool,
+    born: std::time::Instant,
 }
 
 impl std::fmt::Debug for Engine {
@@ -146,7 +148,9 @@ impl Engine {
             store,
             renew_leases: true,
             admission: None,
-            secret_checked: Default::default(),
+            secret_due_ms: Default::default(),
+            secret_checking: Default::default(),
+            born: std::time::Instant::now(),
             store_timeout,
             replay_headers,
         }
@@ -208,15 +212,10 @@ impl Engine {
             .await;
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
-                    if let Some(wait) = self.over_admission(&key) {
+                    let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
+                    if let Some(wait) = self.over_admission(ticket.key()) {
                         // Not this principal's turn: give the key back at once.
-                        let released = deadline(
-                            "release",
-                            self.store_timeout,
-                            self.store.release(&key, token),
-                        )
-                        .await;
-                        if let Err(error) = released {
+                        if let Err(error) = ticket.release_once().await {
                             tracing::warn!(%error, "idem: releasing a key refused by the admission limit failed; it frees itself when its lease ends");
                         }
                         return Decision::Reject(too_many_keys(wait));
@@ -224,13 +223,7 @@ impl Engine {
                     if attempt > 1 {
                         crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
                     }
-                    Decision::Execute(Ticket::new(
-                        self.clone(),
-                        key,
-                        (token, attempt),
-                        policy,
-                        sent,
-                    ))
+                    Decision::Execute(ticket)
                 }
                 Ok(Begin::Replay(response)) => Decision::Replay { response, waited },
                 Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
@@ -320,31 +313,22 @@ impl Engine {
     /// Whether a check that the app's instances agree on the secret is due on this store (never
     /// done, or older than five minutes, and none under way); marks it under way if so.
     pub(crate) fn secret_check_due(&self) -> bool {
-        let mut state = self
-            .secret_checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let due = !state.1
-            && state
-                .0
-                .is_none_or(|at| at.elapsed() >= crate::secret::CHECK_EVERY);
-        if due {
-            state.1 = true;
-        }
-        due
+        use std::sync::atomic::Ordering;
+        let now = self.born.elapsed().as_millis() as u64;
+        now >= self.secret_due_ms.load(Ordering::Relaxed)
+            && !self.secret_checking.swap(true, Ordering::AcqRel)
     }
 
     /// Ends a check started after [`secret_check_due`](Self::secret_check_due): a completed one
     /// (whatever it found) is not repeated for five minutes, a failed one on the next request.
     pub(crate) fn secret_check_done(&self, completed: bool) {
-        let mut state = self
-            .secret_checked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        state.1 = false;
+        use std::sync::atomic::Ordering;
         if completed {
-            state.0 = Some(tokio::time::Instant::now());
+            let next = self.born.elapsed() + crate::secret::CHECK_EVERY;
+            self.secret_due_ms
+                .store(next.as_millis() as u64, Ordering::Relaxed);
         }
+        self.secret_checking.store(false, Ordering::Release);
     }
 
     /// Forgets the record of `key` (an operator's purge), under the store deadline.
