@@ -15,6 +15,13 @@ use std::time::{Duration, Instant};
 /// must be longer than three deadlines.
 const DEADLINE: Duration = Duration::from_millis(300);
 
+/// A private Redis, and a fault proxy in front of it for the app to connect through.
+async fn redis_behind_proxy() -> (RedisServer, FaultProxy) {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    (redis, proxy)
+}
+
 async fn redis_app(url: &str, renew: bool) -> TestServer {
     redis_app_with(url, renew, DEADLINE).await
 }
@@ -181,8 +188,7 @@ async fn redis_stalled_mid_request() {
     if !available("redis_stalled_mid_request") {
         return;
     }
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let (_redis, proxy) = redis_behind_proxy().await;
     let app = redis_app(&proxy.url(), true).await;
     assert_eq!(
         app.post("/slow", "warm")
@@ -253,8 +259,7 @@ async fn redis_reset_on_the_first_completion_still_replays() {
     if !available("redis_reset_on_the_first_completion_still_replays") {
         return;
     }
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let (_redis, proxy) = redis_behind_proxy().await;
     let app = redis_app(&proxy.url(), true).await;
     reset_on_first_completion(&app, &proxy, "/charge", 4404).await;
 }
@@ -341,8 +346,7 @@ async fn a_slow_renewal_never_pauses_the_handler() {
     if !available("a_slow_renewal_never_pauses_the_handler") {
         return;
     }
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let (_redis, proxy) = redis_behind_proxy().await;
     // `/progress` has a 1.5 s lease, renewed every 500 ms; each renewal may take 450 ms.
     let app = redis_app_with(&proxy.url(), true, Duration::from_millis(450)).await;
     let run = actix_web::rt::spawn(
@@ -379,8 +383,7 @@ async fn a_store_failure_while_waiting_never_runs_the_duplicate() {
     if !available("a_store_failure_while_waiting_never_runs_the_duplicate") {
         return;
     }
-    let redis = RedisServer::start();
-    let proxy = FaultProxy::start(([127, 0, 0, 1], redis.port).into()).await;
+    let (_redis, proxy) = redis_behind_proxy().await;
     let app = redis_app(&proxy.url(), true).await;
     let first = actix_web::rt::spawn(app.post("/wait-proceed", "w").json(&charge(5, 2000)).send());
     tokio::time::sleep(Duration::from_millis(300)).await;
