@@ -62,10 +62,6 @@ pub(super) async fn capture(
             }
         },
     };
-    let content_type = head
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let status = head.status().as_u16();
     match outcome {
         Ok(()) => {
@@ -90,6 +86,10 @@ pub(super) async fn capture(
                 tracing::error!(limit, status, "idem: the handler's response is larger than max_response_bytes; it is sent in full but not kept, and retries get a \"response not kept\" marker instead of running the operation again");
             }
             crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
+            let content_type = head
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let tail = match why {
                 NotKept::TooLarge => Tail::Body(body),
                 // The client sees the stream fail where it failed.
