@@ -129,7 +129,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         Some(name) => quote!(::core::option::Option::Some(#name)),
         None => quote!(::core::option::Option::None),
     };
-    let transactional = args.transactional.is_some();
+    let transactional = args.transactional;
     let key_sources = args
         .key
         .iter()

@@ -5,6 +5,8 @@
 
 mod args;
 mod expand;
+mod options;
+mod rules;
 mod validate;
 mod values;
 
