@@ -21,7 +21,7 @@ fn a_bad_table_name_or_config_is_a_configuration_error() {
             ("host=127.0.0.1 port=notaport".to_owned(), "idem_records"),
         ] {
             match idem_runtime::PostgresStore::connect_table(&config, table).await {
-                Err(idem::StoreError::Config(why)) => assert!(!why.is_empty()),
+                Err(idem::StoreError::Config(why)) => assert!(!why.to_string().is_empty()),
                 other => panic!("{table}: expected a configuration error, got {other:?}"),
             }
         }

@@ -47,7 +47,11 @@ pub enum Fenced {
     Lost,
 }
 
-/// A store failure. Any of these makes the engine fail closed (503) or open, per policy.
+/// A store failure. Any of these makes the engine fail closed (503) or open, per policy; the
+/// variant tells the operator whose move it is (`Unavailable`: wait or fail over; `Config`: fix
+/// the setup; `Corrupt`: look at the data). Each keeps what it came from — the driver's own
+/// error (a `redis::RedisError`, a `tokio_postgres::Error`) or a message — as its
+/// [`source`](std::error::Error::source), for `downcast_ref`.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -61,16 +65,17 @@ pub enum StoreError {
     /// The call did not finish within its deadline.
     #[error("the idempotency store did not answer within {0:?}")]
     Timeout(Duration),
-    /// The store could not be reached or answered with an error.
+    /// The store could not be reached or answered with a transient error.
     #[error("the idempotency store is unavailable: {0}")]
-    Unavailable(String),
-    /// The store is set up in a way that cannot keep the promise (a Redis that may evict
-    /// records, say): fixed by its operator, not by retrying.
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store is set up in a way that cannot work or cannot keep the promise — a missing
+    /// table, a refused password or permission, a Redis that may evict records: fixed by its
+    /// operator, not by retrying.
     #[error("the idempotency store is misconfigured: {0}")]
-    Config(String),
+    Config(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The store returned data it could not decode.
     #[error("the idempotency store returned a corrupt record: {0}")]
-    Corrupt(String),
+    Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// A place to keep idempotency records.

@@ -60,8 +60,29 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// A driver error as a store error, keeping it as the source: what only the operator can fix
+/// (no such table, column or schema, no privilege, refused credentials, no such database) is
+/// [`StoreError::Config`]; anything else [`StoreError::Unavailable`].
+fn failed(e: tokio_postgres::Error) -> StoreError {
+    // SQLSTATE classes 42 (syntax error or access rule violation), 28 (invalid authorization),
+    // 3D (invalid catalog name) and 3F (invalid schema name).
+    let config = e
+        .code()
+        .is_some_and(|c| ["42", "28", "3D", "3F"].contains(&&c.code()[..2]));
+    if config {
+        StoreError::Config(Box::new(e))
+    } else {
+        StoreError::Unavailable(Box::new(e))
+    }
+}
+
+/// A pool error as a store error: a connection the server refused is classified like any
+/// driver error.
+fn pool_failed(e: deadpool_postgres::PoolError) -> StoreError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => failed(e),
+        other => StoreError::Unavailable(Box::new(other)),
+    }
 }
 
 fn ms(d: Duration) -> i64 {
@@ -102,16 +123,16 @@ impl PostgresStore {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(unavailable)
+        self.pool.get().await.map_err(pool_failed)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
         let t = &self.table;
         let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(unavailable)?;
+        let tx = c.transaction().await.map_err(failed)?;
         tx.execute("SELECT pg_advisory_xact_lock(7420551)", &[])
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         tx.batch_execute(&format!(
             "CREATE SEQUENCE IF NOT EXISTS {t}_token;
              CREATE TABLE IF NOT EXISTS {t} (
@@ -129,8 +150,8 @@ impl PostgresStore {
              CREATE INDEX IF NOT EXISTS {t}_expires ON {t} (expires_at);"
         ))
         .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)
     }
 
     /// Deletes expired rows, at most 1000 per statement, every 5 s, for as long as the runtime
@@ -157,7 +178,7 @@ impl PostgresStore {
     #[doc(hidden)]
     pub async fn reap_once(&self) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        c.execute(&self.sql.reap, &[]).await.map_err(unavailable)
+        c.execute(&self.sql.reap, &[]).await.map_err(failed)
     }
 
     /// Runs one of the fenced statements of [`Statements`] on `client`.
@@ -188,7 +209,7 @@ impl PostgresStore {
         let client = self.client().await?;
         Self::fenced_on(&client, sql, key, token, extra)
             .await
-            .map_err(unavailable)
+            .map_err(failed)
     }
 }
 
@@ -273,18 +294,18 @@ impl<T> PostgresStoreBuilder<T> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err(StoreError::Config(format!(
-                "invalid table name `{table}`: 1 to 50 letters, digits and `_`"
-            )));
+            return Err(StoreError::Config(
+                format!("invalid table name `{table}`: 1 to 50 letters, digits and `_`").into(),
+            ));
         }
         let pg: tokio_postgres::Config = self
             .config
             .parse()
-            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL configuration: {e}")))?;
+            .map_err(|e| StoreError::Config(Box::new(e)))?;
         let pool = Pool::builder(Manager::new(pg.clone(), self.tls.clone()))
             .max_size(self.max_connections)
             .build()
-            .map_err(unavailable)?;
+            .map_err(|e| StoreError::Config(Box::new(e)))?;
         let store = PostgresStore {
             pool,
             sql: Arc::new(Statements::new(&table)),
@@ -322,7 +343,7 @@ impl Store for PostgresStore {
         let statement = client
             .prepare_cached(&self.sql.begin)
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         let (lease_ms, keep_ms) = (ms(lease), ms(keep));
         // A concurrent insert committed between this statement's snapshot and its conflict
         // check leaves it with no row to show: ask again, once.
@@ -338,7 +359,7 @@ impl Store for PostgresStore {
                     ],
                 )
                 .await
-                .map_err(unavailable)?;
+                .map_err(failed)?;
             let Some(row) = rows.first() else { continue };
             if row.get::<_, bool>(0) {
                 return Ok(Begin::Acquired {
@@ -358,12 +379,12 @@ impl Store for PostgresStore {
                 _ => {
                     let raw: Option<Vec<u8>> = row.get(6);
                     let resp = StoredResponse::decode(Bytes::from(raw.unwrap_or_default()))
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                        .map_err(|e| StoreError::Corrupt(Box::new(e)))?;
                     Ok(Begin::Replay(resp))
                 }
             };
         }
-        Err(StoreError::Unavailable(
+        Err(StoreError::Corrupt(
             "begin found neither a free nor a live record".into(),
         ))
     }
@@ -402,11 +423,11 @@ impl Store for PostgresStore {
         let statement = client
             .prepare_cached(&self.sql.mark_waiting)
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         client
             .execute(&statement, &[&key.as_str()])
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         drop(client);
         let wake = self.waiters.register(key.as_str());
         super::settle(self, key, timeout, POLL_EVERY, Some(&wake)).await
@@ -418,20 +439,17 @@ impl Store for PostgresStore {
             .await?
             .execute(&self.sql.purge, &[&key.as_str()])
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         Ok(n > 0)
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&self.sql.get)
-            .await
-            .map_err(unavailable)?;
+        let statement = client.prepare_cached(&self.sql.get).await.map_err(failed)?;
         let rows = client
             .query(&statement, &[&key.as_str()])
             .await
-            .map_err(unavailable)?;
+            .map_err(failed)?;
         let Some(row) = rows.first() else {
             return Ok(None);
         };
@@ -449,7 +467,7 @@ impl Store for PostgresStore {
                 response: StoredResponse::decode(Bytes::from(
                     row.get::<_, Option<Vec<u8>>>(6).unwrap_or_default(),
                 ))
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                .map_err(|e| StoreError::Corrupt(Box::new(e)))?,
             },
         };
         Ok(Some(Record {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{ms, unavailable, PostgresStore};
+use super::{failed, ms, PostgresStore};
 use crate::store::StoreError;
 use crate::{FencingToken, StorageKey, StoredResponse};
 
@@ -12,7 +12,7 @@ impl PostgresStore {
     pub(crate) async fn open_tx(&self) -> Result<TxConn, StoreError> {
         let client = self.client().await?;
         let conn = TxConn { obj: Some(client) };
-        conn.batch("BEGIN").await.map_err(unavailable)?;
+        conn.batch("BEGIN").await.map_err(failed)?;
         Ok(conn)
     }
 

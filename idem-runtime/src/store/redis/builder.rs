@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::conn::{Conn, Managers, SentinelConn};
 use super::notify::{self, Target, Waiters};
 use super::scripts::Scripts;
-use super::{eviction, unavailable, RedisStore};
+use super::{eviction, failed, RedisStore};
 use crate::store::StoreError;
 
 /// Where a [`RedisStore`] connects.
@@ -141,12 +141,12 @@ impl RedisStoreBuilder {
                     .connection_timeout(self.connect_timeout)
                     .response_timeout(self.response_timeout)
                     .build()
-                    .map_err(unavailable)?;
-                let conn = client.get_async_connection().await.map_err(unavailable)?;
+                    .map_err(failed)?;
+                let conn = client.get_async_connection().await.map_err(failed)?;
                 (Conn::Cluster(conn), Target::Urls(urls.clone()))
             }
             Topology::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let client = redis::Client::open(url.as_str()).map_err(failed)?;
                 let manager = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.response_timeout))
@@ -162,7 +162,7 @@ impl RedisStoreBuilder {
                     conns.push(
                         ConnectionManager::new_with_config(client.clone(), manager.clone())
                             .await
-                            .map_err(unavailable)?,
+                            .map_err(failed)?,
                     );
                 }
                 (
@@ -177,7 +177,7 @@ impl RedisStoreBuilder {
                     None,
                     SentinelServerType::Master,
                 )
-                .map_err(unavailable)?;
+                .map_err(failed)?;
                 let sentinel = Arc::new(SentinelConn::new(client, config));
                 (Conn::Sentinel(sentinel.clone()), Target::Sentinel(sentinel))
             }

@@ -83,19 +83,20 @@ async fn policies(conn: &Conn) -> Result<Vec<(String, String)>, StoreError> {
     }
     let mut info = redis::cmd("INFO");
     info.arg("memory");
-    let answers = conn
-        .on_every_node(&info)
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    let answers = conn.on_every_node(&info).await.map_err(super::failed)?;
     answers
         .iter()
         .map(|(node, v)| {
             info_field(v, "maxmemory_policy")
                 .map(|p| (node.clone(), p))
                 .ok_or_else(|| {
-                    StoreError::Config(format!(
-                        "cannot read maxmemory-policy on {node} (neither CONFIG GET nor INFO memory)"
-                    ))
+                    StoreError::Config(
+                        format!(
+                            "cannot read maxmemory-policy on {node} (neither CONFIG GET nor \
+                             INFO memory)"
+                        )
+                        .into(),
+                    )
                 })
         })
         .collect()
@@ -108,12 +109,15 @@ fn evicting(found: &[(String, String)]) -> Option<&(String, String)> {
 
 /// The error of a store that will not run on an evicting Redis.
 fn refusal(node: &str, policy: &str) -> StoreError {
-    StoreError::Config(format!(
-        "Redis maxmemory-policy is `{policy}` on {node}: it may evict idempotency records, and a \
-         retry of a finished operation would then run again. Set `maxmemory-policy noeviction` \
-         (CONFIG SET maxmemory-policy noeviction, and in redis.conf), or accept the risk with \
-         RedisStoreBuilder::allow_eviction()"
-    ))
+    StoreError::Config(
+        format!(
+            "Redis maxmemory-policy is `{policy}` on {node}: it may evict idempotency records, \
+             and a retry of a finished operation would then run again. Set `maxmemory-policy \
+             noeviction` (CONFIG SET maxmemory-policy noeviction, and in redis.conf), or accept \
+             the risk with RedisStoreBuilder::allow_eviction()"
+        )
+        .into(),
+    )
 }
 
 /// At connect: `Err` when a node may evict and eviction is not allowed; the policy found

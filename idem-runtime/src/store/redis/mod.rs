@@ -83,12 +83,29 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn unavailable(e: RedisError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+/// A driver error as a store error, keeping it as the source: what only the operator can fix
+/// (a refused password or ACL permission, a bad client setting, a service Sentinel does not
+/// know) is [`StoreError::Config`]; anything else (I/O, timeouts, a failover in progress)
+/// [`StoreError::Unavailable`].
+fn failed(e: RedisError) -> StoreError {
+    use redis::{ErrorKind, ServerErrorKind};
+    let config = matches!(
+        e.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::MasterNameNotFoundBySentinel
+            | ErrorKind::EmptySentinelList
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
+    if config {
+        StoreError::Config(Box::new(e))
+    } else {
+        StoreError::Unavailable(Box::new(e))
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(what.to_string())
+    StoreError::Corrupt(what.into())
 }
 
 fn token_arg(t: FencingToken) -> String {
@@ -149,7 +166,7 @@ impl RedisStore {
         for s in self.scripts.all() {
             let mut cmd = redis::cmd("SCRIPT");
             cmd.arg("LOAD").arg(s.code.as_bytes());
-            self.conn.query(&cmd).await.map_err(unavailable)?;
+            self.conn.query(&cmd).await.map_err(failed)?;
         }
         Ok(())
     }
@@ -202,9 +219,9 @@ impl RedisStore {
                         store.reloading.store(false, Ordering::Release);
                     });
                 }
-                send(build("EVAL", &script.code)).await.map_err(unavailable)
+                send(build("EVAL", &script.code)).await.map_err(failed)
             }
-            other => other.map_err(unavailable),
+            other => other.map_err(failed),
         }
     }
 
@@ -238,10 +255,13 @@ struct Unreplicated {
 impl Unreplicated {
     fn error(self, durability: Option<(u32, Duration)>) -> StoreError {
         let (replicas, timeout) = durability.unwrap_or_default();
-        StoreError::Unavailable(format!(
-            "the write reached {} of the {replicas} replica(s) it needs within {timeout:?}",
-            self.acked
-        ))
+        StoreError::Unavailable(
+            format!(
+                "the write reached {} of the {replicas} replica(s) it needs within {timeout:?}",
+                self.acked
+            )
+            .into(),
+        )
     }
 }
 
@@ -304,7 +324,7 @@ impl Store for RedisStore {
             }),
             (Some(b"C"), Some(Value::BulkString(resp))) => Ok(Begin::Replay(
                 StoredResponse::decode(Bytes::copy_from_slice(resp))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    .map_err(|e| StoreError::Corrupt(Box::new(e)))?,
             )),
             _ => Err(corrupt("begin answer")),
         }
@@ -390,7 +410,7 @@ impl Store for RedisStore {
             },
             b'c' => RecordState::Completed {
                 response: StoredResponse::decode(Bytes::copy_from_slice(&raw[HEADER..]))
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    .map_err(|e| StoreError::Corrupt(Box::new(e)))?,
             },
             _ => return Err(corrupt("record state")),
         };
