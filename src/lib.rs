@@ -1,4 +1,4 @@
-#![warn(missing_docs, missing_debug_implementations)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc = include_str!("../README.md")]
 //!
@@ -35,13 +35,7 @@ pub use idem_runtime::{
     TxClient, TxEnded,
 };
 
-/// Webhook deliveries (`on_conflict = "webhook"`): their headers, and the signature check a
-/// receiver runs.
-pub mod webhook {
-    pub use idem_runtime::actix::webhook::{
-        sign, verify, verify_at, SignatureError, CALLBACK_HEADER, SIGNATURE_HEADER, STATUS_HEADER,
-    };
-}
+pub use idem_runtime::webhook;
 
 #[cfg(feature = "client")]
 pub use idem_runtime::client;

@@ -1,10 +1,11 @@
-//! `idem::client` against a real app behind a flaky loopback proxy: dropped connections and a
-//! 503 are retried with one key, and the handler runs once.
+//! `idem::client` (feature `client`, reached here through `idem_runtime`) against a real app
+//! behind a flaky loopback proxy: dropped connections and a 503 are retried with one key, and the
+//! handler runs once.
 
 mod common;
 
 use common::{start, Charge};
-use idem::client::{Client, ClientError, RetryPolicy};
+use idem_runtime::client::{Client, ClientError, RetryPolicy};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

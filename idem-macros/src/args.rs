@@ -13,7 +13,7 @@ use crate::validate::{self, Millis};
 use crate::values::{Guarantee, KeyKind, OnConflict, OnStoreError};
 
 /// Every option the attribute accepts.
-pub const OPTIONS: &[&str] = &[
+pub(crate) const OPTIONS: &[&str] = &[
     "ttl",
     "guarantee",
     "on_conflict",
@@ -34,7 +34,7 @@ pub const OPTIONS: &[&str] = &[
 ];
 
 /// What the attribute asked for, with defaults applied.
-pub struct Args {
+pub(crate) struct Args {
     pub ttl: Millis,
     /// A shorter TTL for 4xx answers.
     pub client_error_ttl: Option<Millis>,
@@ -59,7 +59,7 @@ pub struct Args {
 
 /// The options as written, each parsed on its own; `None` where the user left it out.
 #[derive(Default)]
-pub struct Written {
+pub(crate) struct Written {
     pub ttl: Option<Given<Millis>>,
     pub client_error_ttl: Option<Given<Millis>>,
     pub guarantee: Option<Given<Guarantee>>,
@@ -84,7 +84,7 @@ pub struct Written {
 
 impl Written {
     /// Whether none of `options` was written with a refused value.
-    pub fn valid(&self, options: &[&str]) -> bool {
+    pub(crate) fn valid(&self, options: &[&str]) -> bool {
         !options.iter().any(|o| self.invalid.iter().any(|i| i == o))
     }
 }
@@ -213,7 +213,7 @@ impl Written {
 impl Args {
     /// Parses the attribute's tokens: each option, then the rules between them (checked on what
     /// did parse, so one run reports every mistake).
-    pub fn parse(tokens: proc_macro2::TokenStream) -> Result<Args, syn::Error> {
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> Result<Args, syn::Error> {
         let (written, errors) = Written::read(tokens)?;
         crate::rules::build(written, errors)
     }

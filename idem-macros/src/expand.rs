@@ -48,7 +48,7 @@ fn stays_outside(attr: &syn::Attribute) -> bool {
         .is_some_and(|s| ROUTES.contains(&s.ident.to_string().as_str()))
 }
 
-pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
+pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = &args.krate;
     let private = quote!(#krate::__private_v0_1);
     let (outer_attrs, inner_attrs): (Vec<_>, Vec<_>) =
@@ -135,6 +135,9 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         .iter()
         .map(|(kind, name)| kind.tokens(&private, name));
     let on_store_error = args.on_store_error.tokens(&private);
+    // Webhook deliveries are a cargo feature: without it, a compile error that says so.
+    let needs_webhook = (args.on_conflict == crate::values::OnConflict::Webhook)
+        .then(|| quote!(const _: () = #private::needs_webhook_feature();));
 
     quote_spanned! {call_site=>
         #(#outer_attrs)*
@@ -144,6 +147,7 @@ pub fn expand(args: &Args, item: ItemFn) -> TokenStream {
         ) -> #private::actix_web::HttpResponse {
             #(#inner_attrs)*
             #inner_sig #body
+            #needs_webhook
 
             const __IDEM_POLICY: #private::Policy = #private::Policy {
                 endpoint: ::core::concat!(::core::module_path!(), "::", #name_str),

@@ -3,6 +3,8 @@
 //! Use it through the `idem` crate (`use idem::idempotent;`), which documents every option.
 //! Every option is checked at compile time; a bad value is an error pointing at it.
 
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
 mod args;
 mod expand;
 mod options;

@@ -11,27 +11,27 @@ use crate::values::{Choice, Guarantee, KeyKind, OnConflict, OnStoreError};
 
 /// Accumulates errors, as `syn::Error::combine` does.
 #[derive(Default)]
-pub struct Errors(Option<syn::Error>);
+pub(crate) struct Errors(Option<syn::Error>);
 
 impl Errors {
-    pub fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
+    pub(crate) fn push(&mut self, span: Span, msg: impl std::fmt::Display) {
         self.add(syn::Error::new(span, msg));
     }
 
-    pub fn add(&mut self, e: syn::Error) {
+    pub(crate) fn add(&mut self, e: syn::Error) {
         match &mut self.0 {
             Some(all) => all.combine(e),
             None => self.0 = Some(e),
         }
     }
 
-    pub fn finish(self) -> Result<(), syn::Error> {
+    pub(crate) fn finish(self) -> Result<(), syn::Error> {
         self.0.map_or(Ok(()), Err)
     }
 }
 
 /// An option's value and where it was written: `option` at its name, `value` at its value.
-pub struct Given<T> {
+pub(crate) struct Given<T> {
     pub value: T,
     pub option: Span,
     pub at: Span,
@@ -104,47 +104,47 @@ fn duration(name: &str, expr: &Expr, range: (Millis, Millis)) -> Parsed<Millis> 
 }
 
 /// `ttl = "24h"`.
-pub fn ttl(v: &Expr) -> Parsed<Millis> {
+pub(crate) fn ttl(v: &Expr) -> Parsed<Millis> {
     duration("ttl", v, validate::TTL_RANGE)
 }
 
 /// `client_error_ttl = "1m"`.
-pub fn client_error_ttl(v: &Expr) -> Parsed<Millis> {
+pub(crate) fn client_error_ttl(v: &Expr) -> Parsed<Millis> {
     duration("client_error_ttl", v, validate::TTL_RANGE)
 }
 
 /// `lease = "30s"`.
-pub fn lease(v: &Expr) -> Parsed<Millis> {
+pub(crate) fn lease(v: &Expr) -> Parsed<Millis> {
     duration("lease", v, validate::LEASE_RANGE)
 }
 
 /// `wait_timeout = "10s"`.
-pub fn wait_timeout(v: &Expr) -> Parsed<Millis> {
+pub(crate) fn wait_timeout(v: &Expr) -> Parsed<Millis> {
     duration("wait_timeout", v, validate::WAIT_RANGE)
 }
 
 /// `respond_async_after = "2s"`.
-pub fn respond_async_after(v: &Expr) -> Parsed<Millis> {
+pub(crate) fn respond_async_after(v: &Expr) -> Parsed<Millis> {
     duration("respond_async_after", v, validate::ASYNC_AFTER_RANGE)
 }
 
 /// `guarantee = "strict" | "result" | "semantic"`.
-pub fn guarantee(v: &Expr) -> Parsed<Guarantee> {
+pub(crate) fn guarantee(v: &Expr) -> Parsed<Guarantee> {
     choice("guarantee", v)
 }
 
 /// `on_conflict = "retry_after" | "wait" | "accepted" | "webhook"`.
-pub fn on_conflict(v: &Expr) -> Parsed<OnConflict> {
+pub(crate) fn on_conflict(v: &Expr) -> Parsed<OnConflict> {
     choice("on_conflict", v)
 }
 
 /// `on_store_error = "reject" | "proceed"`.
-pub fn on_store_error(v: &Expr) -> Parsed<OnStoreError> {
+pub(crate) fn on_store_error(v: &Expr) -> Parsed<OnStoreError> {
     choice("on_store_error", v)
 }
 
 /// `key = "form:_idem"` or `key = ["header:Idempotency-Key", "form:_idem"]`.
-pub fn key(v: &Expr) -> Parsed<Vec<(KeyKind, String)>> {
+pub(crate) fn key(v: &Expr) -> Parsed<Vec<(KeyKind, String)>> {
     let entries = match v {
         Expr::Array(_) => string_list("key", v, "[\"header:Idempotency-Key\", \"form:_idem\"]")?,
         _ => vec![string("key", v, "\"form:_idem\"")?],
@@ -162,7 +162,7 @@ pub fn key(v: &Expr) -> Parsed<Vec<(KeyKind, String)>> {
 }
 
 /// `required = true | false`.
-pub fn required(v: &Expr) -> Parsed<bool> {
+pub(crate) fn required(v: &Expr) -> Parsed<bool> {
     match v {
         Expr::Lit(ExprLit {
             lit: Lit::Bool(b), ..
@@ -175,20 +175,20 @@ pub fn required(v: &Expr) -> Parsed<bool> {
 }
 
 /// `max_body = "1MiB"`.
-pub fn max_body(v: &Expr) -> Parsed<u64> {
+pub(crate) fn max_body(v: &Expr) -> Parsed<u64> {
     let (s, sp) = string("max_body", v, "\"1MiB\"")?;
     validate::parse_size(&s).map_err(|m| syn::Error::new(sp, m))
 }
 
 /// `name = "payments.create"`.
-pub fn name(v: &Expr) -> Parsed<String> {
+pub(crate) fn name(v: &Expr) -> Parsed<String> {
     let (name, sp) = string("name", v, "\"payments.create\"")?;
     validate::endpoint_name(&name).map_err(|m| syn::Error::new(sp, m))?;
     Ok(name)
 }
 
 /// `store = "pg"`.
-pub fn store(v: &Expr) -> Parsed<String> {
+pub(crate) fn store(v: &Expr) -> Parsed<String> {
     let (name, sp) = string("store", v, "\"pg\"")?;
     let ok = !name.is_empty()
         && name
@@ -205,7 +205,7 @@ pub fn store(v: &Expr) -> Parsed<String> {
 }
 
 /// `fingerprint = ["/amount", "/currency"]`.
-pub fn fingerprint(v: &Expr) -> Parsed<Vec<String>> {
+pub(crate) fn fingerprint(v: &Expr) -> Parsed<Vec<String>> {
     let mut bad = Errors::default();
     let mut out = Vec::new();
     for (p, sp) in string_list("fingerprint", v, "[\"/amount\", \"/currency\"]")? {
@@ -221,7 +221,7 @@ pub fn fingerprint(v: &Expr) -> Parsed<Vec<String>> {
 }
 
 /// `replay_headers = ["x-request-id"]`: lower-cased, a repeat kept once.
-pub fn replay_headers(v: &Expr) -> Parsed<Vec<String>> {
+pub(crate) fn replay_headers(v: &Expr) -> Parsed<Vec<String>> {
     let mut bad = Errors::default();
     let mut out = Vec::new();
     for (h, sp) in string_list("replay_headers", v, "[\"x-request-id\"]")? {
@@ -235,7 +235,7 @@ pub fn replay_headers(v: &Expr) -> Parsed<Vec<String>> {
 }
 
 /// `crate = "::idem"`.
-pub fn krate(v: &Expr) -> Parsed<syn::Path> {
+pub(crate) fn krate(v: &Expr) -> Parsed<syn::Path> {
     let (s, sp) = string("crate", v, "\"::idem\"")?;
     syn::parse_str(&s)
         .map_err(|_| syn::Error::new(sp, format!("`crate` must be a path, got `{s}`")))

@@ -22,7 +22,7 @@ fn value<T>(given: Option<Given<T>>) -> Option<T> {
 }
 
 /// `Args` from what was written, adding every broken rule to `errors`.
-pub fn build(w: Written, mut errors: Errors) -> Result<Args, syn::Error> {
+pub(crate) fn build(w: Written, mut errors: Errors) -> Result<Args, syn::Error> {
     let guarantee = w.guarantee.as_ref().map_or(Guarantee::Strict, |g| g.value);
     let on_conflict = w
         .on_conflict

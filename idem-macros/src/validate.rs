@@ -6,22 +6,22 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 
 /// A duration in milliseconds, as written in the attribute.
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
 const SECOND: Millis = 1000;
 const DAY: Millis = 24 * 3600 * SECOND;
 
 /// Inclusive ranges each duration option accepts.
-pub const TTL_RANGE: (Millis, Millis) = (SECOND, 30 * DAY);
-pub const LEASE_RANGE: (Millis, Millis) = (100, 3600 * SECOND);
-pub const WAIT_RANGE: (Millis, Millis) = (1, 300 * SECOND);
-pub const ASYNC_AFTER_RANGE: (Millis, Millis) = (1, 300 * SECOND);
+pub(crate) const TTL_RANGE: (Millis, Millis) = (SECOND, 30 * DAY);
+pub(crate) const LEASE_RANGE: (Millis, Millis) = (100, 3600 * SECOND);
+pub(crate) const WAIT_RANGE: (Millis, Millis) = (1, 300 * SECOND);
+pub(crate) const ASYNC_AFTER_RANGE: (Millis, Millis) = (1, 300 * SECOND);
 /// Largest `max_body` accepted: 1 GiB.
-pub const MAX_BODY_LIMIT: u64 = 1 << 30;
+pub(crate) const MAX_BODY_LIMIT: u64 = 1 << 30;
 
 /// Parses `"1h30m"`-style durations: number+unit pairs (`d`, `h`, `m`, `s`, `ms`), each unit at
 /// most once, largest first.
-pub fn parse_duration(s: &str) -> Result<Millis, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Millis, String> {
     let bad = || {
         format!(
             "invalid duration `{s}`: expected numbers with units `d`, `h`, `m`, `s` or `ms`, \
@@ -66,7 +66,7 @@ pub fn parse_duration(s: &str) -> Result<Millis, String> {
 }
 
 /// Human form of a duration for messages.
-pub fn show(ms: Millis) -> String {
+pub(crate) fn show(ms: Millis) -> String {
     if ms.is_multiple_of(DAY) {
         format!("{}d", ms / DAY)
     } else if ms.is_multiple_of(3600 * SECOND) {
@@ -81,7 +81,11 @@ pub fn show(ms: Millis) -> String {
 }
 
 /// Checks `ms` against an inclusive range, naming the option.
-pub fn in_range(name: &str, ms: Millis, (lo, hi): (Millis, Millis)) -> Result<Millis, String> {
+pub(crate) fn in_range(
+    name: &str,
+    ms: Millis,
+    (lo, hi): (Millis, Millis),
+) -> Result<Millis, String> {
     if (lo..=hi).contains(&ms) {
         Ok(ms)
     } else {
@@ -95,7 +99,7 @@ pub fn in_range(name: &str, ms: Millis, (lo, hi): (Millis, Millis)) -> Result<Mi
 }
 
 /// Parses sizes like `"1MiB"`, `"512KiB"`, `"64KB"`, `"1000B"` or `"4096"`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let bad = || {
         format!(
             "invalid size `{s}`: expected a number with an optional unit `B`, `KB`, `KiB`, `MB`, \
@@ -127,7 +131,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 /// Checks RFC 6901 syntax: `""` or `/`-separated tokens where `~` is only `~0` or `~1`.
-pub fn json_pointer(p: &str) -> Result<(), String> {
+pub(crate) fn json_pointer(p: &str) -> Result<(), String> {
     if p.is_empty() {
         return Err(
             "an empty JSON pointer means the whole body; use `guarantee = \"result\"` \
@@ -178,7 +182,7 @@ fn is_token(s: &str) -> bool {
 
 /// Checks one `key` entry, `"<kind>:<name>"`; returns the kind and the name (a header name in
 /// lower case).
-pub fn key_source(entry: &str) -> Result<(KeyKind, String), String> {
+pub(crate) fn key_source(entry: &str) -> Result<(KeyKind, String), String> {
     let example = "like `\"header:Idempotency-Key\"`, `\"query:idem\"`, `\"form:_idem\"` or `\"cookie:idem\"`";
     let Some((kind, name)) = entry.split_once(':') else {
         return Err(format!(
@@ -225,7 +229,7 @@ pub fn key_source(entry: &str) -> Result<(KeyKind, String), String> {
 }
 
 /// Checks an HTTP header name (RFC 9110 token) and that it may be replayed; returns it lower-case.
-pub fn header_name(h: &str) -> Result<String, String> {
+pub(crate) fn header_name(h: &str) -> Result<String, String> {
     if !is_token(h) {
         return Err(format!("`{h}` is not a valid header name"));
     }
@@ -258,7 +262,7 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest of `candidates` to `word`, when close enough to be a likely typo.
-pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
         .map(|c| (distance(word, c), *c))
@@ -269,7 +273,7 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
 
 /// Checks that the item is something `#[idempotent]` can wrap: a free `async fn` without
 /// generics and with at most 16 extractors (actix-web's tuple limit).
-pub fn fn_shape(sig: &syn::Signature) -> Result<(), syn::Error> {
+pub(crate) fn fn_shape(sig: &syn::Signature) -> Result<(), syn::Error> {
     let mut errors: Option<syn::Error> = None;
     let mut push = |span: Span, msg: &str| {
         let e = syn::Error::new(span, msg);
@@ -310,7 +314,7 @@ pub fn fn_shape(sig: &syn::Signature) -> Result<(), syn::Error> {
 
 /// An endpoint `name`: 1 to 100 characters, a letter first, then letters, digits and `.`, `_`,
 /// `-`, `:` or `/` — stable across deploys, so that records outlive renames and moves.
-pub fn endpoint_name(name: &str) -> Result<(), String> {
+pub(crate) fn endpoint_name(name: &str) -> Result<(), String> {
     let ok = (1..=100).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name

@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 /// An option whose value is one of a fixed set of names.
-pub trait Choice: Sized + Copy {
+pub(crate) trait Choice: Sized + Copy {
     /// The accepted spellings, the default first.
     const NAMES: &'static [&'static str];
     /// The value an accepted spelling names.
@@ -18,7 +18,7 @@ macro_rules! choice {
     ($(#[$doc:meta])* $ty:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-        pub enum $ty {
+        pub(crate) enum $ty {
             $($variant),+
         }
 
@@ -35,14 +35,14 @@ macro_rules! choice {
         impl $ty {
             /// How the attribute spells it (for messages; not every option needs it).
             #[allow(dead_code)]
-            pub fn name(self) -> &'static str {
+            pub(crate) fn name(self) -> &'static str {
                 match self {
                     $($ty::$variant => $name),+
                 }
             }
 
             /// The runtime's value, under `private` (`<crate>::__private_vN`).
-            pub fn tokens(self, private: &TokenStream) -> TokenStream {
+            pub(crate) fn tokens(self, private: &TokenStream) -> TokenStream {
                 match self {
                     $($ty::$variant => quote!(#private::$ty::$variant)),+
                 }
@@ -66,7 +66,7 @@ choice!(
 
 /// Where a `key` source reads the key (the part before the colon).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyKind {
+pub(crate) enum KeyKind {
     Header,
     Query,
     Form,
@@ -88,7 +88,7 @@ impl Choice for KeyKind {
 
 impl KeyKind {
     /// The runtime's `KeySource` reading `name` from this kind of place.
-    pub fn tokens(self, private: &TokenStream, name: &str) -> TokenStream {
+    pub(crate) fn tokens(self, private: &TokenStream, name: &str) -> TokenStream {
         match self {
             KeyKind::Header => quote!(#private::KeySource::Header(#name)),
             KeyKind::Query => quote!(#private::KeySource::Query(#name)),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::problem::{Problem, ProblemKind};
 use crate::store::{Begin, Store, StoreError};
-pub use crate::ticket::Ticket;
+pub(crate) use crate::ticket::Ticket;
 use crate::{Fingerprint, OnConflict, OnStoreError, Policy, StorageKey, StoredResponse};
 
 /// Headers never stored for replay, whatever the allow-list says: credentials, per-response
@@ -68,7 +68,7 @@ fn in_progress() -> Problem {
 
 /// What the engine decided for one request.
 #[derive(Debug)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Run the handler; the ticket holds the lease.
     Execute(Ticket),
     /// Answer with the stored response.
@@ -85,11 +85,11 @@ pub enum Decision {
     /// A duplicate in progress under `accepted`: answer 202 with the status resource of this key.
     Accepted(StorageKey),
     /// A duplicate in progress under `webhook`: answer 202 and deliver the response later.
-    Webhook(StorageKey),
+    Webhook(#[cfg_attr(not(feature = "webhook"), allow(dead_code))] StorageKey),
 }
 
 /// The framework-agnostic engine: one store, its call deadline, and the replay allow-list.
-pub struct Engine {
+pub(crate) struct Engine {
     store: Arc<dyn Store>,
     store_timeout: Duration,
     replay_headers: Vec<String>,
@@ -129,7 +129,7 @@ pub(crate) async fn deadline<T>(
 impl Engine {
     /// An engine over `store`; every store call gets `store_timeout`. `extra_replay_headers` are
     /// added to [`DEFAULT_REPLAYED`]; names in [`NEVER_REPLAYED`] are dropped from it.
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         store_timeout: Duration,
         extra_replay_headers: &[String],
@@ -169,13 +169,13 @@ impl Engine {
     /// lease is then taken over, and fencing must refuse its late `complete`); never useful in
     /// production.
     #[doc(hidden)]
-    pub fn without_lease_renewal(mut self) -> Self {
+    pub(crate) fn without_lease_renewal(mut self) -> Self {
         self.renew_leases = false;
         self
     }
 
     /// The store behind this engine.
-    pub fn store(&self) -> &Arc<dyn Store> {
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -185,7 +185,7 @@ impl Engine {
     }
 
     /// Whether a response header named `name` (lower case) is kept for replay.
-    pub fn is_replayed(&self, name: &str) -> bool {
+    pub(crate) fn is_replayed(&self, name: &str) -> bool {
         self.replay_headers.iter().any(|h| h == name)
     }
 
@@ -193,7 +193,7 @@ impl Engine {
     /// in progress gets what the endpoint's [`OnConflict`] promises; with `wait`, this returns
     /// once the first request completes (its replay), is released (this request then runs), or
     /// `wait_timeout` passes (409).
-    pub async fn begin(
+    pub(crate) async fn begin(
         self: &Arc<Self>,
         policy: &Policy,
         key: StorageKey,
@@ -276,7 +276,7 @@ impl Engine {
     /// Step 7: fail closed (503) or open, per policy. A full store always fails closed: it
     /// answered, and running unprotected because of a flood would hand the flood the power to
     /// switch idempotency off.
-    pub fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
+    pub(crate) fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
         if matches!(error, StoreError::PrincipalFull) {
             // Answered to this principal only, and never a reason to run unprotected.
             crate::observe::count(crate::observe::metric::PRINCIPAL_FULL_TOTAL);
@@ -295,7 +295,7 @@ impl Engine {
     }
 
     /// The 503 a client gets when the store failed.
-    pub fn store_problem(&self, error: &StoreError) -> Problem {
+    pub(crate) fn store_problem(&self, error: &StoreError) -> Problem {
         match error {
             StoreError::Full => Problem::new(
                 ProblemKind::StoreUnavailable,
@@ -332,12 +332,12 @@ impl Engine {
     }
 
     /// Forgets the record of `key` (an operator's purge), under the store deadline.
-    pub async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
+    pub(crate) async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
         deadline("purge", self.store_timeout, self.store.purge(key)).await
     }
 
     /// Reads the record of `key`, under the store deadline.
-    pub async fn get(&self, key: &StorageKey) -> Result<Option<crate::Record>, StoreError> {
+    pub(crate) async fn get(&self, key: &StorageKey) -> Result<Option<crate::Record>, StoreError> {
         deadline("get", self.store_timeout, self.store.get(key)).await
     }
 }

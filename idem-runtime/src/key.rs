@@ -7,7 +7,7 @@
 use thiserror::Error;
 
 /// Longest key accepted, in characters (Stripe's limit, and the draft's recommendation).
-pub const MAX_KEY_LEN: usize = 255;
+pub(crate) const MAX_KEY_LEN: usize = 255;
 
 /// A validated idempotency key: 1–255 printable ASCII characters.
 ///
@@ -74,7 +74,7 @@ pub enum KeyError {
 /// assert_eq!(key.as_str(), "abc-123");
 /// assert!(parse_key_headers([&b"a"[..], &b"b"[..]]).is_err());
 /// ```
-pub fn parse_key_headers<'a, I>(values: I) -> Result<Option<IdempotencyKey>, KeyError>
+pub(crate) fn parse_key_headers<'a, I>(values: I) -> Result<Option<IdempotencyKey>, KeyError>
 where
     I: IntoIterator<Item = &'a [u8]>,
 {

@@ -3,14 +3,15 @@
 //!
 //! Users depend on the `idem` facade, which re-exports what they use of this crate and the
 //! `#[idempotent]` attribute. The core (keys, fingerprints, records, stores, the engine) knows
-//! nothing of any web framework; [`actix`] adapts it to actix-web.
-#![warn(missing_docs, missing_debug_implementations)]
+//! nothing of any web framework; the `actix` module adapts it to actix-web.
+//!
+//! Only what the facade re-exports is public here; the modules are not.
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod actix;
+mod actix;
 mod admission;
-#[doc(hidden)]
-pub mod canonical;
+mod canonical;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "conformance")]
@@ -18,15 +19,15 @@ pub mod conformance;
 pub(crate) mod engine;
 pub(crate) mod fingerprint;
 pub(crate) mod key;
-#[doc(hidden)]
-pub mod key_source;
+mod key_source;
 pub(crate) mod observe;
 pub(crate) mod policy;
 pub(crate) mod problem;
 pub(crate) mod record;
 pub(crate) mod secret;
-pub mod store;
+mod store;
 mod ticket;
+pub mod webhook;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -35,9 +36,15 @@ pub mod __private_v0_1;
 /// Internals reached by this crate's own property tests and benches. **Not public API.**
 #[doc(hidden)]
 pub mod __support {
-    pub use crate::canonical;
+    /// The canonical JSON parser fingerprints use.
+    pub mod canonical {
+        pub use crate::canonical::*;
+    }
+    /// Key sources: where a request's key is read from.
+    pub mod key_source {
+        pub use crate::key_source::*;
+    }
     pub use crate::key::parse_key;
-    pub use crate::key_source;
 }
 
 #[cfg(feature = "postgres")]

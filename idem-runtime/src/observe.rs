@@ -19,7 +19,7 @@ use std::time::Duration;
 
 /// How one idempotent request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The handler ran (its response is stored, or released under `result` for a 5xx).
     Executed,
     /// The stored response was replayed.
@@ -40,7 +40,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The label value.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Executed => "executed",
             Outcome::Replayed => "replayed",

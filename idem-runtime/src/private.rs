@@ -13,3 +13,13 @@ pub use actix_web;
 pub const fn millis(ms: u64) -> core::time::Duration {
     core::time::Duration::from_millis(ms)
 }
+
+/// Called in a constant by endpoints with `on_conflict = "webhook"`: compiles to nothing with
+/// the `webhook` feature, and is a compile error naming the feature without it.
+pub const fn needs_webhook_feature() {
+    #[cfg(not(feature = "webhook"))]
+    panic!(
+        "`on_conflict = \"webhook\"` needs idem's `webhook` cargo feature (on by default): \
+         enable it, or choose another `on_conflict`"
+    );
+}

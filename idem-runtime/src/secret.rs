@@ -33,7 +33,7 @@ pub(crate) const ID_LEN: usize = TAG_LEN + 1 + 64;
 /// How storage keys are derived from (endpoint, principal, key): keyed by the app's secret, or
 /// by a public key when there is none.
 #[derive(Clone)]
-pub struct KeyDerivation {
+pub(crate) struct KeyDerivation {
     tag: HmacSha256,
     id: HmacSha256,
     verifier: [u8; 32],
@@ -63,13 +63,13 @@ pub(crate) fn sub_key(secret: &[u8], purpose: &str) -> [u8; 32] {
 
 impl KeyDerivation {
     /// Storage keys keyed by `secret` (at least 32 random bytes are advised).
-    pub fn keyed(secret: &[u8]) -> Self {
+    pub(crate) fn keyed(secret: &[u8]) -> Self {
         Self::with(secret, true)
     }
 
     /// Storage keys under the public key: stable across instances, but a principal can be
     /// confirmed offline from a store dump.
-    pub fn unkeyed() -> Self {
+    pub(crate) fn unkeyed() -> Self {
         Self::with(PUBLIC_KEY, false)
     }
 
@@ -90,7 +90,7 @@ impl KeyDerivation {
 
     /// A value every instance with the same secret (or none) computes alike, and that says
     /// nothing about the secret: what instances compare to find that they disagree.
-    pub fn verifier(&self) -> [u8; 32] {
+    pub(crate) fn verifier(&self) -> [u8; 32] {
         self.verifier
     }
 
@@ -107,7 +107,7 @@ impl KeyDerivation {
     /// The storage key of `key` sent by `principal` to `endpoint`:
     /// `prefix ‖ tag(principal) ‖ "-" ‖ hex(HMAC(endpoint ‖ principal ‖ key))`, each part
     /// length-prefixed.
-    pub fn storage_key(
+    pub(crate) fn storage_key(
         &self,
         prefix: &str,
         endpoint: &str,
@@ -128,7 +128,12 @@ impl KeyDerivation {
     }
 
     /// The storage key a status id names, if `id` is well formed and belongs to `principal`.
-    pub fn status_key(&self, prefix: &str, id: &str, principal: &[u8]) -> Option<StorageKey> {
+    pub(crate) fn status_key(
+        &self,
+        prefix: &str,
+        id: &str,
+        principal: &[u8],
+    ) -> Option<StorageKey> {
         let well_formed = id.len() == ID_LEN
             && id.as_bytes()[TAG_LEN] == b'-'
             && id

@@ -26,7 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The lease on one key, held by the request that runs its handler.
 #[derive(Clone)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     engine: Arc<Engine>,
     key: StorageKey,
     token: FencingToken,
@@ -71,17 +71,17 @@ impl Ticket {
     }
 
     /// The storage key this ticket holds.
-    pub fn key(&self) -> &StorageKey {
+    pub(crate) fn key(&self) -> &StorageKey {
         &self.key
     }
 
     /// The fencing token of this lease.
-    pub fn token(&self) -> FencingToken {
+    pub(crate) fn token(&self) -> FencingToken {
         self.token
     }
 
     /// Which acquisition of the key this is (1 for the first).
-    pub fn attempt(&self) -> u32 {
+    pub(crate) fn attempt(&self) -> u32 {
         self.attempt
     }
 
@@ -105,7 +105,7 @@ impl Ticket {
     }
 
     /// Until when this process may count on holding the lease.
-    pub fn held_until(&self) -> Instant {
+    pub(crate) fn held_until(&self) -> Instant {
         self.last_renewed() + self.lease
     }
 
@@ -160,7 +160,7 @@ impl Ticket {
     /// does not pause the handler. If the lease is lost anyway (another request took the key over
     /// after the store was unreachable for a whole lease), `work` still finishes and its
     /// `complete` is refused by fencing.
-    pub async fn keep_alive<F: Future>(&self, work: F) -> F::Output {
+    pub(crate) async fn keep_alive<F: Future>(&self, work: F) -> F::Output {
         let mut work = std::pin::pin!(work);
         // A handler that finishes without waiting needs no renewal timer at all.
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(work.as_mut().poll(cx))).await;
@@ -207,7 +207,10 @@ impl Ticket {
     }
 
     /// One attempt at storing the handler's response, under the store deadline.
-    pub async fn complete_once(&self, response: &StoredResponse) -> Result<Fenced, StoreError> {
+    pub(crate) async fn complete_once(
+        &self,
+        response: &StoredResponse,
+    ) -> Result<Fenced, StoreError> {
         let store = self.engine.store();
         deadline(
             "complete",
@@ -225,7 +228,7 @@ impl Ticket {
     /// Stores the handler's response for replay, retrying with backoff while the lease is held.
     /// Returns whether it was stored; the outcome is logged, since the client gets its response
     /// either way.
-    pub async fn complete(&self, response: &StoredResponse) -> bool {
+    pub(crate) async fn complete(&self, response: &StoredResponse) -> bool {
         let store = self.engine.store();
         let written = self
             .until_settled("complete", || {
@@ -253,7 +256,7 @@ impl Ticket {
     }
 
     /// One attempt at releasing the key, under the store deadline.
-    pub async fn release_once(&self) -> Result<Fenced, StoreError> {
+    pub(crate) async fn release_once(&self) -> Result<Fenced, StoreError> {
         let store = self.engine.store();
         deadline(
             "release",
@@ -265,7 +268,7 @@ impl Ticket {
 
     /// Forgets the in-progress record so the next request with this key runs afresh, retrying
     /// with backoff while the lease is held (after that, the lease end frees the key anyway).
-    pub async fn release(&self) {
+    pub(crate) async fn release(&self) {
         let store = self.engine.store();
         let released = self
             .until_settled("release", || store.release(&self.key, self.token))

@@ -130,11 +130,13 @@ fn result_fp(doc: &str) -> Fingerprint {
 /// Same value, as the canonical form sees it (numbers by exact value).
 fn same_value(a: &G, b: &G) -> bool {
     let plain = |g: &G| {
-        idem_runtime::canonical::parse(render(g, &mut Style { seed: 1 }).as_bytes()).map(|j| {
-            let mut out = Vec::new();
-            j.encode(&mut out);
-            out
-        })
+        idem_runtime::__support::canonical::parse(render(g, &mut Style { seed: 1 }).as_bytes()).map(
+            |j| {
+                let mut out = Vec::new();
+                j.encode(&mut out);
+                out
+            },
+        )
     };
     plain(a) == plain(b)
 }

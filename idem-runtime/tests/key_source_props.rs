@@ -2,10 +2,10 @@
 //! bodies of arbitrary bytes never panic; a key they return is always a valid key; and the key
 //! field never changes a form's fingerprint body.
 
-use idem_runtime::__support::parse_key;
-use idem_runtime::key_source::{
+use idem_runtime::__support::key_source::{
     form_fingerprint_body, from_cookies, from_form, from_query, query_without,
 };
+use idem_runtime::__support::parse_key;
 use proptest::prelude::*;
 
 const MULTIPART: &str = "multipart/form-data; boundary=b0";

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "webhook")]
 use super::webhook::WebhookConfig;
 use crate::engine::Engine;
 use crate::secret::KeyDerivation;
@@ -54,8 +55,10 @@ pub(super) struct Shared {
     pub(super) derivation: KeyDerivation,
     pub(super) max_response: usize,
     pub(super) status_path: String,
+    #[cfg(feature = "webhook")]
     pub(super) webhook: WebhookConfig,
     /// Webhook deliveries pending, one per key and callback URL.
+    #[cfg(feature = "webhook")]
     pub(super) deliveries: Arc<super::webhook::Deliveries>,
     /// The endpoint names claimed so far, with their handlers.
     pub(super) names: super::names::Names,
@@ -130,7 +133,7 @@ impl ScopeChosen for Scoped {
 /// Builder for [`Idempotency`]. `S` records whether the scope was chosen: [`build`](Self::build)
 /// exists only once it was.
 pub struct IdempotencyBuilder<S = NoScope> {
-    settings: Settings,
+    pub(super) settings: Settings,
     scope: S,
 }
 
@@ -141,7 +144,7 @@ impl<S> std::fmt::Debug for IdempotencyBuilder<S> {
 }
 
 /// Everything a builder holds besides its scope.
-struct Settings {
+pub(super) struct Settings {
     store: Option<Arc<dyn Store>>,
     named: Vec<(String, Arc<dyn Store>)>,
     header: HeaderName,
@@ -152,7 +155,8 @@ struct Settings {
     admission: Option<(u32, Duration)>,
     max_response: usize,
     status_path: String,
-    webhook: WebhookConfig,
+    #[cfg(feature = "webhook")]
+    pub(super) webhook: WebhookConfig,
     renew_leases: bool,
 }
 
@@ -172,6 +176,7 @@ impl Idempotency {
                 admission: None,
                 max_response: 8 << 20,
                 status_path: "/idempotency".into(),
+                #[cfg(feature = "webhook")]
                 webhook: WebhookConfig::default(),
                 renew_leases: true,
             },
@@ -393,54 +398,6 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
-    /// URLs that `on_conflict = "webhook"` may call back: a callback is allowed when its scheme,
-    /// host and port equal one of these and its path lies under that one's path. Unparsable
-    /// entries are ignored (and logged).
-    pub fn webhook_allow<I, U>(mut self, urls: I) -> Self
-    where
-        I: IntoIterator<Item = U>,
-        U: AsRef<str>,
-    {
-        for u in urls {
-            match reqwest::Url::parse(u.as_ref()) {
-                Ok(url) => self.settings.webhook.allow.push(url),
-                Err(e) => {
-                    tracing::error!(url = u.as_ref(), error = %e, "idem: ignoring an unparsable webhook allow-list entry")
-                }
-            }
-        }
-        self
-    }
-
-    /// The secret webhook deliveries are signed with, shared with their receivers (see
-    /// [`webhook`](crate::actix::webhook) for the signature and its
-    /// [`verify`](crate::actix::webhook::verify)er). Required by every endpoint with
-    /// `on_conflict = "webhook"`: without it they answer 500, never an unsigned delivery. Keep it
-    /// apart from the app [`secret`](Self::secret): this one is given to third parties.
-    pub fn webhook_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
-        self.settings.webhook.secret = Arc::new(secret.into());
-        self
-    }
-
-    /// Per-attempt timeout of a webhook delivery (default 5 s).
-    pub fn webhook_timeout(mut self, timeout: Duration) -> Self {
-        self.settings.webhook.timeout = timeout;
-        self
-    }
-
-    /// Delivery attempts (default 4) and the first backoff (default 200 ms, doubling).
-    pub fn webhook_retries(mut self, attempts: u32, first_backoff: Duration) -> Self {
-        self.settings.webhook.attempts = attempts.max(1);
-        self.settings.webhook.backoff = first_backoff;
-        self
-    }
-
-    /// How long a webhook waits for the first request to complete (default 5 min).
-    pub fn webhook_wait_max(mut self, max: Duration) -> Self {
-        self.settings.webhook.wait_max = max;
-        self
-    }
-
     /// Test hook: no lease renewal (see the fault suite). Never turn this off in production.
     #[doc(hidden)]
     pub fn renew_leases(mut self, on: bool) -> Self {
@@ -504,8 +461,10 @@ impl<S> IdempotencyBuilder<S> {
                 derivation,
                 max_response: settings.max_response,
                 status_path: settings.status_path,
+                #[cfg(feature = "webhook")]
                 webhook: settings.webhook,
                 names: Default::default(),
+                #[cfg(feature = "webhook")]
                 deliveries: Arc::default(),
                 inflight: Arc::default(),
                 short_leases: Default::default(),

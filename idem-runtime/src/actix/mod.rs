@@ -26,7 +26,8 @@ mod shutdown;
 mod status;
 #[cfg(feature = "postgres")]
 mod tx;
-pub mod webhook;
+#[cfg(feature = "webhook")]
+mod webhook;
 
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder, NoScope, ScopeChosen, Scoped};
@@ -39,10 +40,10 @@ use request::{find_key, missing_key, Body};
 pub use tx::{IdemTx, TxClient, TxEnded};
 
 /// The header replays carry.
-pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+pub(crate) const REPLAYED_HEADER: &str = "idempotent-replayed";
 
 /// Turns a problem into its `application/problem+json` response.
-pub fn problem_response(p: &Problem) -> HttpResponse {
+pub(crate) fn problem_response(p: &Problem) -> HttpResponse {
     let status = StatusCode::from_u16(p.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut b = HttpResponse::build(status);
     b.insert_header((CONTENT_TYPE, "application/problem+json"));
@@ -121,8 +122,13 @@ where
     }
     idem.check_secret_when_due(&engine);
     let shared = &idem.shared;
-    if policy.on_conflict == OnConflict::Webhook && shared.webhook.secret.is_empty() {
-        return webhook_secret_missing(policy);
+    if policy.on_conflict == OnConflict::Webhook {
+        #[cfg(feature = "webhook")]
+        if shared.webhook.secret.is_empty() {
+            return webhook::secret_missing(policy);
+        }
+        #[cfg(not(feature = "webhook"))]
+        return webhook_not_compiled(policy);
     }
 
     let content_type = req
@@ -158,17 +164,10 @@ where
         Ok(None) => return keyless(&engine, policy, req, body.into_payload(), handler).await,
         Err(detail) => return refused(policy, ProblemKind::KeyInvalid, detail),
     };
-    // A callback that is present but not allowed is refused before anything runs; a missing one
-    // only matters if this request turns out to be a duplicate.
-    let callback = match req.headers().get(webhook::CALLBACK_HEADER) {
-        Some(v) if policy.on_conflict == OnConflict::Webhook => {
-            match shared.webhook.check(v.as_bytes()) {
-                // The delivery carries the client's own key, for correlation.
-                Ok(url) => Some((url, key.as_str().to_owned())),
-                Err(e) => return refused(policy, ProblemKind::CallbackInvalid, e.to_string()),
-            }
-        }
-        _ => None,
+    #[cfg(feature = "webhook")]
+    let callback = match webhook::callback(&req, policy, &shared.webhook, &key) {
+        Ok(callback) => callback,
+        Err(e) => return refused(policy, ProblemKind::CallbackInvalid, e.to_string()),
     };
 
     let body = match body.buffer(&req, policy.max_body).await {
@@ -236,36 +235,10 @@ where
                 status::accepted(idem2.status_path(), &key),
                 Outcome::Accepted,
             ),
-            Decision::Webhook(key) => match callback {
-                None => (
-                    reject(
-                        ProblemKind::CallbackInvalid,
-                        webhook::CallbackError::Missing.to_string(),
-                    ),
-                    Outcome::Rejected,
-                ),
-                Some((url, raw_key)) => match idem2.shared.deliveries.claim(&key, &url) {
-                    // However many duplicates ask, one delivery per key and callback URL.
-                    webhook::Claim::Pending => (webhook_accepted(), Outcome::Accepted),
-                    webhook::Claim::Full => {
-                        let p = Problem::new(
-                            ProblemKind::StoreUnavailable,
-                            "too many webhook deliveries are pending on this server; retry \
-                             with the same key later",
-                        )
-                        .retry_after(5);
-                        (problem_response(&p), Outcome::Rejected)
-                    }
-                    webhook::Claim::New(slot) => {
-                        let config = idem2.shared.webhook.clone();
-                        idem2.spawn_tracked(async move {
-                            webhook::deliver_when_done(engine, config, key, raw_key, url).await;
-                            drop(slot);
-                        });
-                        (webhook_accepted(), Outcome::Accepted)
-                    }
-                },
-            },
+            #[cfg(feature = "webhook")]
+            Decision::Webhook(key) => webhook::answer(&idem2, engine, key, callback),
+            #[cfg(not(feature = "webhook"))]
+            Decision::Webhook(_) => (webhook_not_compiled(policy), Outcome::Rejected),
         };
         observe::outcome(policy.endpoint, Some(&key_id), outcome);
         resp
@@ -280,12 +253,6 @@ where
         }
     }
     finished(policy, task.await)
-}
-
-fn webhook_accepted() -> HttpResponse {
-    HttpResponse::Accepted()
-        .insert_header((CONTENT_TYPE, "application/json"))
-        .body(r#"{"status":"processing","delivery":"webhook"}"#)
 }
 
 fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>) -> HttpResponse {
@@ -339,18 +306,15 @@ fn name_conflict(policy: &Policy, conflict: &names::Conflict) -> HttpResponse {
     )
 }
 
-/// 500 for a webhook endpoint on an app without a webhook secret: deliveries are never signed
-/// with an empty key. Logged once.
-fn webhook_secret_missing(policy: &Policy) -> HttpResponse {
-    static LOGGED: AtomicBool = AtomicBool::new(false);
-    if !LOGGED.swap(true, Ordering::Relaxed) {
-        tracing::error!(endpoint = policy.endpoint, "idem: on_conflict = \"webhook\" needs a webhook secret: add `.webhook_secret(…)` to the Idempotency builder");
-    }
+/// 500 for a webhook endpoint in a build without the `webhook` feature (the attribute refuses
+/// to compile one; only a hand-made `Policy` gets here).
+#[cfg(not(feature = "webhook"))]
+fn webhook_not_compiled(policy: &Policy) -> HttpResponse {
     observe::outcome(policy.endpoint, None, Outcome::Rejected);
     reject(
         ProblemKind::Internal,
-        "this endpoint answers duplicates by webhook, but the server has no `webhook_secret` \
-         configured to sign deliveries with",
+        "this endpoint answers duplicates by webhook, but the server was built without idem's \
+         `webhook` feature",
     )
 }
 
@@ -410,7 +374,7 @@ fn extractor_problem(e: &actix_web::Error) -> HttpResponse {
 
 /// Builds the replay of a stored response: status, stored headers, body bytes, and
 /// `Idempotent-Replayed: true`.
-pub fn replay(stored: &StoredResponse) -> HttpResponse {
+pub(crate) fn replay(stored: &StoredResponse) -> HttpResponse {
     let Ok(status) = StatusCode::from_u16(stored.status) else {
         return reject(
             ProblemKind::Internal,

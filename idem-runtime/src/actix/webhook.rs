@@ -1,5 +1,5 @@
-//! `on_conflict = "webhook"`: a duplicate that arrives while the first request runs gets 202, and
-//! once the first completes its stored response is POSTed to the duplicate's
+//! Delivery of `on_conflict = "webhook"` (cargo feature `webhook`): a duplicate that arrives
+//! while the first request runs gets 202, and once the first completes its stored response is POSTed to the duplicate's
 //! `Idempotency-Callback` URL, signed with HMAC-SHA256 under the app's webhook secret.
 //!
 //! Only URLs matching the app's allow-list are ever called (scheme, host and port equal, path
@@ -8,37 +8,152 @@
 //! and callback URL, however many duplicates ask for it; at most a bounded number of deliveries
 //! pending in the app (a duplicate past it gets 503); every store call under the store deadline.
 //!
-//! **The signature.** `Idempotency-Signature: t=<unix seconds>,v1=<hex>`, where `<hex>` is
-//! HMAC-SHA256 under the webhook secret of `"<t>.<idempotency key>.<status>."` followed by the
-//! body: the receiver learns the delivery is the server's, for that key and that status, and
-//! recent. [`verify`] checks one (receivers in Rust can use it as is; the recipe is four lines in
-//! any language); a delivery older than the tolerance (say 5 minutes) is refused as a replay.
-//!
-//! ```
-//! use idem_runtime::actix::webhook::{sign, verify_at};
-//! use std::time::{Duration, UNIX_EPOCH};
-//! let header = sign(b"whsec", 1_700_000_000, "order-1", 201, b"{}");
-//! let now = UNIX_EPOCH + Duration::from_secs(1_700_000_030);
-//! let tolerance = Duration::from_secs(300);
-//! assert!(verify_at(b"whsec", &header, "order-1", 201, b"{}", tolerance, now).is_ok());
-//! assert!(verify_at(b"whsec", &header, "order-2", 201, b"{}", tolerance, now).is_err());
-//! ```
+//! The signature and the headers are in [`crate::webhook`].
 
-use hmac::{Hmac, Mac};
+use actix_web::http::header::CONTENT_TYPE;
+use actix_web::{HttpRequest, HttpResponse};
 use reqwest::Url;
-use sha2::Sha256;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::{problem_response, reject, Idempotency, IdempotencyBuilder};
 use crate::engine::{deadline, Engine};
-use crate::{RecordState, StorageKey, StoredResponse};
+use crate::observe::{self, Outcome};
+use crate::problem::{Problem, ProblemKind};
+use crate::webhook::{sign, CALLBACK_HEADER, SIGNATURE_HEADER, STATUS_HEADER};
+use crate::{IdempotencyKey, OnConflict, Policy, RecordState, StorageKey, StoredResponse};
 
-/// Request header naming where the response of a waiting duplicate is delivered.
-pub const CALLBACK_HEADER: &str = "idempotency-callback";
-/// Header of each delivery carrying `t=<unix seconds>,v1=<hex>` (see the module docs).
-pub const SIGNATURE_HEADER: &str = "idempotency-signature";
-/// Header of each delivery carrying the original response's status code.
-pub const STATUS_HEADER: &str = "idempotency-status";
+/// The webhook settings (cargo feature `webhook`).
+impl<S> IdempotencyBuilder<S> {
+    /// URLs that `on_conflict = "webhook"` may call back: a callback is allowed when its scheme,
+    /// host and port equal one of these and its path lies under that one's path. Unparsable
+    /// entries are ignored (and logged).
+    pub fn webhook_allow<I, U>(mut self, urls: I) -> Self
+    where
+        I: IntoIterator<Item = U>,
+        U: AsRef<str>,
+    {
+        for u in urls {
+            match Url::parse(u.as_ref()) {
+                Ok(url) => self.settings.webhook.allow.push(url),
+                Err(e) => {
+                    tracing::error!(url = u.as_ref(), error = %e, "idem: ignoring an unparsable webhook allow-list entry")
+                }
+            }
+        }
+        self
+    }
+
+    /// The secret webhook deliveries are signed with, shared with their receivers (see
+    /// [`webhook`](crate::webhook) for the signature and its
+    /// [`verify`](crate::webhook::verify)er). Required by every endpoint with
+    /// `on_conflict = "webhook"`: without it they answer 500, never an unsigned delivery. Keep it
+    /// apart from the app [`secret`](IdempotencyBuilder::secret): this one is given to third parties.
+    pub fn webhook_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
+        self.settings.webhook.secret = Arc::new(secret.into());
+        self
+    }
+
+    /// Per-attempt timeout of a webhook delivery (default 5 s).
+    pub fn webhook_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.webhook.timeout = timeout;
+        self
+    }
+
+    /// Delivery attempts (default 4) and the first backoff (default 200 ms, doubling).
+    pub fn webhook_retries(mut self, attempts: u32, first_backoff: Duration) -> Self {
+        self.settings.webhook.attempts = attempts.max(1);
+        self.settings.webhook.backoff = first_backoff;
+        self
+    }
+
+    /// How long a webhook waits for the first request to complete (default 5 min).
+    pub fn webhook_wait_max(mut self, max: Duration) -> Self {
+        self.settings.webhook.wait_max = max;
+        self
+    }
+}
+
+/// A request's callback URL, and the client's own key the delivery carries for correlation.
+pub(super) type Callback = Option<(Url, String)>;
+
+/// The callback a request names. One that is present but not allowed is refused before
+/// anything runs; a missing one only matters if the request turns out to be a duplicate.
+pub(super) fn callback(
+    req: &HttpRequest,
+    policy: &Policy,
+    config: &WebhookConfig,
+    key: &IdempotencyKey,
+) -> Result<Callback, CallbackError> {
+    match req.headers().get(CALLBACK_HEADER) {
+        Some(v) if policy.on_conflict == OnConflict::Webhook => config
+            .check(v.as_bytes())
+            .map(|url| Some((url, key.as_str().to_owned()))),
+        _ => Ok(None),
+    }
+}
+
+/// The answer to a duplicate of a webhook endpoint: 202, with one delivery per key and
+/// callback URL however many duplicates ask; 400 without a callback; 503 when too many
+/// deliveries are pending.
+pub(super) fn answer(
+    idem: &Idempotency,
+    engine: Arc<Engine>,
+    key: StorageKey,
+    callback: Callback,
+) -> (HttpResponse, Outcome) {
+    let Some((url, raw_key)) = callback else {
+        return (
+            reject(
+                ProblemKind::CallbackInvalid,
+                CallbackError::Missing.to_string(),
+            ),
+            Outcome::Rejected,
+        );
+    };
+    match idem.shared.deliveries.claim(&key, &url) {
+        Claim::Pending => (accepted(), Outcome::Accepted),
+        Claim::Full => {
+            let p = Problem::new(
+                ProblemKind::StoreUnavailable,
+                "too many webhook deliveries are pending on this server; retry with the same \
+                 key later",
+            )
+            .retry_after(5);
+            (problem_response(&p), Outcome::Rejected)
+        }
+        Claim::New(slot) => {
+            let config = idem.shared.webhook.clone();
+            idem.spawn_tracked(async move {
+                deliver_when_done(engine, config, key, raw_key, url).await;
+                drop(slot);
+            });
+            (accepted(), Outcome::Accepted)
+        }
+    }
+}
+
+fn accepted() -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((CONTENT_TYPE, "application/json"))
+        .body(r#"{"status":"processing","delivery":"webhook"}"#)
+}
+
+/// 500 for a webhook endpoint on an app without a webhook secret: deliveries are never signed
+/// with an empty key. Logged once.
+pub(super) fn secret_missing(policy: &Policy) -> HttpResponse {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!(endpoint = policy.endpoint, "idem: on_conflict = \"webhook\" needs a webhook secret: add `.webhook_secret(…)` to the Idempotency builder");
+    }
+    observe::outcome(policy.endpoint, None, Outcome::Rejected);
+    reject(
+        ProblemKind::Internal,
+        "this endpoint answers duplicates by webhook, but the server has no `webhook_secret` \
+         configured to sign deliveries with",
+    )
+}
 
 /// The app's webhook settings (see the `webhook_*` methods of the builder).
 #[derive(Clone)]
@@ -67,7 +182,7 @@ impl Default for WebhookConfig {
 /// Why a callback URL was refused (400).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum CallbackError {
+pub(crate) enum CallbackError {
     /// The duplicate carried no callback header.
     #[error("this endpoint answers duplicates by webhook: send an Idempotency-Callback header with an allowed URL")]
     Missing,
@@ -81,7 +196,7 @@ pub enum CallbackError {
 
 impl WebhookConfig {
     /// Parses and checks one callback header value against the allow-list.
-    pub fn check(&self, raw: &[u8]) -> Result<Url, CallbackError> {
+    pub(crate) fn check(&self, raw: &[u8]) -> Result<Url, CallbackError> {
         let text = std::str::from_utf8(raw).map_err(|_| CallbackError::Malformed)?;
         let url = Url::parse(text.trim()).map_err(|_| CallbackError::Malformed)?;
         if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
@@ -106,115 +221,6 @@ impl WebhookConfig {
 fn under(path: &str, base: &str) -> bool {
     let base = base.trim_end_matches('/');
     path == base || base.is_empty() || path.strip_prefix(base).is_some_and(|r| r.starts_with('/'))
-}
-
-fn signer(secret: &[u8], timestamp: u64, key: &str, status: u16, body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
-    mac.update(format!("{timestamp}.{key}.{status}.").as_bytes());
-    mac.update(body);
-    mac
-}
-
-/// The `Idempotency-Signature` value of a delivery: `t=<timestamp>,v1=<hex HMAC-SHA256(secret,
-/// "<timestamp>.<key>.<status>." ‖ body)>`.
-pub fn sign(secret: &[u8], timestamp: u64, key: &str, status: u16, body: &[u8]) -> String {
-    let mut out = format!("t={timestamp},v1=");
-    let tag = signer(secret, timestamp, key, status, body)
-        .finalize()
-        .into_bytes();
-    crate::fingerprint::push_hex(&mut out, &tag);
-    out
-}
-
-/// Why a delivery's signature was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SignatureError {
-    /// Not `t=<seconds>,v1=<64 hex>`.
-    #[error("the Idempotency-Signature header is malformed")]
-    Malformed,
-    /// Signed too long ago (or too far in the future): a replayed delivery.
-    #[error("the delivery's timestamp is outside the tolerance")]
-    Stale,
-    /// No `v1` signature matches this key, status and body under the secret.
-    #[error("the signature does not match")]
-    Mismatch,
-}
-
-/// Verifies the `Idempotency-Signature` `header` of a delivery carrying `key` (its
-/// `Idempotency-Key` header), `status` (its `Idempotency-Status`) and `body`, signed at most
-/// `tolerance` ago (or ahead, for clock skew). The comparison is constant-time; several `v1=`
-/// entries are accepted (any may match).
-pub fn verify(
-    secret: &[u8],
-    header: &str,
-    key: &str,
-    status: u16,
-    body: &[u8],
-    tolerance: Duration,
-) -> Result<(), SignatureError> {
-    verify_at(
-        secret,
-        header,
-        key,
-        status,
-        body,
-        tolerance,
-        std::time::SystemTime::now(),
-    )
-}
-
-/// [`verify`] at the time `now`.
-pub fn verify_at(
-    secret: &[u8],
-    header: &str,
-    key: &str,
-    status: u16,
-    body: &[u8],
-    tolerance: Duration,
-    now: std::time::SystemTime,
-) -> Result<(), SignatureError> {
-    let mut timestamp = None;
-    let mut signatures = Vec::new();
-    for part in header.split(',') {
-        match part.trim().split_once('=') {
-            Some(("t", t)) => timestamp = t.parse::<u64>().ok(),
-            Some(("v1", hex)) => signatures.push(decode_hex(hex).ok_or(SignatureError::Malformed)?),
-            _ => {}
-        }
-    }
-    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
-    if signatures.is_empty() {
-        return Err(SignatureError::Malformed);
-    }
-    let signed = std::time::UNIX_EPOCH + Duration::from_secs(timestamp);
-    let skew = now
-        .duration_since(signed)
-        .or_else(|e| Ok::<_, ()>(e.duration()))
-        .unwrap_or(Duration::MAX);
-    if skew > tolerance {
-        return Err(SignatureError::Stale);
-    }
-    let mac = signer(secret, timestamp, key, status, body);
-    if signatures
-        .iter()
-        .any(|sig| mac.clone().verify_slice(sig).is_ok())
-    {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
 }
 
 /// The deliveries pending in one app: one per key and callback URL, at most `max` in all.
@@ -410,82 +416,5 @@ mod tests {
             config(&[]).check(b"http://127.0.0.1:9000/hooks"),
             Err(CallbackError::NotAllowed)
         );
-    }
-
-    #[test]
-    fn signature_is_hmac_sha256_of_timestamp_key_status_and_body() {
-        // RFC 4231 test case 2, with the message split where the signer joins its parts.
-        assert_eq!(
-            sign(b"Jefe", 1, "what", 200, b"do ya want for nothing?"),
-            format!("t=1,v1={}", {
-                let mut m = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
-                m.update(b"1.what.200.do ya want for nothing?");
-                let mut s = String::new();
-                crate::fingerprint::push_hex(&mut s, &m.finalize().into_bytes());
-                s
-            })
-        );
-    }
-
-    #[test]
-    fn forged_tampered_and_stale_deliveries_fail() {
-        use std::time::UNIX_EPOCH;
-        let t = 1_700_000_000;
-        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
-        let tol = Duration::from_secs(300);
-        let h = sign(b"s", t, "k", 201, b"{}");
-        assert_eq!(
-            verify_at(b"s", &h, "k", 201, b"{}", tol, at(t + 10)),
-            Ok(())
-        );
-        assert_eq!(
-            verify_at(b"s", &h, "k", 201, b"{}", tol, at(t - 10)),
-            Ok(()),
-            "skew"
-        );
-        let forged = sign(b"not the secret", t, "k", 201, b"{}");
-        for (header, key, status, body, now, want) in [
-            (
-                forged.as_str(),
-                "k",
-                201,
-                &b"{}"[..],
-                at(t),
-                SignatureError::Mismatch,
-            ),
-            (
-                h.as_str(),
-                "k2",
-                201,
-                b"{}",
-                at(t),
-                SignatureError::Mismatch,
-            ),
-            (h.as_str(), "k", 500, b"{}", at(t), SignatureError::Mismatch),
-            (
-                h.as_str(),
-                "k",
-                201,
-                b"{ }",
-                at(t),
-                SignatureError::Mismatch,
-            ),
-            (
-                h.as_str(),
-                "k",
-                201,
-                b"{}",
-                at(t + 301),
-                SignatureError::Stale,
-            ),
-            ("v1=00", "k", 201, b"{}", at(t), SignatureError::Malformed),
-            ("t=1", "k", 201, b"{}", at(t), SignatureError::Malformed),
-        ] {
-            assert_eq!(
-                verify_at(b"s", header, key, status, body, tol, now),
-                Err(want),
-                "{header} {key} {status}"
-            );
-        }
     }
 }

@@ -7,11 +7,11 @@ use thiserror::Error;
 
 use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
 
-pub mod memory;
+pub(crate) mod memory;
 #[cfg(feature = "postgres")]
-pub mod postgres;
+pub(crate) mod postgres;
 #[cfg(feature = "redis")]
-pub mod redis;
+pub(crate) mod redis;
 #[cfg(any(feature = "redis", feature = "postgres"))]
 mod waiters;
 

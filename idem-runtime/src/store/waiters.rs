@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// How often a waiter re-reads the record when no push arrives.
-pub const POLL_EVERY: Duration = Duration::from_millis(250);
+pub(super) const POLL_EVERY: Duration = Duration::from_millis(250);
 
 /// Local waiters, by storage key.
 #[derive(Default)]
@@ -18,7 +18,7 @@ pub(crate) struct Waiters {
 
 impl Waiters {
     /// The notifier of `key`, shared by everyone waiting on it here.
-    pub fn register(&self, key: &str) -> Arc<Notify> {
+    pub(super) fn register(&self, key: &str) -> Arc<Notify> {
         let mut map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get(key).and_then(Weak::upgrade) {
             return n;
@@ -32,7 +32,7 @@ impl Waiters {
     }
 
     /// Wakes everyone here waiting on `key`.
-    pub fn wake(&self, key: &str) {
+    pub(super) fn wake(&self, key: &str) {
         let map = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = map.get(key).and_then(Weak::upgrade) {
             n.notify_waiters();

@@ -15,7 +15,7 @@ use super::conn::SentinelConn;
 pub(crate) use crate::store::waiters::Waiters;
 
 /// The channel completions are published on.
-pub const CHANNEL: &str = "idem:done";
+pub(super) const CHANNEL: &str = "idem:done";
 
 /// Where the subscriber connects.
 pub(super) enum Target {

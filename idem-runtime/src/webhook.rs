@@ -1,0 +1,223 @@
+//! Signed webhook deliveries (`on_conflict = "webhook"`, cargo feature `webhook`): a duplicate
+//! that arrives while the first request runs gets 202, and once the first completes its stored
+//! response is POSTed to the duplicate's `Idempotency-Callback` URL, signed with HMAC-SHA256
+//! under the app's webhook secret. This module holds what a receiver needs: the headers and the
+//! signature check (always compiled, so a receiver needs no HTTP client).
+//!
+//! **The signature.** `Idempotency-Signature: t=<unix seconds>,v1=<hex>`, where `<hex>` is
+//! HMAC-SHA256 under the webhook secret of `"<t>.<idempotency key>.<status>."` followed by the
+//! body: the receiver learns the delivery is the server's, for that key and that status, and
+//! recent. [`verify`] checks one (receivers in Rust can use it as is; the recipe is four lines in
+//! any language); a delivery older than the tolerance (say 5 minutes) is refused as a replay.
+//!
+//! ```
+//! use idem_runtime::webhook::{sign, verify_at};
+//! use std::time::{Duration, UNIX_EPOCH};
+//! let header = sign(b"whsec", 1_700_000_000, "order-1", 201, b"{}");
+//! let now = UNIX_EPOCH + Duration::from_secs(1_700_000_030);
+//! let tolerance = Duration::from_secs(300);
+//! assert!(verify_at(b"whsec", &header, "order-1", 201, b"{}", tolerance, now).is_ok());
+//! assert!(verify_at(b"whsec", &header, "order-2", 201, b"{}", tolerance, now).is_err());
+//! ```
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::time::Duration;
+
+/// Request header naming where the response of a waiting duplicate is delivered.
+pub const CALLBACK_HEADER: &str = "idempotency-callback";
+/// Header of each delivery carrying `t=<unix seconds>,v1=<hex>` (see the module docs).
+pub const SIGNATURE_HEADER: &str = "idempotency-signature";
+/// Header of each delivery carrying the original response's status code.
+pub const STATUS_HEADER: &str = "idempotency-status";
+
+fn signer(secret: &[u8], timestamp: u64, key: &str, status: u16, body: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(format!("{timestamp}.{key}.{status}.").as_bytes());
+    mac.update(body);
+    mac
+}
+
+/// The `Idempotency-Signature` value of a delivery: `t=<timestamp>,v1=<hex HMAC-SHA256(secret,
+/// "<timestamp>.<key>.<status>." ‖ body)>`.
+pub fn sign(secret: &[u8], timestamp: u64, key: &str, status: u16, body: &[u8]) -> String {
+    let mut out = format!("t={timestamp},v1=");
+    let tag = signer(secret, timestamp, key, status, body)
+        .finalize()
+        .into_bytes();
+    crate::fingerprint::push_hex(&mut out, &tag);
+    out
+}
+
+/// Why a delivery's signature was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// Not `t=<seconds>,v1=<64 hex>`.
+    #[error("the Idempotency-Signature header is malformed")]
+    Malformed,
+    /// Signed too long ago (or too far in the future): a replayed delivery.
+    #[error("the delivery's timestamp is outside the tolerance")]
+    Stale,
+    /// No `v1` signature matches this key, status and body under the secret.
+    #[error("the signature does not match")]
+    Mismatch,
+}
+
+/// Verifies the `Idempotency-Signature` `header` of a delivery carrying `key` (its
+/// `Idempotency-Key` header), `status` (its `Idempotency-Status`) and `body`, signed at most
+/// `tolerance` ago (or ahead, for clock skew). The comparison is constant-time; several `v1=`
+/// entries are accepted (any may match).
+pub fn verify(
+    secret: &[u8],
+    header: &str,
+    key: &str,
+    status: u16,
+    body: &[u8],
+    tolerance: Duration,
+) -> Result<(), SignatureError> {
+    verify_at(
+        secret,
+        header,
+        key,
+        status,
+        body,
+        tolerance,
+        std::time::SystemTime::now(),
+    )
+}
+
+/// [`verify`] at the time `now`.
+pub fn verify_at(
+    secret: &[u8],
+    header: &str,
+    key: &str,
+    status: u16,
+    body: &[u8],
+    tolerance: Duration,
+    now: std::time::SystemTime,
+) -> Result<(), SignatureError> {
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => timestamp = t.parse::<u64>().ok(),
+            Some(("v1", hex)) => signatures.push(decode_hex(hex).ok_or(SignatureError::Malformed)?),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or(SignatureError::Malformed)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::Malformed);
+    }
+    let signed = std::time::UNIX_EPOCH + Duration::from_secs(timestamp);
+    let skew = now
+        .duration_since(signed)
+        .or_else(|e| Ok::<_, ()>(e.duration()))
+        .unwrap_or(Duration::MAX);
+    if skew > tolerance {
+        return Err(SignatureError::Stale);
+    }
+    let mac = signer(secret, timestamp, key, status, body);
+    if signatures
+        .iter()
+        .any(|sig| mac.clone().verify_slice(sig).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_sha256_of_timestamp_key_status_and_body() {
+        // RFC 4231 test case 2, with the message split where the signer joins its parts.
+        assert_eq!(
+            sign(b"Jefe", 1, "what", 200, b"do ya want for nothing?"),
+            format!("t=1,v1={}", {
+                let mut m = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+                m.update(b"1.what.200.do ya want for nothing?");
+                let mut s = String::new();
+                crate::fingerprint::push_hex(&mut s, &m.finalize().into_bytes());
+                s
+            })
+        );
+    }
+
+    #[test]
+    fn forged_tampered_and_stale_deliveries_fail() {
+        use std::time::UNIX_EPOCH;
+        let t = 1_700_000_000;
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let tol = Duration::from_secs(300);
+        let h = sign(b"s", t, "k", 201, b"{}");
+        assert_eq!(
+            verify_at(b"s", &h, "k", 201, b"{}", tol, at(t + 10)),
+            Ok(())
+        );
+        assert_eq!(
+            verify_at(b"s", &h, "k", 201, b"{}", tol, at(t - 10)),
+            Ok(()),
+            "skew"
+        );
+        let forged = sign(b"not the secret", t, "k", 201, b"{}");
+        for (header, key, status, body, now, want) in [
+            (
+                forged.as_str(),
+                "k",
+                201,
+                &b"{}"[..],
+                at(t),
+                SignatureError::Mismatch,
+            ),
+            (
+                h.as_str(),
+                "k2",
+                201,
+                b"{}",
+                at(t),
+                SignatureError::Mismatch,
+            ),
+            (h.as_str(), "k", 500, b"{}", at(t), SignatureError::Mismatch),
+            (
+                h.as_str(),
+                "k",
+                201,
+                b"{ }",
+                at(t),
+                SignatureError::Mismatch,
+            ),
+            (
+                h.as_str(),
+                "k",
+                201,
+                b"{}",
+                at(t + 301),
+                SignatureError::Stale,
+            ),
+            ("v1=00", "k", 201, b"{}", at(t), SignatureError::Malformed),
+            ("t=1", "k", 201, b"{}", at(t), SignatureError::Malformed),
+        ] {
+            assert_eq!(
+                verify_at(b"s", header, key, status, body, tol, now),
+                Err(want),
+                "{header} {key} {status}"
+            );
+        }
+    }
+}
