@@ -24,6 +24,7 @@ pub use idem_runtime::{
 pub use idem_runtime::{
     Begin, Fenced, FencingToken, Fingerprint, IdempotencyKey, KeyError, MemoryStore,
     MemoryStoreBuilder, Record, RecordState, StorageKey, Store, StoreError, StoredResponse,
+    TransactionalStore,
 };
 
 #[cfg(feature = "redis")]

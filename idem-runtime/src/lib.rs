@@ -68,7 +68,7 @@ pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 pub use store::postgres::{PostgresStore, PostgresStoreBuilder, Tls as PostgresTls};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
-pub use store::{Begin, Fenced, Store, StoreError};
+pub use store::{Begin, Fenced, Store, StoreError, TransactionalStore};
 /// The PostgreSQL client `IdemTx` hands out, re-exported so that handlers use the same version.
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;

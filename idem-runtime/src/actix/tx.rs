@@ -120,19 +120,15 @@ impl FromRequest for IdemTx {
     }
 }
 
-/// The store of `engine` if it can run a handler's transaction: a [`PostgresStore`] (found
-/// through `Any`: the `Store` trait itself knows nothing of PostgreSQL). A store that wraps one
-/// is not transactional.
-///
-/// [`PostgresStore`]: crate::PostgresStore
+/// The store that can run a handler's transaction: the engine's store, or the one it wraps
+/// (through [`Store::transactional`](crate::Store::transactional)).
 fn transactional(engine: &Engine) -> Option<&crate::PostgresStore> {
-    let store: &dyn std::any::Any = &**engine.store();
-    store.downcast_ref::<crate::PostgresStore>()
+    engine.store().transactional().map(|t| t.postgres())
 }
 
-/// The 500 of a transactional endpoint whose store is not a `PostgresStore`.
+/// The 500 of a transactional endpoint whose store is not a `PostgresStore` (nor wraps one).
 fn not_postgres() -> HttpResponse {
-    tracing::error!("idem: a transactional endpoint's store is not a PostgresStore");
+    tracing::error!("idem: a transactional endpoint's store is not a PostgresStore, nor a store whose Store::transactional returns one");
     reject(
         ProblemKind::Internal,
         "this endpoint is transactional but its idempotency store is not PostgreSQL",

@@ -84,7 +84,7 @@ pub enum StoreError {
 /// record itself (a crashed worker's lease simply runs out), and check the fencing token on every
 /// write that follows `begin`.
 #[async_trait]
-pub trait Store: std::any::Any + Send + Sync {
+pub trait Store: Send + Sync + 'static {
     /// Looks at `key` and, when it is absent, released or its lease ran out, records it as in
     /// progress for `lease` under a fresh token. A record that is not completed is kept for
     /// `keep` (the endpoint's TTL) so that attempts are counted across releases and takeovers.
@@ -132,6 +132,30 @@ pub trait Store: std::any::Any + Send + Sync {
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         settle(self, key, timeout, Duration::from_millis(50), None).await
     }
+
+    /// This store as one whose records commit in the same transaction as a handler's own
+    /// writes, if it is one: what `#[idempotent(transactional)]` endpoints need. `None` by
+    /// default; a `PostgresStore` returns itself, and a store that wraps another should return
+    /// the inner store's, so that transactional endpoints keep working through the wrapper.
+    fn transactional(&self) -> Option<&dyn TransactionalStore> {
+        None
+    }
+}
+
+/// A capability beyond [`Store`]: records that commit or roll back with a handler's own writes,
+/// in one database transaction (the handler gets it as `IdemTx`). Reached through
+/// [`Store::transactional`]. Sealed: the transaction is a PostgreSQL one, and `PostgresStore`
+/// (feature `postgres`) is its implementation.
+pub trait TransactionalStore: Store + sealed::Sealed {
+    /// The PostgreSQL store that opens the transactions.
+    #[doc(hidden)]
+    #[cfg(feature = "postgres")]
+    fn postgres(&self) -> &postgres::PostgresStore;
+}
+
+mod sealed {
+    /// Only this crate's stores are transactional.
+    pub trait Sealed {}
 }
 
 /// Returns once the record of `key` is no longer in progress (completed, released or expired),

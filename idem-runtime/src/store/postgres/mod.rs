@@ -325,8 +325,20 @@ impl<T> PostgresStoreBuilder<T> {
     }
 }
 
+impl super::sealed::Sealed for PostgresStore {}
+
+impl super::TransactionalStore for PostgresStore {
+    fn postgres(&self) -> &PostgresStore {
+        self
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
+    fn transactional(&self) -> Option<&dyn super::TransactionalStore> {
+        Some(self)
+    }
+
     async fn begin(
         &self,
         key: &StorageKey,
