@@ -66,6 +66,21 @@ fn in_progress() -> Problem {
     .retry_after(1)
 }
 
+/// 500 for a completed record that cannot be opened: the operation ran, so it is neither run
+/// again nor answered with a response it cannot vouch for. Logged and counted.
+pub(crate) fn unreadable(
+    endpoint: &str,
+    key: &StorageKey,
+    why: crate::seal::Unreadable,
+) -> Problem {
+    crate::observe::count(crate::observe::metric::RECORD_UNREADABLE_TOTAL);
+    tracing::error!(endpoint, key = %key, reason = %why, "idem: a completed record could not be opened; refusing to replay it (and the operation is not run again)");
+    Problem::new(
+        ProblemKind::RecordUnreadable,
+        "the operation with this Idempotency-Key already ran, but its stored result cannot be          read; it is not run again",
+    )
+}
+
 /// What the engine decided for one request.
 #[derive(Debug)]
 pub(crate) enum Decision {
@@ -225,7 +240,10 @@ impl Engine {
                     }
                     Decision::Execute(ticket)
                 }
-                Ok(Begin::Replay(response)) => Decision::Replay { response, waited },
+                Ok(Begin::Replay(stored)) => match key.open(stored) {
+                    Ok(response) => Decision::Replay { response, waited },
+                    Err(why) => Decision::Reject(unreadable(policy.endpoint, &key, why)),
+                },
                 Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
                     ProblemKind::KeyReused,
                     "this Idempotency-Key was already used with a different request payload; \

@@ -6,6 +6,8 @@
 
 use thiserror::Error;
 
+use crate::StoredResponse;
+
 /// Longest key accepted, in characters (Stripe's limit, and the draft's recommendation).
 pub(crate) const MAX_KEY_LEN: usize = 255;
 
@@ -164,16 +166,73 @@ fn parse_sf_string(v: &[u8]) -> Result<Vec<u8>, KeyError> {
 /// is hex so that no client-chosen byte (a `{…}` hash tag, say) reaches the store. The 16-hex
 /// principal tag lets a status resource check, without a lookup, that a status id belongs to the
 /// principal asking for it.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct StorageKey {
     full: String,
     id_at: usize,
+    /// What seals and opens this key's response, when the app has a secret and the raw key is
+    /// known (see `seal.rs`); not part of the key's identity.
+    seal: Option<crate::seal::RecordSeal>,
+}
+
+impl PartialEq for StorageKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.full == other.full && self.id_at == other.id_at
+    }
+}
+
+impl Eq for StorageKey {}
+
+impl std::hash::Hash for StorageKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.full.hash(state);
+        self.id_at.hash(state);
+    }
 }
 
 impl StorageKey {
     /// A storage key from its full text and where its id starts.
     pub(crate) fn from_parts(full: String, id_at: usize) -> Self {
-        StorageKey { full, id_at }
+        StorageKey {
+            full,
+            id_at,
+            seal: None,
+        }
+    }
+
+    /// This key, whose response is sealed and opened with `seal`.
+    pub(crate) fn sealed_with(mut self, seal: Option<crate::seal::RecordSeal>) -> Self {
+        self.seal = seal;
+        self
+    }
+
+    /// The response as this key's record keeps it: sealed when the key has a seal.
+    pub(crate) fn to_stored<'r>(
+        &self,
+        response: &'r StoredResponse,
+    ) -> std::borrow::Cow<'r, StoredResponse> {
+        match &self.seal {
+            Some(seal) => std::borrow::Cow::Owned(seal.seal(&self.full, response)),
+            None => std::borrow::Cow::Borrowed(response),
+        }
+    }
+
+    /// The response this key's record holds, opened: what a replay sends.
+    pub(crate) fn open(
+        &self,
+        stored: StoredResponse,
+    ) -> Result<StoredResponse, crate::seal::Unreadable> {
+        match &self.seal {
+            Some(seal) => seal.open(&self.full, &stored),
+            None if crate::seal::is_sealed(&stored) => Err(crate::seal::Unreadable::NoKey),
+            None => Ok(stored),
+        }
+    }
+
+    /// A token for this key's status URL that lets its holder read the sealed result; `None`
+    /// when records are not sealed.
+    pub(crate) fn status_token(&self) -> Option<String> {
+        self.seal.as_ref().map(|s| s.status_token(&self.full))
     }
 
     /// Derives the storage key of `key` sent by `principal` to `endpoint` as an app without a

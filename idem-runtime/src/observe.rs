@@ -74,6 +74,8 @@ pub(crate) mod metric {
     pub(crate) const PRINCIPAL_FULL_TOTAL: &str = "idem_principal_full_total";
     /// Acquisitions of a key after an earlier attempt (a release or a lapsed lease).
     pub(crate) const REATTEMPTS_TOTAL: &str = "idem_reattempts_total";
+    /// Completed records that could not be opened (`record-unreadable`).
+    pub(crate) const RECORD_UNREADABLE_TOTAL: &str = "idem_record_unreadable_total";
     /// Keys Redis evicted (with `allow_eviction()`).
     pub(crate) const REDIS_EVICTED_KEYS_TOTAL: &str = "idem_redis_evicted_keys_total";
     /// Requests by `endpoint` and `outcome` (executed, replayed, waited, conflict, mismatch, accepted, rejected, store_error).

@@ -34,6 +34,9 @@ pub enum ProblemKind {
     /// or its body failed while it was sent): the original status, this body. The operation is
     /// not run again.
     ResponseNotKept,
+    /// 500: the operation ran, but its stored response cannot be opened (sealed under a secret
+    /// the app no longer has, or altered in the store); it is neither replayed nor run again.
+    RecordUnreadable,
     /// The server is shutting down and starts no new operation; retry, with the same key, on
     /// another instance or later (503).
     ShuttingDown,
@@ -57,9 +60,10 @@ impl ProblemKind {
             ProblemKind::InProgress => 409,
             ProblemKind::BodyTooLarge => 413,
             ProblemKind::StoreUnavailable | ProblemKind::ShuttingDown => 503,
-            ProblemKind::HandlerFailed | ProblemKind::Internal | ProblemKind::ResponseNotKept => {
-                500
-            }
+            ProblemKind::HandlerFailed
+            | ProblemKind::Internal
+            | ProblemKind::ResponseNotKept
+            | ProblemKind::RecordUnreadable => 500,
         }
     }
 
@@ -79,6 +83,7 @@ impl ProblemKind {
             ProblemKind::HandlerFailed => "urn:idem:problem:handler-failed",
             ProblemKind::Internal => "urn:idem:problem:internal",
             ProblemKind::ResponseNotKept => "urn:idem:problem:response-not-kept",
+            ProblemKind::RecordUnreadable => "urn:idem:problem:record-unreadable",
             ProblemKind::ShuttingDown => "urn:idem:problem:shutting-down",
             ProblemKind::TooManyKeys => "urn:idem:problem:too-many-keys",
         }
@@ -100,6 +105,9 @@ impl ProblemKind {
             ProblemKind::HandlerFailed => "Handler failed",
             ProblemKind::Internal => "Idempotency layer misconfigured",
             ProblemKind::ResponseNotKept => "The operation ran; its response was not kept",
+            ProblemKind::RecordUnreadable => {
+                "The operation ran; its stored response cannot be read"
+            }
             ProblemKind::ShuttingDown => "Server shutting down",
             ProblemKind::TooManyKeys => "Too many new idempotency keys",
         }

@@ -36,6 +36,7 @@ pub(crate) const ID_LEN: usize = TAG_LEN + 1 + 64;
 pub(crate) struct KeyDerivation {
     tag: HmacSha256,
     id: HmacSha256,
+    fingerprint: HmacSha256,
     verifier: [u8; 32],
     keyed: bool,
 }
@@ -83,6 +84,7 @@ impl KeyDerivation {
         KeyDerivation {
             tag: mac(&sub_key(secret, "principal-tag")),
             id: mac(&sub_key(secret, "storage-key")),
+            fingerprint: mac(&sub_key(secret, "fingerprint")),
             verifier: sub_key(secret, "verifier"),
             keyed,
         }
@@ -92,6 +94,15 @@ impl KeyDerivation {
     /// nothing about the secret: what instances compare to find that they disagree.
     pub(crate) fn verifier(&self) -> [u8; 32] {
         self.verifier
+    }
+
+    /// The fingerprint a record keeps of a request: `HMAC(sub_key, fingerprint)`. A plain hash
+    /// of a low-entropy body (an amount and a currency) would let anyone holding a store dump
+    /// confirm a guess offline; keyed, it says nothing without the secret.
+    pub(crate) fn fingerprint(&self, fp: crate::Fingerprint) -> crate::Fingerprint {
+        let mut m = self.fingerprint.clone();
+        m.update(&fp.0);
+        crate::Fingerprint(m.finalize().into_bytes().into())
     }
 
     /// The 16-hex tag of `principal`.
@@ -234,6 +245,16 @@ mod tests {
             None
         );
         assert_eq!(kd.status_key("p:", "zz", b"acct_a"), None);
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_by_the_secret() {
+        let fp = crate::Fingerprint([7; 32]);
+        let a = KeyDerivation::keyed(b"s").fingerprint(fp);
+        assert_eq!(a, KeyDerivation::keyed(b"s").fingerprint(fp), "stable");
+        assert_ne!(a, fp);
+        assert_ne!(a, KeyDerivation::keyed(b"t").fingerprint(fp));
+        assert_ne!(a, KeyDerivation::unkeyed().fingerprint(fp));
     }
 
     #[test]

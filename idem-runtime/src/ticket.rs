@@ -212,13 +212,14 @@ impl Ticket {
         response: &StoredResponse,
     ) -> Result<Fenced, StoreError> {
         let store = self.engine.store();
+        let stored = self.key.to_stored(response);
         deadline(
             "complete",
             self.engine.store_timeout(),
             store.complete(
                 &self.key,
                 self.token,
-                response,
+                &stored,
                 self.ttl_for(response.status),
             ),
         )
@@ -230,12 +231,14 @@ impl Ticket {
     /// either way.
     pub(crate) async fn complete(&self, response: &StoredResponse) -> bool {
         let store = self.engine.store();
+        // Sealed once: every retry writes the same bytes.
+        let stored = self.key.to_stored(response);
         let written = self
             .until_settled("complete", || {
                 store.complete(
                     &self.key,
                     self.token,
-                    response,
+                    &stored,
                     self.ttl_for(response.status),
                 )
             })

@@ -53,6 +53,8 @@ pub(super) struct Shared {
     pub(super) scope: Scope,
     /// How storage keys are derived (keyed by the app secret, when there is one).
     pub(super) derivation: KeyDerivation,
+    /// Seals stored responses (with an app secret).
+    pub(super) sealer: Option<Arc<crate::seal::Sealer>>,
     pub(super) max_response: usize,
     pub(super) status_path: String,
     #[cfg(feature = "webhook")]
@@ -152,6 +154,7 @@ pub(super) struct Settings {
     store_timeout: Duration,
     replay_headers: Vec<String>,
     secret: Option<Vec<u8>>,
+    sealing_keys: Vec<Vec<u8>>,
     admission: Option<(u32, Duration)>,
     max_response: usize,
     status_path: String,
@@ -173,6 +176,7 @@ impl Idempotency {
                 store_timeout: Duration::from_secs(2),
                 replay_headers: Vec::new(),
                 secret: None,
+                sealing_keys: Vec::new(),
                 admission: None,
                 max_response: 8 << 20,
                 status_path: "/idempotency".into(),
@@ -366,8 +370,28 @@ impl<S> IdempotencyBuilder<S> {
     /// keys, so a retry reaching another instance would run again; they notice it through the
     /// store and log it as an error (`idem_secret_mismatch_total`). Changing the secret orphans
     /// the records written under the old one, like an upgrade of the derivation does.
+    ///
+    /// With a secret, stored responses are also sealed (encryption at rest) and fingerprints
+    /// keyed; [`sealing_keys`](Self::sealing_keys) gives rotatable keys for the sealing.
     pub fn secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.settings.secret = Some(secret.into());
+        self
+    }
+
+    /// Keys that seal stored responses, newest first, instead of the app
+    /// [`secret`](Self::secret) (see "What the store holds" in the guide). New records are sealed
+    /// under the first; a record opens under whichever key sealed it. To rotate: put a new key
+    /// first and deploy it everywhere; remove the old one once the longest `ttl` has passed
+    /// since. A record sealed under a removed key is refused (500 `record-unreadable`), never
+    /// replayed nor run again. Each key should be at least 32 random bytes. The app secret is not
+    /// rotated this way: it derives storage keys, and a new one would not find records in
+    /// flight.
+    pub fn sealing_keys<I, K>(mut self, keys: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<Vec<u8>>,
+    {
+        self.settings.sealing_keys = keys.into_iter().map(Into::into).collect();
         self
     }
 
@@ -459,6 +483,10 @@ impl<S> IdempotencyBuilder<S> {
                 prefix: settings.prefix,
                 scope,
                 derivation,
+                sealer: match (&settings.sealing_keys[..], &settings.secret) {
+                    ([], Some(secret)) => crate::seal::Sealer::new(std::slice::from_ref(secret)),
+                    (keys, _) => crate::seal::Sealer::new(keys),
+                },
                 max_response: settings.max_response,
                 status_path: settings.status_path,
                 #[cfg(feature = "webhook")]

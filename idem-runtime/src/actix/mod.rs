@@ -183,11 +183,17 @@ where
     let decoded = decoded.as_ref().and_then(|d| d.as_deref());
 
     let principal = idem.principal(&req);
-    let storage_key =
-        shared
-            .derivation
-            .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key);
-    let fingerprint = request::fingerprint(&req, policy, &content_type, &body, decoded);
+    let storage_key = shared
+        .derivation
+        .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key)
+        .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
+    let fingerprint = shared.derivation.fingerprint(request::fingerprint(
+        &req,
+        policy,
+        &content_type,
+        &body,
+        decoded,
+    ));
 
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects

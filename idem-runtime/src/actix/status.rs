@@ -10,11 +10,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use super::config::find;
 use super::{reject, replay};
 use crate::problem::ProblemKind;
+use crate::seal::Unreadable;
 use crate::{RecordState, StorageKey};
 
 /// 202 Accepted pointing at the status resource of `key`.
 pub(crate) fn accepted(status_path: &str, key: &StorageKey) -> HttpResponse {
-    let location = format!("{}/{}", status_path.trim_end_matches('/'), key.status_id());
+    let mut location = format!("{}/{}", status_path.trim_end_matches('/'), key.status_id());
+    // With sealed records, the token that lets this URL's holder open the result.
+    if let Some(token) = key.status_token() {
+        location.push_str("?t=");
+        location.push_str(&token);
+    }
     let body = serde_json::json!({ "status": "processing", "location": location });
     HttpResponse::Accepted()
         .insert_header((LOCATION, location))
@@ -44,15 +50,37 @@ pub(crate) async fn status(req: HttpRequest, id: web::Path<String>) -> HttpRespo
     else {
         return not_found();
     };
+    let token = req
+        .query_string()
+        .split('&')
+        .find_map(|p| p.strip_prefix("t="));
+    let seal = match (&idem.shared.sealer, token) {
+        (Some(sealer), Some(t)) => sealer.from_token(key.as_str(), t),
+        _ => None,
+    };
+    let key = key.sealed_with(seal);
     // The record lives in whichever store its endpoint uses.
     for engine in idem.engines() {
         match engine.get(&key).await {
             Ok(None) => continue,
             Ok(Some(rec)) => {
                 return match rec.state {
-                    RecordState::Completed { response } => replay(&response),
+                    RecordState::Completed { response } => match key.open(response) {
+                        Ok(response) => replay(&response),
+                        // Sealed, and this URL lacks its token (or carries a wrong one).
+                        Err(Unreadable::NoKey) => reject(
+                            ProblemKind::StatusNotFound,
+                            "this status URL lacks the token (`?t=…`) its Location carried; \
+                             use the whole Location",
+                        ),
+                        Err(why) => super::problem_response(&crate::engine::unreadable(
+                            "status resource",
+                            &key,
+                            why,
+                        )),
+                    },
                     RecordState::InProgress { .. } => accepted(idem.status_path(), &key),
-                }
+                };
             }
             Err(e) => return super::problem_response(&engine.store_problem(&e)),
         }

@@ -182,13 +182,14 @@ pub(super) async fn finish(
         return (not_postgres(), Outcome::Executed);
     };
     let limit = engine.store_timeout();
+    let sealed = ticket.key().to_stored(&stored);
     let end = deadline("complete", limit, async {
         Ok(pg
             .complete_and_commit(
                 conn,
                 ticket.key(),
                 ticket.token(),
-                &stored,
+                &sealed,
                 ticket.ttl_for(stored.status),
             )
             .await)

@@ -291,7 +291,13 @@ pub(crate) async fn deliver_when_done(
     let response = loop {
         match deadline("get", limit, engine.store().get(&key)).await {
             Ok(Some(rec)) => match rec.state {
-                RecordState::Completed { response } => break response,
+                RecordState::Completed { response } => match key.open(response) {
+                    Ok(response) => break response,
+                    Err(why) => {
+                        crate::engine::unreadable("webhook delivery", &key, why);
+                        return;
+                    }
+                },
                 RecordState::InProgress { .. } => {}
             },
             Ok(None) => {

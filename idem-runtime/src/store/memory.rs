@@ -115,6 +115,32 @@ enum EntryState {
 }
 
 impl Entry {
+    /// The record as `get` reports it: `None` unless live.
+    fn record(&self, now: Instant) -> Option<Record> {
+        if !self.is_live(now) {
+            return None;
+        }
+        let (state, until) = match &self.state {
+            EntryState::InProgress {
+                token, lease_until, ..
+            } => (RecordState::InProgress { token: *token }, *lease_until),
+            EntryState::Completed(r) => (
+                RecordState::Completed {
+                    response: r.clone(),
+                },
+                self.expires_at,
+            ),
+            EntryState::Released => return None,
+        };
+        Some(Record {
+            fingerprint: self.fingerprint,
+            state,
+            attempt: self.attempt,
+            acquired_at: Some(self.acquired_at),
+            expires_in: until - now,
+        })
+    }
+
     /// Whether the record still blocks a new acquisition: a completed record within its TTL, or
     /// an in-progress one within its lease. Only such records are never evicted.
     fn is_live(&self, now: Instant) -> bool {
@@ -229,6 +255,23 @@ impl MemoryStore {
     /// Whether the store holds no record.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every record held, with its storage key, as the store keeps it (a sealed response stays
+    /// sealed): what a heap dump of the process would show. For tests and audits; it locks each
+    /// shard in turn.
+    pub fn dump(&self) -> Vec<(String, Record)> {
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for shard in &self.inner.shards {
+            let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, entry) in map.iter() {
+                if let Some(record) = entry.record(now) {
+                    out.push((key.as_str().to_owned(), record));
+                }
+            }
+        }
+        out
     }
 
     /// Drops every expired record now (the sweeper does this periodically).
@@ -511,27 +554,7 @@ impl Store for MemoryStore {
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
         let map = self.inner.shard(key);
-        Ok(map.get(key).filter(|e| e.is_live(now)).and_then(|e| {
-            let (state, until) = match &e.state {
-                EntryState::InProgress {
-                    token, lease_until, ..
-                } => (RecordState::InProgress { token: *token }, *lease_until),
-                EntryState::Completed(r) => (
-                    RecordState::Completed {
-                        response: r.clone(),
-                    },
-                    e.expires_at,
-                ),
-                EntryState::Released => return None,
-            };
-            Some(Record {
-                fingerprint: e.fingerprint,
-                state,
-                attempt: e.attempt,
-                acquired_at: Some(e.acquired_at),
-                expires_in: until - now,
-            })
-        }))
+        Ok(map.get(key).and_then(|e| e.record(now)))
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {

@@ -1,0 +1,77 @@
+use super::*;
+use bytes::Bytes;
+
+fn response() -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        headers: vec![("location".into(), Bytes::from_static(b"/payments/MARKER"))],
+        body: Bytes::from_static(b"{\"card\":\"MARKER-4242\"}"),
+    }
+}
+
+fn sealer(secrets: &[&[u8]]) -> Arc<Sealer> {
+    Sealer::new(&secrets.iter().map(|s| s.to_vec()).collect::<Vec<_>>()).expect("secrets")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn a_sealed_response_opens_only_with_its_key_and_raw_key() {
+    let s = sealer(&[b"s1"]);
+    let seal = s.record("order-1");
+    let sealed = seal.seal("idem:k1", &response());
+    assert_eq!(sealed.status, 201);
+    assert!(is_sealed(&sealed));
+    assert!(!contains(&sealed.encode(), b"MARKER"));
+    assert_eq!(seal.open("idem:k1", &sealed), Ok(response()));
+    // Copied over another key, opened with another raw key, or another status: refused.
+    assert_eq!(seal.open("idem:k2", &sealed), Err(Unreadable::Forged));
+    assert_eq!(
+        s.record("order-2").open("idem:k1", &sealed),
+        Err(Unreadable::Forged)
+    );
+    let mut edited = sealed.clone();
+    edited.status = 200;
+    assert_eq!(seal.open("idem:k1", &edited), Err(Unreadable::Forged));
+    let mut cut = sealed.clone();
+    cut.body = cut.body.slice(..10);
+    assert_eq!(seal.open("idem:k1", &cut), Err(Unreadable::Forged));
+    assert_eq!(seal.open("idem:k1", &response()), Err(Unreadable::Unsealed));
+}
+
+#[test]
+fn records_open_under_an_older_secret_until_it_is_removed() {
+    let old = sealer(&[b"s1"]).record("k").seal("idem:k", &response());
+    let rotated = sealer(&[b"s2", b"s1"]).record("k");
+    assert_eq!(rotated.open("idem:k", &old), Ok(response()));
+    // New records are sealed under the newest secret only.
+    let new = rotated.seal("idem:k", &response());
+    assert_eq!(
+        sealer(&[b"s1"]).record("k").open("idem:k", &new),
+        Err(Unreadable::UnknownSecret)
+    );
+    assert_eq!(
+        sealer(&[b"s2"]).record("k").open("idem:k", &old),
+        Err(Unreadable::UnknownSecret)
+    );
+}
+
+#[test]
+fn a_status_token_carries_the_raw_key_for_its_record_only() {
+    let s = sealer(&[b"s1"]);
+    let sealed = s.record("order-1").seal("idem:k1", &response());
+    let token = s.record("order-1").status_token("idem:k1");
+    assert!(!token.contains("order-1"));
+    let from_token = s.from_token("idem:k1", &token).expect("a valid token");
+    assert_eq!(from_token.open("idem:k1", &sealed), Ok(response()));
+    assert!(
+        s.from_token("idem:k2", &token).is_none(),
+        "bound to its key"
+    );
+    assert!(sealer(&[b"other"]).from_token("idem:k1", &token).is_none());
+    for bad in ["", "zz", "00", &token[..token.len() - 2]] {
+        assert!(s.from_token("idem:k1", bad).is_none(), "{bad}");
+    }
+}
