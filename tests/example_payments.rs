@@ -17,9 +17,28 @@ async fn curl_twice_one_execution_on_redis() {
         return;
     }
     let redis = common::redis::RedisServer::start();
-    let (_demo, base) = start_demo(Some(&redis.url()), 100).await;
+    let port = common::demo::free_port();
+    let env = [
+        ("PAYMENT_DELAY_MS", "100".to_owned()),
+        ("IDEM_REDIS_URL", redis.url()),
+    ];
+    let (_demo, log) = common::demo::start_example_logged("payments", port, &env).await;
+    let base = format!("http://127.0.0.1:{port}");
     curl_twice(&base).await;
     assert!(redis.calls("evalsha") >= 4, "the demo used the Redis store");
+    // Encryption at rest is on in the demo: Redis holds no payment in clear.
+    let keys = redis.cli(&["KEYS", "*"]).expect("KEYS");
+    let mut dump = String::new();
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        dump.push_str(&redis.cli(&["GET", key]).unwrap_or_default());
+    }
+    assert!(!dump.is_empty(), "records were written");
+    for clear in ["succeeded", "EUR", "pay_"] {
+        assert!(!dump.contains(clear), "`{clear}` is readable in Redis: {dump}");
+    }
+    // Without IDEM_SECRET, it says it runs on its public development secret.
+    let stderr = std::fs::read_to_string(log).expect("the demo's stderr");
+    assert!(stderr.contains("DEVELOPMENT secret"), "{stderr}");
 }
 
 /// The README's two curls (and a cached 400), checked against `GET /stats`.

@@ -13,7 +13,8 @@
 //! Requests authenticate like a payments API (`auth.rs`): `Authorization: Bearer <api key>`,
 //! each key belonging to an account, and idempotency keys are scoped by the account. Without
 //! `Authorization` a request belongs to the public account, so plain `curl` works. The app
-//! secret comes from `IDEM_SECRET` (a fixed demo value otherwise). SIGTERM or Ctrl-C drains the
+//! secret comes from `IDEM_SECRET` (a development default otherwise, announced at startup); it
+//! also seals the stored responses (encryption at rest). SIGTERM or Ctrl-C drains the
 //! payments in flight before the server stops.
 //!
 //! `GET /checkout` is a server-rendered shop form with no JavaScript at all: the page carries
@@ -395,9 +396,15 @@ async fn main() -> std::io::Result<()> {
         ),
     };
     // Keys are scoped by the account the API key belongs to. Every instance must share the
-    // secret; the demo has a default for trying it out.
-    let secret = std::env::var("IDEM_SECRET")
-        .unwrap_or_else(|_| "payments-demo-secret: set IDEM_SECRET in production".into());
+    // secret, which also seals what the store keeps of each response (encryption at rest); the
+    // demo has a development default for trying it out, and says so.
+    let secret = std::env::var("IDEM_SECRET").unwrap_or_else(|_| {
+        eprintln!(
+            "IDEM_SECRET is not set: using the demo's DEVELOPMENT secret, which is public; set \
+             IDEM_SECRET (32+ random bytes) for anything real"
+        );
+        "payments-demo-secret: set IDEM_SECRET in production".into()
+    });
     let idem = idem
         .scope_by_extension::<auth::AccountId>()
         .secret(secret)

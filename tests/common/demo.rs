@@ -76,14 +76,15 @@ pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String
 }
 
 /// The command that runs example `name` with `PORT=port` and `env`, and no inherited
-/// `IDEM_REDIS_*` or `IDEM_ADMIN_TOKEN`.
+/// `IDEM_REDIS_*`, `IDEM_ADMIN_TOKEN` or `IDEM_SECRET`.
 fn example_command(name: &str, port: u16, env: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(example_binary(name));
     cmd.env("PORT", port.to_string())
         .env_remove("IDEM_REDIS_URL")
         .env_remove("IDEM_REDIS_CLUSTER")
         .env_remove("IDEM_REDIS_ALLOW_EVICTION")
-        .env_remove("IDEM_ADMIN_TOKEN");
+        .env_remove("IDEM_ADMIN_TOKEN")
+        .env_remove("IDEM_SECRET");
     for (k, v) in env {
         cmd.env(k, v);
     }
