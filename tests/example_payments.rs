@@ -34,7 +34,10 @@ async fn curl_twice_one_execution_on_redis() {
     }
     assert!(!dump.is_empty(), "records were written");
     for clear in ["succeeded", "EUR", "pay_"] {
-        assert!(!dump.contains(clear), "`{clear}` is readable in Redis: {dump}");
+        assert!(
+            !dump.contains(clear),
+            "`{clear}` is readable in Redis: {dump}"
+        );
     }
     // Without IDEM_SECRET, it says it runs on its public development secret.
     let stderr = std::fs::read_to_string(log).expect("the demo's stderr");

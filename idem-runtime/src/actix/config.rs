@@ -55,6 +55,8 @@ pub(super) struct Shared {
     pub(super) derivation: KeyDerivation,
     /// Seals stored responses (with an app secret).
     pub(super) sealer: Option<Arc<crate::seal::Sealer>>,
+    /// Whether kept responses carry `Idempotency-Expires`.
+    pub(super) expiry_header: bool,
     pub(super) max_response: usize,
     pub(super) status_path: String,
     #[cfg(feature = "webhook")]
@@ -155,6 +157,7 @@ pub(super) struct Settings {
     replay_headers: Vec<String>,
     secret: Option<Vec<u8>>,
     sealing_keys: Vec<Vec<u8>>,
+    expiry_header: bool,
     admission: Option<(u32, Duration)>,
     max_response: usize,
     status_path: String,
@@ -177,6 +180,7 @@ impl Idempotency {
                 replay_headers: Vec::new(),
                 secret: None,
                 sealing_keys: Vec::new(),
+                expiry_header: true,
                 admission: None,
                 max_response: 8 << 20,
                 status_path: "/idempotency".into(),
@@ -395,6 +399,16 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
+    /// Whether responses that are kept for replay carry `Idempotency-Expires: <HTTP-date>`: when
+    /// the record goes, after which a retry with the same key runs as a new operation (the
+    /// endpoint's `ttl`, or `client_error_ttl` for a 4xx). On by default; the first answer and
+    /// every replay carry the same date. Not a standard header: the Idempotency-Key draft asks
+    /// servers to publish their expiry policy and names none.
+    pub fn expiry_header(mut self, on: bool) -> Self {
+        self.settings.expiry_header = on;
+        self
+    }
+
     /// At most `limit` new operations (keys) per principal per `per`, in this instance: a burst
     /// of `limit`, refilled steadily. A principal over it gets 429 `urn:idem:problem:too-many-keys`
     /// with `Retry-After`; other principals, and replays of anyone's finished operations, are not
@@ -487,6 +501,7 @@ impl<S> IdempotencyBuilder<S> {
                     ([], Some(secret)) => crate::seal::Sealer::new(std::slice::from_ref(secret)),
                     (keys, _) => crate::seal::Sealer::new(keys),
                 },
+                expiry_header: settings.expiry_header,
                 max_response: settings.max_response,
                 status_path: settings.status_path,
                 #[cfg(feature = "webhook")]

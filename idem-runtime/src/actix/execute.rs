@@ -146,7 +146,7 @@ where
         Ran::Panicked
     });
     armed.0 = None;
-    let verdict = Verdict::of(policy, ran);
+    let verdict = with_expiry(idem, &ticket, Verdict::of(policy, ran));
     #[cfg(feature = "postgres")]
     if let Some(tx) = tx {
         return super::tx::finish(tx, &ticket, verdict).await;
@@ -165,6 +165,32 @@ where
             (resp, Outcome::Rejected)
         }
     }
+}
+
+/// The header that tells a client how long its key is kept: an HTTP-date after which the record
+/// is gone and a retry with the same key runs as a new operation.
+pub(crate) const EXPIRES_HEADER: &str = "idempotency-expires";
+
+/// A kept response with [`EXPIRES_HEADER`] on both the client's answer and the stored copy (so
+/// that every replay says the same), unless the app turned it off.
+fn with_expiry(idem: &Idempotency, ticket: &Ticket, verdict: Verdict) -> Verdict {
+    let Verdict::Keep(mut resp, mut stored) = verdict else {
+        return verdict;
+    };
+    if idem.shared.expiry_header {
+        let at = std::time::SystemTime::now() + ticket.ttl_for(stored.status);
+        let date = actix_web::http::header::HttpDate::from(at).to_string();
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&date) {
+            resp.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(EXPIRES_HEADER),
+                v,
+            );
+            stored
+                .headers
+                .push((EXPIRES_HEADER.to_owned(), Bytes::from(date)));
+        }
+    }
+    Verdict::Keep(resp, stored)
 }
 
 /// Stores the response: one attempt while the client waits; if the store failed, the client gets
