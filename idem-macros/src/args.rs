@@ -31,6 +31,7 @@ pub(crate) const OPTIONS: &[&str] = &[
     "key",
     "name",
     "client_error_ttl",
+    "redact",
 ];
 
 /// What the attribute asked for, with defaults applied.
@@ -55,6 +56,8 @@ pub(crate) struct Args {
     pub key: Vec<(KeyKind, String)>,
     pub max_body: u64,
     pub krate: syn::Path,
+    /// JSON pointers blanked in the stored copy of the response.
+    pub redact: Vec<String>,
 }
 
 /// The options as written, each parsed on its own; `None` where the user left it out.
@@ -77,6 +80,7 @@ pub(crate) struct Written {
     pub key: Option<Given<Vec<(KeyKind, String)>>>,
     pub max_body: Option<Given<u64>>,
     pub krate: Option<Given<syn::Path>>,
+    pub redact: Option<Given<Vec<String>>>,
     /// Options written with a value their parser refused (already reported): rules that involve
     /// them are not checked, so one mistake is not reported again as another.
     pub invalid: Vec<String>,
@@ -135,6 +139,7 @@ impl Written {
             "fingerprint" => put(&mut self.fingerprint, option, v, options::fingerprint)?,
             "replay_headers" => put(&mut self.replay_headers, option, v, options::replay_headers)?,
             "crate" => put(&mut self.krate, option, v, options::krate)?,
+            "redact" => put(&mut self.redact, option, v, options::redact)?,
             "transactional" => {
                 return Err(syn::Error::new(
                     option,

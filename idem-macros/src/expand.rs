@@ -121,6 +121,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let guarantee = args.guarantee.tokens(&private);
     let pointers = &args.fingerprint;
     let replay_headers = &args.replay_headers;
+    let redact = &args.redact;
     let store = match &args.store {
         Some(name) => quote!(::core::option::Option::Some(#name)),
         None => quote!(::core::option::Option::None),
@@ -167,6 +168,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 store: #store,
                 transactional: #transactional,
                 key: &[#(#key_sources),*],
+                redact: &[#(#redact),*],
             };
             #private::run(
                 __idem_req,

@@ -206,9 +206,19 @@ pub(crate) fn store(v: &Expr) -> Parsed<String> {
 
 /// `fingerprint = ["/amount", "/currency"]`.
 pub(crate) fn fingerprint(v: &Expr) -> Parsed<Vec<String>> {
+    pointers("fingerprint", v, "[\"/amount\", \"/currency\"]")
+}
+
+/// `redact = ["/card/number"]`.
+pub(crate) fn redact(v: &Expr) -> Parsed<Vec<String>> {
+    pointers("redact", v, "[\"/card/number\"]")
+}
+
+/// A non-empty list of distinct JSON pointers.
+fn pointers(name: &str, v: &Expr, example: &str) -> Parsed<Vec<String>> {
     let mut bad = Errors::default();
     let mut out = Vec::new();
-    for (p, sp) in string_list("fingerprint", v, "[\"/amount\", \"/currency\"]")? {
+    for (p, sp) in string_list(name, v, example)? {
         if let Err(m) = validate::json_pointer(&p) {
             bad.push(sp, m);
         } else if out.contains(&p) {

@@ -68,6 +68,16 @@ pub(crate) fn build(w: Written, mut errors: Errors) -> Result<Args, syn::Error> 
             }
         }
     }
+    if let Some(r) = &w.redact {
+        if guarantee == Guarantee::Strict && w.valid(&["guarantee"]) {
+            errors.push(
+                r.option,
+                "`redact` changes what replays return, which `guarantee = \"strict\"` (the \
+                 default) forbids: it promises a byte-exact replay. Set `guarantee = \"result\"` \
+                 or `\"semantic\"`, or remove `redact`",
+            );
+        }
+    }
     if let (Some(_), Some(g)) = (w.transactional, &w.on_store_error) {
         if g.value == OnStoreError::Proceed {
             errors.push(
@@ -130,6 +140,7 @@ pub(crate) fn build(w: Written, mut errors: Errors) -> Result<Args, syn::Error> 
         transactional: w.transactional.is_some(),
         key: value(w.key).unwrap_or_default(),
         max_body: value(w.max_body).unwrap_or(DEFAULT_MAX_BODY),
+        redact: value(w.redact).unwrap_or_default(),
         krate: w
             .krate
             .map_or_else(|| syn::parse_quote!(::idem), |g| g.value),

@@ -94,6 +94,11 @@ pub struct Policy {
     /// ([`IdempotencyBuilder::header_name`](crate::IdempotencyBuilder::header_name), by default
     /// `Idempotency-Key`).
     pub key: &'static [crate::KeySource],
+    /// JSON pointers whose values are replaced by `"[redacted]"` in the stored copy of the
+    /// response (the first client gets them in full, replays do not). A kept body that is not
+    /// JSON, or not one these pointers can be applied to, is not stored at all: replays get the
+    /// `response-not-kept` marker. Never with `strict`, whose promise is a byte-exact replay.
+    pub redact: &'static [&'static str],
 }
 
 impl Policy {
@@ -126,6 +131,7 @@ impl Policy {
             store: None,
             transactional: false,
             key: &[],
+            redact: &[],
         }
     }
 }

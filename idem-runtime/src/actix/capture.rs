@@ -28,6 +28,8 @@ type BodyError = Box<dyn std::error::Error>;
 enum NotKept {
     TooLarge,
     BodyFailed,
+    /// The endpoint redacts, and the body is not JSON those pointers apply to.
+    Unredactable,
 }
 
 /// Reads the handler's response up to the app's `max_response_bytes` and returns what the client
@@ -74,10 +76,26 @@ pub(super) async fn capture(
                     all.freeze()
                 }
             };
-            let stored = StoredResponse {
-                status,
-                headers: replayed_headers(idem, policy, &head),
-                body: bytes.clone(),
+            let stored = match redacted(policy, &bytes) {
+                Some(body) => StoredResponse {
+                    status,
+                    headers: replayed_headers(idem, policy, &head),
+                    body,
+                },
+                None => {
+                    tracing::warn!(endpoint = policy.endpoint, status, "idem: this endpoint redacts its stored responses, and this body is not JSON the pointers apply to; it is not kept, and retries get a \"response not kept\" marker");
+                    crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
+                    let content_type = head
+                        .headers()
+                        .get(CONTENT_TYPE)
+                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                    not_kept(
+                        status,
+                        content_type.as_deref(),
+                        NotKept::Unredactable,
+                        limit,
+                    )
+                }
             };
             (head.set_body(BoxBody::new(bytes)), stored)
         }
@@ -91,7 +109,7 @@ pub(super) async fn capture(
                 .get(CONTENT_TYPE)
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             let tail = match why {
-                NotKept::TooLarge => Tail::Body(body),
+                NotKept::TooLarge | NotKept::Unredactable => Tail::Body(body),
                 // The client sees the stream fail where it failed.
                 NotKept::BodyFailed => Tail::Failed,
             };
@@ -102,6 +120,22 @@ pub(super) async fn capture(
             )
         }
     }
+}
+
+/// The body to keep: `body` itself, or, when the endpoint redacts, the JSON document with each
+/// pointer's value replaced by `"[redacted]"` (a pointer that matches nothing is fine). `None`
+/// when the endpoint redacts and the body is not a JSON document.
+fn redacted(policy: &Policy, body: &Bytes) -> Option<Bytes> {
+    if policy.redact.is_empty() {
+        return Some(body.clone());
+    }
+    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    for pointer in policy.redact {
+        if let Some(v) = doc.pointer_mut(pointer) {
+            *v = serde_json::Value::String("[redacted]".into());
+        }
+    }
+    serde_json::to_vec(&doc).ok().map(Bytes::from)
 }
 
 /// The response headers kept for replay: the app's allow-list and the endpoint's own, never the
@@ -142,6 +176,11 @@ fn not_kept(status: u16, content_type: Option<&str>, why: NotKept, limit: usize)
                                 sent, so it was not kept. Do not retry it: look the result up \
                                 through the API instead"
             .to_owned(),
+        NotKept::Unredactable => "the operation ran once; its response could not be redacted \
+                                  as this endpoint requires before keeping it, so it was not \
+                                  kept. Do not retry it: look the result up through the API \
+                                  instead"
+            .to_owned(),
     };
     let body = serde_json::json!({
         "type": kind.type_uri(),
@@ -152,6 +191,7 @@ fn not_kept(status: u16, content_type: Option<&str>, why: NotKept, limit: usize)
         "reason": match why {
             NotKept::TooLarge => "too-large",
             NotKept::BodyFailed => "body-failed",
+            NotKept::Unredactable => "unredactable",
         },
     });
     StoredResponse {
