@@ -1,5 +1,6 @@
 //! The hot path's pieces, one by one: key parsing, fingerprints at 1 KiB and 64 KiB (strict and
-//! result), the memory store's begin+complete and replay, and the same on a private Redis.
+//! result), sealing a response at rest and opening it (1, 16, 64 KiB), the memory store's
+//! begin+complete and replay, and the same on a private Redis.
 //!
 //! `cargo bench --bench micro`
 
@@ -128,12 +129,44 @@ fn stores(c: &mut Criterion) {
     store_benches(c, "redis store", &rt, &redis);
 }
 
+/// Sealing at rest: seal (on completion) and open (on replay) of 1, 16 and 64 KiB responses,
+/// each call deriving its record key as a request does.
+fn sealing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("seal");
+    let sealing = idem_runtime::__support::RecordSealing::new(
+        b"micro-benchmark-secret-0123456789abcdef",
+        "8e03978e-40d5-43e8-bc93-6894a57f9324",
+    );
+    let key =
+        "idem:0123456789abcdef-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    for kib in [1usize, 16, 64] {
+        let resp = StoredResponse {
+            status: 201,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body(kib * 1024).into(),
+        };
+        let sealed = sealing.seal(key, &resp);
+        g.throughput(Throughput::Bytes((kib * 1024) as u64));
+        g.bench_with_input(
+            BenchmarkId::new("seal", format!("{kib} KiB")),
+            &resp,
+            |b, r| b.iter(|| sealing.seal(key, black_box(r))),
+        );
+        g.bench_with_input(
+            BenchmarkId::new("open", format!("{kib} KiB")),
+            &sealed,
+            |b, s| b.iter(|| sealing.open(key, black_box(s)).expect("opens")),
+        );
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(30)
         .measurement_time(Duration::from_secs(2))
         .warm_up_time(Duration::from_millis(500));
-    targets = keys, fingerprints, stores
+    targets = keys, fingerprints, sealing, stores
 }
 criterion_main!(benches);
