@@ -1,4 +1,5 @@
-//! The operator routes: look at, or forget, one request's record. They exist only when
+//! The operator routes: look at, or forget, one request's record, or erase every record of one
+//! account (`{"principal": "acct_a"}` to `/admin/idempotency/erase`). They exist only when
 //! `IDEM_ADMIN_TOKEN` is set; the token is checked first, in constant time, before the body is
 //! even parsed, and the idempotency key travels in the body (never in a URL that proxies log).
 //!
@@ -46,7 +47,14 @@ fn allowed(req: &HttpRequest) -> bool {
     !token.is_empty() && differ == 0
 }
 
-/// `POST /admin/idempotency/{inspect|purge}` with a JSON [`RecordRef`].
+/// Whose records an erasure removes.
+#[derive(Deserialize)]
+struct PrincipalRef {
+    principal: String,
+}
+
+/// `POST /admin/idempotency/{inspect|purge}` with a JSON [`RecordRef`], or `erase` with a
+/// [`PrincipalRef`].
 async fn act(
     req: HttpRequest,
     action: web::Path<String>,
@@ -55,6 +63,22 @@ async fn act(
 ) -> HttpResponse {
     if !allowed(&req) {
         return super::problem(StatusCode::NOT_FOUND, "not found");
+    }
+    if action.as_str() == "erase" {
+        let p: PrincipalRef = match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => {
+                return super::problem(
+                    StatusCode::BAD_REQUEST,
+                    &format!("expected {{\"principal\"}}: {e}"),
+                )
+            }
+        };
+        return answer(
+            idem.erase_principal(&p.principal)
+                .await
+                .map(|erased| serde_json::json!({ "erased": erased })),
+        );
     }
     let r: RecordRef = match serde_json::from_slice(&body) {
         Ok(r) => r,
@@ -76,9 +100,15 @@ async fn act(
             .map(|info| serde_json::json!({ "record": info })),
         _ => return super::problem(StatusCode::NOT_FOUND, "not found"),
     };
+    answer(result)
+}
+
+/// 200 with `v`; 400 for a key no client could send, 503 when the store failed.
+fn answer(result: Result<serde_json::Value, idem::OperatorError>) -> HttpResponse {
     match result {
         Ok(v) => HttpResponse::Ok().json(v),
-        Err(e) => super::problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(idem::OperatorError::Key(e)) => super::problem(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(e) => super::problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
 }
 

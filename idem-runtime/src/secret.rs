@@ -105,6 +105,11 @@ impl KeyDerivation {
         crate::Fingerprint(m.finalize().into_bytes().into())
     }
 
+    /// What every storage key of `principal` starts with: `prefix ‖ tag ‖ "-"`.
+    pub(crate) fn principal_prefix(&self, prefix: &str, principal: &[u8]) -> String {
+        format!("{prefix}{}-", self.tag(principal))
+    }
+
     /// The 16-hex tag of `principal`.
     fn tag(&self, principal: &[u8]) -> String {
         let mut m = self.tag.clone();

@@ -20,7 +20,7 @@ pub struct RecordInfo {
     pub age_ms: Option<u64>,
     /// Time left on the lease (in progress) or the TTL (completed).
     pub expires_in_ms: u64,
-    /// Hex SHA-256 fingerprint of the request that made the record.
+    /// Hex fingerprint of the request that made the record (an HMAC under the app secret).
     pub fingerprint: String,
     /// The stored response's status, once completed.
     pub status: Option<u16>,
@@ -57,8 +57,8 @@ impl Idempotency {
     /// The record of `key` sent by `principal` to `endpoint`, if live (in the default store or
     /// any named one).
     ///
-    /// `endpoint` is the handler's module path and name (`my_app::payments::create`, what the
-    /// logs show); `principal` is what the app's scope returns for the client's requests (its
+    /// `endpoint` is the endpoint's stable name (`name = "payments.create"`, or its method and
+    /// route pattern, `POST /payments`: what the logs and metrics show); `principal` is what the app's scope returns for the client's requests (its
     /// account id, say), or `""` for anonymous requests and unscoped apps.
     pub async fn inspect(
         &self,
@@ -112,5 +112,29 @@ impl Idempotency {
             purged |= engine.purge(&storage_key).await?;
         }
         Ok(purged)
+    }
+
+    /// Erases every record of `principal` — every endpoint and key, completed or in progress —
+    /// in every store of this app, and returns how many records went (a GDPR-style erasure;
+    /// `principal` as for [`inspect`](Self::inspect)). A principal's keys share a storage-key
+    /// prefix (its tag), which each store finds in bounded batches: the memory store walks its
+    /// records, PostgreSQL deletes a key range 1000 rows at a time, a single Redis `SCAN`s and
+    /// `UNLINK`s; a Redis Cluster refuses (it would scan every node; see docs/stores.md). Each
+    /// store gets at most a minute ([`StoreError::Timeout`] after that: call again to finish).
+    /// Afterwards a retry of any of the principal's operations runs afresh, and an operation of
+    /// theirs still in flight may complete unrecorded: erase once the principal is inactive.
+    pub async fn erase_principal(&self, principal: &str) -> Result<u64, OperatorError> {
+        const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+        let prefix = self
+            .shared
+            .derivation
+            .principal_prefix(self.prefix(), principal.as_bytes());
+        let mut erased = 0;
+        for engine in self.engines() {
+            erased += tokio::time::timeout(LIMIT, engine.store().purge_prefix(&prefix))
+                .await
+                .unwrap_or(Err(StoreError::Timeout(LIMIT)))?;
+        }
+        Ok(erased)
     }
 }

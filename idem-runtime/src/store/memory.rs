@@ -551,6 +551,25 @@ impl Store for MemoryStore {
         Ok(existed)
     }
 
+    /// One shard lock at a time; work in proportion to all records held.
+    async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for shard in &self.inner.shards {
+            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let doomed: Vec<StorageKey> = map
+                .keys()
+                .filter(|k| k.as_str().starts_with(key_prefix))
+                .cloned()
+                .collect();
+            for key in &doomed {
+                self.inner.remove_entry(&mut map, key);
+            }
+            removed += doomed.len() as u64;
+        }
+        self.inner.publish();
+        Ok(removed)
+    }
+
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
         let map = self.inner.shard(key);

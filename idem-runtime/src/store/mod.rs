@@ -133,6 +133,22 @@ pub trait Store: Send + Sync + 'static {
         settle(self, key, timeout, Duration::from_millis(50), None).await
     }
 
+    /// Forgets every record whose storage key starts with `key_prefix` — all of one principal's
+    /// records, whose keys share `prefix ‖ tag ‖ "-"` (see `Idempotency::erase_principal`) —
+    /// and returns how many it removed. Records in progress go too: their operation may still
+    /// complete, unrecorded. Built-in stores work in bounded batches (their costs are in
+    /// docs/stores.md). The default refuses: a store must say how it finds them.
+    async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
+        let _ = key_prefix;
+        Err(StoreError::Config(
+            format!(
+                "{} cannot erase records by principal (Store::purge_prefix)",
+                std::any::type_name::<Self>()
+            )
+            .into(),
+        ))
+    }
+
     /// This store as one whose records commit in the same transaction as a handler's own
     /// writes, if it is one: what `#[idempotent(transactional)]` endpoints need. `None` by
     /// default; a `PostgresStore` returns itself, and a store that wraps another should return

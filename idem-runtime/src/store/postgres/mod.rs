@@ -136,7 +136,7 @@ impl PostgresStore {
         tx.batch_execute(&format!(
             "CREATE SEQUENCE IF NOT EXISTS {t}_token;
              CREATE TABLE IF NOT EXISTS {t} (
-                 key text PRIMARY KEY,
+                 key text COLLATE \"C\" PRIMARY KEY,
                  fingerprint bytea NOT NULL,
                  state char(1) NOT NULL,
                  token bigint NOT NULL,
@@ -453,6 +453,37 @@ impl Store for PostgresStore {
             .await
             .map_err(failed)?;
         Ok(n > 0)
+    }
+
+    /// Batches of at most 1000 rows over the key range `[key_prefix, next prefix)`: an index
+    /// range scan on tables this version created (their key is `COLLATE "C"`), a sequential
+    /// one on older tables.
+    async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
+        // The first string after every string that starts with `key_prefix`, in byte order.
+        let mut end = key_prefix.as_bytes().to_vec();
+        while end.last() == Some(&0xff) {
+            end.pop();
+        }
+        let Some(last) = end.last_mut() else {
+            return Err(StoreError::Config(
+                "an empty prefix would erase everything".into(),
+            ));
+        };
+        *last += 1;
+        let end = String::from_utf8(end)
+            .map_err(|_| StoreError::Config("a principal prefix must be ASCII".into()))?;
+        let client = self.client().await?;
+        let mut removed = 0;
+        loop {
+            let n = client
+                .execute(&self.sql.purge_range, &[&key_prefix, &end])
+                .await
+                .map_err(failed)?;
+            removed += n;
+            if n < 1000 {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {

@@ -8,6 +8,10 @@ pub(super) struct Statements {
     pub(super) begin: String,
     pub(super) get: String,
     pub(super) purge: String,
+    /// Deletes at most 1000 rows whose key lies in `[$1, $2)` (byte order: one principal's);
+    /// `= ANY(ARRAY(…))` keeps both the range and the delete on the primary-key index (an `IN`
+    /// subquery plans as a hash join over the whole table).
+    pub(super) purge_range: String,
     /// Deletes expired rows, at most 1000 per statement.
     pub(super) reap: String,
     pub(super) complete: String,
@@ -74,6 +78,10 @@ impl Statements {
                 AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))"
             ),
             purge: format!("DELETE FROM {t} WHERE key = $1"),
+            purge_range: format!(
+                "DELETE FROM {t} WHERE key = ANY(ARRAY(SELECT key FROM {t} \
+                 WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2 LIMIT 1000))"
+            ),
             // The predicate is repeated outside: under READ COMMITTED a row the subquery picked
             // but a concurrent `begin` revived meanwhile is re-checked only against the outer
             // `WHERE` (EvalPlanQual), so without it a live record would be deleted. `SKIP LOCKED`

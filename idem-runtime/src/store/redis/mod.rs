@@ -388,6 +388,50 @@ impl Store for RedisStore {
         }
     }
 
+    /// `SCAN … MATCH <prefix>* COUNT 1000` and `UNLINK` per batch: never blocks the server, but
+    /// visits the whole keyspace. Refused on a cluster, where that would be every node's.
+    async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
+        if matches!(self.conn, Conn::Cluster(_)) {
+            return Err(StoreError::Config(
+                "erasing one principal's records is not available on a Redis Cluster store: it \
+                 would scan every node's keyspace (a per-principal index is not built yet)"
+                    .into(),
+            ));
+        }
+        let mut pattern = String::with_capacity(key_prefix.len() + 1);
+        for c in key_prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let (mut cursor, mut removed) = (0u64, 0u64);
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let answer = self.conn.query(&scan).await.map_err(failed)?;
+            let (next, keys): (u64, Vec<String>) =
+                redis::from_redis_value(answer).map_err(|_| corrupt("SCAN answer"))?;
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                let answer = self.conn.query(&unlink).await.map_err(failed)?;
+                let n: u64 =
+                    redis::from_redis_value(answer).map_err(|_| corrupt("UNLINK answer"))?;
+                removed += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let v = self.read(&self.scripts.get, key).await?;
         let items = match v {
