@@ -179,7 +179,8 @@ async fn metrics_show_outcomes_and_admin_is_off_by_default() {
     assert_eq!(admin.status(), 404, "no IDEM_ADMIN_TOKEN, no admin route");
 }
 
-/// With `IDEM_ADMIN_TOKEN`, an operator inspects a payment's record and purges it.
+/// With `IDEM_ADMIN_TOKEN`, an operator inspects a payment's record, purges it, and erases the
+/// account's records.
 #[actix_web::test]
 async fn admin_route_inspects_and_purges_with_the_token() {
     let port = common::demo::free_port();
@@ -234,6 +235,29 @@ async fn admin_route_inspects_and_purges_with_the_token() {
     assert_eq!(admin("purge").await["purged"], true);
     let gone = admin("inspect").await;
     assert!(gone["record"].is_null());
+
+    // Erasure of the account: its record (made again) goes, nothing else is touched.
+    let again = c
+        .post(format!("{base}/payments"))
+        .header("Idempotency-Key", "support-1")
+        .header("Authorization", "Bearer sk_test_a1")
+        .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+    let erased: serde_json::Value = c
+        .post(format!("{base}/admin/idempotency/erase"))
+        .header("Authorization", "Bearer op-secret")
+        .json(&serde_json::json!({ "principal": "acct_a" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(erased["erased"], 1);
+    assert!(admin("inspect").await["record"].is_null());
 }
 
 /// Keys belong to the account, not to the credential: a rotated API key of the same account
