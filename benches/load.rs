@@ -318,26 +318,16 @@ fn main() {
                 store_per_req: None,
                 mix,
             });
-            if wanted("memory") {
+            for (target, addr) in [("memory", memory), ("memory sealed", sealed)] {
+                if !wanted("memory") {
+                    break;
+                }
                 run += 1;
                 let (rps, p50, p99, _, mix) =
-                    drive(memory, "/idem", scenario, run, conns, secs, &body).await;
+                    drive(addr, "/idem", scenario, run, conns, secs, &body).await;
                 rows.push(Row {
                     scenario: scenario.name(),
-                    target: "memory",
-                    rps,
-                    p50,
-                    p99,
-                    ratio: Some(rps / plain_rps),
-                    store_per_req: None,
-                    mix,
-                });
-                run += 1;
-                let (rps, p50, p99, _, mix) =
-                    drive(sealed, "/idem", scenario, run, conns, secs, &body).await;
-                rows.push(Row {
-                    scenario: scenario.name(),
-                    target: "memory sealed",
+                    target,
                     rps,
                     p50,
                     p99,

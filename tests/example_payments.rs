@@ -191,15 +191,14 @@ async fn admin_route_inspects_and_purges_with_the_token() {
     let _demo = common::demo::start_example("payments", port, &env).await;
     let base = format!("http://127.0.0.1:{port}");
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
-    let r = c
-        .post(format!("{base}/payments"))
-        .header("Idempotency-Key", "support-1")
-        .header("Authorization", "Bearer sk_test_a1")
-        .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
+    let pay = || {
+        c.post(format!("{base}/payments"))
+            .header("Idempotency-Key", "support-1")
+            .header("Authorization", "Bearer sk_test_a1")
+            .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
+            .send()
+    };
+    assert_eq!(pay().await.unwrap().status(), 201);
     // The key travels in the body; the record is named by the endpoint's name and the account.
     let record = serde_json::json!({
         "endpoint": "payments.create",
@@ -237,15 +236,7 @@ async fn admin_route_inspects_and_purges_with_the_token() {
     assert!(gone["record"].is_null());
 
     // Erasure of the account: its record (made again) goes, nothing else is touched.
-    let again = c
-        .post(format!("{base}/payments"))
-        .header("Idempotency-Key", "support-1")
-        .header("Authorization", "Bearer sk_test_a1")
-        .json(&serde_json::json!({ "amount": 5, "currency": "EUR" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), 201);
+    assert_eq!(pay().await.unwrap().status(), 201);
     let erased: serde_json::Value = c
         .post(format!("{base}/admin/idempotency/erase"))
         .header("Authorization", "Bearer op-secret")

@@ -117,9 +117,35 @@ pub(crate) fn push_hex(out: &mut String, bytes: &[u8]) {
     }
 }
 
+/// The bytes `hex` spells (two hex digits per byte, either case), if it is at most `max`
+/// bytes of them; `None` for anything else.
+pub(crate) fn decode_hex(hex: &str, max: usize) -> Option<Vec<u8>> {
+    let digits = hex.as_bytes();
+    if !digits.len().is_multiple_of(2) || digits.len() > 2 * max {
+        return None;
+    }
+    let nibble = |d: u8| char::from(d).to_digit(16).map(|n| n as u8);
+    digits
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        let mut s = String::new();
+        push_hex(&mut s, &[0, 0xab, 0xff]);
+        assert_eq!(decode_hex(&s, 3), Some(vec![0, 0xab, 0xff]));
+        assert_eq!(decode_hex("ABff", 2), Some(vec![0xab, 0xff]));
+        for bad in ["0", "zz", "+f", "0g", "é0"] {
+            assert_eq!(decode_hex(bad, 8), None, "{bad}");
+        }
+        assert_eq!(decode_hex("0000", 1), None, "over the limit");
+    }
 
     #[test]
     fn every_part_counts() {

@@ -120,7 +120,7 @@ impl Sealer {
         storage_key: &str,
         token: &str,
     ) -> Option<RecordSeal> {
-        let bytes = decode_hex(token)?;
+        let bytes = crate::fingerprint::decode_hex(token, 1024)?;
         if bytes.len() < KID + NONCE + TAG {
             return None;
         }
@@ -269,16 +269,6 @@ impl RecordSeal {
 /// Whether `stored` is sealed: what a request without a record seal cannot open.
 pub(crate) fn is_sealed(stored: &StoredResponse) -> bool {
     sealed_by(stored).is_some()
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || !hex.is_ascii() || hex.len() > 2048 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]

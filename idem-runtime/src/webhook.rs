@@ -103,7 +103,11 @@ pub fn verify_at(
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", t)) => timestamp = t.parse::<u64>().ok(),
-            Some(("v1", hex)) => signatures.push(decode_hex(hex).ok_or(SignatureError::Malformed)?),
+            Some(("v1", hex)) => signatures.push(
+                crate::fingerprint::decode_hex(hex, 32)
+                    .filter(|s| s.len() == 32)
+                    .ok_or(SignatureError::Malformed)?,
+            ),
             _ => {}
         }
     }
@@ -128,16 +132,6 @@ pub fn verify_at(
     } else {
         Err(SignatureError::Mismatch)
     }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
