@@ -99,6 +99,23 @@ async fn erasure_on_redis() {
     erase_one_of_two(store).await;
 }
 
+/// On a cluster, through the per-principal index in each slot: no keyspace scan.
+#[actix_rt::test]
+async fn erasure_on_a_redis_cluster() {
+    if !available("erasure_on_a_redis_cluster") {
+        return;
+    }
+    let cluster = common::redis::RedisCluster::start();
+    let store = idem::RedisStore::builder()
+        .cluster(cluster.urls())
+        .connect()
+        .await
+        .expect("connect to the cluster");
+    erase_one_of_two(store).await;
+    // Nothing was found by scanning: the nodes ran no SCAN.
+    assert_eq!(cluster.calls("scan"), 0);
+}
+
 #[actix_rt::test]
 async fn erasure_on_postgresql() {
     let table = common::pg::table("idem_erasure");

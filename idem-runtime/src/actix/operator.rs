@@ -119,7 +119,8 @@ impl Idempotency {
     /// `principal` as for [`inspect`](Self::inspect)). A principal's keys share a storage-key
     /// prefix (its tag), which each store finds in bounded batches: the memory store walks its
     /// records, PostgreSQL deletes a key range 1000 rows at a time, a single Redis `SCAN`s and
-    /// `UNLINK`s; a Redis Cluster refuses (it would scan every node; see docs/stores.md). Each
+    /// `UNLINK`s, a Redis Cluster empties the principal's index in each slot (docs/stores.md,
+    /// "Erasing a principal"). Each
     /// store gets at most a minute ([`StoreError::Timeout`] after that: call again to finish).
     /// Afterwards a retry of any of the principal's operations runs afresh, and an operation of
     /// theirs still in flight may complete unrecorded: erase once the principal is inactive.

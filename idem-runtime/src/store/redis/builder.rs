@@ -130,6 +130,7 @@ impl RedisStoreBuilder {
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout));
+        let indexed = matches!(self.topology, Topology::Cluster(_));
         let (conn, target) = match &self.topology {
             Topology::Cluster(urls) => {
                 if self.durability.is_some() {
@@ -197,6 +198,7 @@ impl RedisStoreBuilder {
             durability: self.durability,
             watch,
             policy: Arc::from(policy),
+            indexed,
         };
         store.load_scripts().await?;
         tokio::spawn(notify::subscribe(target, Arc::downgrade(&store.waiters)));

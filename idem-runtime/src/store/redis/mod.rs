@@ -39,6 +39,7 @@ use scripts::{Script, Scripts, ATTEMPT, HEADER, TOKEN};
 mod builder;
 mod conn;
 mod eviction;
+mod index;
 mod notify;
 mod scripts;
 
@@ -72,6 +73,8 @@ pub struct RedisStore {
     watch: Arc<eviction::Watch>,
     /// The `maxmemory-policy` found at connect.
     policy: Arc<str>,
+    /// Whether records are indexed per principal (a cluster: see `index.rs`).
+    indexed: bool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -178,6 +181,7 @@ impl RedisStore {
         &self,
         script: &Script,
         key: &StorageKey,
+        index: Option<&str>,
         args: &[&[u8]],
         writes: bool,
     ) -> Result<Result<Value, Unreplicated>, StoreError> {
@@ -198,7 +202,11 @@ impl RedisStore {
         };
         let build = |verb: &str, body: &str| {
             let mut cmd = redis::cmd(verb);
-            cmd.arg(body).arg(1).arg(key.as_str());
+            cmd.arg(body);
+            match index {
+                Some(index) => cmd.arg(2).arg(key.as_str()).arg(index),
+                None => cmd.arg(1).arg(key.as_str()),
+            };
             for a in args {
                 cmd.arg(*a);
             }
@@ -233,14 +241,14 @@ impl RedisStore {
         key: &StorageKey,
         args: &[&[u8]],
     ) -> Result<Value, StoreError> {
-        self.eval(script, key, args, true)
+        self.eval(script, key, None, args, true)
             .await?
             .map_err(|u| u.error(self.durability))
     }
 
     /// A read: never waits for replicas.
     async fn read(&self, script: &Script, key: &StorageKey) -> Result<Value, StoreError> {
-        self.eval(script, key, &[], false)
+        self.eval(script, key, None, &[], false)
             .await
             .map(|answer| answer.unwrap_or_else(|u| u.value))
     }
@@ -276,10 +284,12 @@ impl Store for RedisStore {
     ) -> Result<Begin, StoreError> {
         let lease_ms = millis(lease).to_string();
         let keep_ms = millis(keep).to_string();
+        let index = self.indexed.then(|| index::index_of(key)).flatten();
         let (v, replicated) = match self
             .eval(
                 &self.scripts.begin,
                 key,
+                index.as_deref(),
                 &[&fingerprint.0, lease_ms.as_bytes(), keep_ms.as_bytes()],
                 true,
             )
@@ -388,15 +398,12 @@ impl Store for RedisStore {
         }
     }
 
-    /// `SCAN … MATCH <prefix>* COUNT 1000` and `UNLINK` per batch: never blocks the server, but
-    /// visits the whole keyspace. Refused on a cluster, where that would be every node's.
+    /// A single server: `SCAN … MATCH <prefix>* COUNT 1000` and `UNLINK` per batch (never
+    /// blocks the server, but visits the whole keyspace). A cluster: the principal's index in
+    /// each slot (`index.rs`), never a scan.
     async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
-        if matches!(self.conn, Conn::Cluster(_)) {
-            return Err(StoreError::Config(
-                "erasing one principal's records is not available on a Redis Cluster store: it \
-                 would scan every node's keyspace (a per-principal index is not built yet)"
-                    .into(),
-            ));
+        if self.indexed {
+            return index::erase(&self.conn, key_prefix).await;
         }
         let mut pattern = String::with_capacity(key_prefix.len() + 1);
         for c in key_prefix.chars() {

@@ -1,5 +1,6 @@
-//! The Lua scripts of the Redis store: one per operation, each touching one key (so a cluster
-//! never sees a cross-slot call), and every one reading the server's clock with `TIME`.
+//! The Lua scripts of the Redis store: one per operation, each touching one key (on a cluster,
+//! `begin` also adds to an index set in the same slot, so a cluster never sees a cross-slot
+//! call), and every one reading the server's clock with `TIME`.
 //!
 //! A record is `state (1 byte) ‖ fingerprint (32 raw bytes) ‖ token (16 digits) ‖ attempt
 //! (6 digits) ‖ lease end (16 digits, server ms) ‖ response`, where the state is `p` (in progress),
@@ -46,6 +47,11 @@ local lease = tonumber(ARGV[2])
 redis.call('SET', KEYS[1],
   'p' .. ARGV[1] .. token .. string.format('%06d', attempt) .. string.format('%016d', now + lease),
   'PX', math.max(lease, tonumber(ARGV[3])))
+-- On a cluster: the record joins its principal's index in its own slot (see index.rs).
+if KEYS[2] then
+  redis.call('SADD', KEYS[2], KEYS[1])
+  if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+end
 return {'A', token, attempt}
 ";
 
