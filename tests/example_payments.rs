@@ -33,7 +33,8 @@ async fn curl_twice_one_execution_on_redis() {
         dump.push_str(&redis.cli(&["GET", key]).unwrap_or_default());
     }
     assert!(!dump.is_empty(), "records were written");
-    for clear in ["succeeded", "EUR", "pay_"] {
+    // Words long enough not to turn up by chance in ciphertext.
+    for clear in ["succeeded", "pay_000"] {
         assert!(
             !dump.contains(clear),
             "`{clear}` is readable in Redis: {dump}"

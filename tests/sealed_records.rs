@@ -110,7 +110,9 @@ fn hex(s: &str) -> String {
 fn assert_nothing_readable(dump: &[u8], store: &str) {
     let found = |needle: &[u8]| dump.windows(needle.len()).any(|w| w == needle);
     assert!(!dump.is_empty(), "{store}: the dump is empty");
-    for needle in [MARKER.to_owned(), hex(MARKER), "4242".to_owned()] {
+    // Long needles only: four digits such as the card's last ones turn up by chance in hex
+    // ciphertext and timestamps.
+    for needle in [MARKER.to_owned(), hex(MARKER)] {
         assert!(
             !found(needle.as_bytes()),
             "{store}: `{needle}` is readable in the store"
@@ -199,9 +201,24 @@ async fn redis_holds_nothing_readable_and_refuses_swapped_records() {
     }
     assert_nothing_readable(&dump, "redis");
 
-    // Every record's value moved to the next key (TTLs kept): each key now holds another's.
+    // Every payment record's value moved to the next one's key (TTLs kept): each key now holds
+    // another's. Only the records of this traffic (the same request body, so the same
+    // fingerprint at bytes 1..33): the app's secret-check record would make a mismatch instead.
+    let fingerprint = |v: &Vec<u8>| v.get(1..33).map(<[u8]>::to_vec);
+    let common = values.iter().filter_map(fingerprint).max_by_key(|f| {
+        values
+            .iter()
+            .filter(|v| fingerprint(v).as_ref() == Some(f))
+            .count()
+    });
+    let (keys, values): (Vec<_>, Vec<_>) = keys
+        .iter()
+        .zip(values.iter())
+        .filter(|(_, v)| fingerprint(v) == common)
+        .unzip();
+    assert_eq!(keys.len(), 10, "the ten payment records");
     for (i, k) in keys.iter().enumerate() {
-        let v = &values[(i + 1) % values.len()];
+        let v = values[(i + 1) % values.len()];
         let _: () = redis::cmd("SET")
             .arg(k)
             .arg(v)
