@@ -27,6 +27,9 @@ pub(crate) mod record;
 mod seal;
 pub(crate) mod secret;
 mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod ticket;
 pub mod webhook;
 

@@ -57,6 +57,8 @@ pub(super) struct Shared {
     pub(super) sealer: Option<Arc<crate::seal::Sealer>>,
     /// Whether kept responses carry `Idempotency-Expires`.
     pub(super) expiry_header: bool,
+    /// `Idempotency::disabled()`: handlers run plainly.
+    pub(super) disabled: bool,
     pub(super) max_response: usize,
     pub(super) status_path: String,
     #[cfg(feature = "webhook")]
@@ -167,6 +169,26 @@ pub(super) struct Settings {
 }
 
 impl Idempotency {
+    /// An `Idempotency` under which every `#[idempotent]` handler runs as if the attribute were
+    /// not there: no key required, nothing stored, nothing replayed. For unit tests that want a
+    /// handler alone; never for a server.
+    ///
+    /// ```
+    /// let idem = idem_runtime::Idempotency::disabled();
+    /// # let _ = idem;
+    /// ```
+    pub fn disabled() -> Idempotency {
+        let built = Idempotency::builder().unscoped().build();
+        let mut shared = match Arc::try_unwrap(built.shared) {
+            Ok(shared) => shared,
+            Err(_) => unreachable!("a freshly built Idempotency is not shared yet"),
+        };
+        shared.disabled = true;
+        Idempotency {
+            shared: Arc::new(shared),
+        }
+    }
+
     /// Starts a builder: memory store, `Idempotency-Key` header, 2 s store deadline, no secret,
     /// and no scope yet (choose one before `build()`).
     pub fn builder() -> IdempotencyBuilder {
@@ -502,6 +524,7 @@ impl<S> IdempotencyBuilder<S> {
                     (keys, _) => crate::seal::Sealer::new(keys),
                 },
                 expiry_header: settings.expiry_header,
+                disabled: false,
                 max_response: settings.max_response,
                 status_path: settings.status_path,
                 #[cfg(feature = "webhook")]

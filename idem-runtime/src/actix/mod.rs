@@ -104,6 +104,10 @@ where
     let Some(idem) = find(&req) else {
         return not_configured(policy.endpoint);
     };
+    if idem.shared.disabled {
+        // `Idempotency::disabled()`: the handler alone, for unit tests.
+        return plain(req, payload.into_inner(), handler).await;
+    }
     let Some(engine) = idem.engine_for(policy.store).cloned() else {
         return store_not_registered(policy);
     };

@@ -1,0 +1,248 @@
+//! The testing kit from a user's point of view: a sample app with one correct handler and three
+//! broken ones — `assert_idempotent` passes the first and names each broken one's problem — and
+//! the store-fault rows of the failure table driven through `FaultyStore`.
+
+mod common;
+
+use actix_web::dev::{Service, ServiceRequest};
+use actix_web::{post, web, HttpMessage, HttpResponse};
+// `idem::testing` with the `testing` feature; a package cannot turn its own feature on for its tests.
+use idem::{idempotent, Idempotency, MemoryStore};
+use idem_runtime::testing::{check_idempotent, Fault, FaultyStore, Op, Probe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Effects per endpoint: what a real app would count as charges made.
+#[derive(Default)]
+struct Effects {
+    correct: AtomicU64,
+    middleware: AtomicU64,
+    leaky: AtomicU64,
+    failing: AtomicU64,
+}
+
+#[post("/correct")]
+#[idempotent(name = "correct")]
+async fn correct(fx: web::Data<Effects>) -> HttpResponse {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let n = fx.correct.fetch_add(1, Ordering::SeqCst) + 1;
+    HttpResponse::Created().json(serde_json::json!({ "charge": n }))
+}
+
+/// Broken: the charge is made by a middleware, outside the attribute (see `serve`).
+#[post("/middleware")]
+#[idempotent(name = "middleware")]
+async fn middleware() -> HttpResponse {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    HttpResponse::Created().finish()
+}
+
+/// Broken: echoes the caller's request id and keeps it for replay.
+#[post("/leaky")]
+#[idempotent(name = "leaky", replay_headers = ["x-request-id"])]
+async fn leaky(req: actix_web::HttpRequest, fx: web::Data<Effects>) -> HttpResponse {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fx.leaky.fetch_add(1, Ordering::SeqCst);
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_else(|| actix_web::http::header::HeaderValue::from_static("none"));
+    HttpResponse::Created()
+        .insert_header(("x-request-id", id))
+        .finish()
+}
+
+/// Broken: charges, then answers 500 — under `result` a 5xx is not kept.
+#[post("/failing")]
+#[idempotent(name = "failing", guarantee = "result")]
+async fn failing(fx: web::Data<Effects>) -> HttpResponse {
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    fx.failing.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::InternalServerError().finish()
+}
+
+fn serve(idem: Idempotency, fx: web::Data<Effects>) -> (String, actix_web::dev::ServerHandle) {
+    let (addr, handle) = common::serve(2, move |cfg| {
+        let fx2 = fx.clone();
+        cfg.app_data(idem.clone())
+            .app_data(fx.clone())
+            .service(correct)
+            .service(leaky)
+            .service(failing)
+            .service(
+                web::scope("")
+                    .wrap_fn(move |req: ServiceRequest, srv| {
+                        if req.path() == "/middleware" {
+                            fx2.middleware.fetch_add(1, Ordering::SeqCst);
+                        }
+                        req.extensions_mut().insert(());
+                        srv.call(req)
+                    })
+                    .service(middleware),
+            );
+    });
+    (format!("http://{addr}"), handle)
+}
+
+fn probe(
+    base: &str,
+    path: &str,
+    fx: &web::Data<Effects>,
+    pick: fn(&Effects) -> &AtomicU64,
+) -> Probe {
+    let fx = Arc::clone(fx);
+    Probe::post(base, path, move || pick(&fx).load(Ordering::SeqCst)).json(r#"{"amount": 1}"#)
+}
+
+#[actix_rt::test]
+async fn the_kit_passes_a_correct_handler_and_names_each_broken_one() {
+    let fx = web::Data::new(Effects::default());
+    let (base, handle) = serve(common::builder().build(), fx.clone());
+
+    let report = check_idempotent(&probe(&base, "/correct", &fx, |f| &f.correct)).await;
+    assert!(report.is_clean(), "{report}");
+
+    for (path, pick, expected) in [
+        (
+            "/middleware",
+            (|f| &f.middleware) as fn(&Effects) -> &AtomicU64,
+            "outside the #[idempotent] handler",
+        ),
+        (
+            "/leaky",
+            |f| &f.leaky,
+            "carries the first request's own X-Request-Id",
+        ),
+        ("/failing", |f| &f.failing, "a 5xx is not kept"),
+    ] {
+        let report = check_idempotent(&probe(&base, path, &fx, pick)).await;
+        assert!(!report.is_clean(), "{path} passed");
+        assert!(
+            report.to_string().contains(expected),
+            "{path}: expected a problem naming `{expected}`, got:\n{report}"
+        );
+    }
+    handle.stop(true).await;
+}
+
+/// Unit tests that want the handler alone: no key needed, every call runs it.
+#[actix_rt::test]
+async fn a_disabled_idempotency_runs_the_handler_alone() {
+    let fx = web::Data::new(Effects::default());
+    let (base, handle) = serve(Idempotency::disabled(), fx.clone());
+    for _ in 0..2 {
+        let r = common::client()
+            .post(format!("{base}/correct"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 201);
+        assert!(!r.headers().contains_key("idempotent-replayed"));
+    }
+    assert_eq!(fx.correct.load(Ordering::SeqCst), 2);
+    handle.stop(true).await;
+}
+
+/// An app on a `FaultyStore`, and a way to post to its correct endpoint.
+struct Faulty {
+    store: FaultyStore<MemoryStore>,
+    fx: web::Data<Effects>,
+    base: String,
+    handle: actix_web::dev::ServerHandle,
+}
+
+/// The app, warmed up: its first request also checks the app secret through the store (in the
+/// background), and that `begin` must not take a fault meant for a request.
+async fn faulty() -> Faulty {
+    let store = FaultyStore::new(MemoryStore::default());
+    let fx = web::Data::new(Effects::default());
+    let idem = common::builder()
+        .store(store.clone())
+        .store_timeout(Duration::from_millis(200))
+        .build();
+    let (base, handle) = serve(idem, fx.clone());
+    let app = Faulty {
+        store,
+        fx,
+        base,
+        handle,
+    };
+    assert_eq!(app.pay("warm-up").await.status(), 201);
+    while app.store.calls(Op::Begin) < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app
+}
+
+impl Faulty {
+    async fn pay(&self, key: &str) -> reqwest::Response {
+        common::client()
+            .post(format!("{}/correct", self.base))
+            .header("Idempotency-Key", key)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    fn charges(&self) -> u64 {
+        self.fx.correct.load(Ordering::SeqCst)
+    }
+}
+
+/// Failure table: the store is down when a request begins → 503 + Retry-After, nothing runs.
+#[actix_rt::test]
+async fn store_down_at_begin_is_a_503_and_nothing_runs() {
+    let app = faulty().await;
+    app.store.inject(Op::Begin, Fault::Fail, 1);
+    let resp = app.pay("down-1").await;
+    assert!(resp.headers().contains_key("retry-after"));
+    common::problem(resp, 503).await;
+    assert_eq!(app.charges(), 1, "only the warm-up ran");
+    assert_eq!(
+        app.pay("down-1").await.status(),
+        201,
+        "served once the store is back"
+    );
+    assert_eq!(app.charges(), 2);
+    app.handle.stop(true).await;
+}
+
+/// Failure table: the store answers slower than the deadline → 503, nothing runs.
+#[actix_rt::test]
+async fn a_store_slower_than_its_deadline_is_a_503_and_nothing_runs() {
+    let app = faulty().await;
+    app.store
+        .inject(Op::Begin, Fault::Delay(Duration::from_secs(2)), 1);
+    common::problem(app.pay("slow-1").await, 503).await;
+    assert_eq!(app.charges(), 1, "only the warm-up ran");
+    app.handle.stop(true).await;
+}
+
+/// Failure table: storing the response fails, or its answer is lost → the client still gets
+/// its response, the completion is retried, and a retry replays: one charge.
+#[actix_rt::test]
+async fn a_failed_or_lost_completion_still_replays_once() {
+    let app = faulty().await;
+    for (key, fault) in [("lost-1", Fault::LoseAnswer), ("failed-1", Fault::Fail)] {
+        let before = app.charges();
+        app.store.inject(Op::Complete, fault, 1);
+        assert_eq!(app.pay(key).await.status(), 201);
+        let replay = loop {
+            let r = app.pay(key).await;
+            if r.status() != 409 {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(replay.status(), 201, "{fault:?}");
+        assert_eq!(replay.headers()["idempotent-replayed"], "true", "{fault:?}");
+        assert_eq!(app.charges(), before + 1, "{fault:?}: one charge");
+    }
+    assert!(
+        app.store.calls(Op::Complete) >= 4,
+        "the completions were retried"
+    );
+    app.handle.stop(true).await;
+}
