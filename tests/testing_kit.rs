@@ -8,7 +8,9 @@ use actix_web::dev::{Service, ServiceRequest};
 use actix_web::{post, web, HttpMessage, HttpResponse};
 // `idem::testing` with the `testing` feature; a package cannot turn its own feature on for its tests.
 use idem::{idempotent, Idempotency, MemoryStore};
-use idem_runtime::testing::{check_idempotent, Fault, FaultyStore, Op, Probe};
+use idem_runtime::testing::{
+    assert_idempotent, check_idempotent, check_idempotent_at, Fault, FaultyStore, Op, Probe,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,14 +88,9 @@ fn serve(idem: Idempotency, fx: web::Data<Effects>) -> (String, actix_web::dev::
     (format!("http://{addr}"), handle)
 }
 
-fn probe(
-    base: &str,
-    path: &str,
-    fx: &web::Data<Effects>,
-    pick: fn(&Effects) -> &AtomicU64,
-) -> Probe {
+fn probe(path: &str, fx: &web::Data<Effects>, pick: fn(&Effects) -> &AtomicU64) -> Probe {
     let fx = Arc::clone(fx);
-    Probe::post(base, path, move || pick(&fx).load(Ordering::SeqCst)).json(r#"{"amount": 1}"#)
+    Probe::post(path, move || pick(&fx).load(Ordering::SeqCst)).json(r#"{"amount": 1}"#)
 }
 
 #[actix_rt::test]
@@ -101,7 +98,7 @@ async fn the_kit_passes_a_correct_handler_and_names_each_broken_one() {
     let fx = web::Data::new(Effects::default());
     let (base, handle) = serve(common::builder().build(), fx.clone());
 
-    let report = check_idempotent(&probe(&base, "/correct", &fx, |f| &f.correct)).await;
+    let report = check_idempotent_at(&base, &probe("/correct", &fx, |f| &f.correct)).await;
     assert!(report.is_clean(), "{report}");
 
     for (path, pick, expected) in [
@@ -117,7 +114,7 @@ async fn the_kit_passes_a_correct_handler_and_names_each_broken_one() {
         ),
         ("/failing", |f| &f.failing, "a 5xx is not kept"),
     ] {
-        let report = check_idempotent(&probe(&base, path, &fx, pick)).await;
+        let report = check_idempotent_at(&base, &probe(path, &fx, pick)).await;
         assert!(!report.is_clean(), "{path} passed");
         assert!(
             report.to_string().contains(expected),
@@ -125,6 +122,28 @@ async fn the_kit_passes_a_correct_handler_and_names_each_broken_one() {
         );
     }
     handle.stop(true).await;
+}
+
+/// The same checks on an app inside the test (`actix_web::test::init_service`), no server.
+#[actix_rt::test]
+async fn the_kit_checks_an_app_in_the_test_itself() {
+    let fx = web::Data::new(Effects::default());
+    let app = actix_web::test::init_service(
+        actix_web::App::new()
+            .app_data(common::builder().build())
+            .app_data(fx.clone())
+            .service(correct)
+            .service(leaky),
+    )
+    .await;
+    assert_idempotent(&app, &probe("/correct", &fx, |f| &f.correct)).await;
+    let report = check_idempotent(&app, &probe("/leaky", &fx, |f| &f.leaky)).await;
+    assert!(
+        report
+            .to_string()
+            .contains("carries the first request's own X-Request-Id"),
+        "{report}"
+    );
 }
 
 /// Unit tests that want the handler alone: no key needed, every call runs it.

@@ -11,19 +11,18 @@ use tokio::io::AsyncWriteExt;
 ///
 /// ```no_run
 /// # async fn t() {
-/// use idem_runtime::testing::{assert_idempotent, Probe};
+/// use idem_runtime::testing::{assert_idempotent_at, Probe};
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::sync::Arc;
 ///
 /// let charges = Arc::new(AtomicU64::new(0)); // incremented by the handler's side effect
 /// let c = charges.clone();
-/// let probe = Probe::post("http://127.0.0.1:8080", "/payments", move || c.load(Ordering::SeqCst))
+/// let probe = Probe::post("/payments", move || c.load(Ordering::SeqCst))
 ///     .json(r#"{"amount": 1000, "currency": "EUR"}"#);
-/// assert_idempotent(&probe).await;
+/// assert_idempotent_at("http://127.0.0.1:8080", &probe).await;
 /// # }
 /// ```
 pub struct Probe {
-    base: String,
     path: String,
     content_type: String,
     body: Vec<u8>,
@@ -40,21 +39,19 @@ pub struct Probe {
 impl fmt::Debug for Probe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Probe")
-            .field("url", &format!("{}{}", self.base, self.path))
+            .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
 
 impl Probe {
-    /// `POST base + path`, its effects counted by `executions` (read before and after each
-    /// step: a counter the handler's side effect increments, or a count of rows).
+    /// `POST path`, its effects counted by `executions` (read before and after each step: a
+    /// counter the handler's side effect increments, or a count of rows).
     pub fn post(
-        base: impl Into<String>,
         path: impl Into<String>,
         executions: impl Fn() -> u64 + Send + Sync + 'static,
     ) -> Self {
         Probe {
-            base: base.into().trim_end_matches('/').to_owned(),
             path: path.into(),
             content_type: "application/json".into(),
             body: b"{}".to_vec(),
@@ -159,114 +156,252 @@ impl Answer {
     }
 }
 
-struct Session<'a> {
-    probe: &'a Probe,
-    http: reqwest::Client,
-    run: String,
-    n: std::sync::atomic::AtomicU64,
+/// How the checks reach the endpoint.
+trait Transport {
+    /// One request with `key`, `body` and the per-request id, answered in full.
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        body: &'a [u8],
+        request_id: &'a str,
+    ) -> Local<'a, Result<Answer, String>>;
+    /// One request whose client goes away `hang_up_after` into it.
+    fn hang_up<'a>(&'a self, key: &'a str) -> Local<'a, Result<(), String>>;
 }
 
-impl Session<'_> {
-    fn request_id(&self) -> String {
-        let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        format!("probe-{}-{n}", self.run)
-    }
+type Local<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
 
-    async fn send(&self, key: &str, body: &[u8], request_id: &str) -> Result<Answer, String> {
-        let p = self.probe;
-        let mut req = self
-            .http
-            .post(format!("{}{}", p.base, p.path))
-            .header("content-type", &p.content_type)
-            .header(&p.key_header, key)
-            .header(&p.request_id_header, request_id)
-            .body(body.to_vec());
-        for (n, v) in &p.headers {
-            req = req.header(n, v);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-        let status = resp.status().as_u16();
-        let headers = resp
-            .headers()
-            .iter()
-            .map(|(n, v)| {
-                (
-                    n.as_str().to_owned(),
-                    String::from_utf8_lossy(v.as_bytes()).into(),
-                )
+/// A running server, over loopback HTTP.
+struct Http<'a> {
+    probe: &'a Probe,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Transport for Http<'_> {
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        body: &'a [u8],
+        request_id: &'a str,
+    ) -> Local<'a, Result<Answer, String>> {
+        Box::pin(async move {
+            let p = self.probe;
+            let mut req = self
+                .http
+                .post(format!("{}{}", self.base, p.path))
+                .header("content-type", &p.content_type)
+                .header(&p.key_header, key)
+                .header(&p.request_id_header, request_id)
+                .body(body.to_vec());
+            for (n, v) in &p.headers {
+                req = req.header(n, v);
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| format!("request failed: {e}"))?;
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into(),
+                    )
+                })
+                .collect();
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| format!("reading the answer failed: {e}"))?
+                .to_vec();
+            Ok(Answer {
+                status,
+                headers,
+                body,
             })
-            .collect();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| format!("reading the answer failed: {e}"))?
-            .to_vec();
-        Ok(Answer {
-            status,
-            headers,
-            body,
         })
     }
 
     /// Sends a request on a raw connection and closes it after `hang_up_after`.
-    async fn hang_up(&self, key: &str) -> Result<(), String> {
-        let p = self.probe;
-        let url = reqwest::Url::parse(&p.base).map_err(|e| format!("bad base URL: {e}"))?;
-        let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|e| format!("connecting failed: {e}"))?;
-        let mut head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}: {key}\r\n",
-            p.path,
-            p.content_type,
-            p.body.len(),
-            p.key_header
-        );
-        for (n, v) in &p.headers {
-            head.push_str(&format!("{n}: {v}\r\n"));
-        }
-        head.push_str("\r\n");
-        s.write_all(head.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        s.write_all(&p.body).await.map_err(|e| e.to_string())?;
-        tokio::time::sleep(p.hang_up_after).await;
-        drop(s);
-        Ok(())
+    fn hang_up<'a>(&'a self, key: &'a str) -> Local<'a, Result<(), String>> {
+        Box::pin(async move {
+            let p = self.probe;
+            let url = reqwest::Url::parse(&self.base).map_err(|e| format!("bad base URL: {e}"))?;
+            let host = url.host_str().unwrap_or("127.0.0.1").to_owned();
+            let port = url.port_or_known_default().unwrap_or(80);
+            let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| format!("connecting failed: {e}"))?;
+            let mut head = format!(
+                "POST {} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{}: {key}\r\n",
+                p.path,
+                p.content_type,
+                p.body.len(),
+                p.key_header
+            );
+            for (n, v) in &p.headers {
+                head.push_str(&format!("{n}: {v}\r\n"));
+            }
+            head.push_str("\r\n");
+            s.write_all(head.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            s.write_all(&p.body).await.map_err(|e| e.to_string())?;
+            tokio::time::sleep(p.hang_up_after).await;
+            drop(s);
+            Ok(())
+        })
     }
 }
 
-/// Runs every check against the probe's endpoint and reports what went wrong: a first request,
-/// a sequential retry (a byte-identical replay, no new effect, no header carrying the first
-/// request's own values), parallel duplicates (one effect), a retry with a changed body (422,
-/// no effect), and a retry after the client hung up mid-handler (one effect in all).
-pub async fn check_idempotent(probe: &Probe) -> Report {
-    let mut problems = Vec::new();
-    let run = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .to_string();
-    let s = Session {
+/// An app in this process (`actix_web::test::init_service`), called directly.
+struct InProcess<'a, S> {
+    probe: &'a Probe,
+    app: &'a S,
+}
+
+impl<'s, S, B> InProcess<'s, S>
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    fn request(&self, key: &str, body: &[u8], request_id: &str) -> actix_http::Request {
+        let p = self.probe;
+        let mut req = actix_web::test::TestRequest::post()
+            .uri(&p.path)
+            .insert_header(("content-type", p.content_type.as_str()))
+            .insert_header((p.key_header.as_str(), key))
+            .insert_header((p.request_id_header.as_str(), request_id))
+            .set_payload(body.to_vec());
+        for (n, v) in &p.headers {
+            req = req.insert_header((n.as_str(), v.as_str()));
+        }
+        req.to_request()
+    }
+}
+
+impl<S, B> Transport for InProcess<'_, S>
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        body: &'a [u8],
+        request_id: &'a str,
+    ) -> Local<'a, Result<Answer, String>> {
+        Box::pin(async move {
+            let resp = self
+                .app
+                .call(self.request(key, body, request_id))
+                .await
+                .map_err(|e| format!("the app failed: {e}"))?;
+            let status = resp.status().as_u16();
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into(),
+                    )
+                })
+                .collect();
+            let body = actix_web::body::to_bytes(resp.into_body())
+                .await
+                .map_err(|_| "reading the answer failed".to_owned())?
+                .to_vec();
+            Ok(Answer {
+                status,
+                headers,
+                body,
+            })
+        })
+    }
+
+    /// Starts the call and drops it `hang_up_after` in: what a client going away does to it.
+    fn hang_up<'a>(&'a self, key: &'a str) -> Local<'a, Result<(), String>> {
+        Box::pin(async move {
+            let call = self
+                .app
+                .call(self.request(key, &self.probe.body, "hang-up"));
+            let _ = tokio::time::timeout(self.probe.hang_up_after, call).await;
+            Ok(())
+        })
+    }
+}
+
+/// Runs every check against the endpoint of an app in this process (what
+/// `actix_web::test::init_service` returns) and reports what went wrong: a first request, a
+/// sequential retry (a byte-identical replay, no new effect, no header carrying the first
+/// request's own values), parallel duplicates (one effect), a retry with a changed body (422, no
+/// effect), and a retry after the client hung up mid-handler (one effect in all).
+pub async fn check_idempotent<S, B>(app: &S, probe: &Probe) -> Report
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    check(&InProcess { probe, app }, probe).await
+}
+
+/// [`check_idempotent`] against a running server at `base` (`http://127.0.0.1:8080`).
+pub async fn check_idempotent_at(base: &str, probe: &Probe) -> Report {
+    let http = Http {
         probe,
+        base: base.trim_end_matches('/').to_owned(),
         http: reqwest::Client::builder()
             .no_proxy()
             .build()
             .unwrap_or_default(),
-        run,
+    };
+    check(&http, probe).await
+}
+
+/// Per-run names: keys and request ids no other run uses.
+struct Names {
+    run: String,
+    n: std::sync::atomic::AtomicU64,
+}
+
+impl Names {
+    fn request_id(&self) -> String {
+        let n = self.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("probe-{}-{n}", self.run)
+    }
+}
+
+async fn check(s: &dyn Transport, probe: &Probe) -> Report {
+    let mut problems = Vec::new();
+    let names = Names {
+        run: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            .to_string(),
         n: Default::default(),
     };
     let count = || (probe.executions)();
-    let key = |name: &str| format!("probe-{}-{name}", s.run);
+    let key = |name: &str| format!("probe-{}-{name}", names.run);
 
     // 1. A first request, then a sequential retry.
     let e0 = count();
-    let first_id = s.request_id();
+    let first_id = names.request_id();
     let first = match s.send(&key("first"), &probe.body, &first_id).await {
         Ok(a) => a,
         Err(e) => {
@@ -280,7 +415,10 @@ pub async fn check_idempotent(probe: &Probe) -> Report {
             "one request with a new key counted {ran} executions (expected 1)"
         ));
     }
-    match s.send(&key("first"), &probe.body, &s.request_id()).await {
+    match s
+        .send(&key("first"), &probe.body, &names.request_id())
+        .await
+    {
         Err(e) => problems.push(format!("the retry got no answer: {e}")),
         Ok(retry) => {
             let again = count().saturating_sub(e0 + ran);
@@ -365,7 +503,7 @@ pub async fn check_idempotent(probe: &Probe) -> Report {
         b
     });
     let before = count();
-    match s.send(&key("first"), &changed, &s.request_id()).await {
+    match s.send(&key("first"), &changed, &names.request_id()).await {
         Err(e) => problems.push(format!("the changed-body retry got no answer: {e}")),
         Ok(a) => {
             let ran = count().saturating_sub(before);
@@ -392,7 +530,7 @@ pub async fn check_idempotent(probe: &Probe) -> Report {
         let until = Instant::now() + probe.settle;
         let mut outcome = None;
         while Instant::now() < until {
-            match s.send(&gone, &probe.body, &s.request_id()).await {
+            match s.send(&gone, &probe.body, &names.request_id()).await {
                 Ok(a) if a.status == 409 || a.status == 202 => {
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
@@ -419,13 +557,21 @@ pub async fn check_idempotent(probe: &Probe) -> Report {
 }
 
 /// [`check_idempotent`], panicking with the whole report unless it is clean.
-pub async fn assert_idempotent(probe: &Probe) {
-    let report = check_idempotent(probe).await;
-    assert!(
-        report.is_clean(),
-        "{} {}{}\n{report}",
-        "POST",
-        probe.base,
-        probe.path
-    );
+pub async fn assert_idempotent<S, B>(app: &S, probe: &Probe)
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    let report = check_idempotent(app, probe).await;
+    assert!(report.is_clean(), "POST {}\n{report}", probe.path);
+}
+
+/// [`check_idempotent_at`], panicking with the whole report unless it is clean.
+pub async fn assert_idempotent_at(base: &str, probe: &Probe) {
+    let report = check_idempotent_at(base, probe).await;
+    assert!(report.is_clean(), "POST {base}{}\n{report}", probe.path);
 }
