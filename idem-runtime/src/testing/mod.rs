@@ -13,4 +13,5 @@ mod probe;
 pub use faulty::{Fault, FaultyStore, Op};
 pub use probe::{
     assert_idempotent, assert_idempotent_at, check_idempotent, check_idempotent_at, Probe, Report,
+    TestApp,
 };

@@ -156,6 +156,38 @@ impl Answer {
     }
 }
 
+/// An actix-web app as `actix_web::test::init_service` returns it (any service answering
+/// `actix_http::Request`s with `ServiceResponse`s).
+pub trait TestApp:
+    actix_web::dev::Service<
+    actix_http::Request,
+    Response = actix_web::dev::ServiceResponse<Self::Body>,
+    Error = actix_web::Error,
+>
+{
+    /// The body type of its responses.
+    type Body: actix_web::body::MessageBody;
+}
+
+impl<S, B> TestApp for S
+where
+    S: actix_web::dev::Service<
+        actix_http::Request,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    B: actix_web::body::MessageBody,
+{
+    type Body = B;
+}
+
+/// Header names and values as the checks compare them.
+fn header_list<'h>(pairs: impl Iterator<Item = (&'h str, &'h [u8])>) -> Vec<(String, String)> {
+    pairs
+        .map(|(n, v)| (n.to_owned(), String::from_utf8_lossy(v).into()))
+        .collect()
+}
+
 /// How the checks reach the endpoint.
 trait Transport {
     /// One request with `key`, `body` and the per-request id, answered in full.
@@ -202,16 +234,11 @@ impl Transport for Http<'_> {
                 .await
                 .map_err(|e| format!("request failed: {e}"))?;
             let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into(),
-                    )
-                })
-                .collect();
+            let headers = header_list(
+                resp.headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
+            );
             let body = resp
                 .bytes()
                 .await
@@ -263,14 +290,9 @@ struct InProcess<'a, S> {
     app: &'a S,
 }
 
-impl<'s, S, B> InProcess<'s, S>
+impl<'s, S> InProcess<'s, S>
 where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
+    S: TestApp,
 {
     fn request(&self, key: &str, body: &[u8], request_id: &str) -> actix_http::Request {
         let p = self.probe;
@@ -287,14 +309,9 @@ where
     }
 }
 
-impl<S, B> Transport for InProcess<'_, S>
+impl<S> Transport for InProcess<'_, S>
 where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
+    S: TestApp,
 {
     fn send<'a>(
         &'a self,
@@ -309,16 +326,11 @@ where
                 .await
                 .map_err(|e| format!("the app failed: {e}"))?;
             let status = resp.status().as_u16();
-            let headers = resp
-                .headers()
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into(),
-                    )
-                })
-                .collect();
+            let headers = header_list(
+                resp.headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.as_bytes())),
+            );
             let body = actix_web::body::to_bytes(resp.into_body())
                 .await
                 .map_err(|_| "reading the answer failed".to_owned())?
@@ -348,14 +360,9 @@ where
 /// sequential retry (a byte-identical replay, no new effect, no header carrying the first
 /// request's own values), parallel duplicates (one effect), a retry with a changed body (422, no
 /// effect), and a retry after the client hung up mid-handler (one effect in all).
-pub async fn check_idempotent<S, B>(app: &S, probe: &Probe) -> Report
+pub async fn check_idempotent<S>(app: &S, probe: &Probe) -> Report
 where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
+    S: TestApp,
 {
     check(&InProcess { probe, app }, probe).await
 }
@@ -557,14 +564,9 @@ async fn check(s: &dyn Transport, probe: &Probe) -> Report {
 }
 
 /// [`check_idempotent`], panicking with the whole report unless it is clean.
-pub async fn assert_idempotent<S, B>(app: &S, probe: &Probe)
+pub async fn assert_idempotent<S>(app: &S, probe: &Probe)
 where
-    S: actix_web::dev::Service<
-        actix_http::Request,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    B: actix_web::body::MessageBody,
+    S: TestApp,
 {
     let report = check_idempotent(app, probe).await;
     assert!(report.is_clean(), "POST {}\n{report}", probe.path);
