@@ -37,6 +37,14 @@ async fn setup(backend: Backend, webhook_allow: &[String]) -> Option<Setup> {
     if !matches!(backend, Backend::Memory) && !available("conflict policies on Redis") {
         return None;
     }
+    // On Redis the records are sealed (an app secret): waits, status URLs and webhook deliveries
+    // must open them; on memory they are kept in clear. Both paths run every policy.
+    let builder = match backend {
+        Backend::Memory => builder,
+        Backend::Redis | Backend::Cluster => {
+            builder.secret(b"conflict-policies-secret-0123456789abcdef".to_vec())
+        }
+    };
     let (builder, redis, cluster) = match backend {
         Backend::Memory => (builder.store(MemoryStore::default()), None, None),
         Backend::Redis => {

@@ -341,3 +341,67 @@ async fn without_a_secret_records_are_kept_in_clear() {
     assert!(clear);
     app.handle.stop(true).await;
 }
+
+/// A transactional endpoint: the sealed record commits with the handler's own row, and a retry
+/// opens it.
+#[post("/ledger")]
+#[idempotent(name = "ledger", transactional)]
+async fn ledger(
+    tx: idem_runtime::IdemTx,
+    table: web::Data<String>,
+) -> actix_web::Result<HttpResponse> {
+    let db = tx.client().await?;
+    db.execute(
+        &format!("INSERT INTO {} DEFAULT VALUES", table.get_ref()),
+        &[],
+    )
+    .await
+    .map_err(actix_web::error::ErrorInternalServerError)?;
+    Ok(HttpResponse::Created().json(json!({ "entry": format!("{MARKER}-ledger") })))
+}
+
+#[actix_rt::test]
+async fn a_transactional_record_is_sealed_and_replays() {
+    let records = common::pg::table("idem_sealed_tx");
+    let Some(store) = common::pg::store("sealed transactional records", &records).await else {
+        return;
+    };
+    let db = common::pg::client().await;
+    let rows = common::pg::table("ledger_sealed");
+    db.batch_execute(&format!("CREATE TABLE {rows} (id bigserial PRIMARY KEY)"))
+        .await
+        .expect("create the ledger");
+    let idem = secret_builder().store(store).build();
+    let t = web::Data::new(rows.clone());
+    let (addr, handle) = common::serve(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(t.clone())
+            .service(ledger);
+    });
+    let send = || {
+        common::client()
+            .post(format!("http://{addr}/ledger"))
+            .header("Idempotency-Key", "tx-1")
+            .send()
+    };
+    let first = send().await.expect("first");
+    assert_eq!(first.status(), 201);
+    let first = first.bytes().await.expect("body");
+    let again = send().await.expect("retry");
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.bytes().await.expect("body"), first);
+    assert_eq!(common::pg::count(&db, &rows).await, 1, "one row");
+    let dump: String = db
+        .query(
+            &format!("SELECT row_to_json(t)::text FROM {records} t"),
+            &[],
+        )
+        .await
+        .expect("dump")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    assert_nothing_readable(dump.as_bytes(), "postgresql (transactional)");
+    handle.stop(true).await;
+    common::pg::drop_tables(&db, &[&records, &rows]).await;
+}

@@ -66,6 +66,8 @@ struct Secret {
     kid: [u8; KID],
     salt: [u8; 32],
     token: ChaCha20Poly1305,
+    /// Keys the status-token nonce (see [`RecordSeal::status_token`]).
+    token_nonce: [u8; 32],
 }
 
 /// The app's secrets as sealing keys, newest first.
@@ -100,6 +102,7 @@ impl Sealer {
                         s,
                         "status-token",
                     ))),
+                    token_nonce: crate::secret::sub_key(s, "status-token-nonce"),
                 }
             })
             .collect();
@@ -244,10 +247,18 @@ impl RecordSeal {
     }
 
     /// A status token for the record `storage_key`: hex of the newest secret's id, a nonce and
-    /// the raw key sealed under its status-token key, bound to the storage key.
+    /// the raw key sealed under its status-token key, bound to the storage key. The same for
+    /// every duplicate, so that one operation has one status URL: the nonce is an HMAC of the
+    /// storage key, and a nonce repeats only for the same storage key — hence the same raw key,
+    /// the same plaintext — which reveals nothing but that equality.
     pub(crate) fn status_token(&self, storage_key: &str) -> String {
+        use hmac::{Hmac, Mac};
         let secret = &self.sealer.secrets[0];
-        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.token_nonce)
+            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        mac.update(storage_key.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let nonce = *Nonce::from_slice(&digest[..NONCE]);
         let sealed = secret
             .token
             .encrypt(

@@ -63,6 +63,12 @@ fn a_status_token_carries_the_raw_key_for_its_record_only() {
     let s = sealer(&[b"s1"]);
     let sealed = s.record("order-1").seal("idem:k1", &response());
     let token = s.record("order-1").status_token("idem:k1");
+    assert_eq!(
+        token,
+        s.record("order-1").status_token("idem:k1"),
+        "one URL per record"
+    );
+    assert_ne!(token, s.record("order-2").status_token("idem:k2"));
     assert!(!token.contains("order-1"));
     let from_token = s.from_token("idem:k1", &token).expect("a valid token");
     assert_eq!(from_token.open("idem:k1", &sealed), Ok(response()));
