@@ -65,12 +65,39 @@ async fn failing(fx: web::Data<Effects>) -> HttpResponse {
     HttpResponse::InternalServerError().finish()
 }
 
+/// Fails open: runs unprotected when the store is down (never when it is full, nor while a
+/// duplicate waits on it).
+#[post("/proceed")]
+#[idempotent(
+    name = "proceed",
+    on_conflict = "wait",
+    wait_timeout = "5s",
+    on_store_error = "proceed"
+)]
+async fn proceed(fx: web::Data<Effects>) -> HttpResponse {
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fx.correct.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Created().finish()
+}
+
+/// Outlives its lease: renewed (every 300 ms, above the app's 200 ms store deadline) while it
+/// runs.
+#[post("/long")]
+#[idempotent(name = "long", lease = "900ms")]
+async fn long(fx: web::Data<Effects>) -> HttpResponse {
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    fx.correct.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Created().finish()
+}
+
 fn serve(idem: Idempotency, fx: web::Data<Effects>) -> (String, actix_web::dev::ServerHandle) {
     let (addr, handle) = common::serve(2, move |cfg| {
         let fx2 = fx.clone();
         cfg.app_data(idem.clone())
             .app_data(fx.clone())
             .service(correct)
+            .service(proceed)
+            .service(long)
             .service(leaky)
             .service(failing)
             .service(
@@ -197,8 +224,12 @@ async fn faulty() -> Faulty {
 
 impl Faulty {
     async fn pay(&self, key: &str) -> reqwest::Response {
+        self.post("/correct", key).await
+    }
+
+    async fn post(&self, path: &str, key: &str) -> reqwest::Response {
         common::client()
-            .post(format!("{}/correct", self.base))
+            .post(format!("{}{path}", self.base))
             .header("Idempotency-Key", key)
             .send()
             .await
@@ -262,6 +293,92 @@ async fn a_failed_or_lost_completion_still_replays_once() {
     assert!(
         app.store.calls(Op::Complete) >= 4,
         "the completions were retried"
+    );
+    app.handle.stop(true).await;
+}
+
+/// Failure table: under `on_store_error = "proceed"` a store that is down runs the handler
+/// unprotected, but a *full* store is an answer, not an outage: 503, nothing runs.
+#[actix_rt::test]
+async fn proceed_runs_unprotected_when_the_store_is_down_but_never_when_it_is_full() {
+    let app = faulty().await;
+    app.store.inject(Op::Begin, Fault::Full, 1);
+    common::problem(app.post("/proceed", "full-1").await, 503).await;
+    assert_eq!(app.charges(), 1, "only the warm-up ran");
+    app.store.inject(Op::Begin, Fault::Fail, 1);
+    assert_eq!(app.post("/proceed", "down-1").await.status(), 201);
+    assert_eq!(app.charges(), 2, "ran unprotected, as the endpoint chose");
+    app.handle.stop(true).await;
+}
+
+/// Failure table: the store fails while a duplicate waits for the first request (`wait`, even
+/// under `proceed`): the store already said the key is held, so the duplicate gets 503 and never
+/// runs; the first completes and its retry replays.
+#[actix_rt::test]
+async fn a_store_failure_while_a_duplicate_waits_never_runs_it() {
+    let app = faulty().await;
+    let base = app.base.clone();
+    let first = actix_web::rt::spawn(async move {
+        common::client()
+            .post(format!("{base}/proceed"))
+            .header("Idempotency-Key", "w-1")
+            .send()
+            .await
+            .expect("first")
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    app.store.inject(Op::Wait, Fault::Fail, 1);
+    let dup = app.post("/proceed", "w-1").await;
+    assert!(dup.headers().contains_key("retry-after"));
+    common::problem(dup, 503).await;
+    assert_eq!(first.await.expect("first task"), 201);
+    let replay = app.post("/proceed", "w-1").await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        app.charges(),
+        2,
+        "the warm-up and the first: the duplicate never ran"
+    );
+    app.handle.stop(true).await;
+}
+
+/// Failure table: the store stalls during renewals (each longer than the store deadline): the
+/// renewals run beside the handler and are tried again; duplicates get 409 throughout; one
+/// execution.
+#[actix_rt::test]
+async fn renewals_that_stall_never_let_a_duplicate_in() {
+    let app = faulty().await;
+    let base = app.base.clone();
+    let first = actix_web::rt::spawn(async move {
+        common::client()
+            .post(format!("{base}/long"))
+            .header("Idempotency-Key", "long-1")
+            .send()
+            .await
+            .expect("first")
+            .status()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.store
+        .inject(Op::Renew, Fault::Delay(Duration::from_millis(250)), 2);
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let dup = app.post("/long", "long-1").await;
+        // Only the first's own answer, replayed, may end the 409s.
+        assert!(
+            dup.status() == 409 || dup.headers().contains_key("idempotent-replayed"),
+            "a duplicate got {}",
+            dup.status()
+        );
+    }
+    assert_eq!(first.await.expect("first task"), 201);
+    assert_eq!(app.store.faults_fired(), 2, "both stalls happened");
+    assert!(app.store.calls(Op::Renew) >= 3, "renewals were tried again");
+    assert_eq!(
+        app.charges(),
+        2,
+        "the warm-up and the first: nothing ran twice"
     );
     app.handle.stop(true).await;
 }

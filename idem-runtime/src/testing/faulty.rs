@@ -36,6 +36,9 @@ pub enum Op {
 pub enum Fault {
     /// The call fails at once with [`StoreError::Unavailable`]; the inner store is not asked.
     Fail,
+    /// The call fails at once with [`StoreError::Full`]: the store answered that it is at
+    /// capacity.
+    Full,
     /// The call waits this long, then goes to the inner store (longer than the app's
     /// `store_timeout`, it times out).
     Delay(Duration),
@@ -175,6 +178,7 @@ impl<S: Store> FaultyStore<S> {
         match self.next_fault(op) {
             None => call.await,
             Some(Fault::Fail) => Err(injected(op, "failed")),
+            Some(Fault::Full) => Err(StoreError::Full),
             Some(Fault::Delay(by)) => {
                 tokio::time::sleep(by).await;
                 call.await
