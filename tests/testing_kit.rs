@@ -382,3 +382,86 @@ async fn renewals_that_stall_never_let_a_duplicate_in() {
     );
     app.handle.stop(true).await;
 }
+
+/// Makes its charge, then — when asked to — crashes before answering (a crash point).
+#[post("/crashy")]
+#[idempotent(name = "crashy", lease = "3s")]
+async fn crashy(
+    req: actix_web::HttpRequest,
+    fx: web::Data<Effects>,
+    store: web::Data<FaultyStore<MemoryStore>>,
+) -> HttpResponse {
+    fx.correct.fetch_add(1, Ordering::SeqCst);
+    if req.headers().contains_key("x-crash") {
+        store.crash();
+    }
+    HttpResponse::Created().finish()
+}
+
+/// A crash between the handler's effect and its completion, then a restart: the retry waits out
+/// the crashed attempt's lease (409) and then runs once more — the documented at-least-once
+/// window of a cache store, which a user's test can now show for their own handler.
+#[actix_rt::test]
+async fn a_crash_after_the_effect_runs_it_once_more_after_the_lease() {
+    let memory = MemoryStore::default();
+    let fx = web::Data::new(Effects::default());
+    let start = |store: FaultyStore<MemoryStore>| {
+        let idem = common::builder()
+            .store(store.clone())
+            .store_timeout(Duration::from_millis(200))
+            .build();
+        let (fx, store) = (fx.clone(), web::Data::new(store));
+        common::serve(1, move |cfg| {
+            cfg.app_data(idem.clone())
+                .app_data(fx.clone())
+                .app_data(store.clone())
+                .service(crashy);
+        })
+    };
+    let (crashing, crashed) = start(FaultyStore::new(memory.clone()));
+    let first = common::client()
+        .post(format!("http://{crashing}/crashy"))
+        .header("Idempotency-Key", "c-1")
+        .header("x-crash", "1")
+        .send()
+        .await
+        .expect("first");
+    assert_eq!(
+        first.status(),
+        201,
+        "the crashed instance still answered its client"
+    );
+    crashed.stop(false).await;
+
+    let (restarted, handle) = start(FaultyStore::new(memory));
+    let retry = || {
+        common::client()
+            .post(format!("http://{restarted}/crashy"))
+            .header("Idempotency-Key", "c-1")
+            .send()
+    };
+    assert_eq!(
+        retry().await.expect("retry").status(),
+        409,
+        "within the lease"
+    );
+    let later = loop {
+        let r = retry().await.expect("retry");
+        if r.status() != 409 {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(later.status(), 201);
+    assert_eq!(
+        fx.correct.load(Ordering::SeqCst),
+        2,
+        "the effect ran once more"
+    );
+    assert_eq!(
+        retry().await.expect("retry").headers()["idempotent-replayed"],
+        "true",
+        "and from then on replays"
+    );
+    handle.stop(true).await;
+}

@@ -55,6 +55,8 @@ struct Script {
 
 struct Shared<S> {
     inner: S,
+    /// Set by [`FaultyStore::crash`]: every call fails from then on.
+    crashed: std::sync::atomic::AtomicBool,
     script: Mutex<Script>,
     calls: Mutex<HashMap<Op, u64>>,
     faults_fired: AtomicU64,
@@ -109,6 +111,7 @@ impl<S: Store> FaultyStore<S> {
         FaultyStore {
             shared: Arc::new(Shared {
                 inner,
+                crashed: Default::default(),
                 script: Mutex::default(),
                 calls: Mutex::default(),
                 faults_fired: AtomicU64::new(0),
@@ -124,6 +127,15 @@ impl<S: Store> FaultyStore<S> {
             .entry(op)
             .or_default()
             .extend(std::iter::repeat_n(fault, times));
+    }
+
+    /// A crash point: from now on every call fails, as if this instance of the app had died
+    /// here — what it already wrote stays in the inner store as it is (an operation in progress
+    /// stays in progress until its lease ends), and nothing it tries afterwards lands. Call it
+    /// inside a handler, between its side effect and its return, to see what a crash there does;
+    /// an app on a clone of [`inner`](Self::inner) plays the restarted instance.
+    pub fn crash(&self) {
+        self.shared.crashed.store(true, Ordering::SeqCst);
     }
 
     /// Forgets every fault not yet applied.
@@ -175,6 +187,9 @@ impl<S: Store> FaultyStore<S> {
     where
         F: std::future::Future<Output = Result<T, StoreError>>,
     {
+        if self.shared.crashed.load(Ordering::SeqCst) {
+            return Err(injected(op, "failed: the app crashed"));
+        }
         match self.next_fault(op) {
             None => call.await,
             Some(Fault::Fail) => Err(injected(op, "failed")),
