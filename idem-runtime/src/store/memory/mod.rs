@@ -12,8 +12,11 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+mod principals;
+
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+use principals::Principals;
 
 const SHARDS: usize = 32;
 /// How often, at most, a full store scans one shard for records it may drop.
@@ -59,38 +62,6 @@ struct Inner {
     next_token: AtomicU64,
     /// Per-principal caps and what each principal holds, when the store has them.
     principals: Option<Principals>,
-}
-
-/// What one principal may hold, and what each holds: records and bytes, by principal tag.
-struct Principals {
-    records: usize,
-    bytes: usize,
-    held: Mutex<HashMap<u64, (usize, usize)>>,
-}
-
-impl Principals {
-    fn tag(key: &StorageKey) -> u64 {
-        u64::from_str_radix(key.principal_tag(), 16).unwrap_or(0)
-    }
-
-    /// Whether `key`'s principal may take one more record of `size` bytes.
-    fn admits(&self, key: &StorageKey, size: usize) -> bool {
-        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let (records, bytes) = held.get(&Self::tag(key)).copied().unwrap_or((0, 0));
-        records < self.records && bytes + size <= self.bytes
-    }
-
-    /// Adds (or, negative, removes) records and bytes to `key`'s principal.
-    fn charge(&self, key: &StorageKey, records: isize, bytes: isize) {
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        let tag = Self::tag(key);
-        let entry = held.entry(tag).or_insert((0, 0));
-        entry.0 = entry.0.saturating_add_signed(records);
-        entry.1 = entry.1.saturating_add_signed(bytes);
-        if entry.0 == 0 {
-            held.remove(&tag);
-        }
-    }
 }
 
 struct Entry {
