@@ -12,6 +12,8 @@
 //! stores the response). The first is the baseline of the other two.
 //!
 //! A `memory sealed` target is the memory one with an app secret: responses sealed at rest.
+//! `plain echo` / `memory echo` serve a trivial handler (echo a 25-byte JSON body), the latter's
+//! ratio taken to the former.
 //!
 //! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override).
 
@@ -40,6 +42,22 @@ async fn plain(body: web::Json<serde_json::Value>) -> HttpResponse {
 #[idempotent(ttl = "1h")]
 async fn protected(body: web::Json<serde_json::Value>) -> HttpResponse {
     answer(&body)
+}
+
+/// The trivial handler: echoes its 25-byte JSON body. A replay must never cost more than this.
+#[post("/echo")]
+async fn echo(body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body)
+}
+
+#[post("/idem-echo")]
+#[idempotent(ttl = "1h")]
+async fn echo_protected(body: web::Bytes) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body)
 }
 
 /// The ledger the PostgreSQL handlers write to.
@@ -110,7 +128,9 @@ fn serve(layer: Idempotency, ledger: Option<web::Data<Ledger>>) -> SocketAddr {
                 let app = App::new()
                     .app_data(layer.clone())
                     .service(plain)
-                    .service(protected);
+                    .service(protected)
+                    .service(echo)
+                    .service(echo_protected);
                 match &ledger {
                     Some(l) => app
                         .app_data(l.clone())
@@ -131,6 +151,9 @@ fn serve(layer: Idempotency, ledger: Option<web::Data<Ledger>>) -> SocketAddr {
     });
     rx.recv().expect("server address")
 }
+
+/// The trivial handler's body: 25 bytes of JSON.
+const TRIVIAL: &[u8] = br#"{"amount":12,"cur":"EUR"}"#;
 
 #[path = "support/body.rs"]
 mod support;
@@ -335,6 +358,29 @@ fn main() {
                     store_per_req: None,
                     mix,
                 });
+            }
+            // The trivial handler, plain and on the memory store: where a replay has the least
+            // handler work to save.
+            if wanted("memory") {
+                let mut echo_plain = 0.0;
+                for (target, path) in [("plain echo", "/echo"), ("memory echo", "/idem-echo")] {
+                    run += 1;
+                    let (rps, p50, p99, _, mix) =
+                        drive(memory, path, scenario, run, conns, secs, TRIVIAL).await;
+                    if target == "plain echo" {
+                        echo_plain = rps;
+                    }
+                    rows.push(Row {
+                        scenario: scenario.name(),
+                        target,
+                        rps,
+                        p50,
+                        p99,
+                        ratio: (target != "plain echo").then(|| rps / echo_plain),
+                        store_per_req: None,
+                        mix,
+                    });
+                }
             }
             if let (Some((server, addr)), true) = (&redis, wanted("redis")) {
                 run += 1;
