@@ -47,7 +47,7 @@ async fn protected(body: web::Json<serde_json::Value>) -> HttpResponse {
 /// The trivial handler: echoes its 25-byte JSON body. A replay must never cost more than this.
 #[post("/echo")]
 async fn echo(body: web::Bytes) -> HttpResponse {
-    HttpResponse::Ok()
+    HttpResponse::Created()
         .content_type("application/json")
         .body(body)
 }
@@ -55,7 +55,7 @@ async fn echo(body: web::Bytes) -> HttpResponse {
 #[post("/idem-echo")]
 #[idempotent(ttl = "1h")]
 async fn echo_protected(body: web::Bytes) -> HttpResponse {
-    HttpResponse::Ok()
+    HttpResponse::Created()
         .content_type("application/json")
         .body(body)
 }
