@@ -67,7 +67,7 @@ struct Secret {
     salt: [u8; 32],
     token: ChaCha20Poly1305,
     /// Keys the status-token nonce (see [`RecordSeal::status_token`]).
-    token_nonce: [u8; 32],
+    token_nonce: crate::secret::HmacSha256,
 }
 
 /// The app's secrets as sealing keys, newest first.
@@ -102,7 +102,10 @@ impl Sealer {
                         s,
                         "status-token",
                     ))),
-                    token_nonce: crate::secret::sub_key(s, "status-token-nonce"),
+                    token_nonce: crate::secret::mac(&crate::secret::sub_key(
+                        s,
+                        "status-token-nonce",
+                    )),
                 }
             })
             .collect();
@@ -252,10 +255,9 @@ impl RecordSeal {
     /// storage key, and a nonce repeats only for the same storage key — hence the same raw key,
     /// the same plaintext — which reveals nothing but that equality.
     pub(crate) fn status_token(&self, storage_key: &str) -> String {
-        use hmac::{Hmac, Mac};
+        use hmac::Mac;
         let secret = &self.sealer.secrets[0];
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&secret.token_nonce)
-            .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+        let mut mac = secret.token_nonce.clone();
         mac.update(storage_key.as_bytes());
         let digest = mac.finalize().into_bytes();
         let nonce = *Nonce::from_slice(&digest[..NONCE]);

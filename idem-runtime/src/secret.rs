@@ -19,7 +19,7 @@ use std::sync::OnceLock;
 
 use crate::key::{IdempotencyKey, StorageKey};
 
-type HmacSha256 = Hmac<Sha256>;
+pub(crate) type HmacSha256 = Hmac<Sha256>;
 
 /// The key of the unkeyed derivation: public, so that an app without a secret still derives the
 /// same storage keys on every instance.
@@ -49,7 +49,8 @@ impl std::fmt::Debug for KeyDerivation {
     }
 }
 
-fn mac(key: &[u8]) -> HmacSha256 {
+/// HMAC-SHA256 keyed by `key`: the one constructor every keyed hash of the crate uses.
+pub(crate) fn mac(key: &[u8]) -> HmacSha256 {
     // HMAC takes a key of any length.
     HmacSha256::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"))
 }

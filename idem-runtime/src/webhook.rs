@@ -32,8 +32,7 @@ pub const SIGNATURE_HEADER: &str = "idempotency-signature";
 pub const STATUS_HEADER: &str = "idempotency-status";
 
 fn signer(secret: &[u8], timestamp: u64, key: &str, status: u16, body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    let mut mac = crate::secret::mac(secret);
     mac.update(format!("{timestamp}.{key}.{status}.").as_bytes());
     mac.update(body);
     mac
