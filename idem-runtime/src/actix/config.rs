@@ -160,6 +160,8 @@ pub(super) struct Settings {
     secret: Option<Vec<u8>>,
     sealing_keys: Vec<Vec<u8>>,
     expiry_header: bool,
+    /// Set only by [`Idempotency::disabled`].
+    disabled: bool,
     admission: Option<(u32, Duration)>,
     max_response: usize,
     status_path: String,
@@ -178,15 +180,9 @@ impl Idempotency {
     /// # let _ = idem;
     /// ```
     pub fn disabled() -> Idempotency {
-        let built = Idempotency::builder().unscoped().build();
-        let mut shared = match Arc::try_unwrap(built.shared) {
-            Ok(shared) => shared,
-            Err(_) => unreachable!("a freshly built Idempotency is not shared yet"),
-        };
-        shared.disabled = true;
-        Idempotency {
-            shared: Arc::new(shared),
-        }
+        let mut builder = Idempotency::builder().unscoped();
+        builder.settings.disabled = true;
+        builder.build()
     }
 
     /// Starts a builder: memory store, `Idempotency-Key` header, 2 s store deadline, no secret,
@@ -203,6 +199,7 @@ impl Idempotency {
                 secret: None,
                 sealing_keys: Vec::new(),
                 expiry_header: true,
+                disabled: false,
                 admission: None,
                 max_response: 8 << 20,
                 status_path: "/idempotency".into(),
@@ -524,7 +521,7 @@ impl<S> IdempotencyBuilder<S> {
                     (keys, _) => crate::seal::Sealer::new(keys),
                 },
                 expiry_header: settings.expiry_header,
-                disabled: false,
+                disabled: settings.disabled,
                 max_response: settings.max_response,
                 status_path: settings.status_path,
                 #[cfg(feature = "webhook")]
