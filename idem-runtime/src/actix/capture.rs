@@ -84,17 +84,7 @@ pub(super) async fn capture(
                 },
                 None => {
                     tracing::warn!(endpoint = policy.endpoint, status, "idem: this endpoint redacts its stored responses, and this body is not JSON the pointers apply to; it is not kept, and retries get a \"response not kept\" marker");
-                    crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
-                    let content_type = head
-                        .headers()
-                        .get(CONTENT_TYPE)
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-                    not_kept(
-                        status,
-                        content_type.as_deref(),
-                        NotKept::Unredactable,
-                        limit,
-                    )
+                    not_kept(&head, NotKept::Unredactable, limit)
                 }
             };
             (head.set_body(BoxBody::new(bytes)), stored)
@@ -103,21 +93,14 @@ pub(super) async fn capture(
             if why == NotKept::TooLarge {
                 tracing::error!(limit, status, "idem: the handler's response is larger than max_response_bytes; it is sent in full but not kept, and retries get a \"response not kept\" marker instead of running the operation again");
             }
-            crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
-            let content_type = head
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let stored = not_kept(&head, why, limit);
             let tail = match why {
                 NotKept::TooLarge | NotKept::Unredactable => Tail::Body(body),
                 // The client sees the stream fail where it failed.
                 NotKept::BodyFailed => Tail::Failed,
             };
             let client = head.set_body(BoxBody::new(Replayed { read, tail, size }));
-            (
-                client,
-                not_kept(status, content_type.as_deref(), why, limit),
-            )
+            (client, stored)
         }
     }
 }
@@ -164,7 +147,15 @@ fn replayed_headers(
 
 /// The record of an operation whose response was not kept: its status, and a problem body that
 /// says so and names the original content type.
-fn not_kept(status: u16, content_type: Option<&str>, why: NotKept, limit: usize) -> StoredResponse {
+/// Counted in `idem_response_not_kept_total`.
+fn not_kept(head: &HttpResponse<()>, why: NotKept, limit: usize) -> StoredResponse {
+    crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
+    let status = head.status().as_u16();
+    let content_type = head
+        .headers()
+        .get(CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let content_type = content_type.as_deref();
     let kind = ProblemKind::ResponseNotKept;
     let detail = match why {
         NotKept::TooLarge => format!(
