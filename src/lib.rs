@@ -47,6 +47,9 @@ pub use idem_runtime::{conformance, store_conformance_tests};
 #[cfg(feature = "testing")]
 pub use idem_runtime::testing;
 
+#[cfg(feature = "utoipa")]
+pub use idem_runtime::openapi;
+
 /// What `#[idempotent]` expands to calls. **Not public API**: it changes with the macro in any
 /// release, and its path carries the version so that mismatched crates fail to compile.
 #[doc(hidden)]

@@ -48,6 +48,31 @@ fn stays_outside(attr: &syn::Attribute) -> bool {
         .is_some_and(|s| ROUTES.contains(&s.ident.to_string().as_str()))
 }
 
+/// `#[utoipa::path]` below `#[idempotent]` must still read the handler as written (its `Json<T>`
+/// body, its `Path` parameters), not the raw-request function the rewrite registers: the
+/// function is handed back with `#[utoipa::path]` moved above this attribute, so utoipa expands
+/// first and this attribute then expands as usual. `None` when there is no such attribute.
+pub(crate) fn utoipa_first(args: &Args, attr: TokenStream, item: &ItemFn) -> Option<TokenStream> {
+    let is_utoipa_path = |a: &syn::Attribute| {
+        let names: Vec<String> = a
+            .path()
+            .segments
+            .iter()
+            .map(|s| s.ident.to_string())
+            .collect();
+        names.len() >= 2 && names[names.len() - 2..] == ["utoipa", "path"]
+    };
+    let position = item.attrs.iter().position(is_utoipa_path)?;
+    let mut item = item.clone();
+    let utoipa = item.attrs.remove(position);
+    let krate = &args.krate;
+    Some(quote! {
+        #utoipa
+        #[#krate::idempotent(#attr)]
+        #item
+    })
+}
+
 pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let krate = &args.krate;
     let private = quote!(#krate::__private_v0_1);
@@ -170,6 +195,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
                 key: &[#(#key_sources),*],
                 redact: &[#(#redact),*],
             };
+            #private::document!(#name_str, __IDEM_POLICY);
             #private::run(
                 __idem_req,
                 __idem_payload,

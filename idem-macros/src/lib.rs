@@ -29,13 +29,19 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item2: proc_macro2::TokenStream = item.into();
+    let attr2: proc_macro2::TokenStream = attr.into();
     let parsed: Result<syn::ItemFn, _> = syn::parse2(item2.clone());
-    let args = args::Args::parse(attr.into());
+    let args = args::Args::parse(attr2.clone());
     let result = match parsed {
         Ok(func) => {
             let shape = validate::fn_shape(&func.sig);
             match (args, shape) {
-                (Ok(args), Ok(())) => return expand::expand(&args, func).into(),
+                (Ok(args), Ok(())) => {
+                    if let Some(first) = expand::utoipa_first(&args, attr2, &func) {
+                        return first.into();
+                    }
+                    return expand::expand(&args, func).into();
+                }
                 (Err(mut a), Err(b)) => {
                     a.combine(b);
                     a

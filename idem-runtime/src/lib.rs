@@ -21,6 +21,9 @@ pub(crate) mod fingerprint;
 pub(crate) mod key;
 mod key_source;
 pub(crate) mod observe;
+#[cfg(feature = "utoipa")]
+#[cfg_attr(docsrs, doc(cfg(feature = "utoipa")))]
+pub mod openapi;
 pub(crate) mod policy;
 pub(crate) mod problem;
 pub(crate) mod record;

@@ -9,6 +9,34 @@ pub use crate::key_source::KeySource;
 pub use crate::policy::{Guarantee, OnConflict, OnStoreError, Policy};
 pub use actix_web;
 
+#[cfg(feature = "utoipa")]
+pub use crate::openapi::Documented;
+#[cfg(feature = "utoipa")]
+pub use inventory;
+
+/// Registers an idempotent handler for [`openapi::IdempotencyDocs`](crate::openapi): with the
+/// `utoipa` feature, an `inventory` entry of the handler's name and policy; without it, nothing.
+#[cfg(feature = "utoipa")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __idem_document_v0_1 {
+    ($handler:expr, $policy:path) => {
+        $crate::__private_v0_1::inventory::submit! {
+            $crate::__private_v0_1::Documented::new($handler, &$policy)
+        }
+    };
+}
+
+/// Registers an idempotent handler for the OpenAPI docs: nothing without the `utoipa` feature.
+#[cfg(not(feature = "utoipa"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __idem_document_v0_1 {
+    ($handler:expr, $policy:path) => {};
+}
+
+pub use crate::__idem_document_v0_1 as document;
+
 /// `Duration::from_millis` as a const fn path the macro can name.
 pub const fn millis(ms: u64) -> core::time::Duration {
     core::time::Duration::from_millis(ms)
