@@ -372,6 +372,30 @@ async fn reloading_the_post_after_a_double_click_shows_the_one_receipt() {
     c.close().await.unwrap();
 }
 
+/// The demo's API docs page: Swagger UI served from the binary (no web host is reachable here,
+/// so a page that needed a CDN would stay blank) renders the OpenAPI document with the key
+/// header and idem's answers that `#[idempotent]` documented.
+#[actix_web::test]
+async fn the_api_docs_page_shows_the_idempotency_key() {
+    if !chromium_available() {
+        return;
+    }
+    let (_demo, base) = start_demo(None, 10).await;
+    let (_driver, c, _profile) = browser().await;
+    c.goto(&format!("{base}/docs/"))
+        .await
+        .expect("open the docs");
+    let text = wait_for_text(&c, "Idempotency-Key").await;
+    for needle in [
+        "/payments",
+        "Idempotent-Replayed",
+        "urn:idem:problem:key-reused",
+    ] {
+        assert!(text.contains(needle), "`{needle}` not on the docs page");
+    }
+    c.close().await.unwrap();
+}
+
 /// The demo (orders taking `delay_ms`) and a browser on its checkout form; `None` without
 /// Chromium.
 async fn checkout(

@@ -22,6 +22,10 @@
 //! that field and answers 303 to the receipt, so a double click, a re-submit after the back
 //! button, or a reload places one order and shows one receipt.
 //!
+//! `GET /openapi.json` is the API's OpenAPI 3.1 document, with the `Idempotency-Key` header and
+//! idem's answers (400/409/422/…) documented from the attributes (`idem::openapi`); `/docs/`
+//! shows it in Swagger UI, served from the binary.
+//!
 //! Records live in memory unless `IDEM_REDIS_URL` is set: one URL for a single Redis, several
 //! (comma-separated) or `IDEM_REDIS_CLUSTER=1` for a Redis Cluster. Run several copies on
 //! different ports against one Redis and a duplicate still runs once. A Redis whose
@@ -29,6 +33,7 @@
 //! `IDEM_REDIS_ALLOW_EVICTION=1`.
 
 mod admin;
+mod api_docs;
 mod auth;
 
 use actix_web::http::StatusCode;
@@ -40,13 +45,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct NewPayment {
     amount: i64,
     currency: String,
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, utoipa::ToSchema)]
 struct Payment {
     id: String,
     amount: i64,
@@ -145,7 +150,13 @@ async fn move_money(kind: Kind, body: &NewPayment, ledger: &Ledger) -> HttpRespo
         .json(payment)
 }
 
+/// Moves money once per `Idempotency-Key`.
+///
 /// A duplicate sent while the first runs gets 409 + `Retry-After`.
+#[utoipa::path(tag = "payments", responses(
+    (status = 201, description = "The payment", body = Payment),
+    (status = 400, description = "Invalid amount or currency (kept: a retry gets it again)"),
+))]
 #[post("/payments")]
 #[idempotent(
     name = "payments.create",
@@ -157,7 +168,13 @@ async fn create_payment(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) 
     move_money(Kind::Payment, &body, &ledger).await
 }
 
+/// Moves money once per `Idempotency-Key`.
+///
 /// A duplicate sent while the first runs waits for it and gets its response.
+#[utoipa::path(tag = "payments", responses(
+    (status = 201, description = "The transfer", body = Payment),
+    (status = 400, description = "Invalid amount or currency (kept: a retry gets it again)"),
+))]
 #[post("/transfers")]
 #[idempotent(
     name = "transfers.create",
@@ -169,13 +186,24 @@ async fn create_transfer(body: web::Json<NewPayment>, ledger: web::Data<Ledger>)
     move_money(Kind::Transfer, &body, &ledger).await
 }
 
+/// Moves money once per `Idempotency-Key`.
+///
 /// A duplicate sent while the first runs gets 202 + `Location` of a status resource.
+#[utoipa::path(tag = "payments", responses(
+    (status = 201, description = "The refund", body = Payment),
+    (status = 400, description = "Invalid amount or currency (kept: a retry gets it again)"),
+))]
 #[post("/refunds")]
 #[idempotent(name = "refunds.create", ttl = "24h", on_conflict = "accepted")]
 async fn create_refund(body: web::Json<NewPayment>, ledger: web::Data<Ledger>) -> HttpResponse {
     move_money(Kind::Refund, &body, &ledger).await
 }
 
+/// A payment made earlier.
+#[utoipa::path(tag = "payments", responses(
+    (status = 200, description = "The payment", body = Payment),
+    (status = 404, description = "No such payment"),
+))]
 #[get("/payments/{id}")]
 async fn get_payment(id: web::Path<String>, ledger: web::Data<Ledger>) -> HttpResponse {
     let found = ledger
@@ -245,7 +273,7 @@ fn form_page(status: StatusCode, title: &str, note: &str) -> HttpResponse {
     resp
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct CheckoutForm {
     item: String,
     quantity: u32,
@@ -254,6 +282,10 @@ struct CheckoutForm {
 /// Places the order once per rendered form: a duplicate in flight waits for the first and gets
 /// the same 303, so every submission of one form lands on one receipt. A duplicate that waited
 /// 3 s gets 409; reloading that page (resubmitting the form) lands on the receipt too.
+#[utoipa::path(tag = "shop", responses(
+    (status = 303, description = "To the order's receipt"),
+    (status = 422, description = "Item or quantity refused (an HTML page)"),
+))]
 #[post("/checkout")]
 #[idempotent(
     name = "checkout.place",
@@ -435,6 +467,7 @@ async fn main() -> std::io::Result<()> {
             .service(stats)
             .service(page)
             .service(metrics)
+            .service(api_docs::routes())
     })
     // SIGTERM and Ctrl-C are handled by `serve`: it lets the payments in flight finish and
     // store their records (even those whose client hung up) before the server stops.
