@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::demo::{executions, start_demo};
+use common::demo::{executions, executions_now, start_demo};
+// `idem::testing` with the `testing` feature; a package cannot turn its own feature on for its tests.
+use idem_runtime::testing::{assert_idempotent_at, Probe};
 
 #[actix_web::test]
 async fn curl_twice_one_execution() {
@@ -89,6 +91,24 @@ async fn curl_twice(base: &str) {
 
 /// `POST /transfers` waits for its twin; `POST /refunds` answers a twin with 202 + a status
 /// resource that ends with the refund.
+/// The testing kit on the demo itself: each JSON endpoint survives a retry, parallel
+/// duplicates, a changed body and a client hanging up mid-payment.
+#[actix_web::test]
+async fn the_demo_passes_the_testing_kit() {
+    let (_demo, base) = start_demo(None, 300).await;
+    for (path, endpoint) in [
+        ("/payments", "payments"),
+        ("/transfers", "transfers"),
+        ("/refunds", "refunds"),
+    ] {
+        let at = base.clone();
+        let probe = Probe::post(path, move || executions_now(&at, endpoint))
+            .json(r#"{"amount": 1000, "currency": "EUR"}"#)
+            .changed_body(r#"{"amount": 2000, "currency": "EUR"}"#);
+        assert_idempotent_at(&base, &probe).await;
+    }
+}
+
 #[actix_web::test]
 async fn transfers_wait_and_refunds_accept() {
     let (_demo, base) = start_demo(None, 100).await;

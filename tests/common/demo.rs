@@ -164,6 +164,21 @@ async fn start_example_with(name: &str, port: u16, env: &[(&str, String)], stder
     demo
 }
 
+/// The demo's count of `endpoint` handler runs, read without an async runtime (a blocking
+/// HTTP/1.0 `GET /stats` on loopback): for the testing kit's execution counter, a plain `Fn`.
+pub fn executions_now(base: &str, endpoint: &str) -> u64 {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the demo");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(s, "GET /stats HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("send GET /stats");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read /stats");
+    let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+    let stats: serde_json::Value = serde_json::from_str(body).expect("stats JSON");
+    stats["executions"][endpoint].as_u64().expect("a count")
+}
+
 /// `GET {base}/stats` → the demo's `executions` object (handler bodies run per endpoint).
 pub async fn executions(base: &str) -> serde_json::Value {
     let stats: serde_json::Value = super::client()
