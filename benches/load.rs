@@ -460,7 +460,7 @@ fn main() {
     });
     if let Some(pg) = &pg {
         let [ledger, records] = &pg.tables;
-        let cleanup = format!("DROP TABLE {ledger}, {records}; DROP SEQUENCE {records}_token;");
+        let cleanup = format!("DROP TABLE {ledger}, {records}_steps, {records}_requests, {records}; DROP SEQUENCE {records}_token;");
         let _ = local.block_on(&rt, pg.db.batch_execute(&cleanup));
     }
 

@@ -91,7 +91,9 @@ fn wait_latency(c: &mut Criterion) {
             // Give the LISTEN connection a moment to listen.
             std::thread::sleep(Duration::from_millis(200));
             bench(c, "wait wake-up / postgres", &rt, Arc::new(store));
-            let drop = format!("DROP TABLE {table}; DROP SEQUENCE {table}_token;");
+            let drop = format!(
+                "DROP TABLE {table}_steps, {table}_requests, {table}; DROP SEQUENCE {table}_token;"
+            );
             let _ = rt.block_on(async {
                 let (db, conn) =
                     idem_runtime::tokio_postgres::connect(&pg, idem_runtime::tokio_postgres::NoTls)

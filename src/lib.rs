@@ -32,8 +32,8 @@ pub use idem_runtime::{RedisStore, RedisStoreBuilder};
 
 #[cfg(feature = "postgres")]
 pub use idem_runtime::{
-    deadpool_postgres, tokio_postgres, IdemTx, PostgresStore, PostgresStoreBuilder, PostgresTls,
-    TxClient, TxEnded,
+    deadpool_postgres, tokio_postgres, Completer, CompleterBuilder, IdemTx, PostgresStore,
+    PostgresStoreBuilder, PostgresTls, StepError, Steps, TxClient, TxEnded,
 };
 
 pub use idem_runtime::webhook;

@@ -87,7 +87,7 @@ pub mod __support {
 }
 
 #[cfg(feature = "postgres")]
-pub use actix::{IdemTx, TxClient, TxEnded};
+pub use actix::{Completer, CompleterBuilder, IdemTx, StepError, Steps, TxClient, TxEnded};
 pub use actix::{
     Idempotency, IdempotencyBuilder, IdempotencyContext, NoScope, OperatorError, RecordInfo,
     ScopeChosen, Scoped,

@@ -43,6 +43,13 @@ pub enum ProblemKind {
     /// This principal started more new operations than it may, or holds as many records as it
     /// may; other principals are not affected (429).
     TooManyKeys,
+    /// 500: the steps an attempt calls differ from those an earlier attempt of the operation
+    /// recorded (the handler's code changed between them); no finished step is skipped
+    /// silently, and nothing is kept, so a retry after a fix runs on from the recorded steps.
+    StepsChanged,
+    /// 500, kept: an operation the completer could not finish in its attempts; it is not run
+    /// again, and its finished steps stay as they are.
+    OperationFailed,
 }
 
 impl ProblemKind {
@@ -63,7 +70,9 @@ impl ProblemKind {
             ProblemKind::HandlerFailed
             | ProblemKind::Internal
             | ProblemKind::ResponseNotKept
-            | ProblemKind::RecordUnreadable => 500,
+            | ProblemKind::RecordUnreadable
+            | ProblemKind::StepsChanged
+            | ProblemKind::OperationFailed => 500,
         }
     }
 
@@ -86,6 +95,8 @@ impl ProblemKind {
             ProblemKind::RecordUnreadable => "urn:idem:problem:record-unreadable",
             ProblemKind::ShuttingDown => "urn:idem:problem:shutting-down",
             ProblemKind::TooManyKeys => "urn:idem:problem:too-many-keys",
+            ProblemKind::StepsChanged => "urn:idem:problem:steps-changed",
+            ProblemKind::OperationFailed => "urn:idem:problem:operation-failed",
         }
     }
 
@@ -110,6 +121,8 @@ impl ProblemKind {
             }
             ProblemKind::ShuttingDown => "Server shutting down",
             ProblemKind::TooManyKeys => "Too many new idempotency keys",
+            ProblemKind::StepsChanged => "The operation's steps changed between attempts",
+            ProblemKind::OperationFailed => "The operation could not be finished",
         }
     }
 }

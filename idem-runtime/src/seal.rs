@@ -146,6 +146,78 @@ impl Sealer {
         Some(self.record(std::str::from_utf8(&raw).ok()?))
     }
 
+    /// `data` sealed under the newest secret alone, for what the server must open again without
+    /// the client's raw key: the request a completer re-sends, a step's recorded result.
+    /// `purpose` names what it is (and its place: `"step:2:charge"`); the blob opens only for
+    /// the same purpose and storage key. The form is `kid ‖ nonce ‖ ciphertext ‖ tag`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn seal_blob(&self, purpose: &str, storage_key: &str, data: &[u8]) -> Vec<u8> {
+        let secret = &self.secrets[0];
+        let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = Self::blob_cipher(secret, purpose, storage_key)
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: data,
+                    aad: &secret.kid,
+                },
+            )
+            .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 seals any length we store"));
+        let mut out = Vec::with_capacity(KID + NONCE + sealed.len());
+        out.extend_from_slice(&secret.kid);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// What [`seal_blob`](Self::seal_blob) sealed for `purpose` and `storage_key`.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn open_blob(
+        &self,
+        purpose: &str,
+        storage_key: &str,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, Unreadable> {
+        if blob.len() < KID + NONCE + TAG {
+            return Err(Unreadable::Forged);
+        }
+        let (kid, rest) = blob.split_at(KID);
+        let (nonce, sealed) = rest.split_at(NONCE);
+        let secret = self
+            .secrets
+            .iter()
+            .find(|s| s.kid == kid)
+            .ok_or(Unreadable::UnknownSecret)?;
+        Self::blob_cipher(secret, purpose, storage_key)
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: kid,
+                },
+            )
+            .map_err(|_| Unreadable::Forged)
+    }
+
+    /// `HKDF-SHA256(salt = the record-seal salt, ikm = "", info = "idem/v2/blob:" ‖ purpose ‖
+    /// 0 ‖ storage key)`: no raw key in it, so the secret alone opens it.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    fn blob_cipher(secret: &Secret, purpose: &str, storage_key: &str) -> ChaCha20Poly1305 {
+        let hk = Hkdf::<Sha256>::new(Some(&secret.salt), b"");
+        let mut okm = [0u8; 32];
+        hk.expand_multi_info(
+            &[
+                b"idem/v2/blob:",
+                purpose.as_bytes(),
+                b"\0",
+                storage_key.as_bytes(),
+            ],
+            &mut okm,
+        )
+        .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF-SHA256 output length"));
+        ChaCha20Poly1305::new(Key::from_slice(&okm))
+    }
+
     fn cipher(secret: &Secret, storage_key: &str, raw: &str) -> ChaCha20Poly1305 {
         let hk = Hkdf::<Sha256>::new(Some(&secret.salt), raw.as_bytes());
         let mut okm = [0u8; 32];

@@ -81,3 +81,37 @@ fn a_status_token_carries_the_raw_key_for_its_record_only() {
         assert!(s.from_token("idem:k1", bad).is_none(), "{bad}");
     }
 }
+
+#[test]
+fn a_blob_opens_under_the_secret_alone_for_its_purpose_and_key_only() {
+    let s = sealer(&[b"s1"]);
+    let blob = s.seal_blob("step:0:charge", "idem:k1", b"MARKER-4242");
+    assert!(!contains(&blob, b"MARKER"));
+    assert_eq!(
+        s.open_blob("step:0:charge", "idem:k1", &blob).as_deref(),
+        Ok(&b"MARKER-4242"[..])
+    );
+    // Another purpose (another step, the request), another key, a flipped bit: refused.
+    assert_eq!(
+        s.open_blob("step:1:charge", "idem:k1", &blob),
+        Err(Unreadable::Forged)
+    );
+    assert_eq!(
+        s.open_blob("step:0:charge", "idem:k2", &blob),
+        Err(Unreadable::Forged)
+    );
+    let mut bent = blob.clone();
+    let last = bent.len() - 1;
+    bent[last] ^= 1;
+    assert_eq!(
+        s.open_blob("step:0:charge", "idem:k1", &bent),
+        Err(Unreadable::Forged)
+    );
+    // Rotation: a newer secret first still opens what the older one sealed; without it, no.
+    let rotated = sealer(&[b"s2", b"s1"]);
+    assert!(rotated.open_blob("step:0:charge", "idem:k1", &blob).is_ok());
+    assert_eq!(
+        sealer(&[b"s2"]).open_blob("step:0:charge", "idem:k1", &blob),
+        Err(Unreadable::UnknownSecret)
+    );
+}

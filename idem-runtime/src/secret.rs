@@ -37,6 +37,8 @@ pub(crate) struct KeyDerivation {
     tag: HmacSha256,
     id: HmacSha256,
     fingerprint: HmacSha256,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    downstream: HmacSha256,
     verifier: [u8; 32],
     keyed: bool,
 }
@@ -86,6 +88,7 @@ impl KeyDerivation {
             tag: mac(&sub_key(secret, "principal-tag")),
             id: mac(&sub_key(secret, "storage-key")),
             fingerprint: mac(&sub_key(secret, "fingerprint")),
+            downstream: mac(&sub_key(secret, "downstream")),
             verifier: sub_key(secret, "verifier"),
             keyed,
         }
@@ -104,6 +107,21 @@ impl KeyDerivation {
         let mut m = self.fingerprint.clone();
         m.update(&fp.0);
         crate::Fingerprint(m.finalize().into_bytes().into())
+    }
+
+    /// The key a step of the operation `storage_key` sends downstream (a payment processor's
+    /// own `Idempotency-Key`): hex of `HMAC(sub_key, storage key ‖ 0 ‖ step)`, truncated to 128
+    /// bits. The same on every attempt and every instance with this secret; unguessable
+    /// without it, and unlinkable to the client's raw key.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn downstream_key(&self, storage_key: &str, step: &str) -> String {
+        let mut m = self.downstream.clone();
+        m.update(storage_key.as_bytes());
+        m.update(&[0]);
+        m.update(step.as_bytes());
+        let mut out = String::with_capacity(32);
+        crate::fingerprint::push_hex(&mut out, &m.finalize().into_bytes()[..16]);
+        out
     }
 
     /// What every storage key of `principal` starts with: `prefix ‖ tag ‖ "-"`.

@@ -51,12 +51,12 @@ pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
         .get(0)
 }
 
-/// Drops the tables (and the records table's token sequence) a test made.
+/// Drops the tables (with a records table, its step tables and token sequence) a test made.
 pub async fn drop_tables(db: &tokio_postgres::Client, tables: &[&str]) {
     for t in tables {
         let _ = db
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {t}; DROP SEQUENCE IF EXISTS {t}_token;"
+                "DROP TABLE IF EXISTS {t}_steps, {t}_requests, {t}; DROP SEQUENCE IF EXISTS {t}_token;"
             ))
             .await;
     }

@@ -112,12 +112,21 @@ where
         .retry_after(1);
         return (problem_response(&p), Outcome::Rejected);
     }
+    #[cfg(feature = "postgres")]
+    {
+        let give_up = req.extensions().get::<super::completer::GiveUp>().copied();
+        if let Some(give_up) = give_up {
+            return give_up_now(idem, &ticket, give_up.attempts).await;
+        }
+    }
     let mut armed = ReleaseOnDrop(Some((ticket.clone(), idem.clone())));
     req.extensions_mut().insert(IdempotencyContext::new(
         ticket.key().status_id(),
         ticket.token(),
         ticket.attempt(),
     ));
+    #[cfg(feature = "postgres")]
+    steps_context(idem, policy, &ticket, &req, &body);
     #[cfg(feature = "postgres")]
     let tx = if policy.transactional {
         match super::tx::open(ticket.engine(), &req).await {
@@ -164,6 +173,75 @@ where
             settle_release(idem, &ticket).await;
             (resp, Outcome::Rejected)
         }
+    }
+}
+
+/// On a PostgreSQL store, what a `Steps` extractor of the handler needs: the attempt, and the
+/// request as a completer would re-send it. A handler without `Steps` never reads it.
+#[cfg(feature = "postgres")]
+fn steps_context(
+    idem: &Idempotency,
+    policy: &Policy,
+    ticket: &Ticket,
+    req: &HttpRequest,
+    body: &Bytes,
+) {
+    let Some(tx) = ticket.engine().store().transactional() else {
+        return;
+    };
+    let shared = &idem.shared;
+    let mut key_headers = vec![shared.header.clone()];
+    key_headers.extend(policy.key.iter().filter_map(|s| match s {
+        crate::KeySource::Header(n) => {
+            actix_web::http::header::HeaderName::from_bytes(n.as_bytes()).ok()
+        }
+        _ => None,
+    }));
+    req.extensions_mut()
+        .insert(std::sync::Arc::new(super::steps::StepsContext {
+            store: tx.postgres().clone(),
+            key: ticket.key().clone(),
+            token: ticket.token(),
+            attempt: ticket.attempt(),
+            body: body.clone(),
+            key_headers,
+            sealer: shared.sealer.clone(),
+            derivation: shared.derivation.clone(),
+        }));
+}
+
+/// The completer's last word on an operation it could not finish: its terminal failure is
+/// recorded instead of running the handler once more, and replayed to every retry.
+#[cfg(feature = "postgres")]
+async fn give_up_now(
+    idem: &Idempotency,
+    ticket: &Ticket,
+    attempts: u32,
+) -> (HttpResponse, Outcome) {
+    let p = Problem::new(
+        ProblemKind::OperationFailed,
+        format!(
+            "this operation did not finish: its instance stopped mid-way and the completer's \
+             {attempts} attempts to finish it failed. It is not run again; the steps it \
+             finished stay done. Contact the operator with this key"
+        ),
+    );
+    tracing::error!(key = %ticket.key(), attempts, "idem: the completer gave up an operation; its failure is recorded");
+    let stored = StoredResponse {
+        status: p.status(),
+        headers: vec![(
+            "content-type".into(),
+            Bytes::from_static(b"application/problem+json"),
+        )],
+        body: p.to_json().into(),
+    };
+    let verdict = with_expiry(idem, ticket, Verdict::Keep(problem_response(&p), stored));
+    match verdict {
+        Verdict::Keep(resp, stored) => {
+            settle_complete(idem, ticket, stored).await;
+            (resp, Outcome::Executed)
+        }
+        Verdict::Release(resp) | Verdict::Refused(resp) => (resp, Outcome::Executed),
     }
 }
 

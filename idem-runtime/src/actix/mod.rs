@@ -16,6 +16,8 @@ use crate::{Guarantee, OnConflict, Policy, StoredResponse};
 use tracing::Instrument;
 
 mod capture;
+#[cfg(feature = "postgres")]
+mod completer;
 mod config;
 mod context;
 mod execute;
@@ -25,10 +27,14 @@ mod request;
 mod shutdown;
 mod status;
 #[cfg(feature = "postgres")]
+mod steps;
+#[cfg(feature = "postgres")]
 mod tx;
 #[cfg(feature = "webhook")]
 mod webhook;
 
+#[cfg(feature = "postgres")]
+pub use completer::{Completer, CompleterBuilder};
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder, NoScope, ScopeChosen, Scoped};
 pub use context::IdempotencyContext;
@@ -36,6 +42,8 @@ pub use context::IdempotencyContext;
 pub(crate) use execute::Verdict;
 pub use operator::{OperatorError, RecordInfo};
 use request::{find_key, missing_key, Body};
+#[cfg(feature = "postgres")]
+pub use steps::{StepError, Steps};
 #[cfg(feature = "postgres")]
 pub use tx::{IdemTx, TxClient, TxEnded};
 
@@ -376,6 +384,10 @@ where
 /// Extractor errors (bad JSON, a missing query field, …) become problem+json with the status the
 /// extractor chose.
 fn extractor_problem(e: &actix_web::Error) -> HttpResponse {
+    #[cfg(feature = "postgres")]
+    if let Some(steps) = e.as_error::<steps::StepError>() {
+        return actix_web::ResponseError::error_response(steps);
+    }
     let status = e.as_response_error().status_code();
     problem_response(
         &Problem::new(ProblemKind::RequestInvalid, e.to_string()).with_status(status.as_u16()),

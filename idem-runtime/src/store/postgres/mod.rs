@@ -34,8 +34,10 @@ pub(crate) use tx::{TxConn, TxEnd};
 
 mod listen;
 mod sql;
+mod steps;
 mod tx;
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+pub(crate) use steps::{Abandoned, RecordedStep};
 
 /// A [`Store`] on PostgreSQL. Cheap to clone; clones share the pool.
 ///
@@ -49,6 +51,7 @@ pub struct PostgresStore {
     pool: Pool,
     table: String,
     sql: Arc<Statements>,
+    steps: Arc<steps::StepSql>,
     waiters: Arc<Waiters>,
 }
 
@@ -122,6 +125,11 @@ impl PostgresStore {
         }
     }
 
+    /// The records table's name.
+    pub(crate) fn table_name(&self) -> &str {
+        &self.table
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.pool.get().await.map_err(pool_failed)
     }
@@ -151,6 +159,7 @@ impl PostgresStore {
         ))
         .await
         .map_err(failed)?;
+        self.migrate_steps(&tx).await?;
         tx.commit().await.map_err(failed)
     }
 
@@ -309,6 +318,7 @@ impl<T> PostgresStoreBuilder<T> {
         let store = PostgresStore {
             pool,
             sql: Arc::new(Statements::new(&table)),
+            steps: Arc::new(steps::StepSql::new(&table)),
             table,
             waiters: Arc::new(Waiters::default()),
         };

@@ -1,0 +1,399 @@
+//! Multi-step operations in-process, on the local PostgreSQL: a retry after a failed attempt
+//! resumes at the first unfinished step (finished steps return their recorded result), a
+//! foreign step gets the same downstream key on every attempt, changed step names are an
+//! error, and `Steps` off PostgreSQL says why. The `kill -9` cases are in
+//! `recovery_processes.rs`.
+
+mod common;
+
+use actix_web::{post, web, HttpResponse};
+use common::pg;
+use idem::idempotent;
+// PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
+// feature, which a package cannot turn on for its own tests.
+use idem_runtime::{StepError, Steps};
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// The app's state: its rows table, calls to the "processor", and what the next run does.
+struct World {
+    rows: String,
+    processor_calls: AtomicU64,
+    downstream_keys: Mutex<Vec<String>>,
+    /// Fail the next run right after this step ("" for none).
+    fail_after: Mutex<String>,
+    /// Call the second step `charge_card` instead of `charge` (a deploy renamed it).
+    renamed: AtomicBool,
+    /// Hang forever right after this step ("" for none): the instance "dies" there, its lease
+    /// runs out (the test app does not renew it).
+    stall_after: Mutex<String>,
+    /// Fail every run after `charge`.
+    fail_forever: AtomicBool,
+}
+
+impl World {
+    fn fail_here(&self, step: &str) -> bool {
+        let mut f = self.fail_after.lock().unwrap();
+        if *f == step {
+            f.clear();
+            return true;
+        }
+        step == "charge" && self.fail_forever.load(Ordering::SeqCst)
+    }
+
+    async fn maybe_stall(&self, step: &str) {
+        let stall = {
+            let mut s = self.stall_after.lock().unwrap();
+            let here = *s == step;
+            if here {
+                s.clear();
+            }
+            here
+        };
+        if stall {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct NewRide {
+    rider: String,
+}
+
+#[post("/rides")]
+#[idempotent(store = "pg", guarantee = "result", name = "rides", lease = "1s")]
+async fn rides(
+    body: web::Json<NewRide>,
+    steps: Steps,
+    world: web::Data<World>,
+) -> Result<HttpResponse, StepError> {
+    let table = world.rows.clone();
+    let ride: i64 = steps
+        .run("create_ride", async |tx| {
+            let sql = format!("INSERT INTO {table} (kind, what) VALUES ('ride', $1) RETURNING id");
+            tx.query_one(&sql, &[&body.rider]).await.map(|r| r.get(0))
+        })
+        .await?;
+    world.maybe_stall("create_ride").await;
+    if world.fail_here("create_ride") {
+        return Ok(HttpResponse::ServiceUnavailable().finish());
+    }
+    let charge_step = if world.renamed.load(Ordering::SeqCst) {
+        "charge_card"
+    } else {
+        "charge"
+    };
+    let charge: String = steps
+        .foreign(charge_step, async |key| {
+            world.processor_calls.fetch_add(1, Ordering::SeqCst);
+            world.downstream_keys.lock().unwrap().push(key.to_owned());
+            Ok::<_, std::io::Error>(format!("ch_{ride}"))
+        })
+        .await?;
+    if world.fail_here("charge") {
+        return Ok(HttpResponse::ServiceUnavailable().finish());
+    }
+    let table = world.rows.clone();
+    steps
+        .run("send_receipt", async |tx| {
+            let sql = format!("INSERT INTO {table} (kind, what) VALUES ('receipt', $1)");
+            tx.execute(&sql, &[&charge]).await
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(json!({ "ride": ride, "charge": charge })))
+}
+
+#[post("/memory_steps")]
+#[idempotent(name = "memory_steps")]
+async fn memory_steps(steps: Steps) -> Result<HttpResponse, StepError> {
+    steps
+        .foreign("noop", async |_| Ok::<_, std::io::Error>(1))
+        .await?;
+    Ok(HttpResponse::Ok().finish())
+}
+
+/// The world of one test: its store, state, a client and the tables to drop.
+async fn setup(
+    test: &str,
+) -> Option<(
+    idem_runtime::PostgresStore,
+    web::Data<World>,
+    idem_runtime::tokio_postgres::Client,
+    Vec<String>,
+)> {
+    let records = pg::table("steps_rec");
+    let store = pg::store(test, &records).await?;
+    let db = pg::client().await;
+    let rows = pg::table("steps_rows");
+    db.batch_execute(&format!(
+        "CREATE TABLE {rows} (id bigserial PRIMARY KEY, kind text NOT NULL, what text NOT NULL)"
+    ))
+    .await
+    .unwrap();
+    let world = web::Data::new(World {
+        rows: rows.clone(),
+        processor_calls: AtomicU64::new(0),
+        downstream_keys: Mutex::new(Vec::new()),
+        fail_after: Mutex::new(String::new()),
+        renamed: AtomicBool::new(false),
+        stall_after: Mutex::new(String::new()),
+        fail_forever: AtomicBool::new(false),
+    });
+    Some((store, world, db, vec![rows, records]))
+}
+
+/// The `Idempotency` of the test apps on `store`: sealing under one secret, a store deadline
+/// short enough for a 1 s lease; `renew` off plays an instance that died (its lease lapses).
+fn idem(store: &idem_runtime::PostgresStore, renew: bool) -> idem::Idempotency {
+    common::builder()
+        .secret("steps-test-secret-0123456789abcdef")
+        .store_timeout(std::time::Duration::from_millis(300))
+        .renew_leases(renew)
+        .named_store("pg", store.clone())
+        .build()
+}
+
+/// The app on `store`.
+macro_rules! app {
+    ($store:expr, $world:expr) => {
+        app!($store, $world, true)
+    };
+    ($store:expr, $world:expr, $renew:expr) => {
+        actix_web::test::init_service(
+            actix_web::App::new()
+                .app_data(idem(&$store, $renew))
+                .app_data($world.clone())
+                .service(rides),
+        )
+        .await
+    };
+}
+
+/// POSTs a ride with `key`: status, whether it was a replay, the JSON body.
+async fn post<S: idem_runtime::testing::TestApp>(
+    app: &S,
+    path: &str,
+    key: &str,
+) -> (u16, bool, Value) {
+    let req = actix_web::test::TestRequest::post()
+        .uri(path)
+        .insert_header(("Idempotency-Key", key))
+        .set_json(json!({ "rider": "ada" }))
+        .to_request();
+    let resp = actix_web::test::call_service(app, req).await;
+    let status = resp.status().as_u16();
+    let replayed = resp.headers().contains_key("idempotent-replayed");
+    let body = actix_web::test::read_body(resp).await;
+    (
+        status,
+        replayed,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+async fn kinds(db: &idem_runtime::tokio_postgres::Client, rows: &str) -> (i64, i64) {
+    let r = db
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE kind = 'ride'), count(*) FILTER (WHERE kind = 'receipt') FROM {rows}"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1))
+}
+
+#[actix_web::test]
+async fn a_retry_resumes_at_the_first_unfinished_step() {
+    let Some((store, world, db, tables)) =
+        setup("a_retry_resumes_at_the_first_unfinished_step").await
+    else {
+        return;
+    };
+    let app = app!(store, world);
+    for (i, boundary) in ["create_ride", "charge"].into_iter().enumerate() {
+        let key = format!("resume-{i}");
+        *world.fail_after.lock().unwrap() = boundary.into();
+        let calls = world.processor_calls.load(Ordering::SeqCst);
+        let (status, _, _) = post(&app, "/rides", &key).await;
+        assert_eq!(status, 503, "the first attempt fails after {boundary}");
+        // The retry runs the handler again; the finished steps return their results.
+        let (status, replayed, body) = post(&app, "/rides", &key).await;
+        assert_eq!((status, replayed), (201, false), "{boundary}: {body}");
+        let (again, replayed, body2) = post(&app, "/rides", &key).await;
+        assert_eq!((again, replayed), (201, true));
+        assert_eq!(body, body2);
+        assert_eq!(
+            world.processor_calls.load(Ordering::SeqCst) - calls,
+            1,
+            "{boundary}: one charge"
+        );
+        assert_eq!(
+            kinds(&db, &tables[0]).await,
+            (i as i64 + 1, i as i64 + 1),
+            "{boundary}: one ride and one receipt per operation"
+        );
+    }
+    // A foreign step's downstream key is the same on every attempt, and differs per operation.
+    let keys = world.downstream_keys.lock().unwrap().clone();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_ne!(keys[0], keys[1]);
+    assert_eq!(keys[0].len(), 32);
+    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
+
+#[actix_web::test]
+async fn a_renamed_step_is_an_error_not_a_skip() {
+    let Some((store, world, db, tables)) = setup("a_renamed_step_is_an_error_not_a_skip").await
+    else {
+        return;
+    };
+    let app = app!(store, world);
+    *world.fail_after.lock().unwrap() = "charge".into();
+    assert_eq!(post(&app, "/rides", "renamed").await.0, 503);
+    world.renamed.store(true, Ordering::SeqCst);
+    let (status, _, body) = post(&app, "/rides", "renamed").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["type"], "urn:idem:problem:steps-changed");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("`charge_card`") && detail.contains("`charge`"),
+        "{detail}"
+    );
+    // Not kept: once the deploy is fixed forward, the retry finishes the operation.
+    world.renamed.store(false, Ordering::SeqCst);
+    let (status, replayed, _) = post(&app, "/rides", "renamed").await;
+    assert_eq!((status, replayed), (201, false));
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
+
+#[actix_web::test]
+async fn steps_off_postgres_say_why() {
+    let app = actix_web::test::init_service(
+        actix_web::App::new()
+            .app_data(common::builder().build())
+            .service(memory_steps),
+    )
+    .await;
+    let (status, _, body) = post(&app, "/memory_steps", "m1").await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["type"], "urn:idem:problem:internal");
+    assert!(body["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("PostgreSQL")));
+}
+
+/// Waits (at most `within`) until `key`'s ride has its receipt.
+async fn until_receipt(
+    db: &idem_runtime::tokio_postgres::Client,
+    rows: &str,
+    within: Duration,
+) -> Duration {
+    let t0 = Instant::now();
+    while kinds(db, rows).await.1 == 0 {
+        assert!(t0.elapsed() < within, "not finished within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    t0.elapsed()
+}
+
+/// The completer's app: the same routes, data and `Idempotency`, built on its own thread.
+fn completer(
+    store: &idem_runtime::PostgresStore,
+    world: &web::Data<World>,
+    max_attempts: u32,
+) -> idem_runtime::Completer {
+    let idem = idem(store, true);
+    let world = world.clone();
+    idem.completer()
+        .every(Duration::from_millis(100))
+        .backoff(Duration::from_millis(100))
+        .max_attempts(max_attempts)
+        .start({
+            let idem = idem.clone();
+            move || {
+                actix_web::App::new()
+                    .app_data(idem)
+                    .app_data(world)
+                    .service(rides)
+            }
+        })
+}
+
+#[actix_web::test]
+async fn the_completer_finishes_an_abandoned_operation_without_its_client() {
+    let Some((store, world, db, tables)) =
+        setup("the_completer_finishes_an_abandoned_operation_without_its_client").await
+    else {
+        return;
+    };
+    // An instance that dies after the first step: its lease (1 s) is not renewed.
+    let dying = app!(store, world, false);
+    *world.stall_after.lock().unwrap() = "create_ride".into();
+    let abandoned =
+        tokio::time::timeout(Duration::from_millis(300), post(&dying, "/rides", "lost")).await;
+    assert!(
+        abandoned.is_err(),
+        "the first attempt hangs, as a dead instance would"
+    );
+    let _completer = completer(&store, &world, 5);
+    // Bound: the lease (1 s) + the completer's period (100 ms) + the handler.
+    let took = until_receipt(&db, &tables[0], Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(
+        kinds(&db, &tables[0]).await,
+        (1, 1),
+        "one ride, one receipt"
+    );
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    // The client's later retry replays the final response.
+    let live = app!(store, world);
+    let (status, replayed, body) = post(&live, "/rides", "lost").await;
+    assert_eq!((status, replayed), (201, true), "{body}");
+    assert_eq!(body["charge"], format!("ch_{}", body["ride"]));
+    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
+
+#[actix_web::test]
+async fn an_operation_that_cannot_finish_ends_in_a_recorded_failure() {
+    let Some((store, world, db, tables)) =
+        setup("an_operation_that_cannot_finish_ends_in_a_recorded_failure").await
+    else {
+        return;
+    };
+    let dying = app!(store, world, false);
+    *world.stall_after.lock().unwrap() = "create_ride".into();
+    let _ =
+        tokio::time::timeout(Duration::from_millis(300), post(&dying, "/rides", "doomed")).await;
+    // Every later run fails after the charge (a processor answer the handler cannot use).
+    world.fail_forever.store(true, Ordering::SeqCst);
+    let _completer = completer(&store, &world, 2);
+    let live = app!(store, world);
+    let t0 = Instant::now();
+    let (status, replayed, body) = loop {
+        let answer = post(&live, "/rides", "doomed").await;
+        // In flight (409) or released by a completer attempt and re-run here (503): not yet.
+        if answer.1 {
+            break answer;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no terminal failure: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((status, replayed), (500, true), "{body}");
+    assert_eq!(body["type"], "urn:idem:problem:operation-failed");
+    // Not run again: one charge; the finished steps stay as they are.
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 0));
+    let (again, replayed, _) = post(&live, "/rides", "doomed").await;
+    assert_eq!((again, replayed), (500, true));
+    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
