@@ -33,6 +33,20 @@ impl Demo {
     }
 }
 
+impl Demo {
+    /// Waits up to `within` for the process to exit on its own; its exit status, or `None`.
+    pub async fn exited(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+}
+
 impl Drop for Demo {
     fn drop(&mut self) {
         let _ = self.0.kill();
