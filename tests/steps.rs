@@ -395,5 +395,16 @@ async fn an_operation_that_cannot_finish_ends_in_a_recorded_failure() {
     assert_eq!(kinds(&db, &tables[0]).await, (1, 0));
     let (again, replayed, _) = post(&live, "/rides", "doomed").await;
     assert_eq!((again, replayed), (500, true));
+    // The operator API shows the failure and how far the operation got.
+    let info = idem(&store, true)
+        .inspect("rides", "", "doomed")
+        .await
+        .unwrap()
+        .expect("the record");
+    assert_eq!(
+        info.problem.as_deref(),
+        Some("urn:idem:problem:operation-failed")
+    );
+    assert_eq!(info.steps, ["create_ride", "charge"]);
     pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
 }

@@ -26,6 +26,24 @@ pub struct RecordInfo {
     pub status: Option<u16>,
     /// The storage key (hashed), as it appears in logs.
     pub storage_key: String,
+    /// The `type` of a stored problem answer (`urn:idem:problem:operation-failed` for an
+    /// operation the completer gave up on), once completed.
+    pub problem: Option<String>,
+    /// The steps the operation finished, in order (an endpoint with `Steps`, on PostgreSQL).
+    pub steps: Vec<String>,
+}
+
+/// The `type` of `stored` when it is a problem answer this app can open.
+fn problem_type(key: &StorageKey, stored: &crate::StoredResponse) -> Option<String> {
+    let opened = key.open(stored.clone()).ok()?;
+    let is_problem = opened.headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("content-type") && v.starts_with(b"application/problem+json")
+    });
+    if !is_problem {
+        return None;
+    }
+    let body: serde_json::Value = serde_json::from_slice(&opened.body).ok()?;
+    body["type"].as_str().map(str::to_owned)
 }
 
 /// Why an operator call failed.
@@ -48,10 +66,13 @@ impl Idempotency {
         key: &str,
     ) -> Result<StorageKey, KeyError> {
         let key = parse_key(key.as_bytes())?;
+        // With the raw key, what the record's sealed response opens with.
+        let seal = self.shared.sealer.as_ref().map(|s| s.record(key.as_str()));
         Ok(self
             .shared
             .derivation
-            .storage_key(self.prefix(), endpoint, principal.as_bytes(), &key))
+            .storage_key(self.prefix(), endpoint, principal.as_bytes(), &key)
+            .sealed_with(seal))
     }
 
     /// The record of `key` sent by `principal` to `endpoint`, if live (in the default store or
@@ -70,16 +91,30 @@ impl Idempotency {
         let mut found = None;
         for engine in self.engines() {
             if let Some(rec) = engine.get(&storage_key).await? {
-                found = Some(rec);
+                found = Some((rec, engine));
                 break;
             }
         }
-        let Some(rec) = found else {
+        let Some((rec, engine)) = found else {
             return Ok(None);
         };
-        let (state, status) = match &rec.state {
-            RecordState::InProgress { .. } => ("in_progress", None),
-            RecordState::Completed { response } => ("completed", Some(response.status)),
+        let (state, status, problem) = match &rec.state {
+            RecordState::InProgress { .. } => ("in_progress", None, None),
+            RecordState::Completed { response } => (
+                "completed",
+                Some(response.status),
+                problem_type(&storage_key, response),
+            ),
+        };
+        #[cfg(feature = "postgres")]
+        let steps = match engine.store().transactional() {
+            Some(tx) => tx.postgres().step_names(&storage_key).await?,
+            None => Vec::new(),
+        };
+        #[cfg(not(feature = "postgres"))]
+        let steps = {
+            let _ = engine;
+            Vec::new()
         };
         let age_ms = rec
             .acquired_at
@@ -93,6 +128,8 @@ impl Idempotency {
             fingerprint: rec.fingerprint.to_hex(),
             status,
             storage_key: storage_key.to_string(),
+            problem,
+            steps,
         }))
     }
 

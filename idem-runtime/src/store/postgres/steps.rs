@@ -155,6 +155,16 @@ impl PostgresStore {
             .collect()
     }
 
+    /// The names of the steps the operation `key` finished, in order.
+    pub(crate) async fn step_names(&self, key: &StorageKey) -> Result<Vec<String>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(&self.steps.load, &[&key.as_str()])
+            .await
+            .map_err(failed)?;
+        rows.iter().map(|r| r.try_get(1).map_err(failed)).collect()
+    }
+
     /// A pooled connection for a step's own transaction.
     pub(crate) async fn step_connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.client().await
