@@ -8,7 +8,7 @@ mod common;
 
 use actix_web::{post, web, HttpResponse};
 use common::pg;
-use idem::idempotent;
+use idem::{idempotent, IdempotencyContext};
 // PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
 // feature, which a package cannot turn on for its own tests.
 use idem_runtime::{StepError, Steps};
@@ -22,6 +22,8 @@ struct World {
     rows: String,
     processor_calls: AtomicU64,
     downstream_keys: Mutex<Vec<String>>,
+    /// What `IdempotencyContext::downstream_key` said for the same step.
+    context_keys: Mutex<Vec<String>>,
     /// Fail the next run right after this step ("" for none).
     fail_after: Mutex<String>,
     /// Call the second step `charge_card` instead of `charge` (a deploy renamed it).
@@ -68,6 +70,7 @@ struct NewRide {
 async fn rides(
     body: web::Json<NewRide>,
     steps: Steps,
+    ctx: IdempotencyContext,
     world: web::Data<World>,
 ) -> Result<HttpResponse, StepError> {
     let table = world.rows.clone();
@@ -90,6 +93,8 @@ async fn rides(
         .foreign(charge_step, async |key| {
             world.processor_calls.fetch_add(1, Ordering::SeqCst);
             world.downstream_keys.lock().unwrap().push(key.to_owned());
+            let same = ctx.downstream_key(charge_step);
+            world.context_keys.lock().unwrap().push(same);
             Ok::<_, std::io::Error>(format!("ch_{ride}"))
         })
         .await?;
@@ -137,6 +142,7 @@ async fn setup(
         rows: rows.clone(),
         processor_calls: AtomicU64::new(0),
         downstream_keys: Mutex::new(Vec::new()),
+        context_keys: Mutex::new(Vec::new()),
         fail_after: Mutex::new(String::new()),
         renamed: AtomicBool::new(false),
         stall_after: Mutex::new(String::new()),
@@ -243,6 +249,11 @@ async fn a_retry_resumes_at_the_first_unfinished_step() {
     assert_eq!(keys.len(), 2, "{keys:?}");
     assert_ne!(keys[0], keys[1]);
     assert_eq!(keys[0].len(), 32);
+    assert_eq!(
+        *world.context_keys.lock().unwrap(),
+        keys,
+        "IdempotencyContext agrees"
+    );
     pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
 }
 

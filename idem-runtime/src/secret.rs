@@ -37,7 +37,6 @@ pub(crate) struct KeyDerivation {
     tag: HmacSha256,
     id: HmacSha256,
     fingerprint: HmacSha256,
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     downstream: HmacSha256,
     verifier: [u8; 32],
     keyed: bool,
@@ -113,7 +112,6 @@ impl KeyDerivation {
     /// own `Idempotency-Key`): hex of `HMAC(sub_key, storage key ‖ 0 ‖ step)`, truncated to 128
     /// bits. The same on every attempt and every instance with this secret; unguessable
     /// without it, and unlinkable to the client's raw key.
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn downstream_key(&self, storage_key: &str, step: &str) -> String {
         let mut m = self.downstream.clone();
         m.update(storage_key.as_bytes());

@@ -52,7 +52,7 @@ pub(super) struct Shared {
     pub(super) prefix: String,
     pub(super) scope: Scope,
     /// How storage keys are derived (keyed by the app secret, when there is one).
-    pub(super) derivation: KeyDerivation,
+    pub(super) derivation: Arc<KeyDerivation>,
     /// Seals stored responses (with an app secret).
     pub(super) sealer: Option<Arc<crate::seal::Sealer>>,
     /// Whether kept responses carry `Idempotency-Expires`.
@@ -515,7 +515,7 @@ impl<S> IdempotencyBuilder<S> {
                 header: settings.header,
                 prefix: settings.prefix,
                 scope,
-                derivation,
+                derivation: Arc::new(derivation),
                 sealer: match (&settings.sealing_keys[..], &settings.secret) {
                     ([], Some(secret)) => crate::seal::Sealer::new(std::slice::from_ref(secret)),
                     (keys, _) => crate::seal::Sealer::new(keys),

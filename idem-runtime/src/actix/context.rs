@@ -2,8 +2,10 @@
 
 use actix_web::{dev, FromRequest, HttpMessage, HttpRequest};
 use std::future::{ready, Ready};
+use std::sync::Arc;
 
-use crate::FencingToken;
+use crate::secret::KeyDerivation;
+use crate::{FencingToken, StorageKey};
 
 /// An extractor for `#[idempotent]` handlers: the hashed key, the fencing token and the attempt
 /// number of this execution, to hand to systems downstream (a database unique constraint, a
@@ -21,26 +23,66 @@ use crate::FencingToken;
 ///     processor.charge(&body, ctx.key()).await // the processor deduplicates on our key too
 /// }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct IdempotencyContext {
-    key: String,
+    /// The record's storage key, and where its id starts in it.
+    storage_key: String,
+    id_at: usize,
     token: FencingToken,
     attempt: u32,
+    derivation: Arc<KeyDerivation>,
 }
 
+impl std::fmt::Debug for IdempotencyContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdempotencyContext")
+            .field("key", &self.key())
+            .field("token", &self.token)
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl PartialEq for IdempotencyContext {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.storage_key, self.token, self.attempt)
+            == (&other.storage_key, other.token, other.attempt)
+    }
+}
+
+impl Eq for IdempotencyContext {}
+
 impl IdempotencyContext {
-    pub(crate) fn new(key: &str, token: FencingToken, attempt: u32) -> Self {
+    pub(crate) fn new(
+        key: &StorageKey,
+        token: FencingToken,
+        attempt: u32,
+        derivation: Arc<KeyDerivation>,
+    ) -> Self {
+        let storage_key = key.as_str().to_owned();
         IdempotencyContext {
-            key: key.to_owned(),
+            id_at: storage_key.len() - key.status_id().len(),
+            storage_key,
             token,
             attempt,
+            derivation,
         }
     }
 
     /// A stable, opaque id of this operation (hex of the hashed idempotency key, scoped to the
     /// endpoint and principal): the same on every attempt, never the raw key.
     pub fn key(&self) -> &str {
-        &self.key
+        &self.storage_key[self.id_at..]
+    }
+
+    /// The key to send downstream as another system's `Idempotency-Key` for `step` of this
+    /// operation (a payment processor's charge): 32 hex digits derived from this operation's
+    /// record and `step` under the app secret — the same on every attempt and instance,
+    /// different per step and operation, unguessable, and unrelated to the client's raw key. A
+    /// call repeated after a crash is then deduplicated downstream. The same key
+    /// `Steps::downstream_key` gives (feature `postgres`).
+    pub fn downstream_key(&self, step: &str) -> String {
+        self.derivation.downstream_key(&self.storage_key, step)
     }
 
     /// The fencing token of this attempt's lease: larger for every later attempt on the same

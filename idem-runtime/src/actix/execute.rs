@@ -121,9 +121,10 @@ where
     }
     let mut armed = ReleaseOnDrop(Some((ticket.clone(), idem.clone())));
     req.extensions_mut().insert(IdempotencyContext::new(
-        ticket.key().status_id(),
+        ticket.key(),
         ticket.token(),
         ticket.attempt(),
+        idem.shared.derivation.clone(),
     ));
     #[cfg(feature = "postgres")]
     steps_context(idem, policy, &ticket, &req, &body);

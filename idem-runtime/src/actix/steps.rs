@@ -34,7 +34,7 @@ pub(crate) struct StepsContext {
     /// The headers the key may come in: the app's, and the endpoint's own header sources.
     pub(crate) key_headers: Vec<HeaderName>,
     pub(crate) sealer: Option<Arc<Sealer>>,
-    pub(crate) derivation: KeyDerivation,
+    pub(crate) derivation: Arc<KeyDerivation>,
 }
 
 /// The request headers a completer re-sends besides the key's: the body's type and encoding,
