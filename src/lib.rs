@@ -22,9 +22,9 @@ pub use idem_runtime::{
 
 /// Stores: the ones idem ships, and what a store of your own implements.
 pub use idem_runtime::{
-    Begin, Fenced, FencingToken, Fingerprint, IdempotencyKey, KeyError, MemoryStore,
-    MemoryStoreBuilder, Record, RecordState, StorageKey, Store, StoreError, StoredResponse,
-    TransactionalStore,
+    Begin, CachedStore, Fenced, FencingToken, Fingerprint, IdempotencyKey, Invalidation, KeyError,
+    MemoryStore, MemoryStoreBuilder, Record, RecordState, StorageKey, Store, StoreError,
+    StoredResponse, TransactionalStore,
 };
 
 #[cfg(feature = "redis")]

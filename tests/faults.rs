@@ -277,7 +277,7 @@ async fn postgres_reset_on_the_first_completion_still_replays() {
         return;
     };
     drop(direct);
-    let pg_addr = pg_address();
+    let pg_addr = common::pg::address();
     let proxy = FaultProxy::start(pg_addr).await;
     let store =
         idem_runtime::PostgresStore::connect_table(&proxy.pg_config(&common::pg::config()), &table)
@@ -290,22 +290,6 @@ async fn postgres_reset_on_the_first_completion_still_replays() {
     let app = start_with(Some(idem), web::Data::new(Counters::default()));
     reset_on_first_completion(&app, &proxy, "/durable", 4405).await;
     common::pg::drop_tables(&common::pg::client().await, &[&table]).await;
-}
-
-/// The host and port of the test PostgreSQL.
-fn pg_address() -> std::net::SocketAddr {
-    let config = common::pg::config();
-    let field = |name: &str| {
-        config
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name))
-            .map(str::to_owned)
-    };
-    let host = field("host=").unwrap_or_else(|| "127.0.0.1".into());
-    let port: u16 = field("port=").and_then(|p| p.parse().ok()).unwrap_or(5432);
-    format!("{host}:{port}")
-        .parse()
-        .expect("a loopback host:port in IDEM_PG")
 }
 
 /// Arms `proxy` to reset every connection on the write that carries the response of `amount`,

@@ -18,6 +18,20 @@ mod single {
     });
 }
 
+/// The replay cache in front of a single Redis.
+mod cached {
+    use super::*;
+
+    idem_runtime::store_conformance_tests!(guarded async {
+        if !available("redis conformance (cached)") {
+            return None;
+        }
+        let server = RedisServer::start();
+        let store = RedisStore::connect(&server.url()).await.expect("connect");
+        Some((server, idem::CachedStore::new(store, 1 << 20)))
+    });
+}
+
 mod cluster {
     use super::*;
 

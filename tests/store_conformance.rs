@@ -2,6 +2,13 @@
 
 idem_runtime::store_conformance_tests!(async { idem::MemoryStore::default() });
 
+/// The replay cache in front of a store keeps every promise of the store behind it.
+mod cached {
+    idem_runtime::store_conformance_tests!(async {
+        idem::CachedStore::new(idem::MemoryStore::default(), 1 << 20)
+    });
+}
+
 /// The cap: new keys are refused with `Full` once reached, live records are never evicted, and
 /// expired records make room again.
 mod memory_cap {

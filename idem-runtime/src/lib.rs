@@ -104,12 +104,13 @@ pub(crate) use policy::Policy;
 pub use policy::{Guarantee, OnConflict, OnStoreError};
 pub use problem::{Problem, ProblemKind};
 pub use record::{FencingToken, Record, RecordState, StoredResponse};
+pub use store::cache::CachedStore;
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
 pub use store::postgres::{PostgresStore, PostgresStoreBuilder, Tls as PostgresTls};
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
-pub use store::{Begin, Fenced, Store, StoreError, TransactionalStore};
+pub use store::{Begin, Fenced, Invalidation, Store, StoreError, TransactionalStore};
 /// The PostgreSQL client `IdemTx` hands out, re-exported so that handlers use the same version.
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;

@@ -11,6 +11,22 @@ pub fn config() -> String {
         .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=test".into())
 }
 
+/// The host and port of the test PostgreSQL (for a proxy in front of it).
+pub fn address() -> std::net::SocketAddr {
+    let config = config();
+    let field = |name: &str| {
+        config
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+            .map(str::to_owned)
+    };
+    let host = field("host=").unwrap_or_else(|| "127.0.0.1".into());
+    let port: u16 = field("port=").and_then(|p| p.parse().ok()).unwrap_or(5432);
+    format!("{host}:{port}")
+        .parse()
+        .expect("a loopback host:port in IDEM_PG")
+}
+
 /// A store on `table` (created if missing), or `None` after printing why `test` is skipped.
 pub async fn store(test: &str, table: &str) -> Option<PostgresStore> {
     match PostgresStore::connect_table(&config(), table).await {

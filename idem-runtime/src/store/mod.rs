@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
 
+pub(crate) mod cache;
 pub(crate) mod memory;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
@@ -76,6 +77,20 @@ pub enum StoreError {
     /// The store returned data it could not decode.
     #[error("the idempotency store returned a corrupt record: {0}")]
     Corrupt(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A change to records made by any client of a shared store, pushed to the others: what a
+/// [`CachedStore`](crate::CachedStore) drops its copies on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// The record of this storage key changed or went (completed, released, purged).
+    Key(String),
+    /// Every record whose storage key starts with this went (an erasure).
+    Prefix(String),
+    /// Anything may have changed: the push channel was (re)connected, and what was sent while it
+    /// was down is lost.
+    All,
 }
 
 /// A place to keep idempotency records.
@@ -154,6 +169,15 @@ pub trait Store: Send + Sync + 'static {
     /// default; a `PostgresStore` returns itself, and a store that wraps another should return
     /// the inner store's, so that transactional endpoints keep working through the wrapper.
     fn transactional(&self) -> Option<&dyn TransactionalStore> {
+        None
+    }
+
+    /// Changes other clients make to this store's records, as they happen, if the store can
+    /// push them: [`Invalidation::Key`] for a purge (and a completion or release),
+    /// [`Invalidation::Prefix`] for an erasure, and [`Invalidation::All`] whenever the push
+    /// channel (re)connects. `None` by default; Redis (pub/sub) and PostgreSQL
+    /// (`LISTEN`/`NOTIFY`) push them.
+    fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
         None
     }
 }

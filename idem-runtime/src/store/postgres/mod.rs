@@ -53,6 +53,8 @@ pub struct PostgresStore {
     sql: Arc<Statements>,
     steps: Arc<steps::StepSql>,
     waiters: Arc<Waiters>,
+    /// Purges and erasures by any client, from the `LISTEN` connection (for `CachedStore`).
+    invalidations: tokio::sync::broadcast::Sender<crate::store::Invalidation>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -321,6 +323,7 @@ impl<T> PostgresStoreBuilder<T> {
             steps: Arc::new(steps::StepSql::new(&table)),
             table,
             waiters: Arc::new(Waiters::default()),
+            invalidations: tokio::sync::broadcast::channel(1024).0,
         };
         store.migrate().await?;
         let reaper = store.clone();
@@ -328,8 +331,15 @@ impl<T> PostgresStoreBuilder<T> {
         tokio::spawn(listen_forever(
             pg,
             self.tls,
-            store.sql.channel.clone(),
-            Arc::downgrade(&store.waiters),
+            listen::Channels {
+                done: store.sql.channel.clone(),
+                purged: store.sql.purged.clone(),
+                erased: store.sql.erased.clone(),
+            },
+            listen::Sinks {
+                waiters: Arc::downgrade(&store.waiters),
+                invalidations: store.invalidations.clone(),
+            },
         ));
         Ok(store)
     }
@@ -484,16 +494,33 @@ impl Store for PostgresStore {
             .map_err(|_| StoreError::Config("a principal prefix must be ASCII".into()))?;
         let client = self.client().await?;
         let mut removed = 0;
-        loop {
-            let n = client
+        let erased = loop {
+            let n = match client
                 .execute(&self.sql.purge_range, &[&key_prefix, &end])
                 .await
-                .map_err(failed)?;
+            {
+                Ok(n) => n,
+                Err(e) => break Err(failed(e)),
+            };
             removed += n;
             if n < 1000 {
-                return Ok(removed);
+                break Ok(removed);
             }
+        };
+        // Every instance's replay cache drops the prefix, also after a partial erasure.
+        if let Err(error) = client
+            .execute(&self.sql.notify_erased, &[&key_prefix])
+            .await
+        {
+            tracing::warn!(%error, "idem: notifying an erasure to other instances failed; their replay caches forget it within their max_age");
         }
+        erased
+    }
+
+    fn invalidations(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::store::Invalidation>> {
+        Some(self.invalidations.subscribe())
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {

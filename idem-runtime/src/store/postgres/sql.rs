@@ -3,8 +3,14 @@
 /// Every statement the store sends, written once for its table (and prepared once per
 /// connection).
 pub(super) struct Statements {
-    /// The channel completions and releases of marked rows are notified on.
+    /// The channel completions and releases of marked rows, and purges, are notified on.
     pub(super) channel: String,
+    /// The channel purges are notified on (the storage key).
+    pub(super) purged: String,
+    /// The channel erasures are notified on (the storage-key prefix).
+    pub(super) erased: String,
+    /// Notifies an erasure of `$1` (a prefix) to every instance.
+    pub(super) notify_erased: String,
     pub(super) begin: String,
     pub(super) get: String,
     pub(super) purge: String,
@@ -77,7 +83,14 @@ impl Statements {
                FROM {t} WHERE key = $1
                 AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))"
             ),
-            purge: format!("DELETE FROM {t} WHERE key = $1"),
+            // Notified, so that other instances' replay caches drop it (and waiters wake).
+            purge: format!(
+                "WITH d AS (DELETE FROM {t} WHERE key = $1 RETURNING key)
+                 SELECT pg_notify('{t}_purged', key) FROM d"
+            ),
+            purged: format!("{t}_purged"),
+            notify_erased: format!("SELECT pg_notify('{t}_erased', $1)"),
+            erased: format!("{t}_erased"),
             purge_range: format!(
                 "DELETE FROM {t} WHERE key = ANY(ARRAY(SELECT key FROM {t} \
                  WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2 LIMIT 1000))"

@@ -194,6 +194,7 @@ impl RedisStoreBuilder {
             conn,
             scripts: Arc::new(Scripts::new()),
             waiters: Arc::new(Waiters::default()),
+            invalidations: tokio::sync::broadcast::channel(1024).0,
             reloading: Arc::default(),
             durability: self.durability,
             watch,
@@ -201,7 +202,13 @@ impl RedisStoreBuilder {
             indexed,
         };
         store.load_scripts().await?;
-        tokio::spawn(notify::subscribe(target, Arc::downgrade(&store.waiters)));
+        tokio::spawn(notify::subscribe(
+            target,
+            notify::Sinks {
+                waiters: Arc::downgrade(&store.waiters),
+                invalidations: store.invalidations.clone(),
+            },
+        ));
         Ok(store)
     }
 }

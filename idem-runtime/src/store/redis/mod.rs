@@ -64,6 +64,8 @@ pub struct RedisStore {
     conn: Conn,
     scripts: Arc<Scripts>,
     waiters: Arc<Waiters>,
+    /// Purges and erasures by any client, from the subscription (for `CachedStore`).
+    invalidations: tokio::sync::broadcast::Sender<crate::store::Invalidation>,
     /// Set while the scripts are being loaded again after a `NOSCRIPT`: one reload at a time,
     /// however many calls met the lost scripts at once.
     reloading: Arc<std::sync::atomic::AtomicBool>,
@@ -402,41 +404,20 @@ impl Store for RedisStore {
     /// blocks the server, but visits the whole keyspace). A cluster: the principal's index in
     /// each slot (`index.rs`), never a scan.
     async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
-        if self.indexed {
-            return index::erase(&self.conn, key_prefix).await;
+        let erased = self.erase(key_prefix).await;
+        // Every instance's replay cache drops the prefix, also after a partial erasure.
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(notify::ERASED).arg(key_prefix);
+        if let Err(error) = self.conn.query(&publish).await {
+            tracing::warn!(%error, "idem: publishing an erasure to other instances failed; their replay caches forget it within their max_age");
         }
-        let mut pattern = String::with_capacity(key_prefix.len() + 1);
-        for c in key_prefix.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-                pattern.push('\\');
-            }
-            pattern.push(c);
-        }
-        pattern.push('*');
-        let (mut cursor, mut removed) = (0u64, 0u64);
-        loop {
-            let mut scan = redis::cmd("SCAN");
-            scan.arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000);
-            let answer = self.conn.query(&scan).await.map_err(failed)?;
-            let (next, keys): (u64, Vec<String>) =
-                redis::from_redis_value(answer).map_err(|_| corrupt("SCAN answer"))?;
-            if !keys.is_empty() {
-                let mut unlink = redis::cmd("UNLINK");
-                unlink.arg(&keys);
-                let answer = self.conn.query(&unlink).await.map_err(failed)?;
-                let n: u64 =
-                    redis::from_redis_value(answer).map_err(|_| corrupt("UNLINK answer"))?;
-                removed += n;
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(removed);
-            }
-        }
+        erased
+    }
+
+    fn invalidations(
+        &self,
+    ) -> Option<tokio::sync::broadcast::Receiver<crate::store::Invalidation>> {
+        Some(self.invalidations.subscribe())
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
@@ -474,5 +455,47 @@ impl Store for RedisStore {
             acquired_at: std::time::UNIX_EPOCH.checked_add(Duration::from_micros(token.0)),
             expires_in: Duration::from_millis((*pttl).max(0) as u64),
         }))
+    }
+}
+
+impl RedisStore {
+    /// The erasure itself: a single server `SCAN`s and `UNLINK`s; a cluster empties the
+    /// principal's index in each slot.
+    async fn erase(&self, key_prefix: &str) -> Result<u64, StoreError> {
+        if self.indexed {
+            return index::erase(&self.conn, key_prefix).await;
+        }
+        let mut pattern = String::with_capacity(key_prefix.len() + 1);
+        for c in key_prefix.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let (mut cursor, mut removed) = (0u64, 0u64);
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000);
+            let answer = self.conn.query(&scan).await.map_err(failed)?;
+            let (next, keys): (u64, Vec<String>) =
+                redis::from_redis_value(answer).map_err(|_| corrupt("SCAN answer"))?;
+            if !keys.is_empty() {
+                let mut unlink = redis::cmd("UNLINK");
+                unlink.arg(&keys);
+                let answer = self.conn.query(&unlink).await.map_err(failed)?;
+                let n: u64 =
+                    redis::from_redis_value(answer).map_err(|_| corrupt("UNLINK answer"))?;
+                removed += n;
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
+        }
     }
 }

@@ -14,8 +14,18 @@ use std::time::Duration;
 use super::conn::SentinelConn;
 pub(crate) use crate::store::waiters::Waiters;
 
-/// The channel completions are published on.
+/// The channel completions, releases and purges are published on (the storage key).
 pub(super) const CHANNEL: &str = "idem:done";
+/// The channel purges are published on (the storage key), for other instances' replay caches.
+pub(super) const PURGED: &str = "idem:purged";
+/// The channel erasures are published on (the storage-key prefix).
+pub(super) const ERASED: &str = "idem:erased";
+
+/// Where a subscription delivers: local waiters, and the store's invalidation channel.
+pub(super) struct Sinks {
+    pub(super) waiters: Weak<Waiters>,
+    pub(super) invalidations: tokio::sync::broadcast::Sender<crate::store::Invalidation>,
+}
 
 /// Where the subscriber connects.
 pub(super) enum Target {
@@ -27,10 +37,10 @@ pub(super) enum Target {
 
 /// Keeps one subscription alive for as long as `waiters` is, reconnecting with a short backoff
 /// (to the next URL, or to the master the Sentinels name now).
-pub(super) async fn subscribe(target: Target, waiters: Weak<Waiters>) {
+pub(super) async fn subscribe(target: Target, sinks: Sinks) {
     let mut attempt = 0usize;
     loop {
-        if waiters.strong_count() == 0 {
+        if sinks.waiters.strong_count() == 0 {
             return;
         }
         let client = match &target {
@@ -40,7 +50,7 @@ pub(super) async fn subscribe(target: Target, waiters: Weak<Waiters>) {
         };
         attempt += 1;
         let listened = match client {
-            Ok(client) => listen(client, &waiters).await,
+            Ok(client) => listen(client, &sinks).await,
             Err(e) => Err(e),
         };
         match listened {
@@ -53,20 +63,38 @@ pub(super) async fn subscribe(target: Target, waiters: Weak<Waiters>) {
     }
 }
 
-async fn listen(client: redis::Client, waiters: &Weak<Waiters>) -> redis::RedisResult<()> {
+async fn listen(client: redis::Client, sinks: &Sinks) -> redis::RedisResult<()> {
+    use crate::store::Invalidation;
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe(CHANNEL).await?;
+    pubsub.subscribe(PURGED).await?;
+    pubsub.subscribe(ERASED).await?;
+    // Whatever was published while this subscription was down is lost: caches start afresh.
+    let _ = sinks.invalidations.send(Invalidation::All);
     let mut messages = pubsub.on_message();
     // Wake up now and then even without messages, to notice that the store was dropped.
     loop {
         let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
-        let Some(w) = waiters.upgrade() else {
+        let Some(w) = sinks.waiters.upgrade() else {
             return Ok(());
         };
         match next {
             Ok(Some(msg)) => {
-                if let Ok(key) = std::str::from_utf8(msg.get_payload_bytes()) {
-                    w.wake(key);
+                let Ok(payload) = std::str::from_utf8(msg.get_payload_bytes()) else {
+                    continue;
+                };
+                match msg.get_channel_name() {
+                    PURGED => {
+                        let _ = sinks
+                            .invalidations
+                            .send(Invalidation::Key(payload.to_owned()));
+                    }
+                    ERASED => {
+                        let _ = sinks
+                            .invalidations
+                            .send(Invalidation::Prefix(payload.to_owned()));
+                    }
+                    _ => w.wake(payload),
                 }
             }
             Ok(None) => return Ok(()),

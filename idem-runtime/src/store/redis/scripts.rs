@@ -93,6 +93,7 @@ return 1
 const PURGE: &str = r"
 local n = redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', 'idem:done', KEYS[1])
+redis.call('PUBLISH', 'idem:purged', KEYS[1])
 return n
 ";
 
