@@ -18,7 +18,7 @@
 //! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override).
 
 use actix_web::{post, web, App, HttpResponse, HttpServer};
-use idem::{idempotent, Idempotency, MemoryStore, RedisStore};
+use idem::{idempotent, CachedStore, Idempotency, MemoryStore, RedisStore};
 // PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
 // feature, which a package cannot turn on for its own tests.
 use idem_runtime::{IdemTx, PostgresStore};
@@ -166,6 +166,8 @@ use driver::{drive, Row, Scenario};
 /// through a round-trip-counting proxy.
 struct Pg {
     addr: SocketAddr,
+    /// The same app with `CachedStore` in front of the store: replays from memory.
+    cached: SocketAddr,
     proxy: proxy::FaultProxy,
     db: idem_runtime::tokio_postgres::Client,
     tables: [String; 2],
@@ -234,6 +236,13 @@ async fn start_pg() -> Result<Pg, String> {
         pool,
         insert: format!("INSERT INTO {ledger} (amount) VALUES ($1)"),
     });
+    let cached = serve(
+        Idempotency::builder()
+            .unscoped()
+            .named_store("pg", CachedStore::new(store.clone(), 256 << 20))
+            .build(),
+        Some(ledger_data.clone()),
+    );
     let addr = serve(
         Idempotency::builder()
             .unscoped()
@@ -243,6 +252,7 @@ async fn start_pg() -> Result<Pg, String> {
     );
     Ok(Pg {
         addr,
+        cached,
         proxy,
         db,
         tables: [ledger, records],
@@ -292,8 +302,20 @@ fn main() {
             .block_on(RedisStore::connect(&server.url()))
             .expect("connect");
         // The store's connection task lives on `rt`; the app calls it from its own worker.
-        let addr = serve(Idempotency::builder().unscoped().store(store).build(), None);
-        (server, addr)
+        let addr = serve(
+            Idempotency::builder()
+                .unscoped()
+                .store(store.clone())
+                .build(),
+            None,
+        );
+        // The same with the replay cache in front (its invalidation task on `rt` too).
+        let cached = rt.block_on(async { CachedStore::new(store, 256 << 20) });
+        let cached = serve(
+            Idempotency::builder().unscoped().store(cached).build(),
+            None,
+        );
+        (server, addr, cached)
     });
     // `durability(1, …)`: a master with one local replica, reached through a proxy that counts
     // round trips.
@@ -382,23 +404,26 @@ fn main() {
                     });
                 }
             }
-            if let (Some((server, addr)), true) = (&redis, wanted("redis")) {
-                run += 1;
-                server.cli(&["CONFIG", "RESETSTAT"]);
-                let (rps, p50, p99, n, mix) =
-                    drive(*addr, "/idem", scenario, run, conns, secs, &body).await;
-                let cmds = (server.calls("evalsha") + server.calls("eval")) as f64;
-                // The replay scenario's warm-up request ran before the reset; nothing else did.
-                rows.push(Row {
-                    scenario: scenario.name(),
-                    target: "redis",
-                    rps,
-                    p50,
-                    p99,
-                    ratio: Some(rps / plain_rps),
-                    store_per_req: Some(cmds / n.max(1) as f64),
-                    mix,
-                });
+            if let (Some((server, addr, cached)), true) = (&redis, wanted("redis")) {
+                for (target, addr) in [("redis", addr), ("redis cached", cached)] {
+                    run += 1;
+                    server.cli(&["CONFIG", "RESETSTAT"]);
+                    let (rps, p50, p99, n, mix) =
+                        drive(*addr, "/idem", scenario, run, conns, secs, &body).await;
+                    let cmds = (server.calls("evalsha") + server.calls("eval")) as f64;
+                    // The replay scenario's warm-up request ran before the reset; nothing else
+                    // did.
+                    rows.push(Row {
+                        scenario: scenario.name(),
+                        target,
+                        rps,
+                        p50,
+                        p99,
+                        ratio: Some(rps / plain_rps),
+                        store_per_req: Some(cmds / n.max(1) as f64),
+                        mix,
+                    });
+                }
             }
             if let Some((master, _replica, proxy, addr)) = &durable {
                 run += 1;
@@ -426,14 +451,17 @@ fn main() {
             if let Some(pg) = &pg {
                 run += 1;
                 let mut base_rps = plain_rps;
-                for (target, path) in [
-                    ("plain+insert", "/plain-pg"),
-                    ("postgres", "/idem-pg"),
-                    ("pg transactional", "/idem-pg-tx"),
+                for (target, addr, path) in [
+                    ("plain+insert", pg.addr, "/plain-pg"),
+                    ("postgres", pg.addr, "/idem-pg"),
+                    ("postgres cached", pg.cached, "/idem-pg"),
+                    ("pg transactional", pg.addr, "/idem-pg-tx"),
                 ] {
+                    // Keys of their own: the cached app shares the records table.
+                    run += 1;
                     let before = pg.proxy.turns();
                     let (rps, p50, p99, n, mix) =
-                        drive(pg.addr, path, scenario, run, conns, secs, &body).await;
+                        drive(addr, path, scenario, run, conns, secs, &body).await;
                     let turns = (pg.proxy.turns() - before) as f64;
                     rows.push(Row {
                         scenario: scenario.name(),
@@ -445,7 +473,7 @@ fn main() {
                         // handler that does the same insert.
                         ratio: match target {
                             "plain+insert" => None,
-                            "postgres" => Some(rps / plain_rps),
+                            "postgres" | "postgres cached" => Some(rps / plain_rps),
                             _ => Some(rps / base_rps),
                         },
                         store_per_req: Some(turns / n.max(1) as f64),

@@ -54,6 +54,9 @@ struct Shared {
     epoch: AtomicU64,
     max_age: Duration,
     hits: AtomicU64,
+    /// Keys whose admission read is in flight: a burst of replays of one key (right after it
+    /// completed) reads its record once, not once per replay.
+    admitting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Clone)]
@@ -84,6 +87,7 @@ impl<S: Store> CachedStore<S> {
             epoch: AtomicU64::new(0),
             max_age: Duration::from_secs(30),
             hits: AtomicU64::new(0),
+            admitting: Default::default(),
         });
         if let (Some(rx), Ok(runtime)) =
             (inner.invalidations(), tokio::runtime::Handle::try_current())
@@ -116,6 +120,27 @@ impl<S: Store> CachedStore<S> {
     /// Keeps the completed record of `key` after its first replay: one read for its remaining
     /// life, then admitted unless an invalidation arrived since `epoch`.
     async fn admit(&self, key: &StorageKey, fingerprint: &Fingerprint, epoch: u64) {
+        let first = {
+            let mut admitting = self
+                .shared
+                .admitting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            admitting.insert(key.as_str().to_owned())
+        };
+        if !first {
+            return;
+        }
+        self.admit_once(key, fingerprint, epoch).await;
+        let mut admitting = self
+            .shared
+            .admitting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        admitting.remove(key.as_str());
+    }
+
+    async fn admit_once(&self, key: &StorageKey, fingerprint: &Fingerprint, epoch: u64) {
         // Before the read: the record's remaining life counts from no later than the store's
         // own clock read it, so the entry never outlives the record.
         let asked = Instant::now();
