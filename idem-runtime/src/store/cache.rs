@@ -131,13 +131,16 @@ impl<S: Store> CachedStore<S> {
         if !first {
             return;
         }
+        // Leaves the set however the read ends (cancelled too).
+        struct Admitting<'a>(&'a Shared, &'a str);
+        impl Drop for Admitting<'_> {
+            fn drop(&mut self) {
+                let mut set = self.0.admitting.lock().unwrap_or_else(|p| p.into_inner());
+                set.remove(self.1);
+            }
+        }
+        let _admitting = Admitting(&self.shared, key.as_str());
         self.admit_once(key, fingerprint, epoch).await;
-        let mut admitting = self
-            .shared
-            .admitting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        admitting.remove(key.as_str());
     }
 
     async fn admit_once(&self, key: &StorageKey, fingerprint: &Fingerprint, epoch: u64) {
