@@ -83,3 +83,39 @@ async fn the_reaper_never_deletes_a_row_a_concurrent_begin_revived() {
     assert_eq!(reaped, 1);
     pg::drop_tables(&db, &[&table]).await;
 }
+
+/// A reaper batch stays a batch when the planner does not expect expired rows (statistics taken
+/// before they expired, as on any busy table): at most 1000 rows per statement, so that each
+/// statement's locks and time stay bounded, and a pass over many expired rows is many short
+/// statements.
+#[actix_web::test]
+async fn a_reaper_batch_deletes_at_most_1000_rows_whatever_the_statistics() {
+    let table = pg::table("reaper_batch");
+    let Some(store) = pg::store(
+        "a_reaper_batch_deletes_at_most_1000_rows_whatever_the_statistics",
+        &table,
+    )
+    .await
+    else {
+        return;
+    };
+    let db = pg::client().await;
+    // Live rows, analyzed: the statistics say nothing has expired.
+    db.batch_execute(&format!(
+        "INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+         SELECT 'live-' || g, '\\x00', 'c', g, 1, now(), now(), now() + interval '1 day'
+           FROM generate_series(1, 20000) g;
+         ANALYZE {table};
+         INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+         SELECT 'gone-' || g, '\\x00', 'c', g, 1, now(), now(), now() - interval '1 second'
+           FROM generate_series(1, 3000) g;"
+    ))
+    .await
+    .expect("rows");
+    let first = store.reap_once().await.expect("one batch");
+    assert!(first <= 1000, "one batch deleted {first} rows");
+    let all = first + store.reap_all().await.expect("a pass");
+    assert_eq!(all, 3000, "every expired row, and only those");
+    assert_eq!(pg::count(&db, &table).await, 20000);
+    pg::drop_tables(&db, &[&table]).await;
+}

@@ -98,10 +98,13 @@ impl Statements {
             // The predicate is repeated outside: under READ COMMITTED a row the subquery picked
             // but a concurrent `begin` revived meanwhile is re-checked only against the outer
             // `WHERE` (EvalPlanQual), so without it a live record would be deleted. `SKIP LOCKED`
-            // also keeps the reaper off rows being written right now.
+            // also keeps the reaper off rows being written right now. `= ANY(ARRAY(…))` runs the
+            // subquery once: with `IN`, statistics that expect no expired row (taken before they
+            // expired) plan a nested loop that re-runs the locking subquery for every outer row —
+            // quadratic, and deleting far more than the batch.
             reap: format!(
-                "DELETE FROM {t} WHERE expires_at < now() AND key IN
-                   (SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED)"
+                "DELETE FROM {t} WHERE expires_at < now() AND key = ANY(ARRAY(
+                   SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED))"
             ),
             complete: notifying(COMPLETE_SET),
             release: notifying("state = 'r'"),
