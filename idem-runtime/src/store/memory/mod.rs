@@ -8,17 +8,20 @@
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 mod principals;
+mod sweeper;
 
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 use principals::Principals;
 
-const SHARDS: usize = 32;
+/// Shards of the map, each behind its own lock: a sweep holds one shard's lock while it walks
+/// it, so at 10^7 records a shard is ~40k entries (a few ms), not 300k.
+const SHARDS: usize = 256;
 /// How often, at most, a full store scans one shard for records it may drop.
 const RESCUE_EVERY_MS: u64 = 50;
 /// Bytes charged per entry on top of its key and response: the map slot, the entry, allocator
@@ -187,19 +190,9 @@ impl MemoryStoreBuilder {
             // `HttpServer::new`), and must not depend on one worker's runtime staying alive.
             let _ = std::thread::Builder::new()
                 .name("idem-memory-sweeper".into())
-                .spawn(move || sweeper(weak, every));
+                .spawn(move || sweeper::run(weak, every));
         }
         MemoryStore { inner }
-    }
-}
-
-fn sweeper(weak: Weak<Inner>, every: Duration) {
-    loop {
-        std::thread::sleep(every);
-        match weak.upgrade() {
-            Some(inner) => inner.sweep(Instant::now()),
-            None => return,
-        }
     }
 }
 
@@ -300,20 +293,6 @@ impl Inner {
                 .fetch_sub(entry.size - new_size, Ordering::Relaxed);
         }
         entry.size = new_size;
-    }
-
-    fn sweep(&self, now: Instant) {
-        for shard in &self.shards {
-            let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            let expired: Vec<StorageKey> = map
-                .iter()
-                .filter(|(_, e)| e.expires_at <= now)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for k in expired {
-                self.remove_entry(&mut map, &k);
-            }
-        }
     }
 
     /// Makes room for `need` more bytes, dropping the records of `map` that are not live
