@@ -101,10 +101,14 @@ impl Statements {
             // also keeps the reaper off rows being written right now. `= ANY(ARRAY(…))` runs the
             // subquery once: with `IN`, statistics that expect no expired row (taken before they
             // expired) plan a nested loop that re-runs the locking subquery for every outer row —
-            // quadratic, and deleting far more than the batch.
+            // quadratic, and deleting far more than the batch. The outer recheck is written so
+            // that no index can serve it (`+ interval '0'`): the same statistics would otherwise
+            // walk every expired entry of the expiry index to filter the batch out of them
+            // (10.9 s per batch among 10^6 expired rows) instead of 1000 primary-key lookups.
             reap: format!(
-                "DELETE FROM {t} WHERE expires_at < now() AND key = ANY(ARRAY(
-                   SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED))"
+                "DELETE FROM {t} WHERE key = ANY(ARRAY(
+                   SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED))
+                   AND expires_at + interval '0' < now()"
             ),
             complete: notifying(COMPLETE_SET),
             release: notifying("state = 'r'"),
