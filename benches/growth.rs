@@ -48,6 +48,12 @@ fn env_f64(name: &str, default: f64) -> f64 {
 }
 
 fn main() {
+    if std::env::var_os("GROWTH_PLOT_ONLY").is_some() {
+        let points = load(std::path::Path::new("docs/growth.csv"));
+        print_table(&points);
+        plot::charts(&points, std::path::Path::new("docs"));
+        return;
+    }
     let secs = env_f64("GROWTH_SECS", 3.0).clamp(0.5, 30.0);
     let max = env_f64("GROWTH_MAX", 1e7) as u64;
     let sizes: Vec<u64> = [10_000u64, 100_000, 1_000_000, 10_000_000]
@@ -75,7 +81,65 @@ fn main() {
         }
     }
     print_table(&points);
+    save(&points, std::path::Path::new("docs/growth.csv"));
     plot::charts(&points, std::path::Path::new("docs"));
+}
+
+/// Writes the points as CSV (what the charts are drawn from; `GROWTH_PLOT_ONLY=1` redraws them
+/// from it without measuring).
+fn save(points: &[Point], path: &std::path::Path) {
+    let mut out = String::from("store,records,load_secs,replay_per_sec,replay_p50_us,replay_p99_us,new_key_per_sec,new_key_p50_us,new_key_p99_us,bytes_per_record,reap,replay_p99_while_reaping_us\n");
+    for p in points {
+        out.push_str(&format!(
+            "{},{},{:.1},{:.0},{},{},{:.0},{},{},{:.0},{},{}\n",
+            p.store,
+            p.records,
+            p.load_secs,
+            p.replay.ops_per_sec,
+            p.replay.p50_us,
+            p.replay.p99_us,
+            p.new_key.ops_per_sec,
+            p.new_key.p50_us,
+            p.new_key.p99_us,
+            p.bytes_per_record,
+            p.reap,
+            p.replay_while_reaping.p99_us
+        ));
+    }
+    if let Err(e) = std::fs::write(path, out) {
+        println!("{} not written: {e}", path.display());
+    }
+}
+
+/// The points of a CSV written by [`save`].
+fn load(path: &std::path::Path) -> Vec<Point> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let stats = |ops: &str, p50: &str, p99: &str| Stats {
+        ops_per_sec: ops.parse().unwrap_or(0.0),
+        p50_us: p50.parse().unwrap_or(0),
+        p99_us: p99.parse().unwrap_or(0),
+        errors: 0,
+    };
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            let name = *f.first()?;
+            let store = ["memory", "redis", "postgres"]
+                .into_iter()
+                .find(|s| *s == name)?;
+            Some(Point {
+                store,
+                records: f.get(1)?.parse().ok()?,
+                load_secs: f.get(2)?.parse().ok()?,
+                replay: stats(f.get(3)?, f.get(4)?, f.get(5)?),
+                new_key: stats(f.get(6)?, f.get(7)?, f.get(8)?),
+                bytes_per_record: f.get(9)?.parse().ok()?,
+                reap: (*f.get(10)?).to_owned(),
+                replay_while_reaping: stats("0", "0", f.get(11)?),
+            })
+        })
+        .collect()
 }
 
 /// The sizes of one store's measurement.
@@ -239,24 +303,21 @@ async fn memory(sizes: &[u64], secs: f64, points: &mut Vec<Point>) {
 }
 
 async fn redis(sizes: &[u64], secs: f64, points: &mut Vec<Point>) {
-    let server = redis_server::RedisServer::start();
-    let client = redis::Client::open(server.url()).expect("client");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let store = RedisStore::connect(&server.url()).await.expect("store");
     for &n in sizes {
+        // A server of its own per size: an empty one, and no multi-second FLUSHALL.
+        let server = redis_server::RedisServer::start();
+        let client = redis::Client::open(server.url()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let store = RedisStore::connect(&server.url()).await.expect("store");
         let used = |info: String| -> f64 {
             info.lines()
                 .find_map(|l| l.strip_prefix("used_memory:"))
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0.0)
         };
-        redis::cmd("FLUSHALL")
-            .exec_async(&mut conn)
-            .await
-            .expect("flush");
         let before = used(server.cli(&["INFO", "memory"]).unwrap_or_default());
         let t0 = Instant::now();
         // Records as the store's scripts write them (`scripts.rs`): state, fingerprint, token,

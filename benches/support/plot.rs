@@ -122,6 +122,15 @@ fn chart(
         .x_desc("records in the store (log)")
         .y_desc(y_desc)
         .x_label_formatter(&|x| format!("{x:.0e}"))
+        .y_label_formatter(&|y| {
+            if *y >= 1e6 {
+                format!("{:.0}M", y / 1e6)
+            } else if *y >= 1e3 {
+                format!("{:.0}k", y / 1e3)
+            } else {
+                format!("{y:.0}")
+            }
+        })
         .draw()?;
     for line in lines {
         let style = ShapeStyle::from(&line.color).stroke_width(2);
@@ -145,7 +154,7 @@ fn chart(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(SeriesLabelPosition::LowerLeft)
         .border_style(BLACK)
         .background_style(WHITE.mix(0.85))
         .draw()?;
