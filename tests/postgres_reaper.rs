@@ -84,6 +84,27 @@ async fn the_reaper_never_deletes_a_row_a_concurrent_begin_revived() {
     pg::drop_tables(&db, &[&table]).await;
 }
 
+/// `live` live rows, analyzed (the statistics say nothing has expired), then `expired` expired
+/// ones: what a busy table looks like to the planner between two autovacuum analyses.
+async fn stale_statistics(
+    db: &idem_runtime::tokio_postgres::Client,
+    table: &str,
+    live: u32,
+    expired: u32,
+) {
+    db.batch_execute(&format!(
+        "INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+         SELECT 'live-' || g, '\\x00', 'c', g, 1, now(), now(), now() + interval '1 day'
+           FROM generate_series(1, {live}) g;
+         ANALYZE {table};
+         INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
+         SELECT 'gone-' || g, '\\x00', 'c', g, 1, now(), now(), now() - interval '1 second'
+           FROM generate_series(1, {expired}) g;"
+    ))
+    .await
+    .expect("rows");
+}
+
 /// A reaper batch stays a batch when the planner does not expect expired rows (statistics taken
 /// before they expired, as on any busy table): at most 1000 rows per statement, so that each
 /// statement's locks and time stay bounded, and a pass over many expired rows is many short
@@ -100,18 +121,7 @@ async fn a_reaper_batch_deletes_at_most_1000_rows_whatever_the_statistics() {
         return;
     };
     let db = pg::client().await;
-    // Live rows, analyzed: the statistics say nothing has expired.
-    db.batch_execute(&format!(
-        "INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-         SELECT 'live-' || g, '\\x00', 'c', g, 1, now(), now(), now() + interval '1 day'
-           FROM generate_series(1, 20000) g;
-         ANALYZE {table};
-         INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-         SELECT 'gone-' || g, '\\x00', 'c', g, 1, now(), now(), now() - interval '1 second'
-           FROM generate_series(1, 3000) g;"
-    ))
-    .await
-    .expect("rows");
+    stale_statistics(&db, &table, 20000, 3000).await;
     let first = store.reap_once().await.expect("one batch");
     assert!(first <= 1000, "one batch deleted {first} rows");
     let all = first + store.reap_all().await.expect("a pass");
@@ -136,17 +146,7 @@ async fn a_reaper_batch_reads_its_batch_not_every_expired_row() {
         return;
     };
     let db = pg::client().await;
-    db.batch_execute(&format!(
-        "INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-         SELECT 'live-' || g, '\\x00', 'c', g, 1, now(), now(), now() + interval '1 day'
-           FROM generate_series(1, 20000) g;
-         ANALYZE {table};
-         INSERT INTO {table} (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-         SELECT 'gone-' || g, '\\x00', 'c', g, 1, now(), now(), now() - interval '1 second'
-           FROM generate_series(1, 20000) g;"
-    ))
-    .await
-    .expect("rows");
+    stale_statistics(&db, &table, 20000, 20000).await;
     let sql = format!(
         "SELECT pg_stat_clear_snapshot(), (SELECT idx_tup_read FROM pg_stat_user_indexes
           WHERE indexrelname = '{table}_expires')"

@@ -50,6 +50,19 @@ pub(crate) enum Verdict {
 }
 
 impl Verdict {
+    /// A problem answer, kept and replayed like a response.
+    fn kept(p: &Problem) -> Verdict {
+        let stored = StoredResponse {
+            status: p.status(),
+            headers: vec![(
+                "content-type".into(),
+                Bytes::from_static(b"application/problem+json"),
+            )],
+            body: p.to_json().into(),
+        };
+        Verdict::Keep(problem_response(p), stored)
+    }
+
     fn of(policy: &Policy, ran: Ran) -> Verdict {
         let strict = policy.guarantee == Guarantee::Strict;
         match ran {
@@ -63,22 +76,11 @@ impl Verdict {
             Ran::Refused(e) => Verdict::Refused(extractor_problem(&e)),
             // `strict` promises the same response: a panic's 500 is kept like a returned one. A
             // transactional handler's writes are rolled back, so nothing happened: released.
-            Ran::Panicked if strict && !policy.transactional => {
-                let p = Problem::new(
-                    ProblemKind::HandlerFailed,
-                    "the handler failed (it panicked) after it started; under guarantee \
-                     \"strict\" this answer is kept, and retries with this key get it again",
-                );
-                let stored = StoredResponse {
-                    status: p.status(),
-                    headers: vec![(
-                        "content-type".into(),
-                        Bytes::from_static(b"application/problem+json"),
-                    )],
-                    body: p.to_json().into(),
-                };
-                Verdict::Keep(problem_response(&p), stored)
-            }
+            Ran::Panicked if strict && !policy.transactional => Verdict::kept(&Problem::new(
+                ProblemKind::HandlerFailed,
+                "the handler failed (it panicked) after it started; under guarantee \
+                 \"strict\" this answer is kept, and retries with this key get it again",
+            )),
             Ran::Panicked => Verdict::Release(problem_response(&Problem::new(
                 ProblemKind::HandlerFailed,
                 "the handler failed (it panicked) before producing a response; nothing was kept, \
@@ -228,15 +230,7 @@ async fn give_up_now(
         ),
     );
     tracing::error!(key = %ticket.key(), attempts, "idem: the completer gave up an operation; its failure is recorded");
-    let stored = StoredResponse {
-        status: p.status(),
-        headers: vec![(
-            "content-type".into(),
-            Bytes::from_static(b"application/problem+json"),
-        )],
-        body: p.to_json().into(),
-    };
-    let verdict = with_expiry(idem, ticket, Verdict::Keep(problem_response(&p), stored));
+    let verdict = with_expiry(idem, ticket, Verdict::kept(&p));
     match verdict {
         Verdict::Keep(resp, stored) => {
             settle_complete(idem, ticket, stored).await;
