@@ -271,6 +271,21 @@ async fn durability_costs_no_extra_round_trip() {
     let (addr, _h) = common::serve(1, move |cfg| {
         cfg.app_data(i.clone()).app_data(r.clone()).service(pay);
     });
+    // The store's subscriber connects (through the proxy too) on its own time: wait until it
+    // has subscribed, so that none of its traffic falls in the counted window.
+    let subscribed = || {
+        master
+            .cli(&["PUBSUB", "NUMSUB", "idem:erased"])
+            .is_some_and(|out| out.lines().nth(1).is_some_and(|n| n.trim() == "1"))
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while !subscribed() {
+        assert!(
+            std::time::Instant::now() < until,
+            "the subscriber never subscribed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     master.cli(&["CONFIG", "RESETSTAT"]);
     let turns = proxy.turns();
     assert_eq!(post(addr, "rt").await.unwrap().status(), 201);
