@@ -90,25 +90,30 @@ fn main() {
 fn save(points: &[Point], path: &std::path::Path) {
     let mut out = String::from("store,records,load_secs,replay_per_sec,replay_p50_us,replay_p99_us,new_key_per_sec,new_key_p50_us,new_key_p99_us,bytes_per_record,reap,replay_p99_while_reaping_us\n");
     for p in points {
-        out.push_str(&format!(
-            "{},{},{:.1},{:.0},{},{},{:.0},{},{},{:.0},{},{}\n",
-            p.store,
-            p.records,
-            p.load_secs,
-            p.replay.ops_per_sec,
-            p.replay.p50_us,
-            p.replay.p99_us,
-            p.new_key.ops_per_sec,
-            p.new_key.p50_us,
-            p.new_key.p99_us,
-            p.bytes_per_record,
-            p.reap,
-            p.replay_while_reaping.p99_us
-        ));
+        out.push_str(&fields(p).join(","));
+        out.push('\n');
     }
     if let Err(e) = std::fs::write(path, out) {
         println!("{} not written: {e}", path.display());
     }
+}
+
+/// One point's columns, as the table and the CSV show them.
+fn fields(p: &Point) -> [String; 12] {
+    [
+        p.store.to_owned(),
+        p.records.to_string(),
+        format!("{:.1}", p.load_secs),
+        format!("{:.0}", p.replay.ops_per_sec),
+        p.replay.p50_us.to_string(),
+        p.replay.p99_us.to_string(),
+        format!("{:.0}", p.new_key.ops_per_sec),
+        p.new_key.p50_us.to_string(),
+        p.new_key.p99_us.to_string(),
+        format!("{:.0}", p.bytes_per_record),
+        p.reap.clone(),
+        p.replay_while_reaping.p99_us.to_string(),
+    ]
 }
 
 /// The points of a CSV written by [`save`].
@@ -514,20 +519,6 @@ fn print_table(points: &[Point]) {
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     for p in points {
-        println!(
-            "| {} | {} | {:.1} | {:.0} | {} | {} | {:.0} | {} | {} | {:.0} | {} | {} |",
-            p.store,
-            p.records,
-            p.load_secs,
-            p.replay.ops_per_sec,
-            p.replay.p50_us,
-            p.replay.p99_us,
-            p.new_key.ops_per_sec,
-            p.new_key.p50_us,
-            p.new_key.p99_us,
-            p.bytes_per_record,
-            p.reap,
-            p.replay_while_reaping.p99_us,
-        );
+        println!("| {} |", fields(p).join(" | "));
     }
 }
