@@ -163,17 +163,22 @@ where
     if let Some(tx) = tx {
         return super::tx::finish(tx, &ticket, verdict).await;
     }
+    settle(idem, &ticket, verdict).await
+}
+
+/// Writes a verdict's record (stored, or the key released) and answers with its response.
+async fn settle(idem: &Idempotency, ticket: &Ticket, verdict: Verdict) -> (HttpResponse, Outcome) {
     match verdict {
         Verdict::Keep(resp, stored) => {
-            settle_complete(idem, &ticket, stored).await;
+            settle_complete(idem, ticket, stored).await;
             (resp, Outcome::Executed)
         }
         Verdict::Release(resp) => {
-            settle_release(idem, &ticket).await;
+            settle_release(idem, ticket).await;
             (resp, Outcome::Executed)
         }
         Verdict::Refused(resp) => {
-            settle_release(idem, &ticket).await;
+            settle_release(idem, ticket).await;
             (resp, Outcome::Rejected)
         }
     }
@@ -230,14 +235,7 @@ async fn give_up_now(
         ),
     );
     tracing::error!(key = %ticket.key(), attempts, "idem: the completer gave up an operation; its failure is recorded");
-    let verdict = with_expiry(idem, ticket, Verdict::kept(&p));
-    match verdict {
-        Verdict::Keep(resp, stored) => {
-            settle_complete(idem, ticket, stored).await;
-            (resp, Outcome::Executed)
-        }
-        Verdict::Release(resp) | Verdict::Refused(resp) => (resp, Outcome::Executed),
-    }
+    settle(idem, ticket, with_expiry(idem, ticket, Verdict::kept(&p))).await
 }
 
 /// The header that tells a client how long its key is kept: an HTTP-date after which the record
