@@ -198,13 +198,6 @@ fn steps_context(
         return;
     };
     let shared = &idem.shared;
-    let mut key_headers = vec![shared.header.clone()];
-    key_headers.extend(policy.key.iter().filter_map(|s| match s {
-        crate::KeySource::Header(n) => {
-            actix_web::http::header::HeaderName::from_bytes(n.as_bytes()).ok()
-        }
-        _ => None,
-    }));
     req.extensions_mut()
         .insert(std::sync::Arc::new(super::steps::StepsContext {
             store: tx.postgres().clone(),
@@ -212,7 +205,8 @@ fn steps_context(
             token: ticket.token(),
             attempt: ticket.attempt(),
             body: body.clone(),
-            key_headers,
+            app_header: shared.header.clone(),
+            key_sources: policy.key,
             sealer: shared.sealer.clone(),
             derivation: shared.derivation.clone(),
         }));

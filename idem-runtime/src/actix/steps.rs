@@ -31,8 +31,10 @@ pub(crate) struct StepsContext {
     pub(crate) attempt: u32,
     /// The request's body, kept with the request for the completer.
     pub(crate) body: bytes::Bytes,
-    /// The headers the key may come in: the app's, and the endpoint's own header sources.
-    pub(crate) key_headers: Vec<HeaderName>,
+    /// The app's key header, and the endpoint's own key sources (its header sources are kept
+    /// with the request too).
+    pub(crate) app_header: HeaderName,
+    pub(crate) key_sources: &'static [crate::KeySource],
     pub(crate) sealer: Option<Arc<Sealer>>,
     pub(crate) derivation: Arc<KeyDerivation>,
 }
@@ -65,7 +67,14 @@ fn stored_request(req: &HttpRequest, ctx: &StepsContext) -> Vec<u8> {
             ),
         ),
     ];
-    for name in RESENT.iter().chain(&ctx.key_headers) {
+    let endpoint_headers = ctx.key_sources.iter().filter_map(|s| match s {
+        crate::KeySource::Header(n) => HeaderName::from_bytes(n.as_bytes()).ok(),
+        _ => None,
+    });
+    let key_headers: Vec<HeaderName> = std::iter::once(ctx.app_header.clone())
+        .chain(endpoint_headers)
+        .collect();
+    for name in RESENT.iter().chain(&key_headers) {
         for value in req.headers().get_all(name) {
             headers.push((
                 name.as_str().to_owned(),

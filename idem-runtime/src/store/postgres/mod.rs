@@ -49,7 +49,9 @@ pub(crate) use steps::{Abandoned, RecordedStep};
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
-    table: String,
+    /// Shared: a clone (one per transactional attempt, the reaper, the completer) copies no
+    /// string.
+    table: Arc<str>,
     sql: Arc<Statements>,
     steps: Arc<steps::StepSql>,
     waiters: Arc<Waiters>,
@@ -330,7 +332,7 @@ impl<T> PostgresStoreBuilder<T> {
             pool,
             sql: Arc::new(Statements::new(&table)),
             steps: Arc::new(steps::StepSql::new(&table)),
-            table,
+            table: Arc::from(table),
             waiters: Arc::new(Waiters::default()),
             invalidations: tokio::sync::broadcast::channel(1024).0,
         };
