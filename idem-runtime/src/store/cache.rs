@@ -37,6 +37,9 @@ use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredRe
 pub struct CachedStore<S> {
     inner: S,
     shared: Arc<Shared>,
+    /// Kept here, not in `Shared`: the invalidation task holds `Shared` from `new` on, so a
+    /// setting written there afterwards could not be.
+    max_age: Duration,
 }
 
 impl<S> std::fmt::Debug for CachedStore<S> {
@@ -52,7 +55,6 @@ struct Shared {
     cache: Cache<String, Entry, ByBytes>,
     /// Bumped by every invalidation: an entry read before a bump is not admitted after it.
     epoch: AtomicU64,
-    max_age: Duration,
     hits: AtomicU64,
     /// Keys whose admission read is in flight: a burst of replays of one key (right after it
     /// completed) reads its record once, not once per replay.
@@ -85,7 +87,6 @@ impl<S: Store> CachedStore<S> {
             // quick_cache sizes its tables from an estimate of the item count: ~2 KiB each.
             cache: Cache::with_weighter((max_bytes / 2048).max(16) as usize, max_bytes, ByBytes),
             epoch: AtomicU64::new(0),
-            max_age: Duration::from_secs(30),
             hits: AtomicU64::new(0),
             admitting: Default::default(),
         });
@@ -94,16 +95,18 @@ impl<S: Store> CachedStore<S> {
         {
             runtime.spawn(invalidate_forever(rx, Arc::downgrade(&shared)));
         }
-        CachedStore { inner, shared }
+        CachedStore {
+            inner,
+            shared,
+            max_age: Duration::from_secs(30),
+        }
     }
 
     /// The longest an entry is replayed from memory, whatever the store pushes (30 s by
     /// default): the bound on a stale replay if an invalidation were lost while the push
     /// channel stayed connected.
     pub fn max_age(mut self, max_age: Duration) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.max_age = max_age;
-        }
+        self.max_age = max_age;
         self
     }
 
@@ -168,7 +171,7 @@ impl<S: Store> CachedStore<S> {
         let entry = Entry {
             fingerprint: fp,
             response,
-            until: asked + expires_in.min(self.shared.max_age),
+            until: asked + expires_in.min(self.max_age),
             bytes: bytes as u64 + 64,
         };
         let cache = &self.shared.cache;
@@ -291,3 +294,7 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.invalidations()
     }
 }
+
+#[cfg(test)]
+#[path = "cache_tests.rs"]
+mod tests;
