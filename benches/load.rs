@@ -15,7 +15,8 @@
 //! `plain echo` / `memory echo` serve a trivial handler (echo a 25-byte JSON body), the latter's
 //! ratio taken to the former.
 //!
-//! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override).
+//! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override;
+//! `LOAD_ONLY=memory|echo|redis|postgres` and `LOAD_SCENARIO=replay|new key|same-key storm` narrow it).
 
 use actix_web::{post, web, App, HttpResponse, HttpServer};
 use idem::{idempotent, CachedStore, Idempotency, MemoryStore, RedisStore};
@@ -23,6 +24,7 @@ use idem::{idempotent, CachedStore, Idempotency, MemoryStore, RedisStore};
 // feature, which a package cannot turn on for its own tests.
 use idem_runtime::{IdemTx, PostgresStore};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 #[path = "../tests/common/redis.rs"]
@@ -122,9 +124,16 @@ fn answer(body: &serde_json::Value) -> HttpResponse {
 /// Starts an app with `layer` registered, on one worker, in its own thread and actix system.
 fn serve(layer: Idempotency, ledger: Option<web::Data<Ledger>>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
+    let worker = Arc::new(OnceLock::new());
+    let seen = worker.clone();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
             let server = HttpServer::new(move || {
+                // The factory runs on the worker thread: remember where its CPU time is kept.
+                if let Ok(task) = std::fs::read_link("/proc/thread-self") {
+                    // The link reads `<pid>/task/<tid>`, relative to /proc.
+                    let _ = seen.set(std::path::Path::new("/proc").join(task).join("schedstat"));
+                }
                 let app = App::new()
                     .app_data(layer.clone())
                     .service(plain)
@@ -149,7 +158,25 @@ fn serve(layer: Idempotency, ledger: Option<web::Data<Ledger>>) -> SocketAddr {
             let _ = server.run().await;
         })
     });
-    rx.recv().expect("server address")
+    let addr = rx.recv().expect("server address");
+    WORKERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((addr, worker));
+    addr
+}
+
+/// Each app's worker thread: where its CPU time is read.
+static WORKERS: Mutex<Vec<(SocketAddr, Arc<OnceLock<std::path::PathBuf>>)>> =
+    Mutex::new(Vec::new());
+
+/// Nanoseconds the app at `addr`'s worker thread has run on a CPU so far (user and kernel, the
+/// loopback TCP work it does included), if Linux tells.
+fn worker_cpu_ns(addr: SocketAddr) -> Option<u64> {
+    let workers = WORKERS.lock().unwrap_or_else(|p| p.into_inner());
+    let (_, path) = workers.iter().find(|(a, _)| *a == addr)?;
+    let stat = std::fs::read_to_string(path.get()?).ok()?;
+    stat.split_whitespace().next()?.parse().ok()
 }
 
 /// The trivial handler's body: 25 bytes of JSON.
@@ -273,6 +300,8 @@ fn main() {
     // `LOAD_ONLY=memory` (or `redis`) measures plain and that one target, for profiling.
     let only = std::env::var("LOAD_ONLY").ok();
     let wanted = |t: &str| only.as_deref().is_none_or(|o| o == t);
+    // `LOAD_SCENARIO=replay` (or `new key`, `same-key storm`) runs that one scenario.
+    let scenario_only = std::env::var("LOAD_SCENARIO").ok();
     let body = support::body(1024);
 
     let memory = serve(
@@ -347,22 +376,35 @@ fn main() {
 
     println!("load: {conns} keep-alive connections, {secs} s per run, 1 KiB JSON body, 1 server worker, loopback");
     let mut rows = Vec::new();
+    let mut costs = Vec::new();
     local.block_on(&rt, async {
         let mut run = std::process::id() as u64 * 1000;
         for scenario in [Scenario::NewKey, Scenario::Replay, Scenario::Storm] {
-            run += 1;
-            let (plain_rps, p50, p99, _, mix) =
-                drive(memory, "/plain", scenario, run, conns, secs, &body).await;
-            rows.push(Row {
-                scenario: scenario.name(),
-                target: "plain",
-                rps: plain_rps,
-                p50,
-                p99,
-                ratio: None,
-                store_per_req: None,
-                mix,
-            });
+            if scenario_only
+                .as_deref()
+                .is_some_and(|s| s != scenario.name())
+            {
+                continue;
+            }
+            // `LOAD_ONLY=echo`: the trivial handler's two rows alone.
+            let echo_only = only.as_deref() == Some("echo");
+            let mut plain_rps = 0.0;
+            if !echo_only {
+                run += 1;
+                let (rps, p50, p99, _, mix) =
+                    drive(memory, "/plain", scenario, run, conns, secs, &body).await;
+                plain_rps = rps;
+                rows.push(Row {
+                    scenario: scenario.name(),
+                    target: "plain",
+                    rps,
+                    p50,
+                    p99,
+                    ratio: None,
+                    store_per_req: None,
+                    mix,
+                });
+            }
             for (target, addr) in [("memory", memory), ("memory sealed", sealed)] {
                 if !wanted("memory") {
                     break;
@@ -383,15 +425,29 @@ fn main() {
             }
             // The trivial handler, plain and on the memory store: where a replay has the least
             // handler work to save.
-            if wanted("memory") {
+            if wanted("memory") || echo_only {
                 let mut echo_plain = 0.0;
+                let mut echo_plain_cost = None;
                 for (target, path) in [("plain echo", "/echo"), ("memory echo", "/idem-echo")] {
                     run += 1;
-                    let (rps, p50, p99, _, mix) =
+                    let cpu_before = worker_cpu_ns(memory);
+                    let (rps, p50, p99, n, mix) =
                         drive(memory, path, scenario, run, conns, secs, TRIVIAL).await;
+                    // What a request costs the server: its worker's CPU time per answer. Unlike
+                    // req/s, it does not depend on whether the client (on the other core) kept up.
+                    let cost = cpu_before
+                        .zip(worker_cpu_ns(memory))
+                        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / n.max(1) as f64);
                     if target == "plain echo" {
                         echo_plain = rps;
+                        echo_plain_cost = cost;
                     }
+                    costs.push((
+                        scenario.name(),
+                        target,
+                        cost,
+                        cost.zip(echo_plain_cost).map(|(c, p)| p / c),
+                    ));
                     rows.push(Row {
                         scenario: scenario.name(),
                         target,
@@ -509,6 +565,22 @@ fn main() {
             r.store_per_req.map_or("—".into(), |x| format!("{x:.2}")),
             r.mix
         );
+    }
+    if !costs.is_empty() {
+        println!();
+        println!("The trivial handler's server cost (its worker thread's CPU time per answer):");
+        println!();
+        println!("| scenario | target | server CPU µs/req | plain echo's cost ÷ this |");
+        println!("| --- | --- | ---: | ---: |");
+        for (scenario, target, cost, ratio) in &costs {
+            println!(
+                "| {scenario} | {target} | {} | {} |",
+                cost.map_or("—".into(), |c| format!("{c:.2}")),
+                ratio
+                    .filter(|_| *target != "plain echo")
+                    .map_or("—".into(), |r| format!("{r:.2}")),
+            );
+        }
     }
     drop((redis, durable));
 }

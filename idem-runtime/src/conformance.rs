@@ -49,6 +49,7 @@ macro_rules! store_conformance_tests {
             keys_are_independent,
             attempts_count_releases_and_takeovers,
             purge_forgets_any_record,
+            begin_now_answers_only_what_begin_would,
         );
     };
     (@each [$mode:ident] $make:expr; $($case:ident),* $(,)?) => {
@@ -476,4 +477,62 @@ pub async fn purge_forgets_any_record(store: Arc<impl Store>) {
     );
     assert_eq!(store.purge(&key).await.ok(), Some(true), "completed");
     acquire(&*store, &key, LEASE).await;
+}
+
+/// `begin_now` (an answer from memory, without the store) says nothing `begin` would not: no
+/// acquisition, no answer for a record in progress, the same replay and mismatch, and nothing
+/// once the record was purged or has expired.
+pub async fn begin_now_answers_only_what_begin_would(store: Arc<impl Store>) {
+    let key = unique_key("now");
+    assert_eq!(store.begin_now(&key, &fp("a")), None, "absent key");
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(store.begin_now(&key, &fp("a")), None, "in progress");
+    assert!(
+        matches!(
+            store.begin_now(&key, &fp("b")),
+            None | Some(Begin::Mismatch)
+        ),
+        "other payload while in progress"
+    );
+    let ttl = Duration::from_millis(1_500);
+    assert_eq!(
+        store.complete(&key, t, &response(5), ttl).await.ok(),
+        Some(Fenced::Done)
+    );
+    // A replay through `begin` first, as a cache would need to hold the record.
+    assert!(matches!(
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
+        Ok(Begin::Replay(_))
+    ));
+    match store.begin_now(&key, &fp("a")) {
+        None => {}
+        Some(Begin::Replay(r)) => assert_eq!(r, response(5), "begin_now's replay"),
+        other => panic!("a completed key answers None or its replay, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            store.begin_now(&key, &fp("b")),
+            None | Some(Begin::Mismatch)
+        ),
+        "other payload once completed"
+    );
+    assert_eq!(store.purge(&key).await.ok(), Some(true));
+    assert_eq!(store.begin_now(&key, &fp("a")), None, "purged");
+
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(
+        store.complete(&key, t, &response(6), ttl).await.ok(),
+        Some(Fenced::Done)
+    );
+    assert!(matches!(
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
+        Ok(Begin::Replay(_))
+    ));
+    tokio::time::sleep(ttl + Duration::from_millis(300)).await;
+    assert_eq!(store.begin_now(&key, &fp("a")), None, "expired");
+    assert_eq!(
+        store.begin_now(&key, &fp("b")),
+        None,
+        "expired, other payload"
+    );
 }

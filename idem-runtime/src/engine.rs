@@ -66,6 +66,25 @@ fn in_progress() -> Problem {
     .retry_after(1)
 }
 
+/// 422 for a key already used with another payload.
+fn key_reused() -> Problem {
+    Problem::new(
+        ProblemKind::KeyReused,
+        "this Idempotency-Key was already used with a different request payload; \
+         use a new key for a new request",
+    )
+}
+
+/// A completed record's response, opened (a sealed record) with its key.
+fn opened(
+    policy: &Policy,
+    key: &StorageKey,
+    stored: StoredResponse,
+) -> Result<StoredResponse, Problem> {
+    key.open(stored)
+        .map_err(|why| unreadable(policy.endpoint, key, why))
+}
+
 /// 500 for a completed record that cannot be opened: the operation ran, so it is neither run
 /// again nor answered with a response it cannot vouch for. Logged and counted.
 pub(crate) fn unreadable(
@@ -77,7 +96,8 @@ pub(crate) fn unreadable(
     tracing::error!(endpoint, key = %key, reason = %why, "idem: a completed record could not be opened; refusing to replay it (and the operation is not run again)");
     Problem::new(
         ProblemKind::RecordUnreadable,
-        "the operation with this Idempotency-Key already ran, but its stored result cannot be          read; it is not run again",
+        "the operation with this Idempotency-Key already ran, but its stored result cannot be \
+         read; it is not run again",
     )
 }
 
@@ -240,15 +260,11 @@ impl Engine {
                     }
                     Decision::Execute(ticket)
                 }
-                Ok(Begin::Replay(stored)) => match key.open(stored) {
+                Ok(Begin::Replay(stored)) => match opened(policy, &key, stored) {
                     Ok(response) => Decision::Replay { response, waited },
-                    Err(why) => Decision::Reject(unreadable(policy.endpoint, &key, why)),
+                    Err(problem) => Decision::Reject(problem),
                 },
-                Ok(Begin::Mismatch) => Decision::Reject(Problem::new(
-                    ProblemKind::KeyReused,
-                    "this Idempotency-Key was already used with a different request payload; \
-                     use a new key for a new request",
-                )),
+                Ok(Begin::Mismatch) => Decision::Reject(key_reused()),
                 Ok(Begin::InProgress { .. }) => match policy.on_conflict {
                     OnConflict::RetryAfter => Decision::Reject(in_progress()),
                     OnConflict::Accepted => Decision::Accepted(key),
@@ -279,6 +295,24 @@ impl Engine {
                 },
                 Err(e) => self.store_failed(policy, e),
             };
+        }
+    }
+
+    /// `begin`'s answer when the store can give it at once from this process's memory: `Ok`
+    /// with the response to replay, or `Err` with the problem (a key reused for another payload,
+    /// a record that cannot be opened); `None` when `begin` must ask the store. Changes nothing,
+    /// so it is safe to call where a hang-up may drop the caller.
+    pub(crate) fn begin_now(
+        &self,
+        policy: &Policy,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+    ) -> Option<Result<StoredResponse, Problem>> {
+        match self.store.begin_now(key, fingerprint)? {
+            Begin::Replay(stored) => Some(opened(policy, key, stored)),
+            Begin::Mismatch => Some(Err(key_reused())),
+            // Only those two may come from memory; anything else goes through `begin`.
+            _ => None,
         }
     }
 

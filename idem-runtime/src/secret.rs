@@ -40,6 +40,8 @@ pub(crate) struct KeyDerivation {
     downstream: HmacSha256,
     verifier: [u8; 32],
     keyed: bool,
+    /// The tag of the empty principal (an unscoped app's every key), computed once.
+    unscoped_tag: String,
 }
 
 impl std::fmt::Debug for KeyDerivation {
@@ -64,6 +66,16 @@ pub(crate) fn sub_key(secret: &[u8], purpose: &str) -> [u8; 32] {
     m.finalize().into_bytes().into()
 }
 
+/// The 16-hex tag of `principal` under the tag sub-key `mac`.
+fn compute_tag(mac: &HmacSha256, principal: &[u8]) -> String {
+    let mut m = mac.clone();
+    m.update(principal);
+    let mut tag = String::with_capacity(64);
+    crate::fingerprint::push_hex(&mut tag, &m.finalize().into_bytes());
+    tag.truncate(TAG_LEN);
+    tag
+}
+
 impl KeyDerivation {
     /// Storage keys keyed by `secret` (at least 32 random bytes are advised).
     pub(crate) fn keyed(secret: &[u8]) -> Self {
@@ -83,8 +95,10 @@ impl KeyDerivation {
     }
 
     fn with(secret: &[u8], keyed: bool) -> Self {
+        let tag = mac(&sub_key(secret, "principal-tag"));
         KeyDerivation {
-            tag: mac(&sub_key(secret, "principal-tag")),
+            unscoped_tag: compute_tag(&tag, b""),
+            tag,
             id: mac(&sub_key(secret, "storage-key")),
             fingerprint: mac(&sub_key(secret, "fingerprint")),
             downstream: mac(&sub_key(secret, "downstream")),
@@ -129,12 +143,10 @@ impl KeyDerivation {
 
     /// The 16-hex tag of `principal`.
     fn tag(&self, principal: &[u8]) -> String {
-        let mut m = self.tag.clone();
-        m.update(principal);
-        let mut tag = String::with_capacity(64);
-        crate::fingerprint::push_hex(&mut tag, &m.finalize().into_bytes());
-        tag.truncate(TAG_LEN);
-        tag
+        if principal.is_empty() {
+            return self.unscoped_tag.clone();
+        }
+        compute_tag(&self.tag, principal)
     }
 
     /// The storage key of `key` sent by `principal` to `endpoint`:
@@ -154,7 +166,11 @@ impl KeyDerivation {
         }
         let mut full = String::with_capacity(prefix.len() + ID_LEN);
         full.push_str(prefix);
-        full.push_str(&self.tag(principal));
+        if principal.is_empty() {
+            full.push_str(&self.unscoped_tag);
+        } else {
+            full.push_str(&self.tag(principal));
+        }
         full.push('-');
         crate::fingerprint::push_hex(&mut full, &m.finalize().into_bytes());
         StorageKey::from_parts(full, prefix.len())
@@ -231,6 +247,28 @@ pub(crate) async fn agree(
 mod tests {
     use super::*;
     use crate::key::parse_key;
+
+    /// Storage keys and fingerprints are what records are found by: a release that derived them
+    /// differently would run every operation retried across its deploy again. Pinned here.
+    #[test]
+    fn derivations_are_stable_across_releases() {
+        let key = parse_key(b"order-1").unwrap();
+        let fp = crate::Fingerprint::strict("POST", "/payments", "application/json", b"{}");
+        for (d, expected) in [
+            (KeyDerivation::unkeyed(), ["p:e3ca4e490151bbce-f04451f386006778d0ba73796b53875d0d8c8257521f9b9d36129a9a32c7d035", "p:2b8c2814681d8e9c-27858bf0fd50a8d368dd01eba3ac30ddfc7c7b886ac991523000c4aaf29a8877", "701558fa97b05525f4e56350457a58178e818bc6a9b9e7133906c3e93fca2638"]),
+            (
+                KeyDerivation::keyed(b"secret-a"),
+                ["p:ab3ecc6e85ef9d59-b19b7630e1fa382eed0c5f23b8c823462c32e9926a0a633bf5827c9b2c8e9e46", "p:d313190b55f15c24-019db42d62325dad5e2bcc033389c462936533441be372a5f55508efa6848e7d", "f2400a19005dd6fc2b884b91c76243be0fccfc58d11956d1aaa2cc6b8d478329"],
+            ),
+        ] {
+            let got = [
+                d.storage_key("p:", "POST /payments", b"", &key).as_str().to_owned(),
+                d.storage_key("p:", "POST /payments", b"acct_a", &key).as_str().to_owned(),
+                d.fingerprint(fp).to_hex(),
+            ];
+            assert_eq!(got, expected.map(String::from));
+        }
+    }
 
     #[test]
     fn secrets_separate_storage_keys_and_tags() {

@@ -146,7 +146,7 @@ where
     let content_type = req
         .headers()
         .get(CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
         .unwrap_or_default();
     // A key in a form field needs the body first; otherwise the body is read once the key is
     // known to be valid.
@@ -207,6 +207,18 @@ where
         decoded,
     ));
 
+    tracing::Span::current().record("key", storage_key.status_id());
+    // A completed record this process holds in memory is answered here, without a task: it
+    // changes nothing, so a hang-up that drops this future loses nothing.
+    if let Some(answer) = engine.begin_now(policy, &storage_key, &fingerprint) {
+        let (resp, outcome) = match answer {
+            Ok(response) => replayed(&response, false),
+            Err(problem) => rejected(&problem),
+        };
+        observe::outcome(policy.endpoint, Some(storage_key.status_id()), outcome);
+        return resp;
+    }
+
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects
     // nor leave a key acquired by nobody until its lease runs out.
@@ -215,7 +227,6 @@ where
         _ => None,
     };
     let own_status = async_after.map(|_| storage_key.clone());
-    tracing::Span::current().record("key", storage_key.status_id());
     let idem2 = idem.clone();
     // A graceful shutdown waits for this task, whether or not its client is still there.
     let inflight = idem.shared.inflight.enter();
@@ -225,23 +236,8 @@ where
         let _inflight = inflight;
         let key_id = storage_key.status_id().to_owned();
         let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
-            Decision::Replay { response, waited } => (
-                replay(&response),
-                if waited {
-                    Outcome::Waited
-                } else {
-                    Outcome::Replayed
-                },
-            ),
-            Decision::Reject(problem) => (
-                problem_response(&problem),
-                match problem.kind {
-                    ProblemKind::InProgress => Outcome::Conflict,
-                    ProblemKind::KeyReused => Outcome::Mismatch,
-                    ProblemKind::StoreUnavailable => Outcome::StoreError,
-                    _ => Outcome::Rejected,
-                },
-            ),
+            Decision::Replay { response, waited } => replayed(&response, waited),
+            Decision::Reject(problem) => rejected(&problem),
             Decision::Unprotected => (
                 plain(req, dev::Payload::from(body), handler).await,
                 Outcome::StoreError,
@@ -271,6 +267,27 @@ where
         }
     }
     finished(policy, task.await)
+}
+
+/// A stored response's replay, and how it is counted.
+fn replayed(response: &StoredResponse, waited: bool) -> (HttpResponse, Outcome) {
+    let outcome = if waited {
+        Outcome::Waited
+    } else {
+        Outcome::Replayed
+    };
+    (replay(response), outcome)
+}
+
+/// A problem's answer, and how it is counted.
+fn rejected(problem: &Problem) -> (HttpResponse, Outcome) {
+    let outcome = match problem.kind {
+        ProblemKind::InProgress => Outcome::Conflict,
+        ProblemKind::KeyReused => Outcome::Mismatch,
+        ProblemKind::StoreUnavailable => Outcome::StoreError,
+        _ => Outcome::Rejected,
+    };
+    (problem_response(problem), outcome)
 }
 
 fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>) -> HttpResponse {

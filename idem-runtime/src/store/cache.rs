@@ -215,8 +215,30 @@ async fn invalidate_forever(
     }
 }
 
+impl<S: Store> CachedStore<S> {
+    /// `begin`'s answer from this instance's cache, if it holds the record.
+    fn cached(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
+        let entry = self.shared.cache.get(key.as_str())?;
+        if Instant::now() >= entry.until {
+            self.shared.cache.remove(key.as_str());
+            return None;
+        }
+        self.shared.hits.fetch_add(1, Ordering::Relaxed);
+        Some(if entry.fingerprint == *fingerprint {
+            Begin::Replay(entry.response)
+        } else {
+            Begin::Mismatch
+        })
+    }
+}
+
 #[async_trait]
 impl<S: Store> Store for CachedStore<S> {
+    fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
+        self.cached(key, fingerprint)
+            .or_else(|| self.inner.begin_now(key, fingerprint))
+    }
+
     async fn begin(
         &self,
         key: &StorageKey,
@@ -224,16 +246,8 @@ impl<S: Store> Store for CachedStore<S> {
         lease: Duration,
         keep: Duration,
     ) -> Result<Begin, StoreError> {
-        if let Some(entry) = self.shared.cache.get(key.as_str()) {
-            if Instant::now() < entry.until {
-                self.shared.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(if entry.fingerprint == *fingerprint {
-                    Begin::Replay(entry.response)
-                } else {
-                    Begin::Mismatch
-                });
-            }
-            self.shared.cache.remove(key.as_str());
+        if let Some(answer) = self.cached(key, fingerprint) {
+            return Ok(answer);
         }
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
         let answer = self.inner.begin(key, fingerprint, lease, keep).await?;

@@ -126,6 +126,17 @@ pub trait Store: Send + Sync + 'static {
     /// attempt).
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError>;
 
+    /// `begin`'s answer when this store can give it at once, from this process's own memory,
+    /// without changing anything: [`Begin::Replay`] of a completed record or [`Begin::Mismatch`]
+    /// of a live one. `None` means "ask [`begin`](Store::begin)" — the default, and the answer
+    /// for anything a store would have to ask the network about. It must never answer what
+    /// `begin` would not (a purged or expired record is `None`); the adapters try it before
+    /// they spawn the task that calls `begin`, so a replay served from memory costs no task.
+    fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
+        let _ = (key, fingerprint);
+        None
+    }
+
     /// Extends the lease held by `token` to `lease` from now.
     async fn renew(
         &self,

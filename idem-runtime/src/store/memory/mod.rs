@@ -51,7 +51,7 @@ impl std::fmt::Debug for MemoryStore {
 }
 
 struct Inner {
-    shards: Vec<Mutex<HashMap<StorageKey, Entry>>>,
+    shards: Vec<Mutex<Shard>>,
     /// Per shard: when a full store last scanned it for records to drop (ms since `born`), so a
     /// flood of new keys against a full store costs a scan per shard per interval, not per key.
     last_rescue: Vec<AtomicU64>,
@@ -66,6 +66,10 @@ struct Inner {
     /// Per-principal caps and what each principal holds, when the store has them.
     principals: Option<Principals>,
 }
+
+/// One shard's records. Storage keys are HMAC outputs, but without an app secret anyone can
+/// compute them: the hasher is seeded per process, so nobody can aim keys at one bucket.
+type Shard = HashMap<StorageKey, Entry, foldhash::fast::RandomState>;
 
 struct Entry {
     fingerprint: Fingerprint,
@@ -170,7 +174,7 @@ impl MemoryStoreBuilder {
     /// Builds the store and starts its sweeper thread, which stops once the store is dropped.
     pub fn build(self) -> MemoryStore {
         let inner = Arc::new(Inner {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             last_rescue: (0..SHARDS).map(|_| AtomicU64::new(0)).collect(),
             last_rescue_all: AtomicU64::new(0),
             born: Instant::now(),
@@ -252,7 +256,7 @@ impl Inner {
         }) % SHARDS
     }
 
-    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, HashMap<StorageKey, Entry>> {
+    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, Shard> {
         // A poisoned shard only means a panic elsewhere while holding it; the map itself is
         // still consistent (every mutation is a single insert/remove), so keep serving.
         self.shards[Self::shard_index(key)]
@@ -268,7 +272,7 @@ impl Inner {
         );
     }
 
-    fn remove_entry(&self, map: &mut HashMap<StorageKey, Entry>, key: &StorageKey) {
+    fn remove_entry(&self, map: &mut Shard, key: &StorageKey) {
         if let Some(e) = map.remove(key) {
             self.used.fetch_sub(e.size, Ordering::Relaxed);
             self.entries.fetch_sub(1, Ordering::Relaxed);
@@ -297,13 +301,7 @@ impl Inner {
 
     /// Makes room for `need` more bytes, dropping the records of `map` that are not live
     /// (expired, released, or with a lapsed lease: only their attempt counts are lost).
-    fn admit(
-        &self,
-        map: &mut HashMap<StorageKey, Entry>,
-        shard: usize,
-        need: usize,
-        now: Instant,
-    ) -> bool {
+    fn admit(&self, map: &mut Shard, shard: usize, need: usize, now: Instant) -> bool {
         if self.used.load(Ordering::Relaxed) + need <= self.max_bytes {
             return true;
         }
@@ -340,7 +338,7 @@ impl Inner {
     }
 
     /// Drops the records of `map` that are not live.
-    fn drop_dead(&self, map: &mut HashMap<StorageKey, Entry>, now: Instant) {
+    fn drop_dead(&self, map: &mut Shard, now: Instant) {
         let dead: Vec<StorageKey> = map
             .iter()
             .filter(|(_, e)| !e.is_live(now))
@@ -357,7 +355,7 @@ impl Inner {
         &self,
         key: &StorageKey,
         token: FencingToken,
-        f: impl FnOnce(&Self, &mut HashMap<StorageKey, Entry>) -> R,
+        f: impl FnOnce(&Self, &mut Shard) -> R,
     ) -> Option<R> {
         let mut map = self.shard(key);
         let holds = matches!(
@@ -377,6 +375,18 @@ fn fenced(done: Option<()>) -> Fenced {
 
 #[async_trait]
 impl Store for MemoryStore {
+    fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
+        let map = self.inner.shard(key);
+        let e = map.get(key).filter(|e| e.is_live(Instant::now()))?;
+        if e.fingerprint != *fingerprint {
+            return Some(Begin::Mismatch);
+        }
+        match &e.state {
+            EntryState::Completed(r) => Some(Begin::Replay(r.clone())),
+            _ => None,
+        }
+    }
+
     async fn begin(
         &self,
         key: &StorageKey,
