@@ -92,3 +92,44 @@ async fn a_lease_too_short_for_the_store_deadline_is_refused() {
     let r = srv.post("/slow", "short").json(&body).send().await.unwrap();
     assert_eq!(r.status(), 200, "1 s / 3 > 300 ms");
 }
+
+/// What a record keeps of a body is its own bytes: a body sliced from a larger buffer (here
+/// 16 bytes of 1 MiB) is copied, so that a record never holds memory its store does not count —
+/// an echo of a request body, a slice of the connection's read buffer, once kept a whole buffer
+/// per record.
+#[actix_web::test]
+async fn a_kept_body_does_not_hold_the_buffer_it_was_sliced_from() {
+    use actix_web::web::Bytes;
+    use actix_web::{test, web, App, HttpResponse};
+
+    #[actix_web::post("/slice")]
+    #[idem::idempotent]
+    async fn slice(big: web::Data<Bytes>) -> HttpResponse {
+        HttpResponse::Created().body(big.slice(..16))
+    }
+
+    let big = web::Data::new(Bytes::from(vec![b'x'; 1 << 20]));
+    let app = test::init_service(
+        App::new()
+            .app_data(idem())
+            .app_data(big.clone())
+            .service(slice),
+    )
+    .await;
+    let send = || {
+        test::TestRequest::post()
+            .uri("/slice")
+            .insert_header(("Idempotency-Key", "slice-1"))
+            .to_request()
+    };
+    let first = test::call_and_read_body(&app, send()).await;
+    assert_eq!(first.len(), 16);
+    drop(first);
+    assert!(
+        big.is_unique(),
+        "the record holds (a slice of) the 1 MiB buffer its body came from"
+    );
+    let resp = test::call_service(&app, send()).await;
+    assert_eq!(resp.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(test::read_body(resp).await, Bytes::from(vec![b'x'; 16]));
+}

@@ -105,12 +105,16 @@ pub(super) async fn capture(
     }
 }
 
-/// The body to keep: `body` itself, or, when the endpoint redacts, the JSON document with each
+/// The body to keep: a copy of `body`, or, when the endpoint redacts, the JSON document with each
 /// pointer's value replaced by `"[redacted]"` (a pointer that matches nothing is fine). `None`
 /// when the endpoint redacts and the body is not a JSON document.
+///
+/// A copy, not `body` itself: a body may be a slice of a larger buffer (a request body echoed
+/// from the connection's read buffer, a part of a cached file), and a record that shared it would
+/// hold the whole buffer for its TTL — memory no store limit counts.
 fn redacted(policy: &Policy, body: &Bytes) -> Option<Bytes> {
     if policy.redact.is_empty() {
-        return Some(body.clone());
+        return Some(Bytes::copy_from_slice(body));
     }
     let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
     for pointer in policy.redact {
