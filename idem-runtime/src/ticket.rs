@@ -167,10 +167,12 @@ impl Ticket {
         if let std::task::Poll::Ready(out) = first {
             return out;
         }
+        // Boxed: its timers would otherwise be part of every execution's future, renewed or not.
+        let renew = Box::pin(self.renew_forever());
         tokio::select! {
             biased;
             out = &mut work => out,
-            never = self.renew_forever() => match never {},
+            never = renew => match never {},
         }
     }
 

@@ -118,7 +118,7 @@ where
     {
         let give_up = req.extensions().get::<super::completer::GiveUp>().copied();
         if let Some(give_up) = give_up {
-            return give_up_now(idem, &ticket, give_up.attempts).await;
+            return Box::pin(give_up_now(idem, &ticket, give_up.attempts)).await;
         }
     }
     let mut armed = ReleaseOnDrop(Some((ticket.clone(), idem.clone())));
@@ -132,7 +132,7 @@ where
     steps_context(idem, policy, &ticket, &req, &body);
     #[cfg(feature = "postgres")]
     let tx = if policy.transactional {
-        match super::tx::open(ticket.engine(), &req).await {
+        match Box::pin(super::tx::open(ticket.engine(), &req)).await {
             Ok(tx) => Some(tx),
             Err(resp) => {
                 armed.0 = None;
@@ -161,7 +161,7 @@ where
     let verdict = with_expiry(idem, &ticket, Verdict::of(policy, ran));
     #[cfg(feature = "postgres")]
     if let Some(tx) = tx {
-        return super::tx::finish(tx, &ticket, verdict).await;
+        return Box::pin(super::tx::finish(tx, &ticket, verdict)).await;
     }
     settle(idem, &ticket, verdict).await
 }

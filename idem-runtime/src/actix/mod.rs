@@ -114,7 +114,7 @@ where
     };
     if idem.shared.disabled {
         // `Idempotency::disabled()`: the handler alone, for unit tests.
-        return plain(req, payload.into_inner(), handler).await;
+        return Box::pin(plain(req, payload.into_inner(), handler)).await;
     }
     let Some(engine) = idem.engine_for(policy.store).cloned() else {
         return store_not_registered(policy);
@@ -173,7 +173,11 @@ where
                 missing_key(policy, &shared.header),
             )
         }
-        Ok(None) => return keyless(&engine, policy, req, body.into_payload(), handler).await,
+        Ok(None) => {
+            // Boxed, like the task below: the handler's future is not part of this one's size.
+            let run = keyless(&engine, policy, req, body.into_payload(), handler);
+            return Box::pin(run).await;
+        }
         Err(detail) => return refused(policy, ProblemKind::KeyInvalid, detail),
     };
     #[cfg(feature = "webhook")]
@@ -257,6 +261,9 @@ where
         observe::outcome(policy.endpoint, Some(&key_id), outcome);
         resp
     };
+    // Several KiB (the handler's future is inside): boxed once here, not copied on each move
+    // into the span, the task and its cell.
+    let task_body = Box::pin(task_body);
     let mut task = actix_web::rt::spawn(task_body.in_current_span());
     if let (Some(after), Some(key)) = (async_after, own_status) {
         // `accepted` with `respond_async_after`: a slow first request gets 202 too, and its
