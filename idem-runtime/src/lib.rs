@@ -18,6 +18,7 @@ pub mod client;
 pub mod conformance;
 pub(crate) mod engine;
 pub(crate) mod fingerprint;
+mod flow;
 pub(crate) mod key;
 mod key_source;
 pub(crate) mod observe;

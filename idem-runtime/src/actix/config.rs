@@ -42,36 +42,36 @@ type ScopeFn = dyn Fn(&HttpRequest) -> Option<String> + Send + Sync;
 /// ```
 #[derive(Clone)]
 pub struct Idempotency {
-    pub(super) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
 }
 
-pub(super) struct Shared {
-    pub(super) engine: Arc<Engine>,
-    pub(super) named: Vec<(String, Arc<Engine>)>,
-    pub(super) header: HeaderName,
-    pub(super) prefix: String,
-    pub(super) scope: Scope,
+pub(crate) struct Shared {
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) named: Vec<(String, Arc<Engine>)>,
+    pub(crate) header: HeaderName,
+    pub(crate) prefix: String,
+    pub(crate) scope: Scope,
     /// How storage keys are derived (keyed by the app secret, when there is one).
-    pub(super) derivation: Arc<KeyDerivation>,
+    pub(crate) derivation: Arc<KeyDerivation>,
     /// Seals stored responses (with an app secret).
-    pub(super) sealer: Option<Arc<crate::seal::Sealer>>,
+    pub(crate) sealer: Option<Arc<crate::seal::Sealer>>,
     /// Whether kept responses carry `Idempotency-Expires`.
-    pub(super) expiry_header: bool,
+    pub(crate) expiry_header: bool,
     /// `Idempotency::disabled()`: handlers run plainly.
-    pub(super) disabled: bool,
-    pub(super) max_response: usize,
-    pub(super) status_path: String,
+    pub(crate) disabled: bool,
+    pub(crate) max_response: usize,
+    pub(crate) status_path: String,
     #[cfg(feature = "webhook")]
-    pub(super) webhook: WebhookConfig,
+    pub(crate) webhook: WebhookConfig,
     /// Webhook deliveries pending, one per key and callback URL.
     #[cfg(feature = "webhook")]
-    pub(super) deliveries: Arc<super::webhook::Deliveries>,
+    pub(crate) deliveries: Arc<super::webhook::Deliveries>,
     /// The endpoint names claimed so far, with their handlers.
-    pub(super) names: super::names::Names,
+    pub(crate) names: super::names::Names,
     /// Operations in flight, for a graceful shutdown.
-    pub(super) inflight: Arc<super::shutdown::Inflight>,
+    pub(crate) inflight: Arc<super::shutdown::Inflight>,
     /// Endpoints whose lease was found too short for its renewals (logged once each).
-    pub(super) short_leases: std::sync::Mutex<Vec<&'static str>>,
+    pub(crate) short_leases: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -86,7 +86,7 @@ impl std::fmt::Debug for Idempotency {
 
 /// Who a request belongs to.
 #[derive(Clone)]
-pub(super) enum Scope {
+pub(crate) enum Scope {
     /// Nobody: one tenant, every request in one scope.
     Unscoped,
     /// A request header's value.
@@ -139,7 +139,7 @@ impl ScopeChosen for Scoped {
 /// Builder for [`Idempotency`]. `S` records whether the scope was chosen: [`build`](Self::build)
 /// exists only once it was.
 pub struct IdempotencyBuilder<S = NoScope> {
-    pub(super) settings: Settings,
+    pub(crate) settings: Settings,
     scope: S,
 }
 
@@ -150,7 +150,7 @@ impl<S> std::fmt::Debug for IdempotencyBuilder<S> {
 }
 
 /// Everything a builder holds besides its scope.
-pub(super) struct Settings {
+pub(crate) struct Settings {
     store: Option<Arc<dyn Store>>,
     named: Vec<(String, Arc<dyn Store>)>,
     header: HeaderName,
@@ -166,7 +166,7 @@ pub(super) struct Settings {
     max_response: usize,
     status_path: String,
     #[cfg(feature = "webhook")]
-    pub(super) webhook: WebhookConfig,
+    pub(crate) webhook: WebhookConfig,
     renew_leases: bool,
 }
 
@@ -226,7 +226,7 @@ impl Idempotency {
     }
 
     /// Every engine: the default store's first, then the named ones.
-    pub(super) fn engines(&self) -> impl Iterator<Item = &Arc<Engine>> {
+    pub(crate) fn engines(&self) -> impl Iterator<Item = &Arc<Engine>> {
         std::iter::once(&self.shared.engine).chain(self.shared.named.iter().map(|(_, e)| e))
     }
 
@@ -260,7 +260,7 @@ impl Idempotency {
     }
 
     /// Runs the secret check on `engine` in the background when one is due.
-    pub(super) fn check_secret_when_due(&self, engine: &Arc<Engine>) {
+    pub(crate) fn check_secret_when_due(&self, engine: &Arc<Engine>) {
         if !engine.secret_check_due() {
             return;
         }
@@ -537,7 +537,7 @@ impl<S> IdempotencyBuilder<S> {
 }
 
 /// The app's `Idempotency`, registered with `.app_data(idem)` or as `web::Data`.
-pub(super) fn find(req: &HttpRequest) -> Option<Idempotency> {
+pub(crate) fn find(req: &HttpRequest) -> Option<Idempotency> {
     req.app_data::<Idempotency>().cloned().or_else(|| {
         req.app_data::<web::Data<Idempotency>>()
             .map(|d| d.get_ref().clone())

@@ -15,6 +15,7 @@ use crate::problem::{Problem, ProblemKind};
 use crate::{Guarantee, OnConflict, Policy, StoredResponse};
 use tracing::Instrument;
 
+mod body;
 mod capture;
 #[cfg(feature = "postgres")]
 mod completer;
@@ -23,7 +24,6 @@ mod context;
 mod execute;
 mod names;
 mod operator;
-mod request;
 mod shutdown;
 mod status;
 #[cfg(feature = "postgres")]
@@ -33,15 +33,14 @@ mod tx;
 #[cfg(feature = "webhook")]
 mod webhook;
 
+use crate::flow::request::{self, find_key, missing_key};
+use body::Body;
 #[cfg(feature = "postgres")]
 pub use completer::{Completer, CompleterBuilder};
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder, NoScope, ScopeChosen, Scoped};
 pub use context::IdempotencyContext;
-#[cfg(feature = "postgres")]
-pub(crate) use execute::Verdict;
 pub use operator::{OperatorError, RecordInfo};
-use request::{find_key, missing_key, Body};
 #[cfg(feature = "postgres")]
 pub use steps::{StepError, Steps};
 #[cfg(feature = "postgres")]
@@ -129,8 +128,8 @@ where
         Err(conflict) => return name_conflict(policy, &conflict),
     };
     let policy = &policy;
-    if let Some(resp) = execute::lease_too_short(&idem, &engine, policy) {
-        return resp;
+    if let Some(p) = crate::flow::execute::lease_too_short(&idem, &engine, policy) {
+        return problem_response(&p);
     }
     idem.check_secret_when_due(&engine);
     let shared = &idem.shared;
@@ -164,13 +163,18 @@ where
         };
         body = Body::Buffered(raw);
     }
-    let key = match find_key(&req, policy, &shared.header, &content_type, &body, &decoded) {
+    let form = match (&body, &decoded) {
+        (_, Some(Some(plain))) => Some(&plain[..]),
+        (Body::Buffered(raw), _) => Some(&raw[..]),
+        (Body::Raw(_), _) => None,
+    };
+    let key = match find_key(&req, policy, shared.header.as_str(), &content_type, form) {
         Ok(Some(key)) => key,
         Ok(None) if policy.required => {
             return refused(
                 policy,
                 ProblemKind::KeyMissing,
-                missing_key(policy, &shared.header),
+                missing_key(policy, shared.header.as_str()),
             )
         }
         Ok(None) => {

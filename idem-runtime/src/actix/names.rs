@@ -17,15 +17,15 @@ use crate::Policy;
 /// The names this app's endpoints resolved to, each with the handler (module path) that owns
 /// it. Names are leaked once each: there are as many as routes.
 #[derive(Default)]
-pub(super) struct Names {
+pub(crate) struct Names {
     owners: RwLock<HashMap<&'static str, &'static str>>,
 }
 
 /// Two handlers claim one name.
 #[derive(Debug)]
-pub(super) struct Conflict {
-    pub(super) name: &'static str,
-    pub(super) owner: &'static str,
+pub(crate) struct Conflict {
+    pub(crate) name: &'static str,
+    pub(crate) owner: &'static str,
 }
 
 impl Names {
@@ -35,6 +35,18 @@ impl Names {
         policy: &'static Policy,
         req: &HttpRequest,
     ) -> Result<&'static str, Conflict> {
+        self.resolve_route(policy, req.method().as_str(), || req.match_pattern())
+    }
+
+    /// The name of `policy`'s endpoint for a request with `method` that matched the route
+    /// pattern `pattern` gives (none for a default service), claimed for its handler: what every
+    /// adapter calls, so that one endpoint has one name whatever framework serves it.
+    pub(crate) fn resolve_route(
+        &self,
+        policy: &'static Policy,
+        method: &str,
+        pattern: impl FnOnce() -> Option<String>,
+    ) -> Result<&'static str, Conflict> {
         let derived;
         let name: &str = match policy.name {
             Some(name) => name,
@@ -42,10 +54,8 @@ impl Names {
                 // No route pattern (a default service matches any path): the handler's path
                 // instead of the request's, so that names stay as few as the handlers and a
                 // client cannot mint one per path.
-                let route = req
-                    .match_pattern()
-                    .unwrap_or_else(|| policy.endpoint.to_owned());
-                derived = format!("{} {route}", req.method());
+                let route = pattern().unwrap_or_else(|| policy.endpoint.to_owned());
+                derived = format!("{method} {route}");
                 &derived
             }
         };

@@ -18,14 +18,14 @@ use super::Idempotency;
 
 /// The tasks of one app that a shutdown waits for.
 #[derive(Default)]
-pub(super) struct Inflight {
+pub(crate) struct Inflight {
     count: AtomicUsize,
     idle: Notify,
     draining: AtomicBool,
 }
 
 /// One counted task; dropping it uncounts it.
-pub(super) struct InflightGuard(Arc<Inflight>);
+pub(crate) struct InflightGuard(Arc<Inflight>);
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
@@ -37,13 +37,13 @@ impl Drop for InflightGuard {
 
 impl Inflight {
     /// Counts one more task until the guard is dropped.
-    pub(super) fn enter(self: &Arc<Self>) -> InflightGuard {
+    pub(crate) fn enter(self: &Arc<Self>) -> InflightGuard {
         self.count.fetch_add(1, Ordering::AcqRel);
         InflightGuard(self.clone())
     }
 
     /// Whether a shutdown started: no new operation is to start.
-    pub(super) fn draining(&self) -> bool {
+    pub(crate) fn draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
     }
 
@@ -65,10 +65,15 @@ impl Inflight {
 impl Idempotency {
     /// Runs `work` in a task of its own (in the current span) that a graceful shutdown waits for:
     /// background completions and releases, webhook deliveries.
-    pub(super) fn spawn_tracked(&self, work: impl std::future::Future<Output = ()> + 'static) {
+    /// On the current tokio runtime, whatever the framework: actix-web's worker or a
+    /// multi-threaded one under tower.
+    pub(crate) fn spawn_tracked(
+        &self,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         use tracing::Instrument;
         let inflight = self.shared.inflight.enter();
-        actix_web::rt::spawn(
+        tokio::spawn(
             async move {
                 work.await;
                 drop(inflight);

@@ -20,8 +20,9 @@ use std::ops::Deref;
 use std::sync::Arc;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 
-use super::{problem_response, reject, Verdict};
+use super::{problem_response, reject};
 use crate::engine::{deadline, Engine, Ticket};
+use crate::flow::execute::Verdict;
 use crate::observe::Outcome;
 use crate::problem::{Problem, ProblemKind};
 use crate::store::postgres::{TxConn, TxEnd};
@@ -154,7 +155,7 @@ pub(super) async fn open(engine: &Engine, req: &HttpRequest) -> Result<IdemTx, H
 pub(super) async fn finish(
     tx: IdemTx,
     ticket: &Ticket,
-    verdict: Verdict,
+    verdict: Verdict<HttpResponse>,
 ) -> (HttpResponse, Outcome) {
     let Some(conn) = tx.take().await else {
         ticket.release().await;

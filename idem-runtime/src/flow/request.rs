@@ -1,14 +1,10 @@
-//! Reading a request before the store is asked: its body (raw, and decoded when a form key or
-//! a `result`/`semantic` fingerprint needs it), its key from the endpoint's sources, and its
-//! fingerprint.
+//! Reading a request before the store is asked, whatever the framework: its key from the
+//! endpoint's sources, its body decoded when a form key or a `result`/`semantic` fingerprint
+//! needs it, and its fingerprint.
 
-use actix_web::http::header::{HeaderName, CONTENT_ENCODING, CONTENT_LENGTH, COOKIE};
-use actix_web::{dev, web, HttpRequest, HttpResponse};
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
 use std::io::Read;
 
-use super::reject;
+use super::Head;
 use crate::key::{parse_key_headers, IdempotencyKey};
 use crate::key_source::{
     form_fingerprint_body, from_cookies, from_form, from_query, query_without, FormKeyError,
@@ -17,60 +13,31 @@ use crate::key_source::{
 use crate::problem::{Problem, ProblemKind};
 use crate::{Fingerprint, Guarantee, Policy};
 
-/// The request body: still a stream, or read into memory (raw, before any decompression).
-pub(super) enum Body {
-    /// Not read yet.
-    Raw(web::Payload),
-    /// Read, raw (still compressed if it was sent so).
-    Buffered(Bytes),
-}
-
-impl Body {
-    pub(super) async fn buffer(
-        self,
-        req: &HttpRequest,
-        limit: usize,
-    ) -> Result<Bytes, HttpResponse> {
-        match self {
-            Body::Raw(payload) => buffer_body(req, payload, limit).await,
-            Body::Buffered(b) => Ok(b),
-        }
-    }
-
-    pub(super) fn into_payload(self) -> dev::Payload {
-        match self {
-            Body::Raw(payload) => payload.into_inner(),
-            Body::Buffered(b) => dev::Payload::from(b),
-        }
-    }
-}
-
 /// The key, from the first of the endpoint's sources that has one (the app's key header when
 /// the endpoint names none). `Err` is the 400's detail: a malformed key where one was found.
-pub(super) fn find_key(
-    req: &HttpRequest,
+///
+/// `form` is the body a form key is read from (decoded), `None` while the body is not read.
+pub(crate) fn find_key(
+    req: &impl Head,
     policy: &Policy,
-    default_header: &HeaderName,
+    default_header: &str,
     content_type: &str,
-    body: &Body,
-    decoded: &Option<Option<Vec<u8>>>,
+    form: Option<&[u8]>,
 ) -> Result<Option<IdempotencyKey>, String> {
-    let header = |name| parse_key_headers(req.headers().get_all(name).map(|v| v.as_bytes()));
+    let header = |name| parse_key_headers(req.header_values(name));
     if policy.key.is_empty() {
-        return header(default_header.as_str()).map_err(|e| e.to_string());
+        return header(default_header).map_err(|e| e.to_string());
     }
     for source in policy.key {
         let found = match *source {
             KeySource::Header(name) => header(name).map_err(FormKeyError::from),
-            KeySource::Query(name) => from_query(req.query_string(), name).map_err(Into::into),
+            KeySource::Query(name) => from_query(req.query(), name).map_err(Into::into),
             KeySource::Cookie(name) => {
-                let cookies = req.headers().get_all(COOKIE).map(|v| v.as_bytes());
-                from_cookies(cookies, name).map_err(Into::into)
+                from_cookies(req.header_values("cookie"), name).map_err(Into::into)
             }
-            KeySource::Form(name) => match (body, decoded) {
-                (_, Some(Some(plain))) => from_form(content_type, plain, name),
-                (Body::Buffered(raw), _) => from_form(content_type, raw, name),
-                (Body::Raw(_), _) => Ok(None),
+            KeySource::Form(name) => match form {
+                Some(body) => from_form(content_type, body, name),
+                None => Ok(None),
             },
         };
         match found {
@@ -83,7 +50,7 @@ pub(super) fn find_key(
 }
 
 /// The 400 detail for a missing key: where this endpoint looks for one.
-pub(super) fn missing_key(policy: &Policy, default_header: &HeaderName) -> String {
+pub(crate) fn missing_key(policy: &Policy, default_header: &str) -> String {
     let places = if policy.key.is_empty() {
         format!("an {default_header} header")
     } else {
@@ -101,7 +68,7 @@ pub(super) fn missing_key(policy: &Policy, default_header: &HeaderName) -> Strin
 }
 
 /// The names of this endpoint's key sources of one kind (`pick` chooses it), if any.
-pub(super) fn key_names(
+pub(crate) fn key_names(
     policy: &Policy,
     pick: impl Fn(KeySource) -> Option<&'static str>,
 ) -> Option<Vec<&'static str>> {
@@ -109,67 +76,18 @@ pub(super) fn key_names(
     (!names.is_empty()).then_some(names)
 }
 
-/// Reads the raw body (still compressed, if it was sent compressed), refusing more than `limit`.
-pub(super) async fn buffer_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Bytes, HttpResponse> {
-    let too_large = || {
-        reject(
-            ProblemKind::BodyTooLarge,
-            format!("the request body is larger than this endpoint's limit of {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    // The usual body arrives in one chunk: keep that chunk rather than copying it.
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    let mut total = 0usize;
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            reject(
-                ProblemKind::BodyUnreadable,
-                format!("the request body could not be read: {e}"),
-            )
-        })?;
-        total += chunk.len();
-        if total > limit {
-            return Err(too_large());
-        }
-        match first.take() {
-            None if buf.is_empty() => first = Some(chunk),
-            earlier => {
-                if let Some(earlier) = earlier {
-                    buf.reserve(declared.map_or(0, |n| n as usize).min(limit));
-                    buf.extend_from_slice(&earlier);
-                }
-                buf.extend_from_slice(&chunk);
-            }
-        }
-    }
-    Ok(first.unwrap_or_else(|| buf.freeze()))
-}
-
 /// The body as the handler's extractors will see it: gunzipped or inflated per
 /// `Content-Encoding` (`gzip`, `x-gzip`, `deflate`), at most `limit` bytes once decoded.
 /// `Ok(None)` when it is not encoded (or in an encoding left as it is).
-pub(super) fn decode(
-    req: &HttpRequest,
+pub(crate) fn decode(
+    req: &impl Head,
     raw: &[u8],
     limit: usize,
 ) -> Result<Option<Vec<u8>>, Problem> {
-    let Some(encoding) = req.headers().get(CONTENT_ENCODING) else {
+    let Some(encoding) = req.header("content-encoding") else {
         return Ok(None);
     };
-    let encoding = String::from_utf8_lossy(encoding.as_bytes())
+    let encoding = String::from_utf8_lossy(encoding)
         .trim()
         .to_ascii_lowercase();
     let reader: Box<dyn Read + '_> = match encoding.as_str() {
@@ -195,8 +113,8 @@ pub(super) fn decode(
 /// The request's fingerprint under the endpoint's guarantee. `strict` takes the raw body;
 /// `result` and `semantic` the decoded one. A key's own query parameter and form field, and a
 /// multipart boundary, are left out.
-pub(super) fn fingerprint(
-    req: &HttpRequest,
+pub(crate) fn fingerprint(
+    req: &impl Head,
     policy: &Policy,
     content_type: &str,
     raw: &[u8],
@@ -206,20 +124,16 @@ pub(super) fn fingerprint(
         KeySource::Query(name) => Some(name),
         _ => None,
     })
-    .and_then(|names| query_without(req.query_string(), &names))
+    .and_then(|names| query_without(req.query(), &names))
     .map(|q| match q.as_str() {
         "" => req.path().to_owned(),
         q => format!("{}?{q}", req.path()),
     });
     let path = match &without_key {
         Some(p) => p.as_str(),
-        None => req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/"),
+        None => req.path_and_query(),
     };
-    let method = req.method().as_str();
+    let method = req.method();
     let body = match (policy.guarantee, decoded) {
         (Guarantee::Strict, _) | (_, None) => raw,
         (_, Some(plain)) => plain,
