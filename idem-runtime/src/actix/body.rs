@@ -1,12 +1,12 @@
 //! The request as actix-web hands it over: its head read through [`Head`], and its body
-//! buffered (raw, still compressed if it was sent so) up to the endpoint's limit.
+//! read (raw, still compressed if it was sent so) up to the endpoint's limit.
 
-use actix_web::{dev, web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use super::problem_response;
-use crate::flow::{body_too_large, body_unreadable, content_length, Head};
+use crate::flow::{body_too_large, body_unreadable, Head};
+use crate::problem::Problem;
 
 impl Head for HttpRequest {
     fn method(&self) -> &str {
@@ -30,54 +30,30 @@ impl Head for HttpRequest {
     }
 }
 
-/// The request body: still a stream, or read into memory (raw, before any decompression).
-pub(super) enum Body {
-    /// Not read yet.
-    Raw(web::Payload),
-    /// Read, raw (still compressed if it was sent so).
-    Buffered(Bytes),
-}
-
-impl Body {
-    pub(super) async fn buffer(
-        self,
-        req: &HttpRequest,
-        limit: usize,
-    ) -> Result<Bytes, HttpResponse> {
-        match self {
-            Body::Raw(payload) => buffer_body(req, payload, limit).await,
-            Body::Buffered(b) => Ok(b),
-        }
-    }
-
-    pub(super) fn into_payload(self) -> dev::Payload {
-        match self {
-            Body::Raw(payload) => payload.into_inner(),
-            Body::Buffered(b) => dev::Payload::from(b),
-        }
+impl crate::flow::prepare::BodySource for web::Payload {
+    async fn read(self, declared: Option<u64>, limit: usize) -> Result<Bytes, Problem> {
+        buffer_body(self, declared, limit).await
     }
 }
 
 /// Reads the raw body (still compressed, if it was sent compressed), refusing more than `limit`.
-pub(super) async fn buffer_body(
-    req: &HttpRequest,
+async fn buffer_body(
     mut payload: web::Payload,
+    declared: Option<u64>,
     limit: usize,
-) -> Result<Bytes, HttpResponse> {
-    let too_large = || problem_response(&body_too_large(limit));
-    let declared = content_length(req);
+) -> Result<Bytes, Problem> {
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
+        return Err(body_too_large(limit));
     }
     // The usual body arrives in one chunk: keep that chunk rather than copying it.
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     let mut total = 0usize;
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| problem_response(&body_unreadable(e)))?;
+        let chunk = chunk.map_err(body_unreadable)?;
         total += chunk.len();
         if total > limit {
-            return Err(too_large());
+            return Err(body_too_large(limit));
         }
         match first.take() {
             None if buf.is_empty() => first = Some(chunk),

@@ -9,10 +9,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::engine::Decision;
-use crate::key_source::KeySource;
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
-use crate::{Guarantee, OnConflict, Policy, StoredResponse};
+use crate::{OnConflict, Policy, StoredResponse};
 use tracing::Instrument;
 
 mod body;
@@ -33,8 +32,7 @@ mod tx;
 #[cfg(feature = "webhook")]
 mod webhook;
 
-use crate::flow::request::{self, find_key, missing_key};
-use body::Body;
+use crate::flow::prepare::{prepare, Keyed, Prepared, Unkeyed};
 #[cfg(feature = "postgres")]
 pub use completer::{Completer, CompleterBuilder};
 use config::find;
@@ -89,10 +87,6 @@ where
 }
 
 /// A request refused before the store was asked: observed, then answered.
-fn refused(policy: &Policy, kind: ProblemKind, detail: impl Into<String>) -> HttpResponse {
-    refused_with(policy, reject(kind, detail))
-}
-
 fn refused_with(policy: &Policy, resp: HttpResponse) -> HttpResponse {
     observe::outcome(policy.endpoint, None, Outcome::Rejected);
     resp
@@ -132,88 +126,44 @@ where
         return problem_response(&p);
     }
     idem.check_secret_when_due(&engine);
-    let shared = &idem.shared;
     if policy.on_conflict == OnConflict::Webhook {
         #[cfg(feature = "webhook")]
-        if shared.webhook.secret.is_empty() {
+        if idem.shared.webhook.secret.is_empty() {
             return webhook::secret_missing(policy);
         }
         #[cfg(not(feature = "webhook"))]
         return webhook_not_compiled(policy);
     }
 
-    let content_type = req
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()))
-        .unwrap_or_default();
-    // A key in a form field needs the body first; otherwise the body is read once the key is
-    // known to be valid.
-    let mut body = Body::Raw(payload);
-    // Decoded (gunzipped…) once, when a form key or a `result`/`semantic` fingerprint needs it.
-    let mut decoded = None;
-    if policy.key.iter().any(|s| matches!(s, KeySource::Form(_))) {
-        let raw = match body.buffer(&req, policy.max_body).await {
-            Ok(b) => b,
-            Err(resp) => return refused_with(policy, resp),
-        };
-        decoded = match request::decode(&req, &raw, policy.max_body) {
-            Ok(d) => Some(d),
-            Err(p) => return refused_with(policy, problem_response(&p)),
-        };
-        body = Body::Buffered(raw);
-    }
-    let form = match (&body, &decoded) {
-        (_, Some(Some(plain))) => Some(&plain[..]),
-        (Body::Buffered(raw), _) => Some(&raw[..]),
-        (Body::Raw(_), _) => None,
-    };
-    let key = match find_key(&req, policy, shared.header.as_str(), &content_type, form) {
-        Ok(Some(key)) => key,
-        Ok(None) if policy.required => {
-            return refused(
-                policy,
-                ProblemKind::KeyMissing,
-                missing_key(policy, shared.header.as_str()),
-            )
-        }
-        Ok(None) => {
-            // Boxed, like the task below: the handler's future is not part of this one's size.
-            let run = keyless(&engine, policy, req, body.into_payload(), handler);
-            return Box::pin(run).await;
-        }
-        Err(detail) => return refused(policy, ProblemKind::KeyInvalid, detail),
-    };
-    #[cfg(feature = "webhook")]
-    let callback = match webhook::callback(&req, policy, &shared.webhook, &key) {
-        Ok(callback) => callback,
-        Err(e) => return refused(policy, ProblemKind::CallbackInvalid, e.to_string()),
-    };
-
-    let body = match body.buffer(&req, policy.max_body).await {
-        Ok(b) => b,
-        Err(resp) => return refused_with(policy, resp),
-    };
-    if decoded.is_none() && policy.guarantee != Guarantee::Strict {
-        decoded = match request::decode(&req, &body, policy.max_body) {
-            Ok(d) => Some(d),
-            Err(p) => return refused_with(policy, problem_response(&p)),
-        };
-    }
-    let decoded = decoded.as_ref().and_then(|d| d.as_deref());
-
     let principal = idem.principal(&req);
-    let storage_key = shared
-        .derivation
-        .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key)
-        .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
-    let fingerprint = shared.derivation.fingerprint(request::fingerprint(
-        &req,
-        policy,
-        &content_type,
-        &body,
-        decoded,
-    ));
+    #[cfg(feature = "webhook")]
+    let after_key = |key: &crate::IdempotencyKey| {
+        webhook::callback(&req, policy, &idem.shared.webhook, key)
+            .map_err(|e| Problem::new(ProblemKind::CallbackInvalid, e.to_string()))
+    };
+    #[cfg(not(feature = "webhook"))]
+    let after_key = |_: &crate::IdempotencyKey| Ok(());
+    let prepared = prepare(&idem, policy, &req, &principal, payload, after_key).await;
+    let Keyed {
+        storage_key,
+        fingerprint,
+        body,
+        checked: callback,
+        ..
+    } = match prepared {
+        Prepared::Keyed(keyed) => keyed,
+        Prepared::Refused(p) => return refused_with(policy, problem_response(&p)),
+        Prepared::Unkeyed(body) => {
+            let payload = match body {
+                Unkeyed::Unread(payload) => payload.into_inner(),
+                Unkeyed::Read(raw) => dev::Payload::from(raw),
+            };
+            // Boxed, like the task below: the handler's future is not part of this one's size.
+            return Box::pin(keyless(&engine, policy, req, payload, handler)).await;
+        }
+    };
+    #[cfg(not(feature = "webhook"))]
+    let () = callback;
 
     tracing::Span::current().record("key", storage_key.status_id());
     // A completed record this process holds in memory is answered here, without a task: it

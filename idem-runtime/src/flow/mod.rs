@@ -4,6 +4,7 @@
 //! their request and response types and spawn the execution on their runtime.
 
 pub(crate) mod execute;
+pub(crate) mod prepare;
 pub(crate) mod request;
 
 use crate::problem::{Problem, ProblemKind};
