@@ -1,12 +1,9 @@
-//! Response capture: the handler's response is read up to `max_response_bytes` and split into
-//! what the client gets now and what is stored for replay.
+//! Response capture on actix-web: the handler's response is read up to `max_response_bytes` and
+//! split into what the client gets now and what is stored for replay (what is kept:
+//! `flow/capture.rs`).
 //!
-//! A response that cannot be kept (larger than the limit, or whose body stream fails) still ran
-//! the operation, so it is never a reason to run it again: the client gets the handler's real
-//! response (what was read, then the rest of the stream), and the record is completed with a
-//! documented marker — the original status and an `application/problem+json` body of type
-//! `urn:idem:problem:response-not-kept` naming the original content type. Retries get that
-//! marker, with `Idempotent-Replayed: true`.
+//! A response that cannot be kept still reaches its client whole: what was read, then the rest
+//! of the stream; the record keeps the "response not kept" marker.
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::http::header::CONTENT_TYPE;
@@ -17,20 +14,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::Idempotency;
-use crate::engine::NEVER_REPLAYED;
-use crate::problem::ProblemKind;
+use crate::flow::capture::{keep, not_kept, NotKept};
 use crate::{Policy, StoredResponse};
 
 type BodyError = Box<dyn std::error::Error>;
-
-/// Why a response was not kept for replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NotKept {
-    TooLarge,
-    BodyFailed,
-    /// The endpoint redacts, and the body is not JSON those pointers apply to.
-    Unredactable,
-}
 
 /// Reads the handler's response up to the app's `max_response_bytes` and returns what the client
 /// gets and what is stored: the response itself, or the "not kept" marker when it is too large
@@ -76,24 +63,19 @@ pub(super) async fn capture(
                     all.freeze()
                 }
             };
-            let stored = match redacted(policy, &bytes) {
-                Some(body) => StoredResponse {
-                    status,
-                    headers: replayed_headers(idem, policy, &head),
-                    body,
-                },
-                None => {
-                    tracing::warn!(endpoint = policy.endpoint, status, "idem: this endpoint redacts its stored responses, and this body is not JSON the pointers apply to; it is not kept, and retries get a \"response not kept\" marker");
-                    not_kept(&head, NotKept::Unredactable, limit)
-                }
-            };
+            let headers = head
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_bytes()));
+            let stored = keep(idem, policy, status, headers, &bytes);
             (head.set_body(BoxBody::new(bytes)), stored)
         }
         Err(why) => {
-            if why == NotKept::TooLarge {
-                tracing::error!(limit, status, "idem: the handler's response is larger than max_response_bytes; it is sent in full but not kept, and retries get a \"response not kept\" marker instead of running the operation again");
-            }
-            let stored = not_kept(&head, why, limit);
+            let content_type = head
+                .headers()
+                .get(CONTENT_TYPE)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+            let stored = not_kept(status, content_type.as_deref(), why, limit);
             let tail = match why {
                 NotKept::TooLarge | NotKept::Unredactable => Tail::Body(body),
                 // The client sees the stream fail where it failed.
@@ -102,100 +84,6 @@ pub(super) async fn capture(
             let client = head.set_body(BoxBody::new(Replayed { read, tail, size }));
             (client, stored)
         }
-    }
-}
-
-/// The body to keep: a copy of `body`, or, when the endpoint redacts, the JSON document with each
-/// pointer's value replaced by `"[redacted]"` (a pointer that matches nothing is fine). `None`
-/// when the endpoint redacts and the body is not a JSON document.
-///
-/// A copy, not `body` itself: a body may be a slice of a larger buffer (a request body echoed
-/// from the connection's read buffer, a part of a cached file), and a record that shared it would
-/// hold the whole buffer for its TTL — memory no store limit counts.
-fn redacted(policy: &Policy, body: &Bytes) -> Option<Bytes> {
-    if policy.redact.is_empty() {
-        return Some(Bytes::copy_from_slice(body));
-    }
-    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
-    for pointer in policy.redact {
-        if let Some(v) = doc.pointer_mut(pointer) {
-            *v = serde_json::Value::String("[redacted]".into());
-        }
-    }
-    serde_json::to_vec(&doc).ok().map(Bytes::from)
-}
-
-/// The response headers kept for replay: the app's allow-list and the endpoint's own, never the
-/// ones in [`NEVER_REPLAYED`].
-fn replayed_headers(
-    idem: &Idempotency,
-    policy: &Policy,
-    head: &HttpResponse<()>,
-) -> Vec<(String, Bytes)> {
-    let engine = &idem.shared.engine;
-    head.headers()
-        .iter()
-        .filter(|(name, _)| {
-            let name = name.as_str();
-            engine.is_replayed(name)
-                || (policy.replay_headers.contains(&name) && !NEVER_REPLAYED.contains(&name))
-        })
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                Bytes::copy_from_slice(value.as_bytes()),
-            )
-        })
-        .collect()
-}
-
-/// The record of an operation whose response was not kept: its status, and a problem body that
-/// says so and names the original content type.
-/// Counted in `idem_response_not_kept_total`.
-fn not_kept(head: &HttpResponse<()>, why: NotKept, limit: usize) -> StoredResponse {
-    crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
-    let status = head.status().as_u16();
-    let content_type = head
-        .headers()
-        .get(CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    let content_type = content_type.as_deref();
-    let kind = ProblemKind::ResponseNotKept;
-    let detail = match why {
-        NotKept::TooLarge => format!(
-            "the operation ran once; its response was larger than the server keeps for replay \
-             ({limit} bytes), so it is not repeated here. Do not retry it: look the result up \
-             through the API instead"
-        ),
-        NotKept::BodyFailed => "the operation ran once; its response body failed while it was \
-                                sent, so it was not kept. Do not retry it: look the result up \
-                                through the API instead"
-            .to_owned(),
-        NotKept::Unredactable => "the operation ran once; its response could not be redacted \
-                                  as this endpoint requires before keeping it, so it was not \
-                                  kept. Do not retry it: look the result up through the API \
-                                  instead"
-            .to_owned(),
-    };
-    let body = serde_json::json!({
-        "type": kind.type_uri(),
-        "title": kind.title(),
-        "status": status,
-        "detail": detail,
-        "original_content_type": content_type,
-        "reason": match why {
-            NotKept::TooLarge => "too-large",
-            NotKept::BodyFailed => "body-failed",
-            NotKept::Unredactable => "unredactable",
-        },
-    });
-    StoredResponse {
-        status,
-        headers: vec![(
-            CONTENT_TYPE.as_str().to_owned(),
-            Bytes::from_static(b"application/problem+json"),
-        )],
-        body: serde_json::to_vec(&body).unwrap_or_default().into(),
     }
 }
 

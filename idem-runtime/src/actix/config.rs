@@ -265,7 +265,8 @@ impl Idempotency {
             return;
         }
         let (idem, engine) = (self.clone(), engine.clone());
-        actix_web::rt::spawn(async move {
+        // tokio's spawn: under actix-web and under a tower service alike.
+        tokio::spawn(async move {
             let done = crate::secret::agree(&engine, idem.prefix(), &idem.shared.derivation).await;
             engine.secret_check_done(done.is_ok());
         });

@@ -3,6 +3,7 @@
 //! taken to the record written ([`execute`]). The adapters (`actix`, `tower`) only translate
 //! their request and response types and spawn the execution on their runtime.
 
+pub(crate) mod capture;
 pub(crate) mod execute;
 pub(crate) mod prepare;
 pub(crate) mod request;

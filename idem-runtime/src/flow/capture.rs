@@ -1,0 +1,135 @@
+//! What a record keeps of a handler's response, whatever the framework: its status, the headers
+//! replays carry, and its body (redacted where the endpoint says so) — or, when the response
+//! cannot be kept (larger than the limit, a body that failed, a body that cannot be redacted),
+//! a documented marker: the original status and an `application/problem+json` body of type
+//! `urn:idem:problem:response-not-kept` naming the original content type. The operation ran, so
+//! that is never a reason to run it again.
+
+use bytes::Bytes;
+
+use crate::actix::Idempotency;
+use crate::engine::NEVER_REPLAYED;
+use crate::problem::ProblemKind;
+use crate::{Policy, StoredResponse};
+
+/// Why a response was not kept for replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotKept {
+    /// Larger than the app's `max_response_bytes`.
+    TooLarge,
+    /// Its body stream failed.
+    BodyFailed,
+    /// The endpoint redacts, and the body is not JSON those pointers apply to.
+    Unredactable,
+}
+
+/// The record of a response read whole: status, kept headers (`headers`: every response
+/// header, lowercase name and value) and body — or the marker when the endpoint redacts and the
+/// body is not JSON.
+pub(crate) fn keep<'h>(
+    idem: &Idempotency,
+    policy: &Policy,
+    status: u16,
+    headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    body: &Bytes,
+) -> StoredResponse {
+    let mut content_type = None;
+    let mut kept = Vec::new();
+    for (name, value) in headers {
+        if name == "content-type" {
+            content_type = Some(String::from_utf8_lossy(value).into_owned());
+        }
+        if replays(idem, policy, name) {
+            kept.push((name.to_owned(), Bytes::copy_from_slice(value)));
+        }
+    }
+    match redacted(policy, body) {
+        Some(body) => StoredResponse {
+            status,
+            headers: kept,
+            body,
+        },
+        None => {
+            tracing::warn!(endpoint = policy.endpoint, status, "idem: this endpoint redacts its stored responses, and this body is not JSON the pointers apply to; it is not kept, and retries get a \"response not kept\" marker");
+            not_kept(status, content_type.as_deref(), NotKept::Unredactable, 0)
+        }
+    }
+}
+
+/// Whether response header `name` is replayed: the app's allow-list and the endpoint's own,
+/// never the ones in [`NEVER_REPLAYED`].
+fn replays(idem: &Idempotency, policy: &Policy, name: &str) -> bool {
+    idem.shared.engine.is_replayed(name)
+        || (policy.replay_headers.contains(&name) && !NEVER_REPLAYED.contains(&name))
+}
+
+/// The body to keep: a copy of `body`, or, when the endpoint redacts, the JSON document with each
+/// pointer's value replaced by `"[redacted]"` (a pointer that matches nothing is fine). `None`
+/// when the endpoint redacts and the body is not a JSON document.
+///
+/// A copy, not `body` itself: a body may be a slice of a larger buffer (a request body echoed
+/// from the connection's read buffer, a part of a cached file), and a record that shared it would
+/// hold the whole buffer for its TTL — memory no store limit counts.
+fn redacted(policy: &Policy, body: &Bytes) -> Option<Bytes> {
+    if policy.redact.is_empty() {
+        return Some(Bytes::copy_from_slice(body));
+    }
+    let mut doc: serde_json::Value = serde_json::from_slice(body).ok()?;
+    for pointer in policy.redact {
+        if let Some(v) = doc.pointer_mut(pointer) {
+            *v = serde_json::Value::String("[redacted]".into());
+        }
+    }
+    serde_json::to_vec(&doc).ok().map(Bytes::from)
+}
+
+/// The record of an operation whose response was not kept: its status, and a problem body that
+/// says so and names the original content type. Counted in `idem_response_not_kept_total`.
+pub(crate) fn not_kept(
+    status: u16,
+    content_type: Option<&str>,
+    why: NotKept,
+    limit: usize,
+) -> StoredResponse {
+    crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
+    if why == NotKept::TooLarge {
+        tracing::error!(limit, status, "idem: the handler's response is larger than max_response_bytes; it is sent in full but not kept, and retries get a \"response not kept\" marker instead of running the operation again");
+    }
+    let kind = ProblemKind::ResponseNotKept;
+    let detail = match why {
+        NotKept::TooLarge => format!(
+            "the operation ran once; its response was larger than the server keeps for replay \
+             ({limit} bytes), so it is not repeated here. Do not retry it: look the result up \
+             through the API instead"
+        ),
+        NotKept::BodyFailed => "the operation ran once; its response body failed while it was \
+                                sent, so it was not kept. Do not retry it: look the result up \
+                                through the API instead"
+            .to_owned(),
+        NotKept::Unredactable => "the operation ran once; its response could not be redacted \
+                                  as this endpoint requires before keeping it, so it was not \
+                                  kept. Do not retry it: look the result up through the API \
+                                  instead"
+            .to_owned(),
+    };
+    let body = serde_json::json!({
+        "type": kind.type_uri(),
+        "title": kind.title(),
+        "status": status,
+        "detail": detail,
+        "original_content_type": content_type,
+        "reason": match why {
+            NotKept::TooLarge => "too-large",
+            NotKept::BodyFailed => "body-failed",
+            NotKept::Unredactable => "unredactable",
+        },
+    });
+    StoredResponse {
+        status,
+        headers: vec![(
+            "content-type".to_owned(),
+            Bytes::from_static(b"application/problem+json"),
+        )],
+        body: serde_json::to_vec(&body).unwrap_or_default().into(),
+    }
+}
