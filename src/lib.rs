@@ -50,6 +50,26 @@ pub use idem_runtime::testing;
 #[cfg(feature = "utoipa")]
 pub use idem_runtime::openapi;
 
+/// The idempotency layer for tower services (axum, hyper): feature `tower`.
+#[cfg(feature = "tower")]
+pub use idem_runtime::tower;
+
+/// One endpoint's policy for the tower layer (`idem::tower::IdempotencyLayer`, feature `tower`): the options of [`idempotent`], checked the same way at compile time, as a
+/// `&'static` policy. `name` is required — a tower layer does not know the route a request
+/// matched, and the name is what records are found by: give an actix-web handler of the same
+/// endpoint the same name and both serve the same records.
+///
+/// ```
+/// let policy = idem::policy!(name = "payments.create", ttl = "24h", on_conflict = "wait");
+/// # let _ = policy;
+/// ```
+///
+/// ```compile_fail
+/// // No name: refused.
+/// let policy = idem::policy!(ttl = "24h");
+/// ```
+pub use idem_macros::policy;
+
 /// What `#[idempotent]` expands to calls. **Not public API**: it changes with the macro in any
 /// release, and its path carries the version so that mismatched crates fail to compile.
 #[doc(hidden)]

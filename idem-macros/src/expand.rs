@@ -129,11 +129,53 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         #private::actix_web::Responder::respond_to(__idem_out, &__idem_req).map_into_boxed_body()
     };
 
+    let policy = policy_literal(
+        args,
+        &private,
+        quote!(::core::concat!(::core::module_path!(), "::", #name_str)),
+    );
+    // Webhook deliveries are a cargo feature: without it, a compile error that says so.
+    let needs_webhook = (args.on_conflict == crate::values::OnConflict::Webhook)
+        .then(|| quote!(const _: () = #private::needs_webhook_feature();));
+
+    quote_spanned! {call_site=>
+        #(#outer_attrs)*
+        #vis async fn #name(
+            __idem_req: #private::actix_web::HttpRequest,
+            __idem_payload: #private::actix_web::web::Payload,
+        ) -> #private::actix_web::HttpResponse {
+            #(#inner_attrs)*
+            #inner_sig #body
+            #needs_webhook
+
+            const __IDEM_POLICY: #private::Policy = #policy;
+            #private::document!(#name_str, __IDEM_POLICY);
+            #private::run(
+                __idem_req,
+                __idem_payload,
+                &__IDEM_POLICY,
+                |__idem_req: #private::actix_web::HttpRequest, #payload_param: #private::actix_web::dev::Payload| async move {
+                    #extract
+                    let __idem_out = #name(#(#vars),*).await;
+                    ::core::result::Result::Ok(#respond)
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// The `Policy` literal of `args`, its `endpoint` (the handler's path, what owns a name) given.
+pub(crate) fn policy_literal(
+    args: &Args,
+    private: &TokenStream,
+    endpoint: TokenStream,
+) -> TokenStream {
     let ttl = args.ttl;
     let lease = args.lease;
     let required = args.required;
     let max_body = args.max_body as usize;
-    let on_conflict = args.on_conflict.tokens(&private);
+    let on_conflict = args.on_conflict.tokens(private);
     let wait_timeout = args.wait_timeout;
     let respond_async_after = match args.respond_async_after {
         Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
@@ -143,7 +185,7 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(#private::millis(#ms))),
         None => quote!(::core::option::Option::None),
     };
-    let guarantee = args.guarantee.tokens(&private);
+    let guarantee = args.guarantee.tokens(private);
     let pointers = &args.fingerprint;
     let replay_headers = &args.replay_headers;
     let redact = &args.redact;
@@ -159,54 +201,29 @@ pub(crate) fn expand(args: &Args, item: ItemFn) -> TokenStream {
     let key_sources = args
         .key
         .iter()
-        .map(|(kind, name)| kind.tokens(&private, name));
-    let on_store_error = args.on_store_error.tokens(&private);
-    // Webhook deliveries are a cargo feature: without it, a compile error that says so.
-    let needs_webhook = (args.on_conflict == crate::values::OnConflict::Webhook)
-        .then(|| quote!(const _: () = #private::needs_webhook_feature();));
+        .map(|(kind, name)| kind.tokens(private, name));
+    let on_store_error = args.on_store_error.tokens(private);
 
-    quote_spanned! {call_site=>
-        #(#outer_attrs)*
-        #vis async fn #name(
-            __idem_req: #private::actix_web::HttpRequest,
-            __idem_payload: #private::actix_web::web::Payload,
-        ) -> #private::actix_web::HttpResponse {
-            #(#inner_attrs)*
-            #inner_sig #body
-            #needs_webhook
-
-            const __IDEM_POLICY: #private::Policy = #private::Policy {
-                endpoint: ::core::concat!(::core::module_path!(), "::", #name_str),
-                name: #endpoint_name,
-                ttl: #private::millis(#ttl),
-                client_error_ttl: #client_error_ttl,
-                lease: #private::millis(#lease),
-                guarantee: #guarantee,
-                on_conflict: #on_conflict,
-                required: #required,
-                on_store_error: #on_store_error,
-                max_body: #max_body,
-                wait_timeout: #private::millis(#wait_timeout),
-                respond_async_after: #respond_async_after,
-                fingerprint: &[#(#pointers),*],
-                replay_headers: &[#(#replay_headers),*],
-                store: #store,
-                transactional: #transactional,
-                key: &[#(#key_sources),*],
-                redact: &[#(#redact),*],
-            };
-            #private::document!(#name_str, __IDEM_POLICY);
-            #private::run(
-                __idem_req,
-                __idem_payload,
-                &__IDEM_POLICY,
-                |__idem_req: #private::actix_web::HttpRequest, #payload_param: #private::actix_web::dev::Payload| async move {
-                    #extract
-                    let __idem_out = #name(#(#vars),*).await;
-                    ::core::result::Result::Ok(#respond)
-                },
-            )
-            .await
+    quote! {
+        #private::Policy {
+            endpoint: #endpoint,
+            name: #endpoint_name,
+            ttl: #private::millis(#ttl),
+            client_error_ttl: #client_error_ttl,
+            lease: #private::millis(#lease),
+            guarantee: #guarantee,
+            on_conflict: #on_conflict,
+            required: #required,
+            on_store_error: #on_store_error,
+            max_body: #max_body,
+            wait_timeout: #private::millis(#wait_timeout),
+            respond_async_after: #respond_async_after,
+            fingerprint: &[#(#pointers),*],
+            replay_headers: &[#(#replay_headers),*],
+            store: #store,
+            transactional: #transactional,
+            key: &[#(#key_sources),*],
+            redact: &[#(#redact),*],
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `#[idempotent]`: makes an actix-web handler idempotent by declaration.
+//! `#[idempotent]`: makes an actix-web handler idempotent by declaration; `policy!`: the same
+//! options for the tower layer.
 //!
 //! Use it through the `idem` crate (`use idem::idempotent;`), which documents every option.
 //! Every option is checked at compile time; a bad value is an error pointing at it.
@@ -8,6 +9,7 @@
 mod args;
 mod expand;
 mod options;
+mod policy;
 mod rules;
 mod validate;
 mod values;
@@ -54,4 +56,14 @@ pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     // Keep the user's item so IDEs and later errors still see it.
     let err = result.to_compile_error();
     quote::quote!(#item2 #err).into()
+}
+
+/// One endpoint's policy for the tower layer (`idem::tower::IdempotencyLayer`), from the same
+/// options as `#[idempotent]`, checked the same way at compile time; a `&'static Policy`.
+/// `name` is required.
+///
+/// Use it as `idem::policy!`; its documentation there has an example.
+#[proc_macro]
+pub fn policy(input: TokenStream) -> TokenStream {
+    policy::expand(input.into()).into()
 }

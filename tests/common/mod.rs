@@ -7,6 +7,7 @@ pub mod pg;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;
+pub mod tower;
 
 use actix_web::{dev::ServerHandle, web, App, HttpRequest, HttpResponse, HttpServer};
 use idem::{idempotent, Idempotency};

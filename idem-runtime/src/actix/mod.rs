@@ -18,7 +18,7 @@ mod body;
 mod capture;
 #[cfg(feature = "postgres")]
 mod completer;
-mod config;
+pub(crate) mod config;
 mod context;
 mod execute;
 mod names;
@@ -38,6 +38,7 @@ pub use completer::{Completer, CompleterBuilder};
 use config::find;
 pub use config::{Idempotency, IdempotencyBuilder, NoScope, ScopeChosen, Scoped};
 pub use context::IdempotencyContext;
+pub(crate) use names::Conflict;
 pub use operator::{OperatorError, RecordInfo};
 #[cfg(feature = "postgres")]
 pub use steps::{StepError, Steps};
@@ -110,7 +111,7 @@ where
         return Box::pin(plain(req, payload.into_inner(), handler)).await;
     }
     let Some(engine) = idem.engine_for(policy.store).cloned() else {
-        return store_not_registered(policy);
+        return problem_response(&crate::flow::store_not_registered(policy));
     };
     // From here on the endpoint is known by its stable name (the storage keys' endpoint part,
     // metrics, logs).
@@ -119,7 +120,7 @@ where
             endpoint: name,
             ..*policy
         },
-        Err(conflict) => return name_conflict(policy, &conflict),
+        Err(conflict) => return problem_response(&crate::flow::name_conflict(policy, &conflict)),
     };
     let policy = &policy;
     if let Some(p) = crate::flow::execute::lease_too_short(&idem, &engine, policy) {
@@ -266,40 +267,6 @@ fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>)
              so a retry with the same key runs it again",
         )
     })
-}
-
-/// 500 for an endpoint naming a store the app did not register; logged once.
-fn store_not_registered(policy: &Policy) -> HttpResponse {
-    static LOGGED: AtomicBool = AtomicBool::new(false);
-    let name = policy.store.unwrap_or_default();
-    if !LOGGED.swap(true, Ordering::Relaxed) {
-        tracing::error!(endpoint = policy.endpoint, store = name, "idem: this endpoint names a store the app did not register; add `.named_store(\"{name}\", …)` to the Idempotency builder");
-    }
-    observe::outcome(policy.endpoint, None, Outcome::StoreError);
-    reject(
-        ProblemKind::Internal,
-        format!("this endpoint's idempotency store `{name}` is not configured on the server"),
-    )
-}
-
-/// 500 for a second handler claiming an endpoint name another handler of the app owns; logged
-/// each time (it is a deploy error to fix at once).
-fn name_conflict(policy: &Policy, conflict: &names::Conflict) -> HttpResponse {
-    tracing::error!(
-        endpoint = policy.endpoint,
-        name = conflict.name,
-        owner = conflict.owner,
-        "idem: two handlers claim one endpoint name; give each its own `name`"
-    );
-    observe::outcome(conflict.name, None, Outcome::Rejected);
-    reject(
-        ProblemKind::Internal,
-        format!(
-            "the endpoint name `{}` belongs to another handler of this app (`{}`); each \
-             idempotent handler needs its own name",
-            conflict.name, conflict.owner
-        ),
-    )
 }
 
 /// 500 for a webhook endpoint in a build without the `webhook` feature (the attribute refuses

@@ -8,7 +8,11 @@ pub(crate) mod execute;
 pub(crate) mod prepare;
 pub(crate) mod request;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
+use crate::Policy;
 
 /// What the flow reads of a request's head, whatever the framework's request type.
 pub(crate) trait Head {
@@ -51,4 +55,38 @@ pub(crate) fn content_length(req: &impl Head) -> Option<u64> {
         .trim()
         .parse()
         .ok()
+}
+
+/// 500 for an endpoint naming a store the app did not register; logged once.
+pub(crate) fn store_not_registered(policy: &Policy) -> Problem {
+    static LOGGED: AtomicBool = AtomicBool::new(false);
+    let name = policy.store.unwrap_or_default();
+    if !LOGGED.swap(true, Ordering::Relaxed) {
+        tracing::error!(endpoint = policy.endpoint, store = name, "idem: this endpoint names a store the app did not register; add `.named_store(\"{name}\", …)` to the Idempotency builder");
+    }
+    observe::outcome(policy.endpoint, None, Outcome::StoreError);
+    Problem::new(
+        ProblemKind::Internal,
+        format!("this endpoint's idempotency store `{name}` is not configured on the server"),
+    )
+}
+
+/// 500 for a second handler claiming an endpoint name another handler of the app owns; logged
+/// each time (it is a deploy error to fix at once).
+pub(crate) fn name_conflict(policy: &Policy, conflict: &crate::actix::Conflict) -> Problem {
+    tracing::error!(
+        endpoint = policy.endpoint,
+        name = conflict.name,
+        owner = conflict.owner,
+        "idem: two handlers claim one endpoint name; give each its own `name`"
+    );
+    observe::outcome(conflict.name, None, Outcome::Rejected);
+    Problem::new(
+        ProblemKind::Internal,
+        format!(
+            "the endpoint name `{}` belongs to another handler of this app (`{}`); each \
+             idempotent handler needs its own name",
+            conflict.name, conflict.owner
+        ),
+    )
 }

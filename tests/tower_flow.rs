@@ -1,0 +1,244 @@
+//! The tower layer on a real axum server, against the actix-web adapter serving the same
+//! endpoint: a replay is the first response; a storm of 100 duplicates runs once; a client that
+//! resets mid-handler does not cancel it; and every refusal (400, 409, 413, 422) is the same
+//! problem+json, status and headers from both adapters.
+
+mod common;
+
+use actix_web::{post, web, HttpRequest, HttpResponse};
+use axum::routing::post as axum_post;
+use common::tower::{delay, echo, serve, Runs};
+use idem::{idempotent, Idempotency, MemoryStore};
+use idem_runtime::tower::IdempotencyLayer;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+/// The endpoint as the actix-web adapter serves it.
+#[post("/echo")]
+#[idempotent(name = "echo", ttl = "1h", max_body = "1KiB", lease = "10s")]
+async fn echo_actix(runs: web::Data<Runs>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    let wait = delay(req.headers().get("x-delay-ms").map(|v| v.as_bytes()));
+    tokio::time::sleep(wait).await;
+    HttpResponse::Created()
+        .content_type("application/json")
+        .insert_header(("x-run", n.to_string()))
+        .body(body)
+}
+
+/// The same endpoint's policy for the tower layer.
+fn policy() -> &'static idem_runtime::__private_v0_1::Policy {
+    idem::policy!(name = "echo", ttl = "1h", max_body = "1KiB", lease = "10s")
+}
+
+fn idem() -> Idempotency {
+    common::builder().store(MemoryStore::default()).build()
+}
+
+/// The axum app: `/echo` behind the layer (`on_conflict` as `policy` says), `/wait` waiting for
+/// a duplicate's first request.
+fn axum_app(runs: Runs) -> SocketAddr {
+    serve(move || async move {
+        let idem = idem();
+        let wait = idem::policy!(
+            name = "wait",
+            ttl = "1h",
+            on_conflict = "wait",
+            wait_timeout = "10s"
+        );
+        axum::Router::new()
+            .route(
+                "/echo",
+                axum_post(echo).layer(IdempotencyLayer::new(&idem, policy())),
+            )
+            .route(
+                "/wait",
+                axum_post(echo).layer(IdempotencyLayer::new(&idem, wait)),
+            )
+            .with_state(runs)
+    })
+}
+
+fn actix_app(runs: Runs) -> SocketAddr {
+    let idem = idem();
+    let (addr, _handle) = common::serve(1, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(web::Data::new(runs.clone()))
+            .service(echo_actix);
+    });
+    addr
+}
+
+fn post(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    body: &'static str,
+) -> reqwest::RequestBuilder {
+    let r = common::client()
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .header("authorization", "acct-1")
+        .body(body);
+    match key {
+        Some(k) => r.header("idempotency-key", k),
+        None => r,
+    }
+}
+
+#[actix_web::test]
+async fn a_replay_through_the_layer_is_the_first_response() {
+    let runs = Runs::default();
+    let app = axum_app(runs.clone());
+    let first = post(app, "/echo", Some("k-1"), r#"{"amount":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 201);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let expires = first.headers().get("idempotency-expires").cloned();
+    assert!(
+        expires.is_some(),
+        "a kept answer says how long its key is kept"
+    );
+    assert_eq!(first.text().await.unwrap(), r#"{"amount":1}"#);
+
+    let again = post(app, "/echo", Some("k-1"), r#"{"amount":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(again.headers().get("idempotency-expires").cloned(), expires);
+    assert_eq!(
+        again.headers().get("content-type").unwrap(),
+        "application/json"
+    );
+    assert!(
+        again.headers().get("x-run").is_none(),
+        "not a replayed header"
+    );
+    assert_eq!(again.text().await.unwrap(), r#"{"amount":1}"#);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[actix_web::test]
+async fn a_storm_of_100_duplicates_through_the_layer_runs_once() {
+    let runs = Runs::default();
+    let app = axum_app(runs.clone());
+    let sends = (0..100).map(|_| async move {
+        let r = post(app, "/wait", Some("storm-1"), r#"{"amount":7}"#)
+            .header("x-delay-ms", "300")
+            .send()
+            .await
+            .unwrap();
+        let replayed = r.headers().get("idempotent-replayed").is_some();
+        (r.status().as_u16(), replayed, r.text().await.unwrap())
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "one execution");
+    assert!(answers
+        .iter()
+        .all(|(s, _, b)| *s == 201 && b == r#"{"amount":7}"#));
+    assert_eq!(
+        answers.iter().filter(|(_, replayed, _)| *replayed).count(),
+        99
+    );
+}
+
+#[actix_web::test]
+async fn a_client_reset_mid_handler_does_not_cancel_it() {
+    use tokio::io::AsyncWriteExt;
+    let runs = Runs::default();
+    let app = axum_app(runs.clone());
+    let body = r#"{"amount":3}"#;
+    let raw = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nIdempotency-Key: rst-1\r\nAuthorization: acct-1\r\n\
+         X-Delay-Ms: 400\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut sock = tokio::net::TcpStream::connect(app).await.unwrap();
+    sock.write_all(raw.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sock.set_zero_linger().unwrap();
+    drop(sock); // RST while the handler sleeps
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let retry = post(app, "/echo", Some("rst-1"), body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the reset did not cancel it, nor run it again"
+    );
+}
+
+/// Status, `content-type`, `retry-after` and the problem document of one answer.
+async fn answer(r: reqwest::RequestBuilder) -> (u16, String, Option<String>, serde_json::Value) {
+    let r = r.send().await.unwrap();
+    let header = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_owned());
+    let (status, ct, retry) = (
+        r.status().as_u16(),
+        header("content-type"),
+        header("retry-after"),
+    );
+    (
+        status,
+        ct.unwrap_or_default(),
+        retry,
+        r.json().await.unwrap(),
+    )
+}
+
+#[actix_web::test]
+async fn refusals_are_the_same_problems_from_both_adapters() {
+    let (a_runs, t_runs) = (Runs::default(), Runs::default());
+    let (actix, tower) = (actix_app(a_runs.clone()), axum_app(t_runs.clone()));
+    let long_key = "k".repeat(300);
+    let big: &'static str = Box::leak("x".repeat(2048).into_boxed_str());
+    for app in [actix, tower] {
+        // A first request for the mismatch, and one in flight for the conflict.
+        assert_eq!(
+            post(app, "/echo", Some("used"), r#"{"a":1}"#)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+        tokio::spawn(
+            post(app, "/echo", Some("busy"), "{}")
+                .header("x-delay-ms", "1500")
+                .send(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cases: [(&str, Option<&str>, &'static str, u16); 5] = [
+        ("missing key", None, "{}", 400),
+        ("invalid key", Some(&long_key), "{}", 400),
+        (
+            "key reused for another payload",
+            Some("used"),
+            r#"{"a":2}"#,
+            422,
+        ),
+        ("in progress", Some("busy"), "{}", 409),
+        ("body over max_body", Some("big"), big, 413),
+    ];
+    for (case, key, body, status) in cases {
+        let from_actix = answer(post(actix, "/echo", key, body)).await;
+        let from_tower = answer(post(tower, "/echo", key, body)).await;
+        assert_eq!(from_actix.0, status, "{case}: actix status");
+        assert_eq!(from_actix.1, "application/problem+json", "{case}");
+        assert_eq!(
+            from_tower, from_actix,
+            "{case}: the tower layer answers as actix-web does"
+        );
+    }
+    assert_eq!(a_runs.load(Ordering::SeqCst), 2);
+    assert_eq!(t_runs.load(Ordering::SeqCst), 2);
+}
