@@ -13,10 +13,11 @@
 //!
 //! A `memory sealed` target is the memory one with an app secret: responses sealed at rest.
 //! `plain echo` / `memory echo` serve a trivial handler (echo a 25-byte JSON body), the latter's
-//! ratio taken to the former.
+//! ratio taken to the former. `axum plain` / `axum memory` serve the JSON handler on axum, plain
+//! and behind idem's tower layer (memory store), the latter's ratio taken to the former.
 //!
 //! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override;
-//! `LOAD_ONLY=memory|echo|redis|postgres` and `LOAD_SCENARIO=replay|new key|same-key storm` narrow it).
+//! `LOAD_ONLY=memory|echo|axum|redis|postgres` and `LOAD_SCENARIO=replay|new key|same-key storm` narrow it).
 
 use actix_web::{post, web, App, HttpResponse, HttpServer};
 use idem::{idempotent, CachedStore, Idempotency, MemoryStore, RedisStore};
@@ -24,7 +25,7 @@ use idem::{idempotent, CachedStore, Idempotency, MemoryStore, RedisStore};
 // feature, which a package cannot turn on for its own tests.
 use idem_runtime::{IdemTx, PostgresStore};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 #[path = "../tests/common/redis.rs"]
@@ -166,19 +167,6 @@ fn serve(layer: Idempotency, ledger: Option<web::Data<Ledger>>) -> SocketAddr {
     addr
 }
 
-/// Each app's worker thread: where its CPU time is read.
-static WORKERS: Mutex<Vec<(SocketAddr, Arc<OnceLock<std::path::PathBuf>>)>> =
-    Mutex::new(Vec::new());
-
-/// Nanoseconds the app at `addr`'s worker thread has run on a CPU so far (user and kernel, the
-/// loopback TCP work it does included), if Linux tells.
-fn worker_cpu_ns(addr: SocketAddr) -> Option<u64> {
-    let workers = WORKERS.lock().unwrap_or_else(|p| p.into_inner());
-    let (_, path) = workers.iter().find(|(a, _)| *a == addr)?;
-    let stat = std::fs::read_to_string(path.get()?).ok()?;
-    stat.split_whitespace().next()?.parse().ok()
-}
-
 /// The trivial handler's body: 25 bytes of JSON.
 const TRIVIAL: &[u8] = br#"{"amount":12,"cur":"EUR"}"#;
 
@@ -187,6 +175,13 @@ mod support;
 
 #[path = "support/driver.rs"]
 mod driver;
+
+#[path = "support/worker_cpu.rs"]
+mod worker_cpu;
+use worker_cpu::{worker_cpu_ns, WORKERS};
+
+#[path = "support/axum_app.rs"]
+mod axum_app;
 use driver::{drive, Row, Scenario};
 
 /// The PostgreSQL part: an app whose records live in PostgreSQL, reached (like the ledger)
@@ -321,6 +316,7 @@ fn main() {
             .build(),
         None,
     );
+    let axum = axum_app::serve_axum();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -460,6 +456,28 @@ fn main() {
                     });
                 }
             }
+            // The same JSON handler on axum, plain and behind the tower layer (memory store).
+            if wanted("memory") || only.as_deref() == Some("axum") {
+                let mut axum_plain = 0.0;
+                for (target, path) in [("axum plain", "/plain"), ("axum memory", "/idem")] {
+                    run += 1;
+                    let (rps, p50, p99, _, mix) =
+                        drive(axum, path, scenario, run, conns, secs, &body).await;
+                    if target == "axum plain" {
+                        axum_plain = rps;
+                    }
+                    rows.push(Row {
+                        scenario: scenario.name(),
+                        target,
+                        rps,
+                        p50,
+                        p99,
+                        ratio: (target != "axum plain").then(|| rps / axum_plain),
+                        store_per_req: None,
+                        mix,
+                    });
+                }
+            }
             if let (Some((server, addr, cached)), true) = (&redis, wanted("redis")) {
                 for (target, addr) in [("redis", addr), ("redis cached", cached)] {
                     run += 1;
@@ -566,21 +584,6 @@ fn main() {
             r.mix
         );
     }
-    if !costs.is_empty() {
-        println!();
-        println!("The trivial handler's server cost (its worker thread's CPU time per answer):");
-        println!();
-        println!("| scenario | target | server CPU µs/req | plain echo's cost ÷ this |");
-        println!("| --- | --- | ---: | ---: |");
-        for (scenario, target, cost, ratio) in &costs {
-            println!(
-                "| {scenario} | {target} | {} | {} |",
-                cost.map_or("—".into(), |c| format!("{c:.2}")),
-                ratio
-                    .filter(|_| *target != "plain echo")
-                    .map_or("—".into(), |r| format!("{r:.2}")),
-            );
-        }
-    }
+    worker_cpu::print_costs(&costs);
     drop((redis, durable));
 }
