@@ -20,6 +20,9 @@ pub use idem_runtime::{
     ScopeChosen, Scoped, DEFAULT_REPLAYED, NEVER_REPLAYED,
 };
 
+/// Idempotent functions (not HTTP handlers): `idem.once("name").run(key, &args, async || …)`.
+pub use idem_runtime::{Once, OnceError};
+
 /// Stores: the ones idem ships, and what a store of your own implements.
 pub use idem_runtime::{
     Begin, CachedStore, Fenced, FencingToken, Fingerprint, IdempotencyKey, Invalidation, KeyError,

@@ -22,6 +22,9 @@ mod flow;
 pub(crate) mod key;
 mod key_source;
 pub(crate) mod observe;
+mod once;
+#[cfg(feature = "postgres")]
+mod once_tx;
 #[cfg(feature = "utoipa")]
 #[cfg_attr(docsrs, doc(cfg(feature = "utoipa")))]
 pub mod openapi;
@@ -104,6 +107,7 @@ pub use fingerprint::Fingerprint;
 pub use key::{IdempotencyKey, KeyError, StorageKey};
 pub(crate) use key_source::KeySource;
 pub use key_source::{form_key, form_key_input};
+pub use once::{Once, OnceError};
 pub(crate) use policy::Policy;
 pub use policy::{Guarantee, OnConflict, OnStoreError};
 pub use problem::{Problem, ProblemKind};
