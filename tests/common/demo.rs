@@ -55,7 +55,7 @@ impl Drop for Demo {
 }
 
 /// `cargo test` builds the examples next to the test binaries: target/<profile>/examples/.
-fn example_binary(name: &str) -> std::path::PathBuf {
+pub fn example_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current test binary");
     let profile_dir = exe
         .parent()
