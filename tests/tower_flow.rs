@@ -7,7 +7,7 @@ mod common;
 
 use actix_web::{post, web, HttpRequest, HttpResponse};
 use axum::routing::post as axum_post;
-use common::tower::{delay, echo, serve, Runs};
+use common::tower::{echo, serve, Runs};
 use idem::{idempotent, Idempotency, MemoryStore};
 use idem_runtime::tower::IdempotencyLayer;
 use std::net::SocketAddr;
@@ -18,13 +18,7 @@ use std::time::Duration;
 #[post("/echo")]
 #[idempotent(name = "echo", ttl = "1h", max_body = "1KiB", lease = "10s")]
 async fn echo_actix(runs: web::Data<Runs>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
-    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
-    let wait = delay(req.headers().get("x-delay-ms").map(|v| v.as_bytes()));
-    tokio::time::sleep(wait).await;
-    HttpResponse::Created()
-        .content_type("application/json")
-        .insert_header(("x-run", n.to_string()))
-        .body(body)
+    common::tower::echo_actix(&runs, &req, body).await
 }
 
 /// The same endpoint's policy for the tower layer.

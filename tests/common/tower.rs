@@ -67,3 +67,17 @@ pub fn delay(header: Option<&[u8]>) -> Duration {
         .unwrap_or(0);
     Duration::from_millis(ms)
 }
+
+/// The same handler's body for an actix-web `#[idempotent]` endpoint.
+pub async fn echo_actix(
+    runs: &Runs,
+    req: &actix_web::HttpRequest,
+    body: actix_web::web::Bytes,
+) -> actix_web::HttpResponse {
+    let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(delay(req.headers().get("x-delay-ms").map(|v| v.as_bytes()))).await;
+    actix_web::HttpResponse::Created()
+        .content_type("application/json")
+        .insert_header(("x-run", n.to_string()))
+        .body(body)
+}

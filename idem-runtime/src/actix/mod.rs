@@ -233,23 +233,15 @@ where
 
 /// A stored response's replay, and how it is counted.
 fn replayed(response: &StoredResponse, waited: bool) -> (HttpResponse, Outcome) {
-    let outcome = if waited {
-        Outcome::Waited
-    } else {
-        Outcome::Replayed
-    };
-    (replay(response), outcome)
+    (replay(response), crate::flow::replay_outcome(waited))
 }
 
 /// A problem's answer, and how it is counted.
 fn rejected(problem: &Problem) -> (HttpResponse, Outcome) {
-    let outcome = match problem.kind {
-        ProblemKind::InProgress => Outcome::Conflict,
-        ProblemKind::KeyReused => Outcome::Mismatch,
-        ProblemKind::StoreUnavailable => Outcome::StoreError,
-        _ => Outcome::Rejected,
-    };
-    (problem_response(problem), outcome)
+    (
+        problem_response(problem),
+        crate::flow::problem_outcome(problem),
+    )
 }
 
 fn finished(policy: &Policy, done: Result<HttpResponse, tokio::task::JoinError>) -> HttpResponse {

@@ -90,3 +90,23 @@ pub(crate) fn name_conflict(policy: &Policy, conflict: &crate::actix::Conflict) 
         ),
     )
 }
+
+/// How an answer is counted: a replay (after waiting for the first request, or not), or a
+/// problem by its kind.
+pub(crate) fn replay_outcome(waited: bool) -> Outcome {
+    if waited {
+        Outcome::Waited
+    } else {
+        Outcome::Replayed
+    }
+}
+
+/// How a problem answer is counted.
+pub(crate) fn problem_outcome(problem: &Problem) -> Outcome {
+    match problem.kind {
+        ProblemKind::InProgress => Outcome::Conflict,
+        ProblemKind::KeyReused => Outcome::Mismatch,
+        ProblemKind::StoreUnavailable => Outcome::StoreError,
+        _ => Outcome::Rejected,
+    }
+}

@@ -239,14 +239,9 @@ where
         let _inflight = inflight;
         let key_id = storage_key.status_id().to_owned();
         let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
-            Decision::Replay { response, waited } => (
-                replay(&response),
-                if waited {
-                    Outcome::Waited
-                } else {
-                    Outcome::Replayed
-                },
-            ),
+            Decision::Replay { response, waited } => {
+                (replay(&response), crate::flow::replay_outcome(waited))
+            }
             Decision::Reject(problem) => rejected(&problem),
             Decision::Unprotected => {
                 let req = Request::from_parts(parts, B::from(body));
@@ -327,13 +322,10 @@ where
 
 /// A problem's answer, and how it is counted.
 fn rejected(problem: &Problem) -> (Response<IdemBody>, Outcome) {
-    let outcome = match problem.kind {
-        ProblemKind::InProgress => Outcome::Conflict,
-        ProblemKind::KeyReused => Outcome::Mismatch,
-        ProblemKind::StoreUnavailable => Outcome::StoreError,
-        _ => Outcome::Rejected,
-    };
-    (Answer::problem(problem), outcome)
+    (
+        Answer::problem(problem),
+        crate::flow::problem_outcome(problem),
+    )
 }
 
 /// 500 for a handler that did not finish.
