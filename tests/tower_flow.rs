@@ -236,3 +236,67 @@ async fn refusals_are_the_same_problems_from_both_adapters() {
     assert_eq!(a_runs.load(Ordering::SeqCst), 2);
     assert_eq!(t_runs.load(Ordering::SeqCst), 2);
 }
+
+/// What an auth middleware resolved a request to: the account keys are scoped by.
+#[derive(Clone)]
+struct Account(String);
+
+impl std::fmt::Display for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `scope_by_extension` under tower: the account an auth middleware put in the request's
+/// extensions scopes the key, so two accounts with one key run twice, and each replays its own.
+#[actix_web::test]
+async fn an_extension_scopes_keys_behind_the_layer() {
+    use axum::extract::Request;
+    use axum::middleware::{from_fn, Next};
+    let runs = Runs::default();
+    let app = serve({
+        let runs = runs.clone();
+        move || async move {
+            let idem = Idempotency::builder()
+                .store(MemoryStore::default())
+                .scope_by_extension::<Account>()
+                .build();
+            let auth = async |mut req: Request, next: Next| {
+                let account = req
+                    .headers()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| Account(format!("acct-of-{v}")));
+                if let Some(account) = account {
+                    req.extensions_mut().insert(account);
+                }
+                next.run(req).await
+            };
+            axum::Router::new()
+                .route(
+                    "/echo",
+                    axum_post(echo).layer(IdempotencyLayer::new(&idem, policy())),
+                )
+                .layer(from_fn(auth))
+                .with_state(runs)
+        }
+    });
+    let send = |who: &'static str, body: &'static str| {
+        common::client()
+            .post(format!("http://{app}/echo"))
+            .header("authorization", who)
+            .header("idempotency-key", "shared-key")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let a = send("alice", r#"{"a":1}"#).await.unwrap();
+    assert_eq!(a.text().await.unwrap(), r#"{"a":1}"#);
+    let b = send("bob", r#"{"b":2}"#).await.unwrap();
+    assert_eq!(b.status(), 201, "another account's key is its own");
+    assert_eq!(b.text().await.unwrap(), r#"{"b":2}"#);
+    let a2 = send("alice", r#"{"a":1}"#).await.unwrap();
+    assert_eq!(a2.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(a2.text().await.unwrap(), r#"{"a":1}"#);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}

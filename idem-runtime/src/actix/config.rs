@@ -91,8 +91,30 @@ pub(crate) enum Scope {
     Unscoped,
     /// A request header's value.
     Header(HeaderName),
-    /// A function of the request (a closure, or a request extension's value).
+    /// A function of actix-web's request (a closure).
     Func(Arc<ScopeFn>),
+    /// The value of type `T` in the request's extensions, read by either framework.
+    Extension {
+        /// From an actix-web request.
+        actix: fn(&HttpRequest) -> Option<String>,
+        /// From an `http` request's extensions (the tower adapter).
+        #[cfg(feature = "tower")]
+        http: fn(&http::Extensions) -> Option<String>,
+    },
+}
+
+/// The `T` in an actix-web request's extensions, as text.
+fn actix_extension<T: std::fmt::Display + 'static>(req: &HttpRequest) -> Option<String> {
+    use actix_web::HttpMessage;
+    req.extensions().get::<T>().map(ToString::to_string)
+}
+
+/// The `T` in an `http` request's extensions, as text.
+#[cfg(feature = "tower")]
+fn http_extension<T: std::fmt::Display + Send + Sync + 'static>(
+    extensions: &http::Extensions,
+) -> Option<String> {
+    extensions.get::<T>().map(ToString::to_string)
 }
 
 /// Marker of an [`IdempotencyBuilder`] that has not yet been told who a request belongs to; it
@@ -109,6 +131,7 @@ impl std::fmt::Debug for Scoped {
             Scope::Unscoped => "Scoped(unscoped)",
             Scope::Header(_) => "Scoped(header)",
             Scope::Func(_) => "Scoped(function)",
+            Scope::Extension { .. } => "Scoped(extension)",
         })
     }
 }
@@ -241,6 +264,7 @@ impl Idempotency {
                 .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
                 .unwrap_or_default(),
             Scope::Func(f) => f(req).unwrap_or_default(),
+            Scope::Extension { actix, .. } => actix(req).unwrap_or_default(),
         }
     }
 
@@ -355,15 +379,16 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// Scopes keys by the value of type `T` that the app's own auth middleware inserts into each
-    /// request's extensions (`req.extensions_mut().insert(AccountId(..))`), the actix way; a
-    /// request without one is anonymous.
+    /// request's extensions (`req.extensions_mut().insert(AccountId(..))` on actix-web, the
+    /// same on an `http` request under tower); a request without one is anonymous.
     pub fn scope_by_extension<T>(self) -> IdempotencyBuilder<Scoped>
     where
-        T: std::fmt::Display + 'static,
+        T: std::fmt::Display + Send + Sync + 'static,
     {
-        self.scope(|req| {
-            use actix_web::HttpMessage;
-            req.extensions().get::<T>().map(ToString::to_string)
+        self.with_scope(Scope::Extension {
+            actix: actix_extension::<T>,
+            #[cfg(feature = "tower")]
+            http: http_extension::<T>,
         })
     }
 

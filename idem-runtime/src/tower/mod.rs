@@ -17,8 +17,9 @@
 //! ```
 //!
 //! What differs from actix-web: a tower layer does not know the route a request matched, so a
-//! policy names its endpoint (`name` is required); the scope is the builder's `unscoped()` or
-//! `scope_by_header` (a closure or an actix request extension cannot read an `http` request);
+//! policy names its endpoint (`name` is required); the scope is the builder's `unscoped()`,
+//! `scope_by_header` or `scope_by_extension` (a closure over actix's request cannot read an
+//! `http` request);
 //! `on_conflict = "accepted"` and `"webhook"`, and `transactional`, are actix-web only for now.
 
 mod body;
@@ -199,6 +200,7 @@ where
             .get(name.as_str())
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
+        Scope::Extension { http, .. } => http(&parts.extensions).unwrap_or_default(),
         // Checked by `unsupported`.
         Scope::Func(_) => String::new(),
     };
@@ -350,8 +352,8 @@ fn not_here(what: &str) -> Problem {
 fn unsupported(idem: &Idempotency, policy: &Policy) -> Option<Problem> {
     let what = match (&idem.shared.scope, policy.on_conflict) {
         (Scope::Func(_), _) => {
-            "a scope given as a closure over actix-web's request (use `scope_by_header` or \
-             `unscoped`)"
+            "a scope given as a closure over actix-web's request (use `scope_by_extension`, \
+             `scope_by_header` or `unscoped`)"
         }
         (_, OnConflict::Accepted) => "on_conflict = \"accepted\"",
         (_, OnConflict::Webhook) => "on_conflict = \"webhook\"",
