@@ -300,3 +300,92 @@ async fn an_extension_scopes_keys_behind_the_layer() {
     assert_eq!(a2.text().await.unwrap(), r#"{"a":1}"#);
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
+
+#[post("/refund")]
+#[idempotent(name = "refund", ttl = "1h", on_conflict = "accepted", lease = "10s")]
+async fn refund_actix(runs: web::Data<Runs>, req: HttpRequest, body: web::Bytes) -> HttpResponse {
+    common::tower::echo_actix(&runs, &req, body).await
+}
+
+/// `on_conflict = "accepted"` behind the layer: a duplicate in flight gets 202 and the `Location`
+/// of a status resource (`StatusService`), which answers 202 while the first request runs and
+/// its response once done — the same answers, byte for byte, as the actix-web adapter's.
+#[actix_web::test]
+async fn accepted_and_the_status_resource_match_the_actix_adapter() {
+    use idem_runtime::tower::StatusService;
+    let (a_runs, t_runs) = (Runs::default(), Runs::default());
+    let actix = {
+        let (idem, a_runs) = (idem(), a_runs.clone());
+        let (addr, _handle) = common::serve(1, move |cfg| {
+            cfg.app_data(idem.clone())
+                .app_data(web::Data::new(a_runs.clone()))
+                .service(refund_actix)
+                .service(idem.status_service());
+        });
+        addr
+    };
+    let tower = serve({
+        let runs = t_runs.clone();
+        move || async move {
+            let idem = idem();
+            let policy = idem::policy!(
+                name = "refund",
+                ttl = "1h",
+                on_conflict = "accepted",
+                lease = "10s"
+            );
+            axum::Router::new()
+                .route(
+                    "/refund",
+                    axum_post(echo).layer(IdempotencyLayer::new(&idem, policy)),
+                )
+                .route_service("/idempotency/{id}", StatusService::new(&idem))
+                .with_state(runs)
+        }
+    });
+    /// Status, `location`, body.
+    async fn seen(r: reqwest::RequestBuilder) -> (u16, Option<String>, String) {
+        let r = r.send().await.unwrap();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (r.status().as_u16(), location, r.text().await.unwrap())
+    }
+    let mut answers = Vec::new();
+    for app in [actix, tower] {
+        tokio::spawn(
+            post(app, "/refund", Some("r-1"), r#"{"r":1}"#)
+                .header("x-delay-ms", "700")
+                .send(),
+        );
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let dup = seen(post(app, "/refund", Some("r-1"), r#"{"r":1}"#)).await;
+        assert_eq!(dup.0, 202, "a duplicate in flight is accepted");
+        let location = dup.1.clone().expect("a Location");
+        assert!(location.starts_with("/idempotency/"), "{location}");
+        let get = || {
+            common::client()
+                .get(format!("http://{app}{location}"))
+                .header("authorization", "acct-1")
+        };
+        let running = seen(get()).await;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let done = get().send().await.unwrap();
+        assert_eq!(done.status(), 201);
+        assert_eq!(done.headers().get("idempotent-replayed").unwrap(), "true");
+        let done = done.text().await.unwrap();
+        let other = common::client()
+            .get(format!("http://{app}{location}"))
+            .header("authorization", "acct-2");
+        let foreign = seen(other).await.0;
+        answers.push((dup, running, done, foreign));
+    }
+    assert_eq!(answers[0].3, 404, "another principal does not see it");
+    assert_eq!(
+        answers[1], answers[0],
+        "the layer answers as actix-web does"
+    );
+    assert_eq!(a_runs.load(Ordering::SeqCst), 1);
+    assert_eq!(t_runs.load(Ordering::SeqCst), 1);
+}

@@ -22,7 +22,6 @@ pub(crate) fn expand(attr: TokenStream) -> TokenStream {
         );
     };
     let not_yet = match args.on_conflict {
-        OnConflict::Accepted => Some("on_conflict = \"accepted\""),
         OnConflict::Webhook => Some("on_conflict = \"webhook\""),
         _ if args.transactional => Some("transactional"),
         _ => None,

@@ -7,6 +7,7 @@ pub(crate) mod capture;
 pub(crate) mod execute;
 pub(crate) mod prepare;
 pub(crate) mod request;
+pub(crate) mod status;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

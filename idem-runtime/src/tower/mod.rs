@@ -19,11 +19,13 @@
 //! What differs from actix-web: a tower layer does not know the route a request matched, so a
 //! policy names its endpoint (`name` is required); the scope is the builder's `unscoped()`,
 //! `scope_by_header` or `scope_by_extension` (a closure over actix's request cannot read an
-//! `http` request);
-//! `on_conflict = "accepted"` and `"webhook"`, and `transactional`, are actix-web only for now.
+//! `http` request); `on_conflict = "webhook"` and `transactional` are actix-web only for now.
+//! `on_conflict = "accepted"` answers 202 with the `Location` of a status resource that
+//! [`StatusService`] serves.
 
 mod body;
 mod capture;
+mod status;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -44,6 +46,7 @@ use crate::problem::{Problem, ProblemKind};
 use crate::{OnConflict, Policy};
 use body::{replay, Unread};
 pub use body::{BoxError, IdemBody};
+pub use status::StatusService;
 
 /// A tower [`Layer`](tower_layer::Layer) that makes the service it wraps idempotent under one
 /// endpoint's policy (`idem::policy!`), with the app's [`Idempotency`].
@@ -189,20 +192,13 @@ where
         return Ok(Answer::problem(&p));
     }
     idem.check_secret_when_due(&engine);
-    if let Some(p) = unsupported(&idem, policy) {
+    if let Some(p) = unsupported(policy) {
         return refused(p);
     }
     let (mut parts, body) = req.into_parts();
-    let principal = match &idem.shared.scope {
-        Scope::Unscoped => String::new(),
-        Scope::Header(name) => parts
-            .headers
-            .get(name.as_str())
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
-        Scope::Extension { http, .. } => http(&parts.extensions).unwrap_or_default(),
-        // Checked by `unsupported`.
-        Scope::Func(_) => String::new(),
+    let principal = match principal(&idem, &parts) {
+        Ok(p) => p,
+        Err(p) => return refused(p),
     };
     let prepared = prepare(&idem, policy, &parts, &principal, Unread(body), |_| Ok(())).await;
     let Keyed {
@@ -234,8 +230,15 @@ where
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects
     // nor leave a key acquired by nobody until its lease runs out.
+    let async_after = match policy.on_conflict {
+        OnConflict::Accepted => policy.respond_async_after,
+        _ => None,
+    };
+    let own_status = async_after.map(|_| storage_key.clone());
     let inflight = idem.shared.inflight.enter();
     let named = *policy;
+    let status_path = idem.status_path().to_owned();
+    let own_path = status_path.clone();
     let task = async move {
         let policy = &named;
         let _inflight = inflight;
@@ -279,17 +282,36 @@ where
                     settle(&idem, &ticket, verdict).await
                 }
             }
+            Decision::Accepted(key) => (status::accepted(&status_path, &key), Outcome::Accepted),
             // Refused by `unsupported` before the store was asked.
-            Decision::Accepted(_) | Decision::Webhook(_) => (
-                Answer::problem(&not_here("this on_conflict")),
+            Decision::Webhook(_) => (
+                Answer::problem(&not_here("on_conflict = \"webhook\"")),
                 Outcome::Rejected,
             ),
         };
         observe::outcome(policy.endpoint, Some(&key_id), outcome);
         resp
     };
-    let task = tokio::spawn(Box::pin(task).in_current_span());
-    Ok(task.await.unwrap_or_else(|join| {
+    let mut task = tokio::spawn(Box::pin(task).in_current_span());
+    if let (Some(after), Some(key)) = (async_after, own_status) {
+        // `accepted` with `respond_async_after`: a slow first request gets 202 too, and its
+        // handler goes on in the task.
+        tokio::select! {
+            done = &mut task => return Ok(finished(policy, done)),
+            _ = tokio::time::sleep(after) => {
+                return Ok(status::accepted(&own_path, &key));
+            }
+        }
+    }
+    Ok(finished(policy, task.await))
+}
+
+/// The task's answer; a 500 when it did not finish (the handler panicked outside its catch).
+fn finished(
+    policy: &Policy,
+    done: Result<Response<IdemBody>, tokio::task::JoinError>,
+) -> Response<IdemBody> {
+    done.unwrap_or_else(|join| {
         // The handler ran (and failed): that is an execution, released.
         observe::outcome(policy.endpoint, None, Outcome::Executed);
         tracing::error!(
@@ -298,7 +320,30 @@ where
             "idem: handler did not finish; its key was released"
         );
         failed()
-    }))
+    })
+}
+
+/// Who sent the request, as the app's scope says; `Err` when the scope is one the tower layer
+/// cannot read (a closure over actix-web's request).
+pub(super) fn principal(
+    idem: &Idempotency,
+    parts: &http::request::Parts,
+) -> Result<String, Problem> {
+    Ok(match &idem.shared.scope {
+        Scope::Unscoped => String::new(),
+        Scope::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        Scope::Extension { http, .. } => http(&parts.extensions).unwrap_or_default(),
+        Scope::Func(_) => {
+            return Err(not_here(
+                "a scope given as a closure over actix-web's request (use `scope_by_extension`, \
+                 `scope_by_header` or `unscoped`)",
+            ))
+        }
+    })
 }
 
 /// Calls the inner service, once ready.
@@ -349,14 +394,9 @@ fn not_here(what: &str) -> Problem {
 
 /// A 500 problem for a policy or app setting the tower adapter cannot serve (logged each time:
 /// a setup error to fix at once); `None` when it can.
-fn unsupported(idem: &Idempotency, policy: &Policy) -> Option<Problem> {
-    let what = match (&idem.shared.scope, policy.on_conflict) {
-        (Scope::Func(_), _) => {
-            "a scope given as a closure over actix-web's request (use `scope_by_extension`, \
-             `scope_by_header` or `unscoped`)"
-        }
-        (_, OnConflict::Accepted) => "on_conflict = \"accepted\"",
-        (_, OnConflict::Webhook) => "on_conflict = \"webhook\"",
+fn unsupported(policy: &Policy) -> Option<Problem> {
+    let what = match policy.on_conflict {
+        OnConflict::Webhook => "on_conflict = \"webhook\"",
         _ if policy.transactional => "transactional",
         _ => return None,
     };
