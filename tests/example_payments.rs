@@ -1,16 +1,20 @@
 //! The main job as a newcomer runs it: the `payments` example as its own process, driven over
-//! loopback the way the README's curl commands do.
+//! loopback the way the README's curl commands do. The HTTP contract's tests run against both
+//! demos, actix-web's and axum's (`DEMOS`); the admin routes and the checkout form are the actix
+//! demo's own.
 
 mod common;
 
-use common::demo::{executions, executions_now, start_demo};
+use common::demo::{executions, executions_now, start_demo, start_demo_of, DEMOS};
 // `idem::testing` with the `testing` feature; a package cannot turn its own feature on for its tests.
 use idem_runtime::testing::{assert_idempotent_at, Probe};
 
 #[actix_web::test]
 async fn curl_twice_one_execution() {
-    let (_demo, base) = start_demo(None, 100).await;
-    curl_twice(&base).await;
+    for demo in DEMOS {
+        let (_demo, base) = start_demo_of(demo, None, 100).await;
+        curl_twice(&base).await;
+    }
 }
 
 #[actix_web::test]
@@ -18,13 +22,19 @@ async fn curl_twice_one_execution_on_redis() {
     if !common::redis::available("curl_twice_one_execution_on_redis") {
         return;
     }
+    for demo in DEMOS {
+        curl_twice_on_redis(demo).await;
+    }
+}
+
+async fn curl_twice_on_redis(demo: &str) {
     let redis = common::redis::RedisServer::start();
     let port = common::demo::free_port();
     let env = [
         ("PAYMENT_DELAY_MS", "100".to_owned()),
         ("IDEM_REDIS_URL", redis.url()),
     ];
-    let (_demo, log) = common::demo::start_example_logged("payments", port, &env).await;
+    let (_demo, log) = common::demo::start_example_logged(demo, port, &env).await;
     let base = format!("http://127.0.0.1:{port}");
     curl_twice(&base).await;
     assert!(redis.calls("evalsha") >= 4, "the demo used the Redis store");
@@ -95,7 +105,13 @@ async fn curl_twice(base: &str) {
 /// duplicates, a changed body and a client hanging up mid-payment.
 #[actix_web::test]
 async fn the_demo_passes_the_testing_kit() {
-    let (_demo, base) = start_demo(None, 300).await;
+    for demo in DEMOS {
+        testing_kit(demo).await;
+    }
+}
+
+async fn testing_kit(demo: &str) {
+    let (_demo, base) = start_demo_of(demo, None, 300).await;
     for (path, endpoint) in [
         ("/payments", "payments"),
         ("/transfers", "transfers"),
@@ -111,7 +127,13 @@ async fn the_demo_passes_the_testing_kit() {
 
 #[actix_web::test]
 async fn transfers_wait_and_refunds_accept() {
-    let (_demo, base) = start_demo(None, 100).await;
+    for demo in DEMOS {
+        transfers_and_refunds(demo).await;
+    }
+}
+
+async fn transfers_and_refunds(demo: &str) {
+    let (_demo, base) = start_demo_of(demo, None, 100).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let send = |path: &'static str, key: &'static str| {
         c.post(format!("{base}{path}"))
@@ -159,7 +181,13 @@ async fn transfers_wait_and_refunds_accept() {
 /// `IDEM_ADMIN_TOKEN`.
 #[actix_web::test]
 async fn metrics_show_outcomes_and_admin_is_off_by_default() {
-    let (_demo, base) = start_demo(None, 10).await;
+    for demo in DEMOS {
+        metrics_and_no_admin(demo).await;
+    }
+}
+
+async fn metrics_and_no_admin(demo: &str) {
+    let (_demo, base) = start_demo_of(demo, None, 10).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     for _ in 0..2 {
         let r = c
@@ -277,7 +305,13 @@ async fn admin_route_inspects_and_purges_with_the_token() {
 /// no `Authorization` at all is the public account.
 #[actix_web::test]
 async fn keys_are_scoped_by_the_account_behind_the_api_key() {
-    let (_demo, base) = start_demo(None, 10).await;
+    for demo in DEMOS {
+        scoped_by_account(demo).await;
+    }
+}
+
+async fn scoped_by_account(demo: &str) {
+    let (_demo, base) = start_demo_of(demo, None, 10).await;
     let c = reqwest::Client::builder().no_proxy().build().unwrap();
     let pay = |api_key: Option<&'static str>| {
         let mut req = c

@@ -32,6 +32,7 @@
 //! `maxmemory-policy` may evict records is refused at start unless
 //! `IDEM_REDIS_ALLOW_EVICTION=1`.
 
+mod accounts;
 mod admin;
 mod api_docs;
 mod auth;
@@ -438,10 +439,10 @@ async fn main() -> std::io::Result<()> {
         "payments-demo-secret: set IDEM_SECRET in production".into()
     });
     let idem = idem
-        .scope_by_extension::<auth::AccountId>()
+        .scope_by_extension::<accounts::AccountId>()
         .secret(secret)
         .build();
-    let keys = auth::ApiKeys::from_env();
+    let keys = accounts::ApiKeys::from_env();
     println!("payments demo on http://127.0.0.1:{port} ({store_name})");
     let app_idem = idem.clone();
     let server = HttpServer::new(move || {

@@ -77,15 +77,24 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// The demos with one HTTP contract: actix-web (`examples/payments`) and axum
+/// (`examples/axum_payments`). The contract tests run against each.
+pub const DEMOS: [&str; 2] = ["payments", "axum_payments"];
+
 /// Starts `examples/payments` on a free port (memory store, or Redis at `redis_url`), its
 /// handler taking `delay_ms`; returns it and its base URL once it listens.
 pub async fn start_demo(redis_url: Option<&str>, delay_ms: u64) -> (Demo, String) {
+    start_demo_of("payments", redis_url, delay_ms).await
+}
+
+/// [`start_demo`] for the demo `name` (one of [`DEMOS`]).
+pub async fn start_demo_of(name: &str, redis_url: Option<&str>, delay_ms: u64) -> (Demo, String) {
     let port = free_port();
     let mut env = vec![("PAYMENT_DELAY_MS", delay_ms.to_string())];
     if let Some(url) = redis_url {
         env.push(("IDEM_REDIS_URL", url.to_string()));
     }
-    let demo = start_example("payments", port, &env).await;
+    let demo = start_example(name, port, &env).await;
     (demo, format!("http://127.0.0.1:{port}"))
 }
 
