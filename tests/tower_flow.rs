@@ -389,3 +389,112 @@ async fn accepted_and_the_status_resource_match_the_actix_adapter() {
     assert_eq!(a_runs.load(Ordering::SeqCst), 1);
     assert_eq!(t_runs.load(Ordering::SeqCst), 1);
 }
+
+/// One delivery a webhook receiver got: path, signature header, status header, body.
+type Delivery = (String, String, String, Vec<u8>);
+
+/// `on_conflict = "webhook"` behind the layer: duplicates get 202, and once the first request
+/// completes each duplicate's callback gets the first response, signed; without a callback a
+/// duplicate gets 400. One run.
+#[actix_web::test]
+async fn webhooks_behind_the_layer_deliver_the_first_response() {
+    const SECRET: &[u8] = b"tower-webhook-secret";
+    let got: std::sync::Arc<std::sync::Mutex<Vec<Delivery>>> = Default::default();
+    let receiver = {
+        let got = got.clone();
+        let (addr, _handle) = common::serve(1, move |cfg| {
+            let got = got.clone();
+            cfg.default_service(web::post().to(move |req: HttpRequest, body: web::Bytes| {
+                let got = got.clone();
+                async move {
+                    let h = |n: &str| {
+                        req.headers()
+                            .get(n)
+                            .map(|v| v.to_str().unwrap_or_default().to_owned())
+                            .unwrap_or_default()
+                    };
+                    let d = (
+                        req.path().to_owned(),
+                        h("idempotency-signature"),
+                        h("idempotency-status"),
+                        body.to_vec(),
+                    );
+                    got.lock().unwrap().push(d);
+                    HttpResponse::NoContent().finish()
+                }
+            }));
+        });
+        format!("http://{addr}")
+    };
+    let runs = Runs::default();
+    let hooks = format!("{receiver}/hooks");
+    let app = serve({
+        let runs = runs.clone();
+        move || async move {
+            let idem = common::builder()
+                .store(MemoryStore::default())
+                .webhook_allow([hooks])
+                .webhook_secret(SECRET)
+                .build();
+            let policy = idem::policy!(
+                name = "hook",
+                ttl = "1h",
+                on_conflict = "webhook",
+                lease = "10s"
+            );
+            axum::Router::new()
+                .route(
+                    "/hook",
+                    axum_post(echo).layer(IdempotencyLayer::new(&idem, policy)),
+                )
+                .with_state(runs)
+        }
+    });
+    let first = tokio::spawn(
+        post(app, "/hook", Some("h-1"), r#"{"h":1}"#)
+            .header("x-delay-ms", "500")
+            .send(),
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    for i in 0..3 {
+        let dup = post(app, "/hook", Some("h-1"), r#"{"h":1}"#)
+            .header("idempotency-callback", format!("{receiver}/hooks/{i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(dup.status(), 202, "a duplicate is promised a webhook");
+    }
+    let (status, ct, _, p) = answer(post(app, "/hook", Some("h-1"), r#"{"h":1}"#)).await;
+    assert_eq!(
+        (status, ct.as_str()),
+        (400, "application/problem+json"),
+        "no callback: {p}"
+    );
+    assert_eq!(p["type"], "urn:idem:problem:callback-invalid");
+    assert_eq!(first.await.unwrap().unwrap().status(), 201);
+    let started = std::time::Instant::now();
+    while got.lock().unwrap().len() < 3 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "deliveries missing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deliveries = got.lock().unwrap().clone();
+    assert_eq!(deliveries.len(), 3);
+    for (path, signature, status, body) in &deliveries {
+        assert!(path.starts_with("/hooks/"), "{path}");
+        assert_eq!(status, "201");
+        assert_eq!(body, br#"{"h":1}"#);
+        idem::webhook::verify(
+            SECRET,
+            signature,
+            "h-1",
+            201,
+            body,
+            Duration::from_secs(300),
+        )
+        .expect("a signed delivery");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

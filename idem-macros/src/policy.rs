@@ -22,7 +22,6 @@ pub(crate) fn expand(attr: TokenStream) -> TokenStream {
         );
     };
     let not_yet = match args.on_conflict {
-        OnConflict::Webhook => Some("on_conflict = \"webhook\""),
         _ if args.transactional => Some("transactional"),
         _ => None,
     };
@@ -35,8 +34,12 @@ pub(crate) fn expand(attr: TokenStream) -> TokenStream {
     let krate = &args.krate;
     let private = quote!(#krate::__private_v0_1);
     let policy = crate::expand::policy_literal(&args, &private, quote!(#name));
+    // Webhook deliveries are a cargo feature: without it, a compile error that says so.
+    let needs_webhook = (args.on_conflict == OnConflict::Webhook)
+        .then(|| quote!(const _: () = #private::needs_webhook_feature();));
     quote! {
         {
+            #needs_webhook
             const __IDEM_POLICY: #private::Policy = #policy;
             &__IDEM_POLICY
         }

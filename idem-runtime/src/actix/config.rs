@@ -5,9 +5,9 @@ use actix_web::{web, HttpRequest};
 use std::sync::Arc;
 use std::time::Duration;
 
-#[cfg(feature = "webhook")]
-use super::webhook::WebhookConfig;
 use crate::engine::Engine;
+#[cfg(feature = "webhook")]
+use crate::flow::webhook::WebhookConfig;
 use crate::secret::KeyDerivation;
 use crate::store::Store;
 use crate::MemoryStore;
@@ -65,7 +65,7 @@ pub(crate) struct Shared {
     pub(crate) webhook: WebhookConfig,
     /// Webhook deliveries pending, one per key and callback URL.
     #[cfg(feature = "webhook")]
-    pub(crate) deliveries: Arc<super::webhook::Deliveries>,
+    pub(crate) deliveries: Arc<crate::flow::webhook::Deliveries>,
     /// The endpoint names claimed so far, with their handlers.
     pub(crate) names: super::names::Names,
     /// Operations in flight, for a graceful shutdown.

@@ -29,10 +29,10 @@ mod status;
 mod steps;
 #[cfg(feature = "postgres")]
 mod tx;
-#[cfg(feature = "webhook")]
-mod webhook;
 
 use crate::flow::prepare::{prepare, Keyed, Prepared, Unkeyed};
+#[cfg(feature = "webhook")]
+use crate::flow::webhook;
 #[cfg(feature = "postgres")]
 pub use completer::{Completer, CompleterBuilder};
 use config::find;
@@ -130,7 +130,7 @@ where
     if policy.on_conflict == OnConflict::Webhook {
         #[cfg(feature = "webhook")]
         if idem.shared.webhook.secret.is_empty() {
-            return webhook::secret_missing(policy);
+            return problem_response(&webhook::secret_missing(policy));
         }
         #[cfg(not(feature = "webhook"))]
         return webhook_not_compiled(policy);
@@ -209,7 +209,10 @@ where
                 Outcome::Accepted,
             ),
             #[cfg(feature = "webhook")]
-            Decision::Webhook(key) => webhook::answer(&idem2, engine, key, callback),
+            Decision::Webhook(key) => match webhook::answer(&idem2, engine, key, callback) {
+                Ok(()) => (webhook_accepted(), Outcome::Accepted),
+                Err(p) => (problem_response(&p), Outcome::Rejected),
+            },
             #[cfg(not(feature = "webhook"))]
             Decision::Webhook(_) => (webhook_not_compiled(policy), Outcome::Rejected),
         };
@@ -229,6 +232,14 @@ where
         }
     }
     finished(policy, task.await)
+}
+
+/// 202 for a duplicate of a webhook endpoint: the first response is delivered to its callback.
+#[cfg(feature = "webhook")]
+fn webhook_accepted() -> HttpResponse {
+    HttpResponse::Accepted()
+        .insert_header((CONTENT_TYPE, "application/json"))
+        .body(webhook::ACCEPTED_BODY)
 }
 
 /// A stored response's replay, and how it is counted.

@@ -8,6 +8,8 @@ pub(crate) mod execute;
 pub(crate) mod prepare;
 pub(crate) mod request;
 pub(crate) mod status;
+#[cfg(feature = "webhook")]
+pub(crate) mod webhook;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -19,9 +19,9 @@
 //! What differs from actix-web: a tower layer does not know the route a request matched, so a
 //! policy names its endpoint (`name` is required); the scope is the builder's `unscoped()`,
 //! `scope_by_header` or `scope_by_extension` (a closure over actix's request cannot read an
-//! `http` request); `on_conflict = "webhook"` and `transactional` are actix-web only for now.
-//! `on_conflict = "accepted"` answers 202 with the `Location` of a status resource that
-//! [`StatusService`] serves.
+//! `http` request); `transactional` is actix-web only for now. `on_conflict = "accepted"`
+//! answers 202 with the `Location` of a status resource that [`StatusService`] serves, and
+//! `"webhook"` delivers the first response to the duplicate's `Idempotency-Callback`.
 
 mod body;
 mod capture;
@@ -41,6 +41,8 @@ use crate::flow::execute::{
     refuse_while_draining, run_handler, settle, Answer, Ran, ReleaseOnDrop,
 };
 use crate::flow::prepare::{prepare, Keyed, Prepared, Unkeyed};
+#[cfg(feature = "webhook")]
+use crate::flow::webhook;
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
 use crate::{OnConflict, Policy};
@@ -195,17 +197,34 @@ where
     if let Some(p) = unsupported(policy) {
         return refused(p);
     }
+    if policy.on_conflict == OnConflict::Webhook {
+        #[cfg(feature = "webhook")]
+        if idem.shared.webhook.secret.is_empty() {
+            return Ok(Answer::problem(&webhook::secret_missing(policy)));
+        }
+        #[cfg(not(feature = "webhook"))]
+        return refused(not_here(
+            "on_conflict = \"webhook\" without idem's `webhook` feature",
+        ));
+    }
     let (mut parts, body) = req.into_parts();
     let principal = match principal(&idem, &parts) {
         Ok(p) => p,
         Err(p) => return refused(p),
     };
-    let prepared = prepare(&idem, policy, &parts, &principal, Unread(body), |_| Ok(())).await;
+    #[cfg(feature = "webhook")]
+    let after_key = |key: &crate::IdempotencyKey| {
+        webhook::callback(&parts, policy, &idem.shared.webhook, key)
+            .map_err(|e| Problem::new(ProblemKind::CallbackInvalid, e.to_string()))
+    };
+    #[cfg(not(feature = "webhook"))]
+    let after_key = |_: &crate::IdempotencyKey| Ok(());
+    let prepared = prepare(&idem, policy, &parts, &principal, Unread(body), after_key).await;
     let Keyed {
         storage_key,
         fingerprint,
         body,
-        ..
+        checked: callback,
     } = match prepared {
         Prepared::Keyed(keyed) => keyed,
         Prepared::Refused(p) => return refused(p),
@@ -216,6 +235,8 @@ where
             return plain(inner, Request::from_parts(parts, B::from(raw))).await
         }
     };
+    #[cfg(not(feature = "webhook"))]
+    let () = callback;
     tracing::Span::current().record("key", storage_key.status_id());
     // A completed record this process holds in memory is answered here, without a task.
     if let Some(answer) = engine.begin_now(policy, &storage_key, &fingerprint) {
@@ -283,7 +304,13 @@ where
                 }
             }
             Decision::Accepted(key) => (status::accepted(&status_path, &key), Outcome::Accepted),
-            // Refused by `unsupported` before the store was asked.
+            #[cfg(feature = "webhook")]
+            Decision::Webhook(key) => match webhook::answer(&idem, engine.clone(), key, callback) {
+                Ok(()) => (status::webhook_accepted(), Outcome::Accepted),
+                Err(p) => rejected(&p),
+            },
+            // Refused before the store was asked.
+            #[cfg(not(feature = "webhook"))]
             Decision::Webhook(_) => (
                 Answer::problem(&not_here("on_conflict = \"webhook\"")),
                 Outcome::Rejected,
@@ -396,7 +423,6 @@ fn not_here(what: &str) -> Problem {
 /// a setup error to fix at once); `None` when it can.
 fn unsupported(policy: &Policy) -> Option<Problem> {
     let what = match policy.on_conflict {
-        OnConflict::Webhook => "on_conflict = \"webhook\"",
         _ if policy.transactional => "transactional",
         _ => return None,
     };

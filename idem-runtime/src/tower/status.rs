@@ -89,3 +89,15 @@ impl<B> tower_service::Service<Request<B>> for StatusService {
         })
     }
 }
+
+/// 202 for a duplicate of a webhook endpoint: the first response is delivered to its callback.
+#[cfg(feature = "webhook")]
+pub(super) fn webhook_accepted() -> Response<IdemBody> {
+    let mut resp = Response::new(IdemBody::full(crate::flow::webhook::ACCEPTED_BODY.into()));
+    *resp.status_mut() = StatusCode::ACCEPTED;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}

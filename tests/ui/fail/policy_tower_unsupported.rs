@@ -1,7 +1,6 @@
 // What the tower layer does not do yet is refused at compile time, and a bad value is reported
 // as the attribute reports it.
 fn main() {
-    let _ = idem::policy!(name = "a", on_conflict = "webhook");
     let _ = idem::policy!(name = "b", transactional);
     let _ = idem::policy!(name = "c", ttl = "forever");
 }

@@ -10,14 +10,13 @@
 //!
 //! The signature and the headers are in [`crate::webhook`].
 
-use actix_web::http::header::CONTENT_TYPE;
-use actix_web::{HttpRequest, HttpResponse};
 use reqwest::Url;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{problem_response, reject, Idempotency, IdempotencyBuilder};
+use super::Head;
+use crate::actix::{Idempotency, IdempotencyBuilder};
 use crate::engine::{deadline, Engine};
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
@@ -76,79 +75,70 @@ impl<S> IdempotencyBuilder<S> {
 }
 
 /// A request's callback URL, and the client's own key the delivery carries for correlation.
-pub(super) type Callback = Option<(Url, String)>;
+pub(crate) type Callback = Option<(Url, String)>;
 
 /// The callback a request names. One that is present but not allowed is refused before
 /// anything runs; a missing one only matters if the request turns out to be a duplicate.
-pub(super) fn callback(
-    req: &HttpRequest,
+pub(crate) fn callback(
+    req: &impl Head,
     policy: &Policy,
     config: &WebhookConfig,
     key: &IdempotencyKey,
 ) -> Result<Callback, CallbackError> {
-    match req.headers().get(CALLBACK_HEADER) {
+    match req.header(CALLBACK_HEADER) {
         Some(v) if policy.on_conflict == OnConflict::Webhook => config
-            .check(v.as_bytes())
+            .check(v)
             .map(|url| Some((url, key.as_str().to_owned()))),
         _ => Ok(None),
     }
 }
 
-/// The answer to a duplicate of a webhook endpoint: 202, with one delivery per key and
-/// callback URL however many duplicates ask; 400 without a callback; 503 when too many
-/// deliveries are pending.
-pub(super) fn answer(
+/// The body of the 202 a duplicate of a webhook endpoint gets (`application/json`).
+pub(crate) const ACCEPTED_BODY: &str = r#"{"status":"processing","delivery":"webhook"}"#;
+
+/// What a duplicate of a webhook endpoint gets: `Ok` for 202 ([`ACCEPTED_BODY`]), with one
+/// delivery per key and callback URL however many duplicates ask; `Err` with the problem — 400
+/// without a callback, 503 when too many deliveries are pending.
+pub(crate) fn answer(
     idem: &Idempotency,
     engine: Arc<Engine>,
     key: StorageKey,
     callback: Callback,
-) -> (HttpResponse, Outcome) {
+) -> Result<(), Problem> {
     let Some((url, raw_key)) = callback else {
-        return (
-            reject(
-                ProblemKind::CallbackInvalid,
-                CallbackError::Missing.to_string(),
-            ),
-            Outcome::Rejected,
-        );
+        return Err(Problem::new(
+            ProblemKind::CallbackInvalid,
+            CallbackError::Missing.to_string(),
+        ));
     };
     match idem.shared.deliveries.claim(&key, &url) {
-        Claim::Pending => (accepted(), Outcome::Accepted),
-        Claim::Full => {
-            let p = Problem::new(
-                ProblemKind::StoreUnavailable,
-                "too many webhook deliveries are pending on this server; retry with the same \
-                 key later",
-            )
-            .retry_after(5);
-            (problem_response(&p), Outcome::Rejected)
-        }
+        Claim::Pending => Ok(()),
+        Claim::Full => Err(Problem::new(
+            ProblemKind::StoreUnavailable,
+            "too many webhook deliveries are pending on this server; retry with the same key \
+             later",
+        )
+        .retry_after(5)),
         Claim::New(slot) => {
             let config = idem.shared.webhook.clone();
             idem.spawn_tracked(async move {
                 deliver_when_done(engine, config, key, raw_key, url).await;
                 drop(slot);
             });
-            (accepted(), Outcome::Accepted)
+            Ok(())
         }
     }
 }
 
-fn accepted() -> HttpResponse {
-    HttpResponse::Accepted()
-        .insert_header((CONTENT_TYPE, "application/json"))
-        .body(r#"{"status":"processing","delivery":"webhook"}"#)
-}
-
 /// 500 for a webhook endpoint on an app without a webhook secret: deliveries are never signed
 /// with an empty key. Logged once.
-pub(super) fn secret_missing(policy: &Policy) -> HttpResponse {
+pub(crate) fn secret_missing(policy: &Policy) -> Problem {
     static LOGGED: AtomicBool = AtomicBool::new(false);
     if !LOGGED.swap(true, Ordering::Relaxed) {
         tracing::error!(endpoint = policy.endpoint, "idem: on_conflict = \"webhook\" needs a webhook secret: add `.webhook_secret(…)` to the Idempotency builder");
     }
     observe::outcome(policy.endpoint, None, Outcome::Rejected);
-    reject(
+    Problem::new(
         ProblemKind::Internal,
         "this endpoint answers duplicates by webhook, but the server has no `webhook_secret` \
          configured to sign deliveries with",
@@ -355,7 +345,7 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
             .header(SIGNATURE_HEADER, &signature)
             .header(STATUS_HEADER, response.status.to_string())
             .header("idempotency-key", raw_key)
-            .header(super::REPLAYED_HEADER, "true")
+            .header(crate::actix::REPLAYED_HEADER, "true")
             .body(response.body.clone());
         if let Some(ct) = &content_type {
             req = req.header("content-type", ct.as_ref());
