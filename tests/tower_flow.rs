@@ -498,3 +498,52 @@ async fn webhooks_behind_the_layer_deliver_the_first_response() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A store that is down is the same 503 from both adapters (the endpoint fails closed): the
+/// Redis behind both apps is killed.
+#[actix_web::test]
+async fn a_store_down_is_the_same_503_from_both_adapters() {
+    use common::redis::{available, RedisServer};
+    use idem::RedisStore;
+    if !available("a_store_down_is_the_same_503_from_both_adapters") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let with = |store: RedisStore| {
+        common::builder()
+            .store(store)
+            .store_timeout(Duration::from_millis(300))
+            .build()
+    };
+    let idem_a = with(RedisStore::connect(&redis.url()).await.expect("connect"));
+    let runs = Runs::default();
+    let actix = {
+        let runs = runs.clone();
+        let (addr, _handle) = common::serve(1, move |cfg| {
+            cfg.app_data(idem_a.clone())
+                .app_data(web::Data::new(runs.clone()))
+                .service(echo_actix);
+        });
+        addr
+    };
+    let url = redis.url();
+    let tower = serve({
+        let runs = runs.clone();
+        move || async move {
+            let idem = with(RedisStore::connect(&url).await.expect("connect"));
+            axum::Router::new()
+                .route(
+                    "/echo",
+                    axum_post(echo).layer(IdempotencyLayer::new(&idem, policy())),
+                )
+                .with_state(runs)
+        }
+    });
+    redis.kill();
+    let from_actix = answer(post(actix, "/echo", Some("down-1"), "{}")).await;
+    let from_tower = answer(post(tower, "/echo", Some("down-1"), "{}")).await;
+    assert_eq!(from_actix.0, 503, "{from_actix:?}");
+    assert!(from_actix.2.is_some(), "with Retry-After");
+    assert_eq!(from_tower, from_actix);
+    assert_eq!(runs.load(Ordering::SeqCst), 0, "nothing ran unprotected");
+}
