@@ -196,13 +196,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "memory store",
         ),
     };
-    let secret = std::env::var("IDEM_SECRET").unwrap_or_else(|_| {
-        eprintln!(
-            "IDEM_SECRET is not set: using the demo's DEVELOPMENT secret, which is public; set \
-             IDEM_SECRET (32+ random bytes) for anything real"
-        );
-        "payments-demo-secret: set IDEM_SECRET in production".into()
-    });
+    let secret = accounts::app_secret();
     let idem = builder
         .scope_by_extension::<accounts::AccountId>()
         .secret(secret)

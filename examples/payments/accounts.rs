@@ -1,4 +1,4 @@
-//! The demo's accounts, whatever the framework: `Authorization: Bearer <api key>`, each key
+//! The demo's accounts (and its app secret), whatever the framework: `Authorization: Bearer <api key>`, each key
 //! belonging to an account. Idempotency keys are scoped by the *account*, so a rotated key of the
 //! same account replays, and another account's request never reaches this one's records.
 //!
@@ -59,4 +59,16 @@ impl ApiKeys {
         }
         self.0.get(key.trim()).cloned()
     }
+}
+
+/// The app secret every instance shares (`IDEM_SECRET`); without one, the demo's public
+/// development secret, announced on stderr.
+pub fn app_secret() -> String {
+    std::env::var("IDEM_SECRET").unwrap_or_else(|_| {
+        eprintln!(
+            "IDEM_SECRET is not set: using the demo's DEVELOPMENT secret, which is public; set \
+             IDEM_SECRET (32+ random bytes) for anything real"
+        );
+        "payments-demo-secret: set IDEM_SECRET in production".into()
+    })
 }

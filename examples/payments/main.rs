@@ -431,13 +431,7 @@ async fn main() -> std::io::Result<()> {
     // Keys are scoped by the account the API key belongs to. Every instance must share the
     // secret, which also seals what the store keeps of each response (encryption at rest); the
     // demo has a development default for trying it out, and says so.
-    let secret = std::env::var("IDEM_SECRET").unwrap_or_else(|_| {
-        eprintln!(
-            "IDEM_SECRET is not set: using the demo's DEVELOPMENT secret, which is public; set \
-             IDEM_SECRET (32+ random bytes) for anything real"
-        );
-        "payments-demo-secret: set IDEM_SECRET in production".into()
-    });
+    let secret = accounts::app_secret();
     let idem = idem
         .scope_by_extension::<accounts::AccountId>()
         .secret(secret)

@@ -137,13 +137,7 @@ where
     }
 
     let principal = idem.principal(&req);
-    #[cfg(feature = "webhook")]
-    let after_key = |key: &crate::IdempotencyKey| {
-        webhook::callback(&req, policy, &idem.shared.webhook, key)
-            .map_err(|e| Problem::new(ProblemKind::CallbackInvalid, e.to_string()))
-    };
-    #[cfg(not(feature = "webhook"))]
-    let after_key = |_: &crate::IdempotencyKey| Ok(());
+    let after_key = crate::flow::callback_of(&req, policy, &idem);
     let prepared = prepare(&idem, policy, &req, &principal, payload, after_key).await;
     let Keyed {
         storage_key,

@@ -13,6 +13,8 @@ pub(crate) mod webhook;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::actix::Idempotency;
+use crate::key::IdempotencyKey;
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
 use crate::Policy;
@@ -111,5 +113,31 @@ pub(crate) fn problem_outcome(problem: &Problem) -> Outcome {
         ProblemKind::KeyReused => Outcome::Mismatch,
         ProblemKind::StoreUnavailable => Outcome::StoreError,
         _ => Outcome::Rejected,
+    }
+}
+
+/// A request's webhook callback (feature `webhook`), checked once its key is known.
+#[cfg(feature = "webhook")]
+pub(crate) type Callback = webhook::Callback;
+/// Nothing without the `webhook` feature.
+#[cfg(not(feature = "webhook"))]
+pub(crate) type Callback = ();
+
+/// The check `prepare` runs once the key is known: the request's `Idempotency-Callback` on a
+/// webhook endpoint (400 `callback-invalid` for one that is not allowed).
+pub(crate) fn callback_of<'a>(
+    req: &'a impl Head,
+    policy: &'a Policy,
+    idem: &'a Idempotency,
+) -> impl FnOnce(&IdempotencyKey) -> Result<Callback, Problem> + 'a {
+    move |key| {
+        #[cfg(feature = "webhook")]
+        return webhook::callback(req, policy, &idem.shared.webhook, key)
+            .map_err(|e| Problem::new(ProblemKind::CallbackInvalid, e.to_string()));
+        #[cfg(not(feature = "webhook"))]
+        {
+            let _ = (req, policy, idem, key);
+            Ok(())
+        }
     }
 }

@@ -212,13 +212,7 @@ where
         Ok(p) => p,
         Err(p) => return refused(p),
     };
-    #[cfg(feature = "webhook")]
-    let after_key = |key: &crate::IdempotencyKey| {
-        webhook::callback(&parts, policy, &idem.shared.webhook, key)
-            .map_err(|e| Problem::new(ProblemKind::CallbackInvalid, e.to_string()))
-    };
-    #[cfg(not(feature = "webhook"))]
-    let after_key = |_: &crate::IdempotencyKey| Ok(());
+    let after_key = crate::flow::callback_of(&parts, policy, &idem);
     let prepared = prepare(&idem, policy, &parts, &principal, Unread(body), after_key).await;
     let Keyed {
         storage_key,
