@@ -10,9 +10,7 @@ use std::future::Future;
 use super::capture::capture;
 use super::{extractor_problem, problem_response, HandlerResult, Idempotency, IdempotencyContext};
 use crate::engine::Ticket;
-use crate::flow::execute::{
-    refuse_while_draining, run_handler, settle, Answer, Ran, ReleaseOnDrop,
-};
+use crate::flow::execute::{run_handler, settle, Answer, Ran, ReleaseOnDrop};
 #[cfg(feature = "postgres")]
 use crate::flow::execute::{with_expiry, Verdict};
 use crate::observe::Outcome;
@@ -36,6 +34,22 @@ impl Answer for HttpResponse {
             self.headers_mut().insert(HeaderName::from_static(name), v);
         }
     }
+
+    fn replay(stored: &crate::StoredResponse) -> Self {
+        super::replay(stored)
+    }
+
+    fn accepted(status_path: &str, key: &crate::StorageKey) -> Self {
+        super::status::accepted(status_path, key)
+    }
+
+    #[cfg(feature = "webhook")]
+    fn webhook_accepted() -> Self {
+        use actix_web::http::header::CONTENT_TYPE;
+        HttpResponse::Accepted()
+            .insert_header((CONTENT_TYPE, "application/json"))
+            .body(crate::flow::webhook::ACCEPTED_BODY)
+    }
 }
 
 /// Runs the handler under `ticket` and writes its record; answers with the client's response.
@@ -51,9 +65,6 @@ where
     F: FnOnce(HttpRequest, dev::Payload) -> Fut,
     Fut: Future<Output = HandlerResult>,
 {
-    if idem.shared.inflight.draining() {
-        return refuse_while_draining(idem, &ticket).await;
-    }
     #[cfg(feature = "postgres")]
     {
         let give_up = req.extensions().get::<super::completer::GiveUp>().copied();

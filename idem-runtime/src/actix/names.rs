@@ -8,7 +8,6 @@
 //! path would let clients mint names without bound.) A name belongs to one
 //! handler per app: a second handler claiming it is refused (500) and logged.
 
-use actix_web::HttpRequest;
 use std::collections::HashMap;
 use std::sync::RwLock;
 
@@ -29,15 +28,6 @@ pub(crate) struct Conflict {
 }
 
 impl Names {
-    /// The name of `policy`'s endpoint for `req`, claimed for its handler.
-    pub(super) fn resolve(
-        &self,
-        policy: &'static Policy,
-        req: &HttpRequest,
-    ) -> Result<&'static str, Conflict> {
-        self.resolve_route(policy, req.method().as_str(), || req.match_pattern())
-    }
-
     /// The name of `policy`'s endpoint for a request with `method` that matched the route
     /// pattern `pattern` gives (none for a default service), claimed for its handler: what every
     /// adapter calls, so that one endpoint has one name whatever framework serves it.

@@ -24,6 +24,13 @@ pub(crate) trait Answer: Sized {
     fn is_server_error(&self) -> bool;
     /// Sets header `name` (lowercase) to `value`, replacing any.
     fn set_header(&mut self, name: &'static str, value: &str);
+    /// The replay of a stored response (with `Idempotent-Replayed: true`).
+    fn replay(stored: &StoredResponse) -> Self;
+    /// 202 pointing at the status resource of `key` (`on_conflict = "accepted"`).
+    fn accepted(status_path: &str, key: &crate::StorageKey) -> Self;
+    /// 202 for a duplicate of a webhook endpoint.
+    #[cfg(feature = "webhook")]
+    fn webhook_accepted() -> Self;
 }
 
 /// How the handler ended.

@@ -1,13 +1,16 @@
 //! The idempotency flow as every adapter runs it, whatever the web framework: what a request is
-//! read as ([`Head`]), its key and fingerprint ([`request`]), and one execution from the lease
-//! taken to the record written ([`execute`]). The adapters (`actix`, `tower`) only translate
-//! their request and response types and spawn the execution on their runtime.
+//! read as ([`Head`]), its key and fingerprint ([`request`], [`prepare`]), everything up to the
+//! store's task ([`front`]), the task and its answer ([`task`]), and one execution from the lease
+//! taken to the record written ([`execute`]). The adapters (`actix`, `tower`) translate their
+//! request and response types, run their handler, and spawn the task on their runtime.
 
 pub(crate) mod capture;
 pub(crate) mod execute;
+pub(crate) mod front;
 pub(crate) mod prepare;
 pub(crate) mod request;
 pub(crate) mod status;
+pub(crate) mod task;
 #[cfg(feature = "webhook")]
 pub(crate) mod webhook;
 
@@ -140,4 +143,25 @@ pub(crate) fn callback_of<'a>(
             Ok(())
         }
     }
+}
+
+/// 500 for a handler that did not finish: nothing was stored.
+pub(crate) fn handler_failed() -> Problem {
+    Problem::new(
+        ProblemKind::HandlerFailed,
+        "the handler failed before producing a response; nothing was stored, so a retry with \
+         the same key runs it again",
+    )
+}
+
+/// 500 for a webhook endpoint in a build without the `webhook` feature (the attribute and
+/// `policy!` refuse to compile one; only a hand-made `Policy` gets here).
+#[cfg(not(feature = "webhook"))]
+pub(crate) fn webhook_not_compiled(policy: &Policy) -> Problem {
+    observe::outcome(policy.endpoint, None, Outcome::Rejected);
+    Problem::new(
+        ProblemKind::Internal,
+        "this endpoint answers duplicates by webhook, but the server was built without idem's \
+         `webhook` feature",
+    )
 }

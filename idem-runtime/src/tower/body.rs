@@ -208,6 +208,19 @@ impl Answer for Response<IdemBody> {
             self.headers_mut().insert(HeaderName::from_static(name), v);
         }
     }
+
+    fn replay(stored: &StoredResponse) -> Self {
+        replay(stored)
+    }
+
+    fn accepted(status_path: &str, key: &crate::StorageKey) -> Self {
+        super::status::accepted(status_path, key)
+    }
+
+    #[cfg(feature = "webhook")]
+    fn webhook_accepted() -> Self {
+        super::status::webhook_accepted()
+    }
 }
 
 /// The replay of a stored response: status, stored headers, body, and

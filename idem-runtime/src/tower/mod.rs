@@ -36,16 +36,13 @@ use tracing::Instrument;
 
 use crate::actix::config::Scope;
 use crate::actix::{Idempotency, IdempotencyContext};
-use crate::engine::Decision;
-use crate::flow::execute::{
-    refuse_while_draining, run_handler, settle, Answer, Ran, ReleaseOnDrop,
-};
-use crate::flow::prepare::{prepare, Keyed, Prepared, Unkeyed};
-#[cfg(feature = "webhook")]
-use crate::flow::webhook;
+use crate::flow::execute::{run_handler, settle, Answer, Ran, ReleaseOnDrop};
+use crate::flow::front::{front, Front};
+use crate::flow::prepare::Unkeyed;
+use crate::flow::task::{answer, task, Run, Task};
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
-use crate::{OnConflict, Policy};
+use crate::Policy;
 use body::{replay, Unread};
 pub use body::{BoxError, IdemBody};
 pub use status::StatusService;
@@ -171,177 +168,68 @@ where
         );
         Ok(Answer::problem(&p))
     };
-    let Some(engine) = idem.engine_for(policy.store).cloned() else {
-        return Ok(Answer::problem(&crate::flow::store_not_registered(policy)));
-    };
-    let name = match idem
-        .shared
-        .names
-        .resolve_route(policy, req.method().as_str(), || None)
-    {
-        Ok(name) => name,
-        Err(conflict) => {
-            return Ok(Answer::problem(&crate::flow::name_conflict(
-                policy, &conflict,
-            )))
-        }
-    };
-    let policy = &Policy {
-        endpoint: name,
-        ..*policy
-    };
-    if let Some(p) = crate::flow::execute::lease_too_short(&idem, &engine, policy) {
-        return Ok(Answer::problem(&p));
-    }
-    idem.check_secret_when_due(&engine);
     if let Some(p) = unsupported(policy) {
         return refused(p);
-    }
-    if policy.on_conflict == OnConflict::Webhook {
-        #[cfg(feature = "webhook")]
-        if idem.shared.webhook.secret.is_empty() {
-            return Ok(Answer::problem(&webhook::secret_missing(policy)));
-        }
-        #[cfg(not(feature = "webhook"))]
-        return refused(not_here(
-            "on_conflict = \"webhook\" without idem's `webhook` feature",
-        ));
     }
     let (mut parts, body) = req.into_parts();
     let principal = match principal(&idem, &parts) {
         Ok(p) => p,
         Err(p) => return refused(p),
     };
-    let after_key = crate::flow::callback_of(&parts, policy, &idem);
-    let prepared = prepare(&idem, policy, &parts, &principal, Unread(body), after_key).await;
-    let Keyed {
-        storage_key,
-        fingerprint,
-        body,
-        checked: callback,
-    } = match prepared {
-        Prepared::Keyed(keyed) => keyed,
-        Prepared::Refused(p) => return refused(p),
-        Prepared::Unkeyed(Unkeyed::Unread(Unread(body))) => {
-            return plain(inner, Request::from_parts(parts, body)).await
-        }
-        Prepared::Unkeyed(Unkeyed::Read(raw)) => {
-            return plain(inner, Request::from_parts(parts, B::from(raw))).await
-        }
-    };
-    #[cfg(not(feature = "webhook"))]
-    let () = callback;
-    tracing::Span::current().record("key", storage_key.status_id());
-    // A completed record this process holds in memory is answered here, without a task.
-    if let Some(answer) = engine.begin_now(policy, &storage_key, &fingerprint) {
-        let (resp, outcome) = match answer {
-            Ok(response) => (replay(&response), Outcome::Replayed),
-            Err(problem) => rejected(&problem),
+    let (engine, policy, keyed) =
+        match front(&idem, policy, &parts, || None, &principal, Unread(body)).await {
+            Front::Done(Ok(response)) => return Ok(replay(&response)),
+            Front::Done(Err(problem)) => return Ok(Answer::problem(&problem)),
+            Front::Unkeyed(_, _, Unkeyed::Unread(Unread(body))) => {
+                return plain(inner, Request::from_parts(parts, body)).await
+            }
+            Front::Unkeyed(_, _, Unkeyed::Read(raw)) => {
+                return plain(inner, Request::from_parts(parts, B::from(raw))).await
+            }
+            Front::Keyed(engine, policy, keyed) => (engine, policy, keyed),
         };
-        observe::outcome(policy.endpoint, Some(storage_key.status_id()), outcome);
-        return Ok(resp);
-    }
-
     // Everything from `begin` on runs in a spawned task, so that a client that disconnects
     // (which drops this future) can neither cancel the handler halfway through its side effects
     // nor leave a key acquired by nobody until its lease runs out.
-    let async_after = match policy.on_conflict {
-        OnConflict::Accepted => policy.respond_async_after,
-        _ => None,
-    };
-    let own_status = async_after.map(|_| storage_key.clone());
-    let inflight = idem.shared.inflight.enter();
-    let named = *policy;
-    let status_path = idem.status_path().to_owned();
-    let own_path = status_path.clone();
-    let task = async move {
-        let policy = &named;
-        let _inflight = inflight;
-        let key_id = storage_key.status_id().to_owned();
-        let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
-            Decision::Replay { response, waited } => {
-                (replay(&response), crate::flow::replay_outcome(waited))
-            }
-            Decision::Reject(problem) => rejected(&problem),
-            Decision::Unprotected => {
+    let idem2 = idem.clone();
+    let run = move |run: Run, body: Bytes| async move {
+        let policy = &policy;
+        let ticket = match run {
+            Run::Plain => {
                 let req = Request::from_parts(parts, B::from(body));
-                match plain(inner, req).await {
-                    Ok(resp) => (resp, Outcome::StoreError),
-                    Err(_) => (failed(), Outcome::StoreError),
-                }
+                let resp = plain(inner, req)
+                    .await
+                    .unwrap_or_else(|_| Answer::problem(&crate::flow::handler_failed()));
+                return (resp, Outcome::StoreError);
             }
-            Decision::Execute(ticket) => {
-                if idem.shared.inflight.draining() {
-                    refuse_while_draining(&idem, &ticket).await
-                } else {
-                    let mut armed = ReleaseOnDrop::new(&idem, &ticket);
-                    parts.extensions.insert(IdempotencyContext::new(
-                        ticket.key(),
-                        ticket.token(),
-                        ticket.attempt(),
-                        idem.shared.derivation.clone(),
-                    ));
-                    let req = Request::from_parts(parts, B::from(body));
-                    let run = async {
-                        match call(inner, req).await {
-                            Ok(resp) => {
-                                let (resp, stored) = capture::capture(&idem, policy, resp).await;
-                                Ran::Answered(resp, stored)
-                            }
-                            // The inner service failed without an answer, after it started.
-                            Err(_) => Ran::Panicked,
-                        }
-                    };
-                    let verdict = run_handler(&idem, policy, &ticket, run).await;
-                    armed.disarm();
-                    settle(&idem, &ticket, verdict).await
-                }
-            }
-            Decision::Accepted(key) => (status::accepted(&status_path, &key), Outcome::Accepted),
-            #[cfg(feature = "webhook")]
-            Decision::Webhook(key) => match webhook::answer(&idem, engine.clone(), key, callback) {
-                Ok(()) => (status::webhook_accepted(), Outcome::Accepted),
-                Err(p) => rejected(&p),
-            },
-            // Refused before the store was asked.
-            #[cfg(not(feature = "webhook"))]
-            Decision::Webhook(_) => (
-                Answer::problem(&not_here("on_conflict = \"webhook\"")),
-                Outcome::Rejected,
-            ),
+            Run::Under(ticket) => ticket,
         };
-        observe::outcome(policy.endpoint, Some(&key_id), outcome);
-        resp
-    };
-    let mut task = tokio::spawn(Box::pin(task).in_current_span());
-    if let (Some(after), Some(key)) = (async_after, own_status) {
-        // `accepted` with `respond_async_after`: a slow first request gets 202 too, and its
-        // handler goes on in the task.
-        tokio::select! {
-            done = &mut task => return Ok(finished(policy, done)),
-            _ = tokio::time::sleep(after) => {
-                return Ok(status::accepted(&own_path, &key));
+        let idem = &idem2;
+        let mut armed = ReleaseOnDrop::new(idem, &ticket);
+        parts.extensions.insert(IdempotencyContext::new(
+            ticket.key(),
+            ticket.token(),
+            ticket.attempt(),
+            idem.shared.derivation.clone(),
+        ));
+        let req = Request::from_parts(parts, B::from(body));
+        let run = async {
+            match call(inner, req).await {
+                Ok(resp) => {
+                    let (resp, stored) = capture::capture(idem, policy, resp).await;
+                    Ran::Answered(resp, stored)
+                }
+                // The inner service failed without an answer, after it started.
+                Err(_) => Ran::Panicked,
             }
-        }
-    }
-    Ok(finished(policy, task.await))
-}
-
-/// The task's answer; a 500 when it did not finish (the handler panicked outside its catch).
-fn finished(
-    policy: &Policy,
-    done: Result<Response<IdemBody>, tokio::task::JoinError>,
-) -> Response<IdemBody> {
-    done.unwrap_or_else(|join| {
-        // The handler ran (and failed): that is an execution, released.
-        observe::outcome(policy.endpoint, None, Outcome::Executed);
-        tracing::error!(
-            endpoint = policy.endpoint,
-            panicked = join.is_panic(),
-            "idem: handler did not finish; its key was released"
-        );
-        failed()
-    })
+        };
+        let verdict = run_handler(idem, policy, &ticket, run).await;
+        armed.disarm();
+        settle(idem, &ticket, verdict).await
+    };
+    let Task { work, early } = task(&idem, engine, policy, keyed, run);
+    let spawned = tokio::spawn(Box::pin(work).in_current_span());
+    Ok(answer(&idem, &policy, early, spawned).await)
 }
 
 /// Who sent the request, as the app's scope says; `Err` when the scope is one the tower layer
@@ -388,23 +276,6 @@ where
     Ok(resp.map(IdemBody::of))
 }
 
-/// A problem's answer, and how it is counted.
-fn rejected(problem: &Problem) -> (Response<IdemBody>, Outcome) {
-    (
-        Answer::problem(problem),
-        crate::flow::problem_outcome(problem),
-    )
-}
-
-/// 500 for a handler that did not finish.
-fn failed() -> Response<IdemBody> {
-    Answer::problem(&Problem::new(
-        ProblemKind::HandlerFailed,
-        "the handler failed before producing a response; nothing was stored, so a retry with \
-         the same key runs it again",
-    ))
-}
-
 /// 500 for what this adapter does not do yet.
 fn not_here(what: &str) -> Problem {
     Problem::new(
@@ -416,13 +287,12 @@ fn not_here(what: &str) -> Problem {
 /// A 500 problem for a policy or app setting the tower adapter cannot serve (logged each time:
 /// a setup error to fix at once); `None` when it can.
 fn unsupported(policy: &Policy) -> Option<Problem> {
-    let what = match policy.on_conflict {
-        _ if policy.transactional => "transactional",
-        _ => return None,
-    };
+    if !policy.transactional {
+        return None;
+    }
     tracing::error!(
         endpoint = policy.endpoint,
-        "idem: {what} is not available behind the tower layer"
+        "idem: transactional is not available behind the tower layer"
     );
-    Some(not_here(what))
+    Some(not_here("transactional"))
 }
