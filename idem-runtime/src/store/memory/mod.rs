@@ -121,6 +121,20 @@ impl Entry {
 
     /// Whether the record still blocks a new acquisition: a completed record within its TTL, or
     /// an in-progress one within its lease. Only such records are never evicted.
+    /// `begin`'s answer for this record, live at `now`, to a request with `fingerprint`.
+    fn answer(&self, fingerprint: &Fingerprint, now: Instant) -> Begin {
+        if self.fingerprint != *fingerprint {
+            return Begin::Mismatch;
+        }
+        match &self.state {
+            EntryState::InProgress { lease_until, .. } => Begin::InProgress {
+                lease_left: *lease_until - now,
+            },
+            EntryState::Completed(r) => Begin::Replay(r.clone()),
+            EntryState::Released => unreachable!("a released record is never live"),
+        }
+    }
+
     fn is_live(&self, now: Instant) -> bool {
         match &self.state {
             EntryState::Completed(_) => self.expires_at > now,
@@ -376,15 +390,14 @@ fn fenced(done: Option<()>) -> Fenced {
 #[async_trait]
 impl Store for MemoryStore {
     fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
+        let now = Instant::now();
         let map = self.inner.shard(key);
-        let e = map.get(key).filter(|e| e.is_live(Instant::now()))?;
-        if e.fingerprint != *fingerprint {
-            return Some(Begin::Mismatch);
-        }
-        match &e.state {
-            EntryState::Completed(r) => Some(Begin::Replay(r.clone())),
-            _ => None,
-        }
+        let answer = map
+            .get(key)
+            .filter(|e| e.is_live(now))?
+            .answer(fingerprint, now);
+        // A record in progress is `begin`'s to answer (it may wait, or take over).
+        (!matches!(answer, Begin::InProgress { .. })).then_some(answer)
     }
 
     async fn begin(
@@ -400,16 +413,7 @@ impl Store for MemoryStore {
         let mut attempt = 1;
         if let Some(e) = map.get(key) {
             if e.is_live(now) {
-                if e.fingerprint != *fingerprint {
-                    return Ok(Begin::Mismatch);
-                }
-                return Ok(match &e.state {
-                    EntryState::InProgress { lease_until, .. } => Begin::InProgress {
-                        lease_left: *lease_until - now,
-                    },
-                    EntryState::Completed(r) => Begin::Replay(r.clone()),
-                    EntryState::Released => unreachable!("a released record is never live"),
-                });
+                return Ok(e.answer(fingerprint, now));
             }
             if e.expires_at > now {
                 attempt = e.attempt.saturating_add(1);
