@@ -6,7 +6,6 @@
 //! of the stream; the record keeps the "response not kept" marker.
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::HttpResponse;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -14,7 +13,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::Idempotency;
-use crate::flow::capture::{keep, not_kept, NotKept};
+use crate::flow::capture::{record, ClientBody, NotKept};
+use crate::flow::chunks::{read_capped, Chunked};
 use crate::{Policy, StoredResponse};
 
 type BodyError = Box<dyn std::error::Error>;
@@ -27,63 +27,37 @@ pub(super) async fn capture(
     policy: &Policy,
     resp: HttpResponse,
 ) -> (HttpResponse, StoredResponse) {
-    let limit = idem.shared.max_response;
     let (head, mut body) = resp.into_parts();
     let size = body.size();
-    let mut read = VecDeque::new();
-    let mut total = 0usize;
-    let outcome = match size {
-        BodySize::Sized(n) if n > limit as u64 => Err(NotKept::TooLarge),
-        _ => loop {
-            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await {
-                None => break Ok(()),
-                Some(Ok(chunk)) => {
-                    total += chunk.len();
-                    read.push_back(chunk);
-                    if total > limit {
-                        break Err(NotKept::TooLarge);
-                    }
-                }
-                Some(Err(error)) => {
-                    tracing::error!(%error, "idem: the handler's response body failed while it was read; the operation ran, so the record keeps a \"response not kept\" marker");
-                    break Err(NotKept::BodyFailed);
-                }
-            }
-        },
+    let declared = match size {
+        BodySize::Sized(n) => Some(n),
+        _ => None,
     };
-    let status = head.status().as_u16();
-    match outcome {
-        Ok(()) => {
-            let bytes = match read.len() {
-                0 => Bytes::new(),
-                1 => read.pop_front().unwrap_or_default(),
-                _ => {
-                    let mut all = bytes::BytesMut::with_capacity(total);
-                    read.iter().for_each(|c| all.extend_from_slice(c));
-                    all.freeze()
-                }
-            };
-            let headers = head
-                .headers()
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_bytes()));
-            let stored = keep(idem, policy, status, headers, &bytes);
-            (head.set_body(BoxBody::new(bytes)), stored)
-        }
-        Err(why) => {
-            let content_type = head
-                .headers()
-                .get(CONTENT_TYPE)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-            let stored = not_kept(status, content_type.as_deref(), why, limit);
+    let read = read_capped(&mut body, declared, idem.shared.max_response).await;
+    let headers = head
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_bytes()));
+    let (client, stored) = record(idem, policy, head.status().as_u16(), headers, read);
+    let client = match client {
+        ClientBody::Whole(bytes) => BoxBody::new(bytes),
+        ClientBody::Partial(read, why) => {
             let tail = match why {
-                NotKept::TooLarge | NotKept::Unredactable => Tail::Body(body),
                 // The client sees the stream fail where it failed.
                 NotKept::BodyFailed => Tail::Failed,
+                NotKept::TooLarge | NotKept::Unredactable => Tail::Body(body),
             };
-            let client = head.set_body(BoxBody::new(Replayed { read, tail, size }));
-            (client, stored)
+            BoxBody::new(Replayed { read, tail, size })
         }
+    };
+    (head.set_body(client), stored)
+}
+
+impl Chunked for BoxBody {
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx))
+            .await
+            .map(|chunk| chunk.map_err(|e| e.to_string()))
     }
 }
 

@@ -6,7 +6,9 @@
 //! that is never a reason to run it again.
 
 use bytes::Bytes;
+use std::collections::VecDeque;
 
+use super::chunks::Chunks;
 use crate::actix::Idempotency;
 use crate::engine::NEVER_REPLAYED;
 use crate::problem::ProblemKind;
@@ -23,10 +25,45 @@ pub(crate) enum NotKept {
     Unredactable,
 }
 
-/// The record of a response read whole: status, kept headers (`headers`: every response
-/// header, lowercase name and value) and body — or the marker when the endpoint redacts and the
-/// body is not JSON.
-pub(crate) fn keep<'h>(
+/// What the client gets of a response read by
+/// [`read_capped`](super::chunks::read_capped): all of it in one piece, or the chunks read
+/// before it was cut short — the rest of the handler's body (or its failure) follows.
+pub(crate) enum ClientBody {
+    /// The whole body.
+    Whole(Bytes),
+    /// What was read; why the response is not kept.
+    Partial(VecDeque<Bytes>, NotKept),
+}
+
+/// The record of a response (`headers`: every response header, lowercase name and value) read
+/// as `read` says, and what its client gets.
+pub(crate) fn record<'h>(
+    idem: &Idempotency,
+    policy: &Policy,
+    status: u16,
+    mut headers: impl Iterator<Item = (&'h str, &'h [u8])>,
+    read: (Chunks, Result<(), NotKept>),
+) -> (ClientBody, StoredResponse) {
+    match read {
+        (chunks, Ok(())) => {
+            let bytes = chunks.join();
+            let stored = keep(idem, policy, status, headers, &bytes);
+            (ClientBody::Whole(bytes), stored)
+        }
+        (chunks, Err(why)) => {
+            let content_type = headers
+                .find(|(name, _)| *name == "content-type")
+                .map(|(_, value)| String::from_utf8_lossy(value).into_owned());
+            let limit = idem.shared.max_response;
+            let stored = not_kept(status, content_type.as_deref(), why, limit);
+            (ClientBody::Partial(chunks.read, why), stored)
+        }
+    }
+}
+
+/// The record of a response read whole: status, kept headers and body — or the marker when the
+/// endpoint redacts and the body is not JSON.
+fn keep<'h>(
     idem: &Idempotency,
     policy: &Policy,
     status: u16,
@@ -85,12 +122,7 @@ fn redacted(policy: &Policy, body: &Bytes) -> Option<Bytes> {
 
 /// The record of an operation whose response was not kept: its status, and a problem body that
 /// says so and names the original content type. Counted in `idem_response_not_kept_total`.
-pub(crate) fn not_kept(
-    status: u16,
-    content_type: Option<&str>,
-    why: NotKept,
-    limit: usize,
-) -> StoredResponse {
+fn not_kept(status: u16, content_type: Option<&str>, why: NotKept, limit: usize) -> StoredResponse {
     crate::observe::count(crate::observe::metric::RESPONSE_NOT_KEPT_TOTAL);
     if why == NotKept::TooLarge {
         tracing::error!(limit, status, "idem: the handler's response is larger than max_response_bytes; it is sent in full but not kept, and retries get a \"response not kept\" marker instead of running the operation again");

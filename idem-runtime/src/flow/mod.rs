@@ -5,6 +5,7 @@
 //! request and response types, run their handler, and spawn the task on their runtime.
 
 pub(crate) mod capture;
+pub(crate) mod chunks;
 pub(crate) mod execute;
 pub(crate) mod front;
 pub(crate) mod prepare;

@@ -15,7 +15,8 @@ use crate::{Fingerprint, Guarantee, KeySource, Policy, StorageKey};
 /// A framework's request body, not read yet.
 pub(crate) trait BodySource {
     /// Reads it whole (raw, still compressed if it was sent so), refusing more than `limit`
-    /// bytes (`declared` is its `Content-Length`, if any).
+    /// bytes (`declared` is its `Content-Length`, if any); through
+    /// [`read_whole`](super::chunks::read_whole).
     fn read(
         self,
         declared: Option<u64>,

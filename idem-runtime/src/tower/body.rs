@@ -12,9 +12,10 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::flow::chunks::{read_whole, Chunked};
 use crate::flow::execute::Answer;
 use crate::flow::prepare::BodySource;
-use crate::flow::{body_too_large, body_unreadable, Head};
+use crate::flow::Head;
 use crate::problem::Problem;
 use crate::StoredResponse;
 
@@ -52,33 +53,49 @@ where
     B::Error: std::fmt::Display,
 {
     async fn read(self, declared: Option<u64>, limit: usize) -> Result<Bytes, Problem> {
-        if declared.is_some_and(|n| n > limit as u64) {
-            return Err(body_too_large(limit));
+        read_whole(&mut Request(Box::pin(self.0)), declared, limit).await
+    }
+}
+
+/// A request body being read.
+struct Request<B>(Pin<Box<B>>);
+
+impl<B> Chunked for Request<B>
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: std::fmt::Display,
+{
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        Some(next_data(self.0.as_mut()).await?.map_err(|e| e.to_string()))
+    }
+}
+
+impl<B> Chunked for Pin<Box<B>>
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<BoxError>,
+{
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        Some(
+            next_data(self.as_mut())
+                .await?
+                .map_err(|e| e.into().to_string()),
+        )
+    }
+}
+
+/// The next frame of data of `body`, skipping trailers.
+async fn next_data<B: Body<Data = Bytes>>(
+    mut body: Pin<&mut B>,
+) -> Option<Result<Bytes, B::Error>> {
+    loop {
+        match std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await? {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => return Some(Ok(data)),
+                Err(_) => continue, // trailers
+            },
+            Err(e) => return Some(Err(e)),
         }
-        let mut body = std::pin::pin!(self.0);
-        let mut first: Option<Bytes> = None;
-        let mut all = Vec::new();
-        let mut total = 0usize;
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.map_err(body_unreadable)?.into_data() else {
-                continue; // trailers
-            };
-            total += data.len();
-            if total > limit {
-                return Err(body_too_large(limit));
-            }
-            // The usual body is one frame: keep it rather than copying it.
-            match first.take() {
-                None if all.is_empty() => first = Some(data),
-                earlier => {
-                    if let Some(earlier) = earlier {
-                        all.extend_from_slice(&earlier);
-                    }
-                    all.extend_from_slice(&data);
-                }
-            }
-        }
-        Ok(first.unwrap_or_else(|| all.into()))
     }
 }
 
