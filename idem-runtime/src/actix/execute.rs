@@ -94,7 +94,9 @@ where
     } else {
         None
     };
-    let run = async {
+    // The handler's run is built in the call, not bound to a local first: a local moved into
+    // the call would keep a slot of its own in this future.
+    let verdict = run_handler(idem, policy, &ticket, async {
         match handler(req, dev::Payload::from(body)).await {
             Ok(resp) => {
                 let (resp, stored) = capture(idem, policy, resp).await;
@@ -102,8 +104,8 @@ where
             }
             Err(e) => Ran::Refused(extractor_problem(&e)),
         }
-    };
-    let verdict = run_handler(idem, policy, &ticket, run).await;
+    })
+    .await;
     armed.disarm();
     #[cfg(feature = "postgres")]
     if let Some(tx) = tx {

@@ -120,9 +120,31 @@ where
             }
             Front::Keyed(engine, policy, keyed) => (engine, policy, keyed),
         };
-    // Everything from `begin` on runs in a spawned task, so that a client that disconnects
-    // (which drops this future) can neither cancel the handler halfway through its side effects
-    // nor leave a key acquired by nobody until its lease runs out.
+    let (spawned, early) = spawn_task(&idem, engine, policy, keyed, req, handler);
+    answer(&idem, &policy, early, spawned).await
+}
+
+/// Spawns a keyed request's task. Everything from `begin` on runs in a spawned task, so that a
+/// client that disconnects (which drops the request's future) can neither cancel the handler
+/// halfway through its side effects nor leave a key acquired by nobody until its lease runs out.
+///
+/// A plain function, not part of `flow`'s future: the task's future (several KiB, the
+/// handler's inside) would otherwise keep a slot in it, copied with it on every move.
+fn spawn_task<F, Fut>(
+    idem: &Idempotency,
+    engine: std::sync::Arc<crate::engine::Engine>,
+    policy: Policy,
+    keyed: crate::flow::prepare::Keyed<crate::flow::Callback>,
+    req: HttpRequest,
+    handler: F,
+) -> (
+    tokio::task::JoinHandle<HttpResponse>,
+    Option<(std::time::Duration, crate::StorageKey)>,
+)
+where
+    F: FnOnce(HttpRequest, dev::Payload) -> Fut + 'static,
+    Fut: Future<Output = HandlerResult> + 'static,
+{
     let idem2 = idem.clone();
     let named = policy;
     let run = move |run: Run, body| async move {
@@ -137,11 +159,13 @@ where
             }
         }
     };
-    let Task { work, early } = task(&idem, engine, policy, keyed, run);
+    let Task { work, early } = task(idem, engine, policy, keyed, run);
     // Several KiB (the handler's future is inside): boxed once here, not copied on each move
     // into the span, the task and its cell.
-    let spawned = actix_web::rt::spawn(Box::pin(work).in_current_span());
-    answer(&idem, &policy, early, spawned).await
+    (
+        actix_web::rt::spawn(Box::pin(work).in_current_span()),
+        early,
+    )
 }
 
 /// 500 for a handler whose app has no `Idempotency` registered; logged once.

@@ -71,12 +71,17 @@ where
         let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
             Decision::Replay { response, waited } => (R::replay(&response), replay_outcome(waited)),
             Decision::Reject(problem) => (R::problem(&problem), problem_outcome(&problem)),
-            Decision::Unprotected => (handler(Run::Plain, body).await.0, Outcome::StoreError),
+            Decision::Unprotected => (
+                Box::pin(handler(Run::Plain, body)).await.0,
+                Outcome::StoreError,
+            ),
             Decision::Execute(ticket) if idem.shared.inflight.draining() => {
                 // A shutdown started after this request's `begin`: nothing new runs here.
                 refuse_while_draining(&idem, &ticket).await
             }
-            Decision::Execute(ticket) => handler(Run::Under(ticket), body).await,
+            // Boxed: the handler's future (KiBs) is not part of every task's, which would be
+            // copied with it into its allocation.
+            Decision::Execute(ticket) => Box::pin(handler(Run::Under(ticket), body)).await,
             Decision::Accepted(key) => (R::accepted(idem.status_path(), &key), Outcome::Accepted),
             #[cfg(feature = "webhook")]
             Decision::Webhook(key) => match super::webhook::answer(&idem, engine, key, callback) {

@@ -6,18 +6,19 @@
 //! friends) may drop a live record, which would let a duplicate run twice.
 
 use async_trait::async_trait;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 mod principals;
+mod shard;
 mod sweeper;
 
 use super::{Begin, Fenced, Store, StoreError};
 use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
 use principals::Principals;
+use shard::{Hashed, Shard};
 
 /// Shards of the map, each behind its own lock: a sweep holds one shard's lock while it walks
 /// it, so at 10^7 records a shard is ~40k entries (a few ms), not 300k.
@@ -65,11 +66,9 @@ struct Inner {
     next_token: AtomicU64,
     /// Per-principal caps and what each principal holds, when the store has them.
     principals: Option<Principals>,
+    /// Picks a key's shard and its bucket there; seeded per store (see [`Hashed::new`]).
+    hasher: foldhash::fast::RandomState,
 }
-
-/// One shard's records. Storage keys are HMAC outputs, but without an app secret anyone can
-/// compute them: the hasher is seeded per process, so nobody can aim keys at one bucket.
-type Shard = HashMap<StorageKey, Entry, foldhash::fast::RandomState>;
 
 struct Entry {
     fingerprint: Fingerprint,
@@ -84,7 +83,8 @@ struct Entry {
 enum EntryState {
     InProgress {
         token: FencingToken,
-        done: Arc<Notify>,
+        /// Wakes the duplicates waiting for it (`on_conflict = "wait"`); made by the first.
+        done: Option<Arc<Notify>>,
         lease_until: Instant,
     },
     Completed(StoredResponse),
@@ -201,6 +201,7 @@ impl MemoryStoreBuilder {
                 bytes,
                 held: Mutex::default(),
             }),
+            hasher: foldhash::fast::RandomState::default(),
         });
         if let Some(every) = self.sweep_every {
             let weak = Arc::downgrade(&inner);
@@ -263,19 +264,15 @@ impl MemoryStore {
 }
 
 impl Inner {
-    fn shard_index(key: &StorageKey) -> usize {
-        // Storage keys end in hex of a SHA-256, so their last bytes are uniformly spread.
-        key.as_str().bytes().rev().take(4).fold(0usize, |acc, b| {
-            acc.wrapping_mul(31).wrapping_add(usize::from(b))
-        }) % SHARDS
-    }
-
-    fn shard(&self, key: &StorageKey) -> MutexGuard<'_, Shard> {
+    /// `key` hashed, and its shard locked.
+    fn shard<'k>(&self, key: &'k StorageKey) -> (Hashed<'k>, MutexGuard<'_, Shard>) {
+        let at = Hashed::new(&self.hasher, key);
         // A poisoned shard only means a panic elsewhere while holding it; the map itself is
         // still consistent (every mutation is a single insert/remove), so keep serving.
-        self.shards[Self::shard_index(key)]
+        let map = self.shards[at.shard(SHARDS)]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        (at, map)
     }
 
     /// Publishes occupancy gauges (a no-op without feature `metrics`).
@@ -286,16 +283,24 @@ impl Inner {
         );
     }
 
-    fn remove_entry(&self, map: &mut Shard, key: &StorageKey) {
-        if let Some(e) = map.remove(key) {
-            self.used.fetch_sub(e.size, Ordering::Relaxed);
-            self.entries.fetch_sub(1, Ordering::Relaxed);
-            if let Some(p) = &self.principals {
-                p.charge(key, -1, -(e.size as isize));
-            }
-            if let EntryState::InProgress { done, .. } = e.state {
-                done.notify_waiters();
-            }
+    fn remove_entry(&self, map: &mut Shard, at: Hashed<'_>) {
+        if let Some(e) = map.remove(at) {
+            self.forget(at.key, e);
+        }
+    }
+
+    /// Accounts for `e`, the entry of `key`, taken out of its shard; wakes its waiters.
+    fn forget(&self, key: &StorageKey, e: Entry) {
+        self.used.fetch_sub(e.size, Ordering::Relaxed);
+        self.entries.fetch_sub(1, Ordering::Relaxed);
+        if let Some(p) = &self.principals {
+            p.charge(key, -1, -(e.size as isize));
+        }
+        if let EntryState::InProgress {
+            done: Some(done), ..
+        } = e.state
+        {
+            done.notify_waiters();
         }
     }
 
@@ -353,14 +358,7 @@ impl Inner {
 
     /// Drops the records of `map` that are not live.
     fn drop_dead(&self, map: &mut Shard, now: Instant) {
-        let dead: Vec<StorageKey> = map
-            .iter()
-            .filter(|(_, e)| !e.is_live(now))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in dead {
-            self.remove_entry(map, &k);
-        }
+        map.remove_where(|_, e| !e.is_live(now), |k, e| self.forget(&k, e));
     }
 
     /// Runs `f` on the in-progress entry of `key` held by `token`; a lapsed lease that nobody
@@ -369,14 +367,14 @@ impl Inner {
         &self,
         key: &StorageKey,
         token: FencingToken,
-        f: impl FnOnce(&Self, &mut Shard) -> R,
+        f: impl FnOnce(&Self, &mut Shard, Hashed<'_>) -> R,
     ) -> Option<R> {
-        let mut map = self.shard(key);
+        let (at, mut map) = self.shard(key);
         let holds = matches!(
-            map.get(key),
+            map.get(at),
             Some(Entry { state: EntryState::InProgress { token: t, .. }, .. }) if *t == token
         );
-        holds.then(|| f(self, &mut map))
+        holds.then(|| f(self, &mut map, at))
     }
 }
 
@@ -391,9 +389,9 @@ fn fenced(done: Option<()>) -> Fenced {
 impl Store for MemoryStore {
     fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
         let now = Instant::now();
-        let map = self.inner.shard(key);
+        let (at, map) = self.inner.shard(key);
         let answer = map
-            .get(key)
+            .get(at)
             .filter(|e| e.is_live(now))?
             .answer(fingerprint, now);
         // A record in progress is `begin`'s to answer (it may wait, or take over).
@@ -409,16 +407,16 @@ impl Store for MemoryStore {
     ) -> Result<Begin, StoreError> {
         let inner = &*self.inner;
         let now = Instant::now();
-        let mut map = inner.shard(key);
+        let (at, mut map) = inner.shard(key);
         let mut attempt = 1;
-        if let Some(e) = map.get(key) {
+        if let Some(e) = map.get(at) {
             if e.is_live(now) {
                 return Ok(e.answer(fingerprint, now));
             }
             if e.expires_at > now {
                 attempt = e.attempt.saturating_add(1);
             }
-            inner.remove_entry(&mut map, key);
+            inner.remove_entry(&mut map, at);
         }
         let size = key.as_str().len() + ENTRY_OVERHEAD;
         if let Some(p) = &inner.principals {
@@ -426,20 +424,21 @@ impl Store for MemoryStore {
                 return Err(StoreError::PrincipalFull);
             }
         }
-        if !inner.admit(&mut map, Inner::shard_index(key), size, now) {
+        if !inner.admit(&mut map, at.shard(SHARDS), size, now) {
             return Err(StoreError::Full);
         }
         if let Some(p) = &inner.principals {
             p.charge(key, 1, size as isize);
         }
         let token = FencingToken(inner.next_token.fetch_add(1, Ordering::Relaxed));
-        map.insert(
-            key.clone(),
+        map.insert_new(
+            at,
             Entry {
                 fingerprint: *fingerprint,
                 state: EntryState::InProgress {
                     token,
-                    done: Arc::new(Notify::new()),
+                    // Made by the first duplicate that waits: most records never have one.
+                    done: None,
                     lease_until: now + lease,
                 },
                 expires_at: now + keep.max(lease),
@@ -461,28 +460,37 @@ impl Store for MemoryStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<Fenced, StoreError> {
-        Ok(fenced(self.inner.with_lease(key, token, |inner, map| {
-            if let Some(e) = map.get_mut(key) {
-                let old = std::mem::replace(&mut e.state, EntryState::Completed(response.clone()));
-                e.expires_at = Instant::now() + ttl;
-                inner.resize(
-                    key,
-                    e,
-                    key.as_str().len() + ENTRY_OVERHEAD + response.size(),
-                );
-                inner.publish();
-                if let EntryState::InProgress { done, .. } = old {
-                    done.notify_waiters();
+        Ok(fenced(self.inner.with_lease(
+            key,
+            token,
+            |inner, map, at| {
+                if let Some(e) = map.get_mut(at) {
+                    let old =
+                        std::mem::replace(&mut e.state, EntryState::Completed(response.clone()));
+                    e.expires_at = Instant::now() + ttl;
+                    inner.resize(
+                        key,
+                        e,
+                        key.as_str().len() + ENTRY_OVERHEAD + response.size(),
+                    );
+                    inner.publish();
+                    if let EntryState::InProgress {
+                        done: Some(done), ..
+                    } = old
+                    {
+                        done.notify_waiters();
+                    }
                 }
-            }
-        })))
+            },
+        )))
     }
 
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        Ok(fenced(self.inner.with_lease(key, token, |_, map| {
-            if let Some(e) = map.get_mut(key) {
-                if let EntryState::InProgress { done, .. } =
-                    std::mem::replace(&mut e.state, EntryState::Released)
+        Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
+            if let Some(e) = map.get_mut(at) {
+                if let EntryState::InProgress {
+                    done: Some(done), ..
+                } = std::mem::replace(&mut e.state, EntryState::Released)
                 {
                     done.notify_waiters();
                 }
@@ -496,8 +504,8 @@ impl Store for MemoryStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        Ok(fenced(self.inner.with_lease(key, token, |_, map| {
-            if let Some(e) = map.get_mut(key) {
+        Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
+            if let Some(e) = map.get_mut(at) {
                 let until = Instant::now() + lease;
                 if let EntryState::InProgress { lease_until, .. } = &mut e.state {
                     *lease_until = until;
@@ -508,9 +516,9 @@ impl Store for MemoryStore {
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        let mut map = self.inner.shard(key);
-        let existed = map.contains_key(key);
-        self.inner.remove_entry(&mut map, key);
+        let (at, mut map) = self.inner.shard(key);
+        let existed = map.contains(at);
+        self.inner.remove_entry(&mut map, at);
         self.inner.publish();
         Ok(existed)
     }
@@ -520,15 +528,13 @@ impl Store for MemoryStore {
         let mut removed = 0;
         for shard in &self.inner.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            let doomed: Vec<StorageKey> = map
-                .keys()
-                .filter(|k| k.as_str().starts_with(key_prefix))
-                .cloned()
-                .collect();
-            for key in &doomed {
-                self.inner.remove_entry(&mut map, key);
-            }
-            removed += doomed.len() as u64;
+            map.remove_where(
+                |k, _| k.as_str().starts_with(key_prefix),
+                |k, e| {
+                    self.inner.forget(&k, e);
+                    removed += 1;
+                },
+            );
         }
         self.inner.publish();
         Ok(removed)
@@ -536,14 +542,14 @@ impl Store for MemoryStore {
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
         let now = Instant::now();
-        let map = self.inner.shard(key);
-        Ok(map.get(key).and_then(|e| e.record(now)))
+        let (at, map) = self.inner.shard(key);
+        Ok(map.get(at).and_then(|e| e.record(now)))
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
         let (done, lease_left) = {
-            let map = self.inner.shard(key);
-            match map.get(key) {
+            let (at, mut map) = self.inner.shard(key);
+            match map.get_mut(at) {
                 Some(Entry {
                     state:
                         EntryState::InProgress {
@@ -551,7 +557,7 @@ impl Store for MemoryStore {
                         },
                     ..
                 }) => (
-                    done.clone(),
+                    done.get_or_insert_with(|| Arc::new(Notify::new())).clone(),
                     lease_until.saturating_duration_since(Instant::now()),
                 ),
                 _ => return Ok(()),
@@ -560,10 +566,14 @@ impl Store for MemoryStore {
         // `notified()` counts `notify_waiters` calls from its creation on, so a completion
         // between the lookup above and this line is not missed: re-check after creating it.
         let notified = done.notified();
-        let still_running = matches!(
-            self.inner.shard(key).get(key),
-            Some(Entry { state: EntryState::InProgress { done: d, .. }, .. }) if Arc::ptr_eq(d, &done)
-        );
+        let still_running = {
+            let (at, map) = self.inner.shard(key);
+            matches!(
+                map.get(at),
+                Some(Entry { state: EntryState::InProgress { done: Some(d), .. }, .. })
+                    if Arc::ptr_eq(d, &done)
+            )
+        };
         if still_running {
             // An expired lease notifies nobody until swept, so never wait past it.
             let _ = tokio::time::timeout(timeout.min(lease_left), notified).await;

@@ -5,7 +5,6 @@ use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use super::{Inner, SHARDS};
-use crate::StorageKey;
 
 /// Entries the sweeper walks per tick, at most (it walks whole shards, round robin, until past
 /// this): its work per tick stays flat however many records the store holds; at 10^7 records a
@@ -50,14 +49,7 @@ impl Inner {
     fn sweep_shard(&self, shard: usize, now: Instant) -> usize {
         let mut map = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         let walked = map.len();
-        let expired: Vec<StorageKey> = map
-            .iter()
-            .filter(|(_, e)| e.expires_at <= now)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in expired {
-            self.remove_entry(&mut map, &k);
-        }
+        map.remove_where(|_, e| e.expires_at <= now, |k, e| self.forget(&k, e));
         walked
     }
 }
@@ -65,7 +57,7 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Fingerprint, IdempotencyKey, Store, StoredResponse};
+    use crate::{Fingerprint, IdempotencyKey, StorageKey, Store, StoredResponse};
 
     #[tokio::test]
     async fn a_budgeted_tick_walks_some_shards_and_the_cycle_all_of_them() {
