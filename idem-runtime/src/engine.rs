@@ -3,6 +3,7 @@
 //! lease alive and write (or release) its record with fencing.
 
 use std::future::Future;
+use std::task::Poll;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -154,9 +155,16 @@ pub(crate) async fn deadline<T>(
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(limit, call)
-        .await
-        .unwrap_or(Err(StoreError::Timeout(limit)));
+    let mut call = std::pin::pin!(call);
+    // A store that answers at once (the memory store, a cached record) needs no timer: polled
+    // once before one is made.
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    let result = match first {
+        Poll::Ready(result) => result,
+        Poll::Pending => tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(limit))),
+    };
     crate::observe::store_call(op, started.elapsed(), result.is_err());
     result
 }
