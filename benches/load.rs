@@ -18,6 +18,7 @@
 //!
 //! `cargo bench --bench load` (`LOAD_SECS`, default 3, and `LOAD_CONNS`, default 64, override;
 //! `LOAD_ONLY=memory|echo|axum|redis|postgres` and `LOAD_SCENARIO=replay|new key|same-key storm` narrow it).
+//! `LOAD_ONLY=pairs` runs only interleaved pairs of plain and memory (`LOAD_PAIRS` of them, default 5).
 
 use actix_web::{post, web, App, HttpResponse, HttpServer};
 use idem::{idempotent, CachedStore, Idempotency, MemoryStore, RedisStore};
@@ -182,6 +183,9 @@ use worker_cpu::{worker_cpu_ns, WORKERS};
 
 #[path = "support/axum_app.rs"]
 mod axum_app;
+
+#[path = "support/pairs.rs"]
+mod pairs;
 use driver::{drive, Row, Scenario};
 
 /// The PostgreSQL part: an app whose records live in PostgreSQL, reached (like the ledger)
@@ -306,6 +310,9 @@ fn main() {
             .build(),
         None,
     );
+    if only.as_deref() == Some("pairs") {
+        return pairs::main(memory, conns, secs, &body, TRIVIAL);
+    }
     // The same, with an app secret: every stored response sealed (encryption at rest), every
     // replay opened.
     let sealed = serve(

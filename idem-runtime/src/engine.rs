@@ -3,8 +3,8 @@
 //! lease alive and write (or release) its record with fencing.
 
 use std::future::Future;
-use std::task::Poll;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::problem::{Problem, ProblemKind};

@@ -1,0 +1,134 @@
+//! Interleaved pairs (`LOAD_ONLY=pairs`): plain and `#[idempotent]` on the memory store, run
+//! one after the other several times on the same app, for the JSON handler and the trivial
+//! one, new key and replay. On a two-core machine shared with the load generator a single
+//! three-second run of each swings by ±20 % from one minute to the next; a pair run back to back
+//! shares the machine's state, so the ratio of each pair, and their median, are what to read.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::driver::{drive, Scenario};
+use super::worker_cpu::worker_cpu_ns;
+
+/// One measured run: requests per second and, if Linux tells, the worker's CPU µs per answer.
+struct Measured {
+    rps: f64,
+    cpu_us: Option<f64>,
+}
+
+async fn measure(
+    addr: SocketAddr,
+    path: &'static str,
+    scenario: Scenario,
+    run: u64,
+    conns: usize,
+    secs: f64,
+    body: &[u8],
+) -> Measured {
+    let before = worker_cpu_ns(addr);
+    let (rps, _, _, n, _) = drive(addr, path, scenario, run, conns, secs, body).await;
+    let cpu_us = before
+        .zip(worker_cpu_ns(addr))
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / n.max(1) as f64);
+    Measured { rps, cpu_us }
+}
+
+fn median(mut xs: Vec<f64>) -> Option<(f64, f64, f64)> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort_by(f64::total_cmp);
+    Some((xs[xs.len() / 2], xs[0], xs[xs.len() - 1]))
+}
+
+fn show(m: Option<(f64, f64, f64)>) -> String {
+    m.map_or("—".into(), |(mid, lo, hi)| {
+        format!("**{mid:.2}** ({lo:.2}–{hi:.2})")
+    })
+}
+
+/// `LOAD_ONLY=pairs`: `LOAD_PAIRS` interleaved pairs (default 5) on the app at `addr`, on a
+/// runtime of their own.
+pub(crate) fn main(addr: SocketAddr, conns: usize, secs: f64, json: &[u8], trivial: &[u8]) {
+    let rounds = std::env::var("LOAD_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    std::thread::sleep(Duration::from_millis(300));
+    let first_run = std::process::id() as u64 * 1000;
+    let pairs = run_pairs(
+        addr,
+        rounds.unwrap_or(5).clamp(1, 21),
+        conns,
+        secs,
+        json,
+        trivial,
+        first_run,
+    );
+    tokio::task::LocalSet::new().block_on(&rt, pairs);
+}
+
+/// Runs `rounds` interleaved pairs per handler and scenario on the app at `addr` (routes
+/// `/plain`, `/idem`, `/echo`, `/idem-echo`) and prints one table: per pair, the idempotent
+/// run's req/s over plain's and plain's CPU per answer over the idempotent one's; the median
+/// and the range of each.
+#[allow(clippy::too_many_arguments)]
+async fn run_pairs(
+    addr: SocketAddr,
+    rounds: usize,
+    conns: usize,
+    secs: f64,
+    json: &[u8],
+    trivial: &[u8],
+    mut run: u64,
+) {
+    let mut lines = Vec::new();
+    // `LOAD_SCENARIO` narrows it to one scenario, `LOAD_HANDLER` (`json` or `echo`) to one
+    // handler.
+    let scenario_only = std::env::var("LOAD_SCENARIO").ok();
+    let handler_only = std::env::var("LOAD_HANDLER").ok();
+    for scenario in [Scenario::NewKey, Scenario::Replay] {
+        if scenario_only
+            .as_deref()
+            .is_some_and(|s| s != scenario.name())
+        {
+            continue;
+        }
+        for (tag, handler, plain, idem, body) in [
+            ("json", "1 KiB JSON", "/plain", "/idem", json),
+            ("echo", "trivial echo", "/echo", "/idem-echo", trivial),
+        ] {
+            if handler_only.as_deref().is_some_and(|h| h != tag) {
+                continue;
+            }
+            let (mut rps, mut cpu) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                run += 1;
+                let p = measure(addr, plain, scenario, run, conns, secs, body).await;
+                run += 1;
+                let m = measure(addr, idem, scenario, run, conns, secs, body).await;
+                rps.push(m.rps / p.rps);
+                if let (Some(pc), Some(mc)) = (p.cpu_us, m.cpu_us) {
+                    cpu.push(pc / mc);
+                }
+            }
+            lines.push(format!(
+                "| {} | {handler} | {rounds} | {} | {} |",
+                scenario.name(),
+                show(median(rps)),
+                show(median(cpu)),
+            ));
+        }
+    }
+    println!();
+    println!("Interleaved pairs, memory store × plain on the same app ({secs} s runs, {conns} connections):");
+    println!();
+    println!("| scenario | handler | pairs | req/s × plain: median (range) | plain's CPU/answer ÷ this: median (range) |");
+    println!("| --- | --- | ---: | --- | --- |");
+    for line in lines {
+        println!("{line}");
+    }
+}
