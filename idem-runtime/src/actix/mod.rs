@@ -251,3 +251,32 @@ pub(crate) fn replay(stored: &StoredResponse) -> HttpResponse {
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::FromRequest;
+
+    static POLICY: Policy = Policy::new("size");
+
+    /// A request's future is moved, and copied each time, into its span and into actix's boxed
+    /// handler future: it must not hold the handler's future (which runs in the spawned task),
+    /// whatever that one's size.
+    #[actix_web::test]
+    async fn a_requests_future_does_not_hold_its_handlers() {
+        let (req, mut raw) = actix_web::test::TestRequest::post().to_http_parts();
+        let payload = web::Payload::from_request(&req, &mut raw)
+            .await
+            .expect("payload");
+        // A handler whose own future is 8 KiB.
+        let handler = |_: HttpRequest, _: dev::Payload| async move {
+            let held = [7u8; 8192];
+            tokio::task::yield_now().await;
+            std::hint::black_box(&held);
+            Ok(HttpResponse::Ok().finish())
+        };
+        let request = run(req, payload, &POLICY, handler);
+        let size = std::mem::size_of_val(&request);
+        assert!(size <= 2048, "the request's future is {size} B");
+    }
+}
