@@ -15,6 +15,23 @@ use super::worker_cpu::worker_cpu_ns;
 struct Measured {
     rps: f64,
     cpu_us: Option<f64>,
+    answers: usize,
+}
+
+/// CPU nanoseconds used so far by the memory stores' sweeper threads (in `LOAD_ONLY=pairs`
+/// there is one, the app's): idempotency work too, done off the worker thread.
+fn sweeper_cpu_ns() -> Option<u64> {
+    let mut total = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != "idem-memory-swe" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        total = Some(total.unwrap_or(0) + ns);
+    }
+    total
 }
 
 async fn measure(
@@ -38,7 +55,11 @@ async fn measure(
     let cpu_us = before
         .zip(worker_cpu_ns(addr))
         .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / n.max(1) as f64);
-    Measured { rps, cpu_us }
+    Measured {
+        rps,
+        cpu_us,
+        answers: n,
+    }
 }
 
 fn median(mut xs: Vec<f64>) -> Option<(f64, f64, f64)> {
@@ -82,7 +103,8 @@ pub(crate) fn main(addr: SocketAddr, conns: usize, secs: f64, json: &[u8], trivi
 /// Runs `rounds` interleaved pairs per handler and scenario on the app at `addr` (routes
 /// `/plain`, `/idem`, `/echo`, `/idem-echo`) and prints one table: per pair, the idempotent
 /// run's req/s over plain's and plain's CPU per answer over the idempotent one's; the median
-/// and the range of each.
+/// and the range of each; the memory store's sweeper thread's CPU over the group per
+/// idempotent answer, and the CPU ratio with it added to the idempotent side.
 #[allow(clippy::too_many_arguments)]
 async fn run_pairs(
     addr: SocketAddr,
@@ -128,30 +150,45 @@ async fn run_pairs(
                 run += 1;
                 measure(addr, idem, scenario, run, conns, 12.0, body).await;
             }
-            let (mut rps, mut cpu) = (Vec::new(), Vec::new());
+            let (mut rps, mut cpu, mut cpu_pairs) = (Vec::new(), Vec::new(), Vec::new());
+            let (swept_before, mut idem_answers) = (sweeper_cpu_ns(), 0);
             for _ in 0..rounds {
                 run += 1;
                 let p = measure(addr, plain, scenario, run, conns, secs, body).await;
                 run += 1;
                 let m = measure(addr, idem, scenario, run, conns, secs, body).await;
                 rps.push(m.rps / p.rps);
+                idem_answers += m.answers;
                 if let (Some(pc), Some(mc)) = (p.cpu_us, m.cpu_us) {
                     cpu.push(pc / mc);
+                    cpu_pairs.push((pc, mc));
                 }
             }
+            // The sweeper's CPU over the whole group, charged to the idempotent answers.
+            let swept_us = swept_before
+                .zip(sweeper_cpu_ns())
+                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / idem_answers.max(1) as f64);
+            let with_sweeper = swept_us.map(|s| {
+                cpu_pairs
+                    .iter()
+                    .map(|(pc, mc)| pc / (mc + s))
+                    .collect::<Vec<_>>()
+            });
             lines.push(format!(
-                "| {} | {handler} | {rounds} | {} | {} |",
+                "| {} | {handler} | {rounds} | {} | {} | {} | {} |",
                 scenario.name(),
                 show(median(rps)),
                 show(median(cpu)),
+                swept_us.map_or("—".into(), |s| format!("{s:.2}")),
+                show(with_sweeper.and_then(median)),
             ));
         }
     }
     println!();
     println!("Interleaved pairs, memory store × plain on the same app ({secs} s runs, {conns} connections):");
     println!();
-    println!("| scenario | handler | pairs | req/s × plain: median (range) | plain's CPU/answer ÷ this: median (range) |");
-    println!("| --- | --- | ---: | --- | --- |");
+    println!("| scenario | handler | pairs | req/s × plain: median (range) | plain's CPU/answer ÷ this: median (range) | sweeper µs/answer | CPU ratio, sweeper counted |");
+    println!("| --- | --- | ---: | --- | --- | ---: | --- |");
     for line in lines {
         println!("{line}");
     }
