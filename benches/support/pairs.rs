@@ -16,6 +16,7 @@ struct Measured {
     rps: f64,
     cpu_us: Option<f64>,
     answers: usize,
+    p99_us: u32,
 }
 
 /// CPU nanoseconds used so far by the memory stores' sweeper threads (in `LOAD_ONLY=pairs`
@@ -44,7 +45,7 @@ async fn measure(
     body: &[u8],
 ) -> Measured {
     let before = worker_cpu_ns(addr);
-    let (rps, _, _, n, mix) = drive(addr, path, scenario, run, conns, secs, body).await;
+    let (rps, _, p99_us, n, mix) = drive(addr, path, scenario, run, conns, secs, body).await;
     // Every request must have been answered with a 201 (a new key: executed): a ratio of
     // errors is not a measurement.
     let expected = match scenario {
@@ -59,6 +60,7 @@ async fn measure(
         rps,
         cpu_us,
         answers: n,
+        p99_us,
     }
 }
 
@@ -151,6 +153,7 @@ async fn run_pairs(
                 measure(addr, idem, scenario, run, conns, 12.0, body).await;
             }
             let (mut rps, mut cpu, mut cpu_pairs) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut plain_p99, mut idem_p99) = (Vec::new(), Vec::new());
             let (swept_before, mut idem_answers) = (sweeper_cpu_ns(), 0);
             for _ in 0..rounds {
                 run += 1;
@@ -159,6 +162,8 @@ async fn run_pairs(
                 let m = measure(addr, idem, scenario, run, conns, secs, body).await;
                 rps.push(m.rps / p.rps);
                 idem_answers += m.answers;
+                plain_p99.push(f64::from(p.p99_us));
+                idem_p99.push(f64::from(m.p99_us));
                 if let (Some(pc), Some(mc)) = (p.cpu_us, m.cpu_us) {
                     cpu.push(pc / mc);
                     cpu_pairs.push((pc, mc));
@@ -175,20 +180,22 @@ async fn run_pairs(
                     .collect::<Vec<_>>()
             });
             lines.push(format!(
-                "| {} | {handler} | {rounds} | {} | {} | {} | {} |",
+                "| {} | {handler} | {rounds} | {} | {} | {} | {} | {:.0} / {:.0} |",
                 scenario.name(),
                 show(median(rps)),
                 show(median(cpu)),
                 swept_us.map_or("—".into(), |s| format!("{s:.2}")),
                 show(with_sweeper.and_then(median)),
+                median(plain_p99).map_or(0.0, |m| m.0),
+                median(idem_p99).map_or(0.0, |m| m.0),
             ));
         }
     }
     println!();
     println!("Interleaved pairs, memory store × plain on the same app ({secs} s runs, {conns} connections):");
     println!();
-    println!("| scenario | handler | pairs | req/s × plain: median (range) | plain's CPU/answer ÷ this: median (range) | sweeper µs/answer | CPU ratio, sweeper counted |");
-    println!("| --- | --- | ---: | --- | --- | ---: | --- |");
+    println!("| scenario | handler | pairs | req/s × plain: median (range) | plain's CPU/answer ÷ this: median (range) | sweeper µs/answer | CPU ratio, sweeper counted | p99 µs, plain / this (medians) |");
+    println!("| --- | --- | ---: | --- | --- | ---: | --- | --- |");
     for line in lines {
         println!("{line}");
     }

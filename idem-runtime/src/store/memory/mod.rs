@@ -135,6 +135,16 @@ impl Entry {
         }
     }
 
+    /// Drops the entry, waking the duplicates waiting for it.
+    fn drop_waking(self) {
+        if let EntryState::InProgress {
+            done: Some(done), ..
+        } = self.state
+        {
+            done.notify_waiters();
+        }
+    }
+
     fn is_live(&self, now: Instant) -> bool {
         match &self.state {
             EntryState::Completed(_) => self.expires_at > now,
@@ -291,16 +301,17 @@ impl Inner {
 
     /// Accounts for `e`, the entry of `key`, taken out of its shard; wakes its waiters.
     fn forget(&self, key: &StorageKey, e: Entry) {
+        self.unaccount(key, &e);
+        e.drop_waking();
+    }
+
+    /// Takes `e`, the entry of `key` taken out of its shard, off the counts (under the shard's
+    /// lock, so that the counts never lag the map).
+    fn unaccount(&self, key: &StorageKey, e: &Entry) {
         self.used.fetch_sub(e.size, Ordering::Relaxed);
         self.entries.fetch_sub(1, Ordering::Relaxed);
         if let Some(p) = &self.principals {
             p.charge(key, -1, -(e.size as isize));
-        }
-        if let EntryState::InProgress {
-            done: Some(done), ..
-        } = e.state
-        {
-            done.notify_waiters();
         }
     }
 
