@@ -189,7 +189,7 @@ mod driver;
 
 #[path = "support/worker_cpu.rs"]
 mod worker_cpu;
-use worker_cpu::{worker_cpu_ns, WORKERS};
+use worker_cpu::{per_answer_us, worker_cpu_ns, WORKERS};
 
 #[path = "support/axum_app.rs"]
 mod axum_app;
@@ -448,9 +448,7 @@ fn main() {
                         drive(memory, path, scenario, run, conns, secs, TRIVIAL).await;
                     // What a request costs the server: its worker's CPU time per answer. Unlike
                     // req/s, it does not depend on whether the client (on the other core) kept up.
-                    let cost = cpu_before
-                        .zip(worker_cpu_ns(memory))
-                        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / n.max(1) as f64);
+                    let cost = per_answer_us(cpu_before, worker_cpu_ns(memory), n);
                     if target == "plain echo" {
                         echo_plain = rps;
                         echo_plain_cost = cost;

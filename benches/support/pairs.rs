@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::driver::{drive, Scenario};
-use super::worker_cpu::worker_cpu_ns;
+use super::worker_cpu::{per_answer_us, schedstat_ns, worker_cpu_ns};
 
 /// One measured run: requests per second and, if Linux tells, the worker's CPU µs per answer.
 struct Measured {
@@ -28,8 +28,7 @@ fn sweeper_cpu_ns() -> Option<u64> {
         if comm.trim_end() != "idem-memory-swe" {
             continue;
         }
-        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-        let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+        let ns = schedstat_ns(&task.path().join("schedstat"))?;
         total = Some(total.unwrap_or(0) + ns);
     }
     total
@@ -53,9 +52,7 @@ async fn measure(
         _ => mix.ends_with("/ 0 409 / 0 other"),
     };
     assert!(n > 0 && expected, "{path}: unexpected answers: {mix}");
-    let cpu_us = before
-        .zip(worker_cpu_ns(addr))
-        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / n.max(1) as f64);
+    let cpu_us = per_answer_us(before, worker_cpu_ns(addr), n);
     Measured {
         rps,
         cpu_us,
@@ -170,9 +167,7 @@ async fn run_pairs(
                 }
             }
             // The sweeper's CPU over the whole group, charged to the idempotent answers.
-            let swept_us = swept_before
-                .zip(sweeper_cpu_ns())
-                .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / idem_answers.max(1) as f64);
+            let swept_us = per_answer_us(swept_before, sweeper_cpu_ns(), idem_answers);
             let with_sweeper = swept_us.map(|s| {
                 cpu_pairs
                     .iter()

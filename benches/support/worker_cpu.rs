@@ -12,8 +12,25 @@ pub(crate) static WORKERS: Mutex<Vec<(SocketAddr, Arc<OnceLock<std::path::PathBu
 pub(crate) fn worker_cpu_ns(addr: SocketAddr) -> Option<u64> {
     let workers = WORKERS.lock().unwrap_or_else(|p| p.into_inner());
     let (_, path) = workers.iter().find(|(a, _)| *a == addr)?;
-    let stat = std::fs::read_to_string(path.get()?).ok()?;
+    schedstat_ns(path.get()?)
+}
+
+/// Nanoseconds on a CPU so far of the thread whose `/proc/…/schedstat` is at `path`.
+pub(crate) fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     stat.split_whitespace().next()?.parse().ok()
+}
+
+/// µs of CPU per answer between two readings of the same clock (`before` and `after`, ns) over
+/// `answers` answers, if both were read.
+pub(crate) fn per_answer_us(
+    before: Option<u64>,
+    after: Option<u64>,
+    answers: usize,
+) -> Option<f64> {
+    before
+        .zip(after)
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e3 / answers.max(1) as f64)
 }
 
 /// One trivial-handler cost: scenario, target, µs per answer, plain echo's cost ÷ this.
