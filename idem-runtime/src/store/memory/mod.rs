@@ -92,6 +92,18 @@ enum EntryState {
     Released,
 }
 
+impl EntryState {
+    /// Drops the state, waking the duplicates waiting on it if it was in progress.
+    fn drop_waking(self) {
+        if let EntryState::InProgress {
+            done: Some(done), ..
+        } = self
+        {
+            done.notify_waiters();
+        }
+    }
+}
+
 impl Entry {
     /// The record as `get` reports it: `None` unless live.
     fn record(&self, now: Instant) -> Option<Record> {
@@ -137,12 +149,7 @@ impl Entry {
 
     /// Drops the entry, waking the duplicates waiting for it.
     fn drop_waking(self) {
-        if let EntryState::InProgress {
-            done: Some(done), ..
-        } = self.state
-        {
-            done.notify_waiters();
-        }
+        self.state.drop_waking();
     }
 
     fn is_live(&self, now: Instant) -> bool {
@@ -485,12 +492,7 @@ impl Store for MemoryStore {
                         key.as_str().len() + ENTRY_OVERHEAD + response.size(),
                     );
                     inner.publish();
-                    if let EntryState::InProgress {
-                        done: Some(done), ..
-                    } = old
-                    {
-                        done.notify_waiters();
-                    }
+                    old.drop_waking();
                 }
             },
         )))
@@ -499,12 +501,7 @@ impl Store for MemoryStore {
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
             if let Some(e) = map.get_mut(at) {
-                if let EntryState::InProgress {
-                    done: Some(done), ..
-                } = std::mem::replace(&mut e.state, EntryState::Released)
-                {
-                    done.notify_waiters();
-                }
+                std::mem::replace(&mut e.state, EntryState::Released).drop_waking();
             }
         })))
     }
