@@ -66,14 +66,14 @@ fn storage_key(i: u64) -> StorageKey {
 }
 
 fn response() -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: vec![
-            ("content-type".into(), "application/json".into()),
-            ("location".into(), "/payments/pay_000001".into()),
+    StoredResponse::new(
+        201,
+        [
+            ("content-type", "application/json"),
+            ("location", "/payments/pay_000001"),
         ],
-        body: body(300).into(),
-    }
+        body(300),
+    )
 }
 
 /// begin + complete on a fresh key, then a replay of one completed key.
@@ -140,11 +140,11 @@ fn sealing(c: &mut Criterion) {
     let key =
         "idem:0123456789abcdef-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
     for kib in [1usize, 16, 64] {
-        let resp = StoredResponse {
-            status: 201,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: body(kib * 1024).into(),
-        };
+        let resp = StoredResponse::new(
+            201,
+            [("content-type", "application/json")],
+            body(kib * 1024),
+        );
         let sealed = sealing.seal(key, &resp);
         g.throughput(Throughput::Bytes((kib * 1024) as u64));
         g.bench_with_input(

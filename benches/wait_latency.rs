@@ -41,11 +41,7 @@ async fn one(store: Arc<dyn Store>, i: u64) -> Duration {
     // Let the waiter register and block first.
     tokio::time::sleep(Duration::from_millis(2)).await;
     let started = Instant::now();
-    let resp = StoredResponse {
-        status: 201,
-        headers: vec![],
-        body: "{}".into(),
-    };
+    let resp = StoredResponse::new(201, None::<(&str, &str)>, "{}");
     store
         .complete(&k, token, &resp, Duration::from_secs(60))
         .await

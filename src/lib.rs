@@ -27,7 +27,7 @@ pub use idem_runtime::{Once, OnceError};
 pub use idem_runtime::{
     Begin, CachedStore, Fenced, FencingToken, Fingerprint, IdempotencyKey, Invalidation, KeyError,
     MemoryStore, MemoryStoreBuilder, Record, RecordState, StorageKey, Store, StoreError,
-    StoredResponse, TransactionalStore,
+    StoredHeaders, StoredResponse, TransactionalStore,
 };
 
 #[cfg(feature = "redis")]

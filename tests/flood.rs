@@ -26,11 +26,11 @@ fn a_million_keys_against_a_64_mib_store() {
     idem_runtime::conformance::block_on(async {
         let store = MemoryStore::builder().max_bytes(CAP).build();
         let fp = Fingerprint::strict("POST", "/flood", "application/json", b"{}");
-        let resp = StoredResponse {
-            status: 201,
-            headers: vec![("content-type".into(), "application/json".into())],
-            body: "{\"id\":\"pay_000001\",\"status\":\"succeeded\"}".into(),
-        };
+        let resp = StoredResponse::new(
+            201,
+            [("content-type", "application/json")],
+            "{\"id\":\"pay_000001\",\"status\":\"succeeded\"}",
+        );
         // Storage keys as the engine makes them (principal tag + 64 hex), without hashing a
         // million keys in a debug build.
         let tag = {

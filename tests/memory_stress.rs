@@ -56,11 +56,8 @@ fn many_threads_never_double_acquire_and_never_miss_a_wakeup() {
                             Ok(Begin::Acquired { token, .. }) => {
                                 *acq.lock().unwrap().entry(k).or_default() += 1;
                                 jitter(&mut seed).await;
-                                let resp = StoredResponse {
-                                    status: 200,
-                                    headers: vec![],
-                                    body: format!("{k}").into(),
-                                };
+                                let resp =
+                                    StoredResponse::new(200, None::<(&str, &str)>, format!("{k}"));
                                 let done = store
                                     .complete(&key, token, &resp, Duration::from_secs(60))
                                     .await;
@@ -78,7 +75,7 @@ fn many_threads_never_double_acquire_and_never_miss_a_wakeup() {
                                 jitter(&mut seed).await;
                             }
                             Ok(Begin::Replay(r)) => {
-                                assert_eq!(r.body, format!("{k}").as_bytes());
+                                assert_eq!(r.body(), format!("{k}").as_bytes());
                                 return;
                             }
                             other => panic!("unexpected {other:?}"),

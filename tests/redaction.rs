@@ -84,7 +84,7 @@ async fn replays_get_the_redacted_copy_and_the_first_client_the_whole() {
         .dump()
         .into_iter()
         .filter_map(|(_, r)| match r.state {
-            idem::RecordState::Completed { response } => Some(response.body.to_vec()),
+            idem::RecordState::Completed { response } => Some(response.body().to_vec()),
             _ => None,
         })
         .flatten()

@@ -175,11 +175,7 @@ async fn round_trips_counted_by_the_server() {
 
 /// A 200-status response whose body is `n` bytes, as the store keeps it.
 fn response_of(n: usize) -> idem::StoredResponse {
-    idem::StoredResponse {
-        status: 200,
-        headers: vec![("content-type".into(), "application/json".into())],
-        body: vec![b'x'; n].into(),
-    }
+    idem::StoredResponse::new(200, [("content-type", "application/json")], vec![b'x'; n])
 }
 
 #[actix_web::test]

@@ -336,7 +336,7 @@ async fn without_a_secret_records_are_kept_in_clear() {
     assert_eq!(first.0, 201);
     let clear = store.dump().into_iter().any(|(_, r)| {
         matches!(r.state, idem::RecordState::Completed { response }
-            if String::from_utf8_lossy(&response.body).contains(MARKER))
+            if String::from_utf8_lossy(response.body()).contains(MARKER))
     });
     assert!(clear);
     app.handle.stop(true).await;

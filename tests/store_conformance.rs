@@ -49,11 +49,7 @@ mod memory_cap {
             );
             assert!(store.used_bytes() <= 4096);
             // Every admitted record is still there and can complete.
-            let resp = StoredResponse {
-                status: 200,
-                headers: vec![],
-                body: "ok".into(),
-            };
+            let resp = StoredResponse::new(200, None::<(&str, &str)>, "ok");
             for (i, t) in &admitted {
                 assert_eq!(
                     store

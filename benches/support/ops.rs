@@ -24,17 +24,13 @@ pub fn fingerprint() -> Fingerprint {
 
 /// The response every record keeps: ~200 bytes, like a small JSON answer.
 pub fn response() -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: vec![(
-            "content-type".into(),
-            actix_web::web::Bytes::from_static(b"application/json"),
-        )],
-        body: actix_web::web::Bytes::from(format!(
+    StoredResponse::new(201, [(
+            "content-type",
+            "application/json",
+        )], format!(
             "{{\"id\":\"pay_000001\",\"amount\":1000,\"currency\":\"EUR\",\"status\":\"succeeded\",\"note\":\"{}\"}}",
             "x".repeat(100)
-        )),
-    }
+        ))
 }
 
 /// What one measurement saw.

@@ -10,7 +10,6 @@
 //! Each case panics with a message naming the broken rule. Cases use leases and TTLs of a few
 //! hundred milliseconds and sleep past them, so the suite takes a few seconds.
 
-use bytes::Bytes;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -106,18 +105,16 @@ fn fp(body: &str) -> Fingerprint {
 }
 
 fn response(n: u8) -> StoredResponse {
-    StoredResponse {
-        status: 201,
-        headers: vec![
-            (
-                "content-type".into(),
-                Bytes::from_static(b"application/octet-stream"),
-            ),
-            ("location".into(), Bytes::from(format!("/things/{n}"))),
+    let location = format!("/things/{n}");
+    StoredResponse::new(
+        201,
+        [
+            ("content-type", "application/octet-stream"),
+            ("location", location.as_str()),
         ],
         // Every byte value, so a store that mangles binary bodies fails.
-        body: Bytes::from((0..=255u8).chain([n]).collect::<Vec<u8>>()),
-    }
+        (0..=255u8).chain([n]).collect::<Vec<u8>>(),
+    )
 }
 
 async fn acquire(store: &dyn Store, key: &StorageKey, lease: Duration) -> FencingToken {

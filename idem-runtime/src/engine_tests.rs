@@ -91,11 +91,11 @@ fn in_progress() -> Result<Begin, StoreError> {
 }
 
 fn replayed() -> Result<Begin, StoreError> {
-    Ok(Begin::Replay(StoredResponse {
-        status: 201,
-        headers: Vec::new(),
-        body: bytes::Bytes::from_static(b"done"),
-    }))
+    Ok(Begin::Replay(StoredResponse::new(
+        201,
+        None::<(&str, &str)>,
+        b"done",
+    )))
 }
 
 fn key(principal: &[u8]) -> StorageKey {
@@ -165,7 +165,7 @@ fn replays_mismatches_and_duplicates_get_their_answers() {
     let p = policy(OnConflict::RetryAfter, OnStoreError::Reject);
     let (d, _) = decide(vec![replayed()], vec![], p, None, &[b""]);
     assert!(
-        matches!(&d[0], Decision::Replay { waited: false, response } if response.status == 201)
+        matches!(&d[0], Decision::Replay { waited: false, response } if response.status() == 201)
     );
     let (d, _) = decide(vec![Ok(Begin::Mismatch)], vec![], p, None, &[b""]);
     assert_eq!(

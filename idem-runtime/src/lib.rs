@@ -34,6 +34,7 @@ pub(crate) mod record;
 mod seal;
 pub(crate) mod secret;
 mod store;
+mod stored_response;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
@@ -111,7 +112,7 @@ pub use once::{Once, OnceError};
 pub(crate) use policy::Policy;
 pub use policy::{Guarantee, OnConflict, OnStoreError};
 pub use problem::{Problem, ProblemKind};
-pub use record::{FencingToken, Record, RecordState, StoredResponse};
+pub use record::{FencingToken, Record, RecordState};
 pub use store::cache::CachedStore;
 pub use store::memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "postgres")]
@@ -119,6 +120,7 @@ pub use store::postgres::{PostgresStore, PostgresStoreBuilder, Tls as PostgresTl
 #[cfg(feature = "redis")]
 pub use store::redis::{RedisStore, RedisStoreBuilder};
 pub use store::{Begin, Fenced, Invalidation, Store, StoreError, TransactionalStore};
+pub use stored_response::{DecodeError, StoredHeaders, StoredResponse};
 /// The PostgreSQL client `IdemTx` hands out, re-exported so that handlers use the same version.
 #[cfg(feature = "postgres")]
 pub use tokio_postgres;

@@ -253,7 +253,7 @@ impl Once {
             .storage_key(&shared.prefix, name, b"", &key)
             .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
         match engine.begin(policy, storage_key, fingerprint).await {
-            Decision::Replay { response, .. } => serde_json::from_slice(&response.body)
+            Decision::Replay { response, .. } => serde_json::from_slice(response.body())
                 .map(Began::Done)
                 .map_err(|e| OnceError::Unreadable(e.to_string())),
             Decision::Execute(ticket) => Ok(Began::Run(ticket)),
@@ -278,12 +278,5 @@ pub(crate) fn stored<T: Serialize>(value: &T) -> StoredResponse {
         tracing::error!(%error, "idem: an idempotent function's value cannot be serialized; its record keeps a marker, and calls with its key get OnceError::Unreadable");
         b"\"idem: the value could not be serialized\" trailing".to_vec()
     });
-    StoredResponse {
-        status: 200,
-        headers: vec![(
-            "content-type".into(),
-            bytes::Bytes::from_static(b"application/json"),
-        )],
-        body: body.into(),
-    }
+    StoredResponse::new(200, [("content-type", "application/json")], body)
 }

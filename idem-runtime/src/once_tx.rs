@@ -75,7 +75,7 @@ impl Once {
         };
         let record = stored(&value);
         let sealed = ticket.key().to_stored(&record);
-        let ttl = ticket.ttl_for(record.status);
+        let ttl = ticket.ttl_for(record.status());
         let end = deadline("complete", limit, async {
             Ok(pg
                 .complete_and_commit(conn, ticket.key(), ticket.token(), &sealed, ttl)

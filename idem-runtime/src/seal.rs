@@ -252,8 +252,9 @@ fn aad(kid: &[u8], status: u16, storage_key: &str) -> Vec<u8> {
 
 /// Whether `response` is in the sealed form, and under which secret.
 fn sealed_by(response: &StoredResponse) -> Option<&[u8]> {
-    match response.headers.as_slice() {
-        [(name, kid)] if name == SEALED => Some(kid),
+    let mut headers = response.headers();
+    match (headers.next(), headers.next()) {
+        (Some((name, kid)), None) if name == SEALED => Some(kid),
         _ => None,
     }
 }
@@ -265,7 +266,7 @@ impl RecordSeal {
         let cipher = Sealer::cipher(secret, storage_key, &self.raw);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         let plain = response.encode();
-        let aad = aad(&secret.kid, response.status, storage_key);
+        let aad = aad(&secret.kid, response.status(), storage_key);
         let sealed = cipher
             .encrypt(
                 &nonce,
@@ -278,14 +279,7 @@ impl RecordSeal {
         let mut body = Vec::with_capacity(NONCE + sealed.len());
         body.extend_from_slice(&nonce);
         body.extend_from_slice(&sealed);
-        StoredResponse {
-            status: response.status,
-            headers: vec![(
-                SEALED.to_owned(),
-                bytes::Bytes::copy_from_slice(&secret.kid),
-            )],
-            body: body.into(),
-        }
+        StoredResponse::new(response.status(), [(SEALED, &secret.kid[..])], body)
     }
 
     /// The response a sealed `stored` holds, for the record `storage_key`.
@@ -301,21 +295,21 @@ impl RecordSeal {
             .iter()
             .find(|s| s.kid == kid)
             .ok_or(Unreadable::UnknownSecret)?;
-        if stored.body.len() < NONCE + TAG {
+        if stored.body().len() < NONCE + TAG {
             return Err(Unreadable::Forged);
         }
-        let (nonce, sealed) = stored.body.split_at(NONCE);
+        let (nonce, sealed) = stored.body().split_at(NONCE);
         let plain = Sealer::cipher(secret, storage_key, &self.raw)
             .decrypt(
                 Nonce::from_slice(nonce),
                 Payload {
                     msg: sealed,
-                    aad: &aad(kid, stored.status, storage_key),
+                    aad: &aad(kid, stored.status(), storage_key),
                 },
             )
             .map_err(|_| Unreadable::Forged)?;
         let inner = StoredResponse::decode(plain.into()).map_err(|_| Unreadable::Forged)?;
-        if inner.status != stored.status {
+        if inner.status() != stored.status() {
             return Err(Unreadable::Forged);
         }
         Ok(inner)

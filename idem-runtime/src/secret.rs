@@ -220,11 +220,7 @@ pub(crate) async fn agree(
     .await?
     {
         Begin::Acquired { token, .. } => {
-            let mark = crate::StoredResponse {
-                status: 204,
-                headers: Vec::new(),
-                body: bytes::Bytes::new(),
-            };
+            let mark = crate::StoredResponse::new(204, None::<(&str, &str)>, "");
             crate::engine::deadline(
                 "complete",
                 engine.store_timeout(),

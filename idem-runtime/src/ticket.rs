@@ -222,7 +222,7 @@ impl Ticket {
                 &self.key,
                 self.token,
                 &stored,
-                self.ttl_for(response.status),
+                self.ttl_for(response.status()),
             ),
         )
         .await
@@ -241,7 +241,7 @@ impl Ticket {
                     &self.key,
                     self.token,
                     &stored,
-                    self.ttl_for(response.status),
+                    self.ttl_for(response.status()),
                 )
             })
             .await;

@@ -13,8 +13,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::Idempotency;
+use crate::engine::Ticket;
 use crate::flow::capture::{record, ClientBody, NotKept};
 use crate::flow::chunks::{read_capped, Chunked};
+use crate::flow::execute::expiry_date;
 use crate::{Policy, StoredResponse};
 
 type BodyError = Box<dyn std::error::Error>;
@@ -25,6 +27,7 @@ type BodyError = Box<dyn std::error::Error>;
 pub(super) async fn capture(
     idem: &Idempotency,
     policy: &Policy,
+    ticket: &Ticket,
     resp: HttpResponse,
 ) -> (HttpResponse, StoredResponse) {
     let (head, mut body) = resp.into_parts();
@@ -34,11 +37,14 @@ pub(super) async fn capture(
         _ => None,
     };
     let read = read_capped(&mut body, declared, idem.shared.max_response).await;
-    let headers = head
-        .headers()
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()));
-    let (client, stored) = record(idem, policy, head.status().as_u16(), headers, read);
+    let headers = || {
+        head.headers()
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    };
+    let status = head.status().as_u16();
+    let expires = expiry_date(idem, ticket, status);
+    let (client, stored) = record(idem, policy, status, headers, read, expires.as_deref());
     let client = match client {
         ClientBody::Whole(bytes) => BoxBody::new(bytes),
         ClientBody::Partial(read, why) => {

@@ -210,12 +210,12 @@ impl CompleterBuilder {
         };
         let stored = StoredResponse::decode(plain.into())
             .map_err(|e| format!("its stored request is corrupt: {e}"))?;
-        let mut req = Request::with_payload(actix_http::Payload::from(stored.body.clone()));
-        for (name, value) in &stored.headers {
-            match name.as_str() {
+        let mut req = Request::with_payload(actix_http::Payload::from(stored.body().clone()));
+        for (name, value) in stored.shared_headers() {
+            match name {
                 ":method" => {
                     req.head_mut().method =
-                        Method::from_bytes(value).map_err(|e| format!("bad method: {e}"))?
+                        Method::from_bytes(&value).map_err(|e| format!("bad method: {e}"))?
                 }
                 ":path" => {
                     req.head_mut().uri =
@@ -224,7 +224,7 @@ impl CompleterBuilder {
                 _ => {
                     if let (Ok(n), Ok(v)) = (
                         HeaderName::from_bytes(name.as_bytes()),
-                        HeaderValue::from_maybe_shared(value.clone()),
+                        HeaderValue::from_maybe_shared(value),
                     ) {
                         req.head_mut().headers.append(n, v);
                     }

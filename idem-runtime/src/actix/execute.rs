@@ -99,7 +99,7 @@ where
     let verdict = run_handler(idem, policy, &ticket, async {
         match handler(req, dev::Payload::from(body)).await {
             Ok(resp) => {
-                let (resp, stored) = capture(idem, policy, resp).await;
+                let (resp, stored) = capture(idem, policy, &ticket, resp).await;
                 Ran::Answered(resp, stored)
             }
             Err(e) => Ran::Refused(extractor_problem(&e)),

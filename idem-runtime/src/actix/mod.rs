@@ -229,18 +229,18 @@ fn extractor_problem(e: &actix_web::Error) -> HttpResponse {
 /// Builds the replay of a stored response: status, stored headers, body bytes, and
 /// `Idempotent-Replayed: true`.
 pub(crate) fn replay(stored: &StoredResponse) -> HttpResponse {
-    let Ok(status) = StatusCode::from_u16(stored.status) else {
+    let Ok(status) = StatusCode::from_u16(stored.status()) else {
         return reject(
             ProblemKind::Internal,
             "the stored response has an invalid status",
         );
     };
-    let mut resp = HttpResponse::with_body(status, BoxBody::new(stored.body.clone()));
+    let mut resp = HttpResponse::with_body(status, BoxBody::new(stored.body().clone()));
     let headers = resp.headers_mut();
-    for (name, value) in &stored.headers {
+    for (name, value) in stored.shared_headers() {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
+            HeaderValue::from_maybe_shared(value),
         ) {
             headers.append(n, v);
         }

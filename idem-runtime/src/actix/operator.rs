@@ -36,13 +36,13 @@ pub struct RecordInfo {
 /// The `type` of `stored` when it is a problem answer this app can open.
 fn problem_type(key: &StorageKey, stored: &crate::StoredResponse) -> Option<String> {
     let opened = key.open(stored.clone()).ok()?;
-    let is_problem = opened.headers.iter().any(|(n, v)| {
+    let is_problem = opened.headers().any(|(n, v)| {
         n.eq_ignore_ascii_case("content-type") && v.starts_with(b"application/problem+json")
     });
     if !is_problem {
         return None;
     }
-    let body: serde_json::Value = serde_json::from_slice(&opened.body).ok()?;
+    let body: serde_json::Value = serde_json::from_slice(opened.body()).ok()?;
     body["type"].as_str().map(str::to_owned)
 }
 
@@ -102,7 +102,7 @@ impl Idempotency {
             RecordState::InProgress { .. } => ("in_progress", None, None),
             RecordState::Completed { response } => (
                 "completed",
-                Some(response.status),
+                Some(response.status()),
                 problem_type(&storage_key, response),
             ),
         };

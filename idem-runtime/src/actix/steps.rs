@@ -52,20 +52,13 @@ const RESENT: [HeaderName; 4] = [
 /// The request in its stored form: `:method` and `:path` pseudo-headers, the kept headers and
 /// the body, in a record's encoding; sealed under the app secret when there is one.
 fn stored_request(req: &HttpRequest, ctx: &StepsContext) -> Vec<u8> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.path(), |p| p.as_str());
     let mut headers = vec![
-        (
-            ":method".to_owned(),
-            bytes::Bytes::from(req.method().to_string()),
-        ),
-        (
-            ":path".to_owned(),
-            bytes::Bytes::from(
-                req.uri()
-                    .path_and_query()
-                    .map(|p| p.as_str().to_owned())
-                    .unwrap_or_else(|| req.path().to_owned()),
-            ),
-        ),
+        (":method", req.method().as_str().as_bytes()),
+        (":path", path.as_bytes()),
     ];
     let endpoint_headers = ctx.key_sources.iter().filter_map(|s| match s {
         crate::KeySource::Header(n) => HeaderName::from_bytes(n.as_bytes()).ok(),
@@ -76,18 +69,10 @@ fn stored_request(req: &HttpRequest, ctx: &StepsContext) -> Vec<u8> {
         .collect();
     for name in RESENT.iter().chain(&key_headers) {
         for value in req.headers().get_all(name) {
-            headers.push((
-                name.as_str().to_owned(),
-                bytes::Bytes::copy_from_slice(value.as_bytes()),
-            ));
+            headers.push((name.as_str(), value.as_bytes()));
         }
     }
-    let encoded = StoredResponse {
-        status: 0,
-        headers,
-        body: ctx.body.clone(),
-    }
-    .encode();
+    let encoded = StoredResponse::new(0, headers, &ctx.body).encode();
     match &ctx.sealer {
         Some(s) => s.seal_blob(REQUEST_PURPOSE, ctx.key.as_str(), &encoded),
         None => encoded.to_vec(),

@@ -191,7 +191,7 @@ pub(super) async fn finish(
                 ticket.key(),
                 ticket.token(),
                 &sealed,
-                ticket.ttl_for(stored.status),
+                ticket.ttl_for(stored.status()),
             )
             .await)
     })

@@ -4,7 +4,6 @@
 //! the background once the client has its answer). The adapters supply the handler's run (its
 //! response captured) and their response type, through [`Answer`].
 
-use bytes::Bytes;
 use futures_util::FutureExt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -57,14 +56,11 @@ pub(crate) enum Verdict<R> {
 impl<R: Answer> Verdict<R> {
     /// A problem answer, kept and replayed like a response.
     pub(crate) fn kept(p: &Problem) -> Verdict<R> {
-        let stored = StoredResponse {
-            status: p.status(),
-            headers: vec![(
-                "content-type".into(),
-                Bytes::from_static(b"application/problem+json"),
-            )],
-            body: p.to_json().into(),
-        };
+        let stored = StoredResponse::new(
+            p.status(),
+            [("content-type", "application/problem+json")],
+            p.to_json(),
+        );
         Verdict::Keep(R::problem(p), stored)
     }
 
@@ -176,8 +172,18 @@ pub(crate) async fn settle<R>(
 /// is gone and a retry with the same key runs as a new operation.
 pub(crate) const EXPIRES_HEADER: &str = "idempotency-expires";
 
+/// The [`EXPIRES_HEADER`] date of a response with `status` kept now under `ticket`; `None` when
+/// the app turned the header off.
+pub(crate) fn expiry_date(idem: &Idempotency, ticket: &Ticket, status: u16) -> Option<String> {
+    idem.shared
+        .expiry_header
+        .then(|| httpdate::fmt_http_date(std::time::SystemTime::now() + ticket.ttl_for(status)))
+}
+
 /// A kept response with [`EXPIRES_HEADER`] on both the client's answer and the stored copy (so
-/// that every replay says the same), unless the app turned it off.
+/// that every replay says the same), unless the app turned it off. A captured response has it
+/// in its record already; a record made without it (a problem kept for a panic) is made again
+/// with it.
 pub(crate) fn with_expiry<R: Answer>(
     idem: &Idempotency,
     ticket: &Ticket,
@@ -186,13 +192,20 @@ pub(crate) fn with_expiry<R: Answer>(
     let Verdict::Keep(mut resp, mut stored) = verdict else {
         return verdict;
     };
-    if idem.shared.expiry_header {
-        let at = std::time::SystemTime::now() + ticket.ttl_for(stored.status);
-        let date = httpdate::fmt_http_date(at);
-        resp.set_header(EXPIRES_HEADER, &date);
-        stored
-            .headers
-            .push((EXPIRES_HEADER.to_owned(), Bytes::from(date)));
+    if !idem.shared.expiry_header {
+        return Verdict::Keep(resp, stored);
+    }
+    let kept = stored
+        .headers()
+        .find(|(name, _)| *name == EXPIRES_HEADER)
+        .and_then(|(_, date)| std::str::from_utf8(date).ok());
+    match kept {
+        Some(date) => resp.set_header(EXPIRES_HEADER, date),
+        None => {
+            let date = expiry_date(idem, ticket, stored.status()).unwrap_or_default();
+            resp.set_header(EXPIRES_HEADER, &date);
+            stored = stored.with_header(EXPIRES_HEADER, date.as_bytes());
+        }
     }
     Verdict::Keep(resp, stored)
 }

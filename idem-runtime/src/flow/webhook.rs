@@ -330,23 +330,22 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
         &config.secret,
         timestamp,
         raw_key,
-        response.status,
-        &response.body,
+        response.status(),
+        response.body(),
     );
     let content_type = response
-        .headers
-        .iter()
-        .find(|(n, _)| n == "content-type")
-        .map(|(_, v)| v.clone());
+        .headers()
+        .find(|(n, _)| *n == "content-type")
+        .map(|(_, v)| bytes::Bytes::copy_from_slice(v));
     let mut delay = config.backoff;
     for attempt in 1..=config.attempts.max(1) {
         let mut req = client
             .post(url.clone())
             .header(SIGNATURE_HEADER, &signature)
-            .header(STATUS_HEADER, response.status.to_string())
+            .header(STATUS_HEADER, response.status().to_string())
             .header("idempotency-key", raw_key)
             .header(crate::actix::REPLAYED_HEADER, "true")
-            .body(response.body.clone());
+            .body(response.body().clone());
         if let Some(ct) = &content_type {
             req = req.header("content-type", ct.as_ref());
         }

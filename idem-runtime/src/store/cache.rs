@@ -162,12 +162,7 @@ impl<S: Store> CachedStore<S> {
         if fp != *fingerprint {
             return;
         }
-        let bytes = response.body.len()
-            + response
-                .headers
-                .iter()
-                .map(|(n, v)| n.len() + v.len())
-                .sum::<usize>();
+        let bytes = response.size();
         let entry = Entry {
             fingerprint: fp,
             response,

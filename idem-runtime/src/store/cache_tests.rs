@@ -60,11 +60,7 @@ async fn max_age_bounds_an_entry_also_when_the_store_pushes_invalidations() {
     let cached = CachedStore::new(store, 1 << 20).max_age(Duration::from_millis(50));
     let key = StorageKey::scoped("t:", "e", b"", &IdempotencyKey::parse(b"k").unwrap());
     let fp = Fingerprint::strict("POST", "/", "", b"");
-    let resp = StoredResponse {
-        status: 201,
-        headers: Vec::new(),
-        body: Default::default(),
-    };
+    let resp = StoredResponse::new(201, None::<(&str, &str)>, "");
     let long = Duration::from_secs(3600);
     let Ok(Begin::Acquired { token, .. }) = cached.begin(&key, &fp, long, long).await else {
         panic!("acquired");

@@ -243,19 +243,19 @@ impl Answer for Response<IdemBody> {
 /// The replay of a stored response: status, stored headers, body, and
 /// `Idempotent-Replayed: true`.
 pub(super) fn replay(stored: &StoredResponse) -> Response<IdemBody> {
-    let Ok(status) = StatusCode::from_u16(stored.status) else {
+    let Ok(status) = StatusCode::from_u16(stored.status()) else {
         return Answer::problem(&Problem::new(
             crate::problem::ProblemKind::Internal,
             "the stored response has an invalid status",
         ));
     };
-    let mut resp = Response::new(IdemBody::full(stored.body.clone()));
+    let mut resp = Response::new(IdemBody::full(stored.body().clone()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
-    for (name, value) in &stored.headers {
+    for (name, value) in stored.shared_headers() {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_maybe_shared(value.clone()),
+            HeaderValue::from_maybe_shared(value),
         ) {
             headers.append(n, v);
         }

@@ -11,14 +11,17 @@ use std::task::{Context, Poll};
 
 use super::body::{BoxError, IdemBody};
 use crate::actix::Idempotency;
+use crate::engine::Ticket;
 use crate::flow::capture::{record, ClientBody, NotKept};
 use crate::flow::chunks::read_capped;
+use crate::flow::execute::expiry_date;
 use crate::{Policy, StoredResponse};
 
 /// Reads the inner service's response and returns what the client gets and what is stored.
 pub(super) async fn capture<RB>(
     idem: &Idempotency,
     policy: &Policy,
+    ticket: &Ticket,
     resp: Response<RB>,
 ) -> (Response<IdemBody>, StoredResponse)
 where
@@ -29,11 +32,15 @@ where
     let mut body = Box::pin(body);
     let declared = body.size_hint().exact();
     let read = read_capped(&mut body, declared, idem.shared.max_response).await;
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), value.as_bytes()));
-    let (client, stored) = record(idem, policy, parts.status.as_u16(), headers, read);
+    let headers = || {
+        parts
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    };
+    let status = parts.status.as_u16();
+    let expires = expiry_date(idem, ticket, status);
+    let (client, stored) = record(idem, policy, status, headers, read, expires.as_deref());
     let client = match client {
         ClientBody::Whole(bytes) => IdemBody::full(bytes),
         // The client sees the body fail where the handler's did.

@@ -216,7 +216,7 @@ where
         let run = async {
             match call(inner, req).await {
                 Ok(resp) => {
-                    let (resp, stored) = capture::capture(idem, policy, resp).await;
+                    let (resp, stored) = capture::capture(idem, policy, &ticket, resp).await;
                     Ran::Answered(resp, stored)
                 }
                 // The inner service failed without an answer, after it started.

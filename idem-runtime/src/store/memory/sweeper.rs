@@ -78,11 +78,7 @@ mod tests {
     async fn a_budgeted_tick_walks_some_shards_and_the_cycle_all_of_them() {
         let store = crate::MemoryStore::builder().sweep_every(None).build();
         let fp = Fingerprint::strict("POST", "/", "", b"");
-        let resp = StoredResponse {
-            status: 201,
-            headers: Vec::new(),
-            body: Default::default(),
-        };
+        let resp = StoredResponse::new(201, None::<(&str, &str)>, "");
         for i in 0..2000 {
             let raw = IdempotencyKey::parse(format!("k{i}").as_bytes()).unwrap();
             let key = StorageKey::scoped("t:", "e", b"", &raw);
