@@ -1,16 +1,14 @@
-//! The stored response: what a record keeps of a handler's answer, in one buffer.
+//! The stored response: what a record keeps of a handler's answer.
 //!
-//! A response is kept in its own encoding (the format stores write): a version byte, the status,
-//! the header count, length-prefixed names and values, then the raw body. Building one is one
-//! buffer, cloning one (every replay) is a reference count, and a store that keeps bytes writes
-//! the buffer as it is and reads it back without copying.
+//! Its fields are private so that how a record holds a response can change without breaking a
+//! store or a test built on it. Today it is a list of headers and a body, each its own
+//! allocation: one buffer per record (its encoding, with the body a slice of it) was measured
+//! and made the worker slower under glibc's allocator (BENCHMARKS.md, "Session 8").
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 /// A handler response as kept for replay: status, allow-listed headers, body bytes.
-///
-/// Cheap to clone: the headers and the body share one immutable buffer.
 ///
 /// ```
 /// use idem_runtime::StoredResponse;
@@ -23,11 +21,7 @@ use thiserror::Error;
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoredResponse {
     status: u16,
-    /// How many headers `encoded` holds.
-    count: u16,
-    /// The whole encoding: version, status, count, headers, body.
-    encoded: Bytes,
-    /// The body: the end of `encoded`.
+    headers: Vec<(Box<str>, Bytes)>,
     body: Bytes,
 }
 
@@ -39,55 +33,49 @@ pub struct DecodeError(&'static str);
 const FORMAT_V1: u8 = 1;
 /// Version, status, header count.
 const PREAMBLE: usize = 5;
-/// A header's name and value lengths.
-const PREFIXES: usize = 6;
 
 impl StoredResponse {
     /// A response with `status`, `headers` (lower-case names and raw values, in the order the
-    /// handler set them) and `body`, copied into one buffer (so a record never holds a larger
-    /// buffer its body was a slice of).
+    /// handler set them) and `body`, copied (so a record never holds a larger buffer its body was
+    /// a slice of).
     ///
     /// A header that cannot be encoded (a name over 64 KiB, a value over 4 GiB, past the
     /// 65,535th) is left out.
-    pub fn new<N, V>(
-        status: u16,
-        headers: impl IntoIterator<Item = (N, V)>,
-        body: impl AsRef<[u8]>,
-    ) -> Self
+    pub fn new<I, N, V>(status: u16, headers: I, body: impl AsRef<[u8]>) -> Self
     where
+        I: IntoIterator<Item = (N, V)>,
+        I::IntoIter: Clone,
         N: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let body = body.as_ref();
-        // Room for a few headers; more grow the buffer once.
-        let mut out = BytesMut::with_capacity(PREAMBLE + 160 + body.len());
-        out.put_u8(FORMAT_V1);
-        out.put_u16(status);
-        out.put_u16(0);
-        let mut count: u16 = 0;
-        for (name, value) in headers {
-            let (name, value) = (name.as_ref().as_bytes(), value.as_ref());
-            let (Ok(n), Ok(v)) = (u16::try_from(name.len()), u32::try_from(value.len())) else {
-                continue;
-            };
-            if count == u16::MAX {
-                break;
-            }
-            count += 1;
-            out.put_u16(n);
-            out.put_slice(name);
-            out.put_u32(v);
-            out.put_slice(value);
-        }
-        out[3..PREAMBLE].copy_from_slice(&count.to_be_bytes());
-        let body_at = out.len();
-        out.put_slice(body);
-        let encoded = out.freeze();
+        let headers = headers.into_iter();
+        Self::from_fn(status, || headers.clone(), body.as_ref())
+    }
+
+    /// [`new`](Self::new) with the headers given by `headers` each time it is called.
+    pub(crate) fn from_fn<I, N, V>(status: u16, headers: impl Fn() -> I, body: &[u8]) -> Self
+    where
+        I: Iterator<Item = (N, V)>,
+        N: AsRef<str>,
+        V: AsRef<[u8]>,
+    {
+        let headers = headers()
+            .filter(|(name, value)| {
+                u16::try_from(name.as_ref().len()).is_ok()
+                    && u32::try_from(value.as_ref().len()).is_ok()
+            })
+            .take(usize::from(u16::MAX))
+            .map(|(name, value)| {
+                (
+                    Box::<str>::from(name.as_ref()),
+                    Bytes::copy_from_slice(value.as_ref()),
+                )
+            })
+            .collect();
         Self {
             status,
-            count,
-            body: encoded.slice(body_at..),
-            encoded,
+            headers,
+            body: Bytes::copy_from_slice(body),
         }
     }
 
@@ -105,15 +93,15 @@ impl StoredResponse {
     /// Header names (lower case) and raw values, in the order the handler set them.
     pub fn headers(&self) -> StoredHeaders<'_> {
         StoredHeaders {
-            rest: &self.encoded[PREAMBLE..self.encoded.len() - self.body.len()],
-            left: self.count,
+            inner: self.headers.iter(),
         }
     }
 
-    /// The headers with each value as [`Bytes`] sharing this response's buffer (no copy).
+    /// The headers with each value as [`Bytes`] shared with this response (no copy).
     pub(crate) fn shared_headers(&self) -> impl Iterator<Item = (&str, Bytes)> + '_ {
-        self.headers()
-            .map(|(name, value)| (name, self.encoded.slice_ref(value)))
+        self.headers
+            .iter()
+            .map(|(name, value)| (&**name, value.clone()))
     }
 
     /// The body, exactly as the handler produced it.
@@ -123,19 +111,36 @@ impl StoredResponse {
 
     /// Approximate bytes this response occupies; what memory caps count.
     pub fn size(&self) -> usize {
-        // The body, each header's name and value plus 16, and 16: what the format's lengths
-        // and the bookkeeping around them cost.
-        self.encoded.len() - PREAMBLE + (16 - PREFIXES) * usize::from(self.count) + 16
+        // The body, each header's name and value plus 16, and 16: what the allocations and the
+        // bookkeeping around them cost.
+        self.body.len()
+            + self
+                .headers()
+                .map(|(n, v)| n.len() + v.len() + 16)
+                .sum::<usize>()
+            + 16
     }
 
     /// Compact encoding: version, status, header count, then length-prefixed names and values,
-    /// then the raw body. Overhead is a few bytes per header. The response's own buffer: no copy.
+    /// then the raw body. Overhead is a few bytes per header.
     pub fn encode(&self) -> Bytes {
-        self.encoded.clone()
+        let mut out = BytesMut::with_capacity(self.size());
+        out.put_u8(FORMAT_V1);
+        out.put_u16(self.status);
+        out.put_u16(self.headers.len() as u16);
+        for (name, value) in self.headers() {
+            // Both fit: `from_fn` and `decode` checked.
+            out.put_u16(name.len() as u16);
+            out.put_slice(name.as_bytes());
+            out.put_u32(value.len() as u32);
+            out.put_slice(value);
+        }
+        out.put_slice(&self.body);
+        out.freeze()
     }
 
-    /// Inverse of [`encode`](Self::encode); never panics on arbitrary input. The response keeps
-    /// `buf` (no copy).
+    /// Inverse of [`encode`](Self::encode); never panics on arbitrary input. The values and the
+    /// body are slices of `buf` (no copy).
     pub fn decode(buf: Bytes) -> Result<Self, DecodeError> {
         let [version, s0, s1, c0, c1, ..] = buf[..] else {
             return Err(DecodeError("truncated"));
@@ -145,26 +150,22 @@ impl StoredResponse {
         }
         let count = u16::from_be_bytes([c0, c1]);
         let mut at = PREAMBLE;
+        let mut headers = Vec::with_capacity(usize::from(count).min(64));
         for _ in 0..count {
-            let n = usize::from(u16::from_be_bytes(
-                take(&buf, &mut at, 2)?
-                    .try_into()
-                    .map_err(|_| DecodeError("truncated"))?,
-            ));
-            std::str::from_utf8(take(&buf, &mut at, n)?)
+            let n = take(&buf, &mut at, 2)?;
+            let n = usize::from(u16::from_be_bytes([n[0], n[1]]));
+            let name = std::str::from_utf8(take(&buf, &mut at, n)?)
                 .map_err(|_| DecodeError("header name is not UTF-8"))?;
-            let v = u32::from_be_bytes(
-                take(&buf, &mut at, 4)?
-                    .try_into()
-                    .map_err(|_| DecodeError("truncated"))?,
-            );
-            take(&buf, &mut at, v as usize)?;
+            let name = Box::<str>::from(name);
+            let v = take(&buf, &mut at, 4)?;
+            let v = u32::from_be_bytes([v[0], v[1], v[2], v[3]]) as usize;
+            let value = buf.slice_ref(take(&buf, &mut at, v)?);
+            headers.push((name, value));
         }
         Ok(Self {
             status: u16::from_be_bytes([s0, s1]),
-            count,
+            headers,
             body: buf.slice(at..),
-            encoded: buf,
         })
     }
 }
@@ -198,37 +199,18 @@ impl std::fmt::Debug for StoredResponse {
 /// The headers of a [`StoredResponse`]: name and raw value, in the order the handler set them.
 #[derive(Debug, Clone)]
 pub struct StoredHeaders<'a> {
-    /// The encoded headers not yet read (checked when the response was made or decoded).
-    rest: &'a [u8],
-    left: u16,
+    inner: std::slice::Iter<'a, (Box<str>, Bytes)>,
 }
 
 impl<'a> Iterator for StoredHeaders<'a> {
     type Item = (&'a str, &'a [u8]);
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.left == 0 {
-            return None;
-        }
-        self.left -= 1;
-        let mut at = 0;
-        let rest = self.rest;
-        let n = take(rest, &mut at, 2).ok()?;
-        let name = take(rest, &mut at, usize::from(u16::from_be_bytes([n[0], n[1]]))).ok()?;
-        let v = take(rest, &mut at, 4).ok()?;
-        let value = take(
-            rest,
-            &mut at,
-            u32::from_be_bytes([v[0], v[1], v[2], v[3]]) as usize,
-        )
-        .ok()?;
-        self.rest = &rest[at..];
-        // Names were checked to be UTF-8 when the response was made or decoded.
-        Some((std::str::from_utf8(name).unwrap_or_default(), value))
+        self.inner.next().map(|(name, value)| (&**name, &value[..]))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        (usize::from(self.left), Some(usize::from(self.left)))
+        self.inner.size_hint()
     }
 }
 
@@ -299,13 +281,17 @@ mod tests {
         assert_eq!(StoredResponse::decode(r.encode()), Ok(r));
     }
 
-    /// A replay's values share the response's buffer.
+    /// A replay's values share the response's bytes; a decoded response shares the buffer.
     #[test]
-    fn shared_headers_do_not_copy() {
+    fn shared_headers_and_decoded_parts_do_not_copy() {
         let r = StoredResponse::new(201, [("location", "/p/1")], "{}");
         let (name, value) = r.shared_headers().next().unwrap();
         assert_eq!((name, &value[..]), ("location", &b"/p/1"[..]));
-        let range = r.encode().as_ptr_range();
-        assert!(range.contains(&value.as_ptr()));
+        assert_eq!(value.as_ptr(), r.headers().next().unwrap().1.as_ptr());
+        let encoded = r.encode();
+        let range = encoded.as_ptr_range();
+        let back = StoredResponse::decode(encoded.clone()).unwrap();
+        assert!(range.contains(&back.body().as_ptr()));
+        assert!(range.contains(&back.headers().next().unwrap().1.as_ptr()));
     }
 }
