@@ -35,6 +35,15 @@ async fn second(runs: web::Data<AtomicUsize>) -> HttpResponse {
     HttpResponse::Created().json(serde_json::json!({ "run": n }))
 }
 
+/// A handler that sets the header itself, on an endpoint that allow-lists it.
+#[post("/own")]
+#[idempotent(name = "own", ttl = "1h", replay_headers = ["idempotency-expires"])]
+async fn own() -> HttpResponse {
+    HttpResponse::Created()
+        .insert_header(("idempotency-expires", "Thu, 01 Jan 2099 00:00:00 GMT"))
+        .json(serde_json::json!({ "ok": true }))
+}
+
 fn start(expiry_header: bool) -> (String, web::Data<AtomicUsize>, actix_web::dev::ServerHandle) {
     // `/second`'s lease is half its 1 s ttl; renewals every lease/3 must fit the store deadline.
     let idem = common::builder()
@@ -47,7 +56,8 @@ fn start(expiry_header: bool) -> (String, web::Data<AtomicUsize>, actix_web::dev
         cfg.app_data(idem.clone())
             .app_data(r.clone())
             .service(hour)
-            .service(second);
+            .service(second)
+            .service(own);
     });
     (format!("http://{addr}"), runs, handle)
 }
@@ -92,6 +102,25 @@ async fn kept_responses_say_when_their_key_is_forgotten() {
     let secs = expires_in(&bad).expect("on a kept 4xx too");
     assert!((50..=60).contains(&secs), "client_error_ttl: {secs}");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
+    handle.stop(true).await;
+}
+
+/// The record's date is the one kept, once: a handler's own header, even allow-listed, is not
+/// kept beside it (replays carried two dates).
+#[actix_rt::test]
+async fn a_replay_carries_one_date_the_records() {
+    let (base, _runs, handle) = start(true);
+    let first = post(format!("{base}/own"), "k1").await;
+    assert_eq!(first.status(), 201);
+    let again = post(format!("{base}/own"), "k1").await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let dates: Vec<_> = again
+        .headers()
+        .get_all("idempotency-expires")
+        .iter()
+        .collect();
+    assert_eq!(dates.len(), 1, "one date: {dates:?}");
+    assert!(expires_in(&again).is_some_and(|s| (3590..=3600).contains(&s)));
     handle.stop(true).await;
 }
 
