@@ -41,25 +41,17 @@ impl StoredResponse {
     ///
     /// A header that cannot be encoded (a name over 64 KiB, a value over 4 GiB, past the
     /// 65,535th) is left out.
-    pub fn new<I, N, V>(status: u16, headers: I, body: impl AsRef<[u8]>) -> Self
+    pub fn new<N, V>(
+        status: u16,
+        headers: impl IntoIterator<Item = (N, V)>,
+        body: impl AsRef<[u8]>,
+    ) -> Self
     where
-        I: IntoIterator<Item = (N, V)>,
-        I::IntoIter: Clone,
         N: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let headers = headers.into_iter();
-        Self::from_fn(status, || headers.clone(), body.as_ref())
-    }
-
-    /// [`new`](Self::new) with the headers given by `headers` each time it is called.
-    pub(crate) fn from_fn<I, N, V>(status: u16, headers: impl Fn() -> I, body: &[u8]) -> Self
-    where
-        I: Iterator<Item = (N, V)>,
-        N: AsRef<str>,
-        V: AsRef<[u8]>,
-    {
-        let headers = headers()
+        let headers = headers
+            .into_iter()
             .filter(|(name, value)| {
                 u16::try_from(name.as_ref().len()).is_ok()
                     && u32::try_from(value.as_ref().len()).is_ok()
@@ -75,7 +67,7 @@ impl StoredResponse {
         Self {
             status,
             headers,
-            body: Bytes::copy_from_slice(body),
+            body: Bytes::copy_from_slice(body.as_ref()),
         }
     }
 

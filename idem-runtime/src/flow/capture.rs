@@ -78,12 +78,10 @@ fn keep<'h, H: Iterator<Item = (&'h str, &'h [u8])>>(
     expires: Option<&'h str>,
 ) -> StoredResponse {
     let kept = |body: &[u8]| {
-        let replayed = || {
-            headers()
-                .filter(|(name, _)| replays(idem, policy, name))
-                .chain(expiry(expires))
-        };
-        StoredResponse::from_fn(status, replayed, body)
+        let replayed = headers()
+            .filter(|(name, _)| replays(idem, policy, name))
+            .chain(expiry(expires));
+        StoredResponse::new(status, replayed, body)
     };
     if policy.redact.is_empty() {
         return kept(body);
