@@ -121,7 +121,7 @@ impl StoredResponse {
         out.put_u16(self.status);
         out.put_u16(self.headers.len() as u16);
         for (name, value) in self.headers() {
-            // Both fit: `from_fn` and `decode` checked.
+            // Both fit: `new` and `decode` checked.
             out.put_u16(name.len() as u16);
             out.put_slice(name.as_bytes());
             out.put_u32(value.len() as u32);

@@ -65,7 +65,7 @@ pub(crate) fn record<'h, H: Iterator<Item = (&'h str, &'h [u8])>>(
 /// The record of a response read whole: status, kept headers and body — or the marker when the
 /// endpoint redacts and the body is not JSON.
 ///
-/// The record has its own copy of the body (one buffer with the headers), never `body` itself:
+/// The record has its own copy of the body ([`StoredResponse::new`] copies), never `body` itself:
 /// a body may be a slice of a larger buffer (a request body echoed from the connection's read
 /// buffer, a part of a cached file), and a record that shared it would hold the whole buffer for
 /// its TTL — memory no store limit counts.
