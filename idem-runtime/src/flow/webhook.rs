@@ -336,7 +336,7 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
     let content_type = response
         .headers()
         .find(|(n, _)| *n == "content-type")
-        .map(|(_, v)| bytes::Bytes::copy_from_slice(v));
+        .map(|(_, v)| v);
     let mut delay = config.backoff;
     for attempt in 1..=config.attempts.max(1) {
         let mut req = client
@@ -346,8 +346,8 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
             .header("idempotency-key", raw_key)
             .header(crate::actix::REPLAYED_HEADER, "true")
             .body(response.body().clone());
-        if let Some(ct) = &content_type {
-            req = req.header("content-type", ct.as_ref());
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
         }
         match req.send().await {
             Ok(r) if r.status().is_success() => return,
