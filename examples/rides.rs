@@ -14,7 +14,8 @@
 //! Environment: `IDEM_PG` (libpq string; default the local `test` database), `RIDES_TABLE`
 //! (prefix of its tables; default `rides`: `rides`, `rides_outbox`), `IDEM_TABLE` (the records;
 //! default `idem_records`), `PROCESSOR_URL`, `COMPLETER_MS` (the completer's period, default
-//! 500; `0` turns it off), and `RIDES_FAILPOINT`: `after:create_ride`, `during:charge` (the
+//! 500; `0` turns it off), `RIDES_SCOPE` (`header`: keys scoped by `X-Account-Id`; default
+//! unscoped), and `RIDES_FAILPOINT`: `after:create_ride`, `during:charge` (the
 //! processor answered, its result not yet recorded), `after:charge` or `after:send_receipt` —
 //! the process `kill -9`s itself there, the first time it gets there.
 
@@ -177,8 +178,14 @@ async fn main() -> std::io::Result<()> {
         "rides-demo-secret: set IDEM_SECRET in production",
     );
     // 500 ms: the 2 s lease is renewed every 666 ms, and a renewal must fit in a third of it.
-    let idem = Idempotency::builder()
-        .unscoped()
+    // `RIDES_SCOPE=header`: keys belong to the account a gateway put in `X-Account-Id`.
+    let builder = match env_or("RIDES_SCOPE", "").as_str() {
+        "header" => Idempotency::builder().scope_by_header(
+            actix_web::http::header::HeaderName::from_static("x-account-id"),
+        ),
+        _ => Idempotency::builder().unscoped(),
+    };
+    let idem = builder
         .secret(secret)
         .named_store("pg", store)
         .store_timeout(Duration::from_millis(500))

@@ -36,7 +36,7 @@ pub use idem_runtime::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "postgres")]
 pub use idem_runtime::{
     deadpool_postgres, tokio_postgres, Completer, CompleterBuilder, IdemTx, PostgresStore,
-    PostgresStoreBuilder, PostgresTls, StepError, Steps, TxClient, TxEnded,
+    PostgresStoreBuilder, PostgresTls, Resumed, StepError, Steps, TxClient, TxEnded,
 };
 
 pub use idem_runtime::webhook;

@@ -46,6 +46,11 @@ impl World {
 
     /// The rides app on a free port: its process and base URL.
     async fn app(&self, failpoint: &str, completer_ms: u64) -> (Demo, String) {
+        self.app_scoped(failpoint, completer_ms, "").await
+    }
+
+    /// Like [`app`](Self::app), its keys scoped as `RIDES_SCOPE=scope` says.
+    async fn app_scoped(&self, failpoint: &str, completer_ms: u64, scope: &str) -> (Demo, String) {
         let port = free_port();
         let env = [
             ("PROCESSOR_URL", self.processor.clone()),
@@ -54,6 +59,7 @@ impl World {
             ("RIDES_FAILPOINT", failpoint.to_owned()),
             ("COMPLETER_MS", completer_ms.to_string()),
             ("IDEM_PG", pg::config()),
+            ("RIDES_SCOPE", scope.to_owned()),
         ];
         let app = start_example("rides", port, &env).await;
         (app, format!("http://127.0.0.1:{port}"))
@@ -86,6 +92,14 @@ impl World {
         assert_eq!(stats["charges"], 1, "{case}: charges made: {stats}");
     }
 
+    /// Whether the operation finished: its receipt is queued and its stored request (kept from
+    /// its first attempt until it completes) is gone.
+    async fn completed(&self) -> bool {
+        let outbox = format!("{}_outbox", self.rides);
+        let requests = format!("{}_requests", self.records);
+        self.count(&outbox).await == 1 && self.count(&requests).await == 0
+    }
+
     async fn drop_tables(&self) {
         let outbox = format!("{}_outbox", self.rides);
         pg::drop_tables(&self.db, &[&self.rides, &outbox, &self.records]).await;
@@ -103,9 +117,22 @@ async fn pg_available(test: &str) -> bool {
 }
 
 async fn post(base: &str, key: &str) -> Result<(u16, bool, Value), reqwest::Error> {
-    let r = common::client()
+    post_as(base, key, "").await
+}
+
+/// Like [`post`], sent for `account` (`X-Account-Id`) unless it is empty.
+async fn post_as(
+    base: &str,
+    key: &str,
+    account: &str,
+) -> Result<(u16, bool, Value), reqwest::Error> {
+    let mut r = common::client()
         .post(format!("{base}/rides"))
-        .header("Idempotency-Key", key)
+        .header("Idempotency-Key", key);
+    if !account.is_empty() {
+        r = r.header("x-account-id", account);
+    }
+    let r = r
         .json(&json!({ "rider": "ada", "fare": 1200 }))
         .send()
         .await?;
@@ -180,14 +207,8 @@ async fn without_a_client_retry_the_completer_finishes_within_its_bound() {
         // Restarted with its completer (every 200 ms); the client stays away.
         let (_app, base) = world.app("", 200).await;
         let t0 = Instant::now();
-        // The operation's record (the one with a stored request) completed.
-        let completed = format!(
-            "SELECT count(*) FROM {0} JOIN {0}_requests USING (key) WHERE state = 'c'",
-            world.records
-        );
         loop {
-            let done: i64 = world.db.query_one(&completed, &[]).await.unwrap().get(0);
-            if done == 1 {
+            if world.completed().await {
                 eprintln!(
                     "{failpoint}: finished by the completer {:?} after the restart",
                     t0.elapsed()
@@ -208,4 +229,37 @@ async fn without_a_client_retry_the_completer_finishes_within_its_bound() {
         assert_eq!(body["receipt"], "queued");
         world.drop_tables().await;
     }
+}
+
+/// Keys scoped by the account a gateway puts in `X-Account-Id`, a header the stored request
+/// does not keep: killed after its first step, the operation is finished by the restarted app's
+/// completer under its recorded account (not as an anonymous request: a second ride and charge),
+/// and the client's retry replays it.
+#[actix_web::test]
+async fn the_completer_resumes_a_killed_operation_under_its_account() {
+    if !pg_available("the_completer_resumes_a_killed_operation_under_its_account").await {
+        return;
+    }
+    let world = World::new().await;
+    let (mut app, base) = world.app_scoped("after:create_ride", 0, "header").await;
+    assert!(post_as(&base, "scoped", "acct_ada").await.is_err());
+    let status = app.exited(Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.signal()), Some(9));
+    let (_app, base) = world.app_scoped("", 200, "header").await;
+    let t0 = Instant::now();
+    while !world.completed().await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "not finished within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A second operation, had the completer started one, would show within a few passes.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    world.assert_exactly_once("scoped").await;
+    let (status, replayed, body) = post_as(&base, "scoped", "acct_ada").await.unwrap();
+    assert_eq!((status, replayed), (201, true), "{body}");
+    world.assert_exactly_once("scoped, after the retry").await;
+    assert_eq!(world.processor_stats().await["requests"], 1);
+    world.drop_tables().await;
 }

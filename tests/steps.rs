@@ -8,158 +8,21 @@ mod common;
 
 use actix_web::{post, web, HttpResponse};
 use common::pg;
-use idem::{idempotent, IdempotencyContext};
+use common::rides::{idem, kinds, post, rides, setup, until_receipt, World};
+use idem::idempotent;
 // PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
 // feature, which a package cannot turn on for its own tests.
 use idem_runtime::{StepError, Steps};
-use serde_json::{json, Value};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-/// The app's state: its rows table, calls to the "processor", and what the next run does.
-struct World {
-    rows: String,
-    processor_calls: AtomicU64,
-    downstream_keys: Mutex<Vec<String>>,
-    /// What `IdempotencyContext::downstream_key` said for the same step.
-    context_keys: Mutex<Vec<String>>,
-    /// Fail the next run right after this step ("" for none).
-    fail_after: Mutex<String>,
-    /// Call the second step `charge_card` instead of `charge` (a deploy renamed it).
-    renamed: AtomicBool,
-    /// Hang forever right after this step ("" for none): the instance "dies" there, its lease
-    /// runs out (the test app does not renew it).
-    stall_after: Mutex<String>,
-    /// Fail every run after `charge`.
-    fail_forever: AtomicBool,
-}
-
-impl World {
-    fn fail_here(&self, step: &str) -> bool {
-        let mut f = self.fail_after.lock().unwrap();
-        if *f == step {
-            f.clear();
-            return true;
-        }
-        step == "charge" && self.fail_forever.load(Ordering::SeqCst)
-    }
-
-    async fn maybe_stall(&self, step: &str) {
-        let stall = {
-            let mut s = self.stall_after.lock().unwrap();
-            let here = *s == step;
-            if here {
-                s.clear();
-            }
-            here
-        };
-        if stall {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct NewRide {
-    rider: String,
-}
-
-#[post("/rides")]
-#[idempotent(store = "pg", guarantee = "result", name = "rides", lease = "1s")]
-async fn rides(
-    body: web::Json<NewRide>,
-    steps: Steps,
-    ctx: IdempotencyContext,
-    world: web::Data<World>,
-) -> Result<HttpResponse, StepError> {
-    let table = world.rows.clone();
-    let ride: i64 = steps
-        .run("create_ride", async |tx| {
-            let sql = format!("INSERT INTO {table} (kind, what) VALUES ('ride', $1) RETURNING id");
-            tx.query_one(&sql, &[&body.rider]).await.map(|r| r.get(0))
-        })
-        .await?;
-    world.maybe_stall("create_ride").await;
-    if world.fail_here("create_ride") {
-        return Ok(HttpResponse::ServiceUnavailable().finish());
-    }
-    let charge_step = if world.renamed.load(Ordering::SeqCst) {
-        "charge_card"
-    } else {
-        "charge"
-    };
-    let charge: String = steps
-        .foreign(charge_step, async |key| {
-            world.processor_calls.fetch_add(1, Ordering::SeqCst);
-            world.downstream_keys.lock().unwrap().push(key.to_owned());
-            let same = ctx.downstream_key(charge_step);
-            world.context_keys.lock().unwrap().push(same);
-            Ok::<_, std::io::Error>(format!("ch_{ride}"))
-        })
-        .await?;
-    if world.fail_here("charge") {
-        return Ok(HttpResponse::ServiceUnavailable().finish());
-    }
-    let table = world.rows.clone();
-    steps
-        .run("send_receipt", async |tx| {
-            let sql = format!("INSERT INTO {table} (kind, what) VALUES ('receipt', $1)");
-            tx.execute(&sql, &[&charge]).await
-        })
-        .await?;
-    Ok(HttpResponse::Created().json(json!({ "ride": ride, "charge": charge })))
-}
-
 #[post("/memory_steps")]
-#[idempotent(name = "memory_steps")]
+#[idempotent(name = "memory_steps", guarantee = "result")]
 async fn memory_steps(steps: Steps) -> Result<HttpResponse, StepError> {
     steps
         .foreign("noop", async |_| Ok::<_, std::io::Error>(1))
         .await?;
     Ok(HttpResponse::Ok().finish())
-}
-
-/// The world of one test: its store, state, a client and the tables to drop.
-async fn setup(
-    test: &str,
-) -> Option<(
-    idem_runtime::PostgresStore,
-    web::Data<World>,
-    idem_runtime::tokio_postgres::Client,
-    Vec<String>,
-)> {
-    let records = pg::table("steps_rec");
-    let store = pg::store(test, &records).await?;
-    let db = pg::client().await;
-    let rows = pg::table("steps_rows");
-    db.batch_execute(&format!(
-        "CREATE TABLE {rows} (id bigserial PRIMARY KEY, kind text NOT NULL, what text NOT NULL)"
-    ))
-    .await
-    .unwrap();
-    let world = web::Data::new(World {
-        rows: rows.clone(),
-        processor_calls: AtomicU64::new(0),
-        downstream_keys: Mutex::new(Vec::new()),
-        context_keys: Mutex::new(Vec::new()),
-        fail_after: Mutex::new(String::new()),
-        renamed: AtomicBool::new(false),
-        stall_after: Mutex::new(String::new()),
-        fail_forever: AtomicBool::new(false),
-    });
-    Some((store, world, db, vec![rows, records]))
-}
-
-/// The `Idempotency` of the test apps on `store`: sealing under one secret, a store deadline
-/// short enough for a 1 s lease; `renew` off plays an instance that died (its lease lapses).
-fn idem(store: &idem_runtime::PostgresStore, renew: bool) -> idem::Idempotency {
-    common::builder()
-        .secret("steps-test-secret-0123456789abcdef")
-        .store_timeout(std::time::Duration::from_millis(300))
-        .renew_leases(renew)
-        .named_store("pg", store.clone())
-        .build()
 }
 
 /// The app on `store`.
@@ -176,41 +39,6 @@ macro_rules! app {
         )
         .await
     };
-}
-
-/// POSTs a ride with `key`: status, whether it was a replay, the JSON body.
-async fn post<S: idem_runtime::testing::TestApp>(
-    app: &S,
-    path: &str,
-    key: &str,
-) -> (u16, bool, Value) {
-    let req = actix_web::test::TestRequest::post()
-        .uri(path)
-        .insert_header(("Idempotency-Key", key))
-        .set_json(json!({ "rider": "ada" }))
-        .to_request();
-    let resp = actix_web::test::call_service(app, req).await;
-    let status = resp.status().as_u16();
-    let replayed = resp.headers().contains_key("idempotent-replayed");
-    let body = actix_web::test::read_body(resp).await;
-    (
-        status,
-        replayed,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-    )
-}
-
-async fn kinds(db: &idem_runtime::tokio_postgres::Client, rows: &str) -> (i64, i64) {
-    let r = db
-        .query_one(
-            &format!(
-                "SELECT count(*) FILTER (WHERE kind = 'ride'), count(*) FILTER (WHERE kind = 'receipt') FROM {rows}"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    (r.get(0), r.get(1))
 }
 
 #[actix_web::test]
@@ -300,20 +128,6 @@ async fn steps_off_postgres_say_why() {
         .is_some_and(|d| d.contains("PostgreSQL")));
 }
 
-/// Waits (at most `within`) until `key`'s ride has its receipt.
-async fn until_receipt(
-    db: &idem_runtime::tokio_postgres::Client,
-    rows: &str,
-    within: Duration,
-) -> Duration {
-    let t0 = Instant::now();
-    while kinds(db, rows).await.1 == 0 {
-        assert!(t0.elapsed() < within, "not finished within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    t0.elapsed()
-}
-
 /// The completer's app: the same routes, data and `Idempotency`, built on its own thread.
 fn completer(
     store: &idem_runtime::PostgresStore,
@@ -367,7 +181,7 @@ async fn the_completer_finishes_an_abandoned_operation_without_its_client() {
     let live = app!(store, world);
     let (status, replayed, body) = post(&live, "/rides", "lost").await;
     assert_eq!((status, replayed), (201, true), "{body}");
-    assert_eq!(body["charge"], format!("ch_{}", body["ride"]));
+    assert_eq!(body["charge"], format!("ch_{}_ada", body["ride"]));
     pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
 }
 

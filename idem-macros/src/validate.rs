@@ -312,6 +312,37 @@ pub(crate) fn fn_shape(sig: &syn::Signature) -> Result<(), syn::Error> {
     errors.map_or(Ok(()), Err)
 }
 
+/// `Steps` (a multi-step operation) under `guarantee = "strict"`: a step's failure would be
+/// kept as the operation's final answer while the operation is half done. The runtime never
+/// keeps a step's failure whatever the guarantee (a type alias hides `Steps` from this check);
+/// this makes the choice explicit where it can be seen.
+pub(crate) fn steps_guarantee(
+    guarantee: crate::values::Guarantee,
+    sig: &syn::Signature,
+) -> Result<(), syn::Error> {
+    if guarantee != crate::values::Guarantee::Strict {
+        return Ok(());
+    }
+    let steps = sig.inputs.iter().find_map(|a| match a {
+        syn::FnArg::Typed(t) => match &*t.ty {
+            syn::Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == "Steps") => {
+                Some(t.ty.span())
+            }
+            _ => None,
+        },
+        syn::FnArg::Receiver(_) => None,
+    });
+    match steps {
+        Some(at) => Err(syn::Error::new(
+            at,
+            "`Steps` needs `guarantee = \"result\"`: under `\"strict\"` (the default) a step's \
+             failure would be kept as the final answer of an operation left half done. Set \
+             `guarantee = \"result\"`",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// An endpoint `name`: 1 to 100 characters, a letter first, then letters, digits and `.`, `_`,
 /// `-`, `:` or `/` — stable across deploys, so that records outlive renames and moves.
 pub(crate) fn endpoint_name(name: &str) -> Result<(), String> {

@@ -95,7 +95,9 @@ pub mod __support {
 }
 
 #[cfg(feature = "postgres")]
-pub use actix::{Completer, CompleterBuilder, IdemTx, StepError, Steps, TxClient, TxEnded};
+pub use actix::{
+    Completer, CompleterBuilder, IdemTx, Resumed, StepError, Steps, TxClient, TxEnded,
+};
 pub use actix::{
     Idempotency, IdempotencyBuilder, IdempotencyContext, NoScope, OperatorError, RecordInfo,
     ScopeChosen, Scoped,

@@ -107,6 +107,12 @@ impl KeyDerivation {
         }
     }
 
+    /// Whether this derivation is keyed by an app secret (not the public key).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn is_keyed(&self) -> bool {
+        self.keyed
+    }
+
     /// A value every instance with the same secret (or none) computes alike, and that says
     /// nothing about the secret: what instances compare to find that they disagree.
     pub(crate) fn verifier(&self) -> [u8; 32] {
@@ -126,10 +132,26 @@ impl KeyDerivation {
     /// own `Idempotency-Key`): hex of `HMAC(sub_key, storage key ‖ 0 ‖ step)`, truncated to 128
     /// bits. The same on every attempt and every instance with this secret; unguessable
     /// without it, and unlinkable to the client's raw key.
-    pub(crate) fn downstream_key(&self, storage_key: &str, step: &str) -> String {
+    ///
+    /// With `operation` (a multi-step operation's id: a key reused after its record expired
+    /// starts another one), `HMAC(sub_key, storage key ‖ 1 ‖ operation ‖ step)`: each operation
+    /// under the key gets keys of its own, so a processor that still remembers the earlier
+    /// operation's key does not answer the new one with the old charge.
+    pub(crate) fn downstream_key(
+        &self,
+        storage_key: &str,
+        operation: Option<i64>,
+        step: &str,
+    ) -> String {
         let mut m = self.downstream.clone();
         m.update(storage_key.as_bytes());
-        m.update(&[0]);
+        match operation {
+            Some(op) => {
+                m.update(&[1]);
+                m.update(&op.to_be_bytes());
+            }
+            None => m.update(&[0]),
+        }
         m.update(step.as_bytes());
         let mut out = String::with_capacity(32);
         crate::fingerprint::push_hex(&mut out, &m.finalize().into_bytes()[..16]);

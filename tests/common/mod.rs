@@ -6,6 +6,7 @@ pub mod demo;
 pub mod pg;
 pub mod proxy;
 pub mod redis;
+pub mod rides;
 pub mod sentinel;
 pub mod tower;
 

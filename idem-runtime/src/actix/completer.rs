@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::resumed::Resumed;
 use super::steps::REQUEST_PURPOSE;
 use super::Idempotency;
 use crate::store::postgres::Abandoned;
@@ -58,10 +59,14 @@ impl Idempotency {
     /// last, its terminal failure is recorded — `500 urn:idem:problem:operation-failed`,
     /// replayed to every retry, never run again — for an operator to settle.
     ///
-    /// The stored request keeps the method, path and query, body, `Content-Type`,
-    /// `Content-Encoding`, `Authorization`, `Cookie` and the key's header: the app authenticates
-    /// the completer's request as it did the client's, so a credential revoked in between makes
-    /// it fail (and counts as an attempt). With an app secret it is sealed at rest.
+    /// The re-sent request runs under the operation's recorded storage key and principal (see
+    /// [`Resumed`]), not under what its own headers would derive. It keeps the method, path and
+    /// query, body, `Content-Type`, `Content-Encoding`, `Authorization`, `Cookie` and the key's
+    /// header, sealed under the app secret (which `Steps` requires), and only until the
+    /// operation completes or fails: the app authenticates it as it did the client's, so a
+    /// credential revoked in between makes it fail (an attempt) unless the app's auth lets
+    /// [`Resumed`] requests through. Only this app's operations (its `key_prefix`) are claimed;
+    /// a 409, 429 or 503 answer uses up no attempt.
     pub fn completer(&self) -> CompleterBuilder {
         CompleterBuilder {
             idem: self.clone(),
@@ -165,7 +170,10 @@ impl CompleterBuilder {
                 continue;
             }
             seen.push(pg.table_name());
-            let claimed = match pg.claim_abandoned(self.batch, self.backoff).await {
+            let claimed = match pg
+                .claim_abandoned(self.batch, self.backoff, self.idem.prefix())
+                .await
+            {
                 Ok(c) => c,
                 Err(error) => {
                     tracing::warn!(%error, "idem: the completer could not read the store");
@@ -175,10 +183,12 @@ impl CompleterBuilder {
             for op in claimed {
                 let give_up = op.attempts > self.max_attempts;
                 let key = op.key.clone();
-                match self.resend(srv, op, give_up).await {
-                    Ok(status) => tracing::info!(
+                let answer = self.resend(srv, op, give_up).await;
+                match &answer {
+                    Ok((status, ran)) => tracing::info!(
                         key = %key,
                         status,
+                        ran,
                         give_up,
                         "idem: the completer re-sent an abandoned operation"
                     ),
@@ -188,7 +198,17 @@ impl CompleterBuilder {
                         "idem: the completer could not re-send an abandoned operation"
                     ),
                 }
-                if give_up {
+                if let Ok((409 | 429 | 503, false)) = answer {
+                    // Refused before the handler ran: another attempt holds the key, or the
+                    // app refused for now (its limit, a drain). Nothing was tried, so no
+                    // attempt is used up.
+                    if let Err(error) = pg.refund_attempt(&key).await {
+                        tracing::warn!(key = %key, %error, "idem: giving back a completer attempt");
+                    }
+                } else if give_up {
+                    // The last word was this completer's own request's: recorded as the
+                    // operation's failure, or refused by the app (its auth, say) — the completer
+                    // stops here either way, and a client's retry may still finish it.
                     if let Err(error) = pg.mark_failed(&key).await {
                         tracing::warn!(key = %key, %error, "idem: marking an operation failed");
                     }
@@ -197,8 +217,14 @@ impl CompleterBuilder {
         }
     }
 
-    /// Re-sends the stored request of `op` through the app: its status.
-    async fn resend<S, B>(&self, srv: &S, op: Abandoned, give_up: bool) -> Result<u16, String>
+    /// Re-sends the stored request of `op` through the app: its status, and whether it reached
+    /// the handler's run.
+    async fn resend<S, B>(
+        &self,
+        srv: &S,
+        op: Abandoned,
+        give_up: bool,
+    ) -> Result<(u16, bool), String>
     where
         S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     {
@@ -211,8 +237,20 @@ impl CompleterBuilder {
         let stored = StoredResponse::decode(plain.into())
             .map_err(|e| format!("its stored request is corrupt: {e}"))?;
         let mut req = Request::with_payload(actix_http::Payload::from(stored.body().clone()));
+        let mut resumed = Resumed {
+            key: op.key,
+            principal: None,
+            ran: Arc::default(),
+        };
+        let ran = resumed.ran.clone();
         for (name, value) in stored.shared_headers() {
             match name {
+                ":principal" => {
+                    resumed.principal = Some(
+                        String::from_utf8(value.to_vec())
+                            .map_err(|e| format!("bad principal: {e}"))?,
+                    )
+                }
                 ":method" => {
                     req.head_mut().method =
                         Method::from_bytes(&value).map_err(|e| format!("bad method: {e}"))?
@@ -231,23 +269,27 @@ impl CompleterBuilder {
                 }
             }
         }
+        // The operation it resumes: its record's key and principal, whatever the headers say.
+        req.extensions_mut().insert(resumed);
         if give_up {
             req.extensions_mut().insert(GiveUp {
                 attempts: op.attempts - 1,
             });
         }
-        let resp = srv.call(req).await.map_err(|e| e.to_string())?;
-        Ok(resp.status().as_u16())
+        // A middleware's refusal comes back as an error; its status is what a client would get.
+        let status = match srv.call(req).await {
+            Ok(resp) => resp.status(),
+            Err(e) => e.as_response_error().status_code(),
+        };
+        Ok((status.as_u16(), ran.load(Ordering::SeqCst)))
     }
 }
 
 impl Completer {
-    /// Stops it after the operation it is re-sending, if any, and waits for that.
+    /// Stops it after the operation it is re-sending, if any, and waits for that. Call it off
+    /// the runtime that opened the store's connections (`spawn_blocking`, or after that runtime
+    /// stopped): the operation in flight may need it.
     pub fn stop(mut self) {
-        self.halt();
-    }
-
-    fn halt(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         self.wake.notify_one();
         if let Some(t) = self.thread.take() {
@@ -257,7 +299,11 @@ impl Completer {
 }
 
 impl Drop for Completer {
+    /// Tells the thread to stop and does not wait for it: a drop may run on the thread whose
+    /// runtime drives the store's connections (a panicking test, a server's own thread), which
+    /// the completer's operation in flight may need to finish. [`stop`](Completer::stop) waits.
     fn drop(&mut self) {
-        self.halt();
+        self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 }

@@ -254,8 +254,14 @@ impl Idempotency {
     }
 
     /// Who sent `req`, as the builder's scope says; empty for anonymous requests and for an
-    /// unscoped app. It is only ever hashed (keyed by the app secret) into storage keys.
+    /// unscoped app. It is only ever hashed (keyed by the app secret) into storage keys. A
+    /// request the completer re-sent belongs to the principal its operation was recorded under
+    /// (see `Resumed`), whatever its headers say.
     pub fn principal(&self, req: &HttpRequest) -> String {
+        #[cfg(feature = "postgres")]
+        if let Some(recorded) = super::resumed::principal(req) {
+            return recorded;
+        }
         match &self.shared.scope {
             Scope::Unscoped => String::new(),
             Scope::Header(name) => req

@@ -31,6 +31,8 @@ pub struct IdempotencyContext {
     token: FencingToken,
     attempt: u32,
     derivation: Arc<KeyDerivation>,
+    /// The id of a multi-step operation, once its `Steps` started (shared with them).
+    operation: Arc<std::sync::OnceLock<i64>>,
 }
 
 impl std::fmt::Debug for IdempotencyContext {
@@ -66,7 +68,14 @@ impl IdempotencyContext {
             token,
             attempt,
             derivation,
+            operation: Arc::default(),
         }
+    }
+
+    /// Where a multi-step operation's id goes once its steps start.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub(crate) fn operation(&self) -> Arc<std::sync::OnceLock<i64>> {
+        self.operation.clone()
     }
 
     /// A stable, opaque id of this operation (hex of the hashed idempotency key, scoped to the
@@ -82,7 +91,9 @@ impl IdempotencyContext {
     /// call repeated after a crash is then deduplicated downstream. The same key
     /// `Steps::downstream_key` gives (feature `postgres`).
     pub fn downstream_key(&self, step: &str) -> String {
-        self.derivation.downstream_key(&self.storage_key, step)
+        let operation = self.operation.get().copied().filter(|op| *op != 0);
+        self.derivation
+            .downstream_key(&self.storage_key, operation, step)
     }
 
     /// The fencing token of this attempt's lease: larger for every later attempt on the same

@@ -67,20 +67,24 @@ where
 {
     #[cfg(feature = "postgres")]
     {
+        super::resumed::mark_ran(&req);
         let give_up = req.extensions().get::<super::completer::GiveUp>().copied();
         if let Some(give_up) = give_up {
             return Box::pin(give_up_now(idem, &ticket, give_up.attempts)).await;
         }
     }
     let mut armed = ReleaseOnDrop::new(idem, &ticket);
-    req.extensions_mut().insert(IdempotencyContext::new(
+    let context = IdempotencyContext::new(
         ticket.key(),
         ticket.token(),
         ticket.attempt(),
         idem.shared.derivation.clone(),
-    ));
+    );
     #[cfg(feature = "postgres")]
-    steps_context(idem, policy, &ticket, &req, &body);
+    let operation = context.operation();
+    req.extensions_mut().insert(context);
+    #[cfg(feature = "postgres")]
+    steps_context(idem, policy, &ticket, &req, &body, operation);
     #[cfg(feature = "postgres")]
     let tx = if policy.transactional {
         match Box::pin(super::tx::open(ticket.engine(), &req)).await {
@@ -98,6 +102,8 @@ where
     // the call would keep a slot of its own in this future.
     let verdict = run_handler(idem, policy, &ticket, async {
         match handler(req, dev::Payload::from(body)).await {
+            #[cfg(feature = "postgres")]
+            Ok(resp) if super::steps::unfinished(&resp) => Ran::Unfinished(resp),
             Ok(resp) => {
                 let (resp, stored) = capture(idem, policy, &ticket, resp).await;
                 Ran::Answered(resp, stored)
@@ -123,17 +129,22 @@ fn steps_context(
     ticket: &Ticket,
     req: &HttpRequest,
     body: &Bytes,
+    operation: std::sync::Arc<std::sync::OnceLock<i64>>,
 ) {
     let Some(tx) = ticket.engine().store().transactional() else {
         return;
     };
     let shared = &idem.shared;
+    // Read before `extensions_mut`: a scope may read the extensions.
+    let principal = idem.principal(req);
     req.extensions_mut()
         .insert(std::sync::Arc::new(super::steps::StepsContext {
             store: tx.postgres().clone(),
             key: ticket.key().clone(),
             token: ticket.token(),
             attempt: ticket.attempt(),
+            principal,
+            operation,
             body: body.clone(),
             app_header: shared.header.clone(),
             key_sources: policy.key,

@@ -25,6 +25,8 @@ mod context;
 mod execute;
 mod names;
 mod operator;
+#[cfg(feature = "postgres")]
+mod resumed;
 mod shutdown;
 mod status;
 #[cfg(feature = "postgres")]
@@ -39,6 +41,8 @@ pub use config::{Idempotency, IdempotencyBuilder, NoScope, ScopeChosen, Scoped};
 pub use context::IdempotencyContext;
 pub(crate) use names::Conflict;
 pub use operator::{OperatorError, RecordInfo};
+#[cfg(feature = "postgres")]
+pub use resumed::Resumed;
 #[cfg(feature = "postgres")]
 pub use steps::{StepError, Steps};
 #[cfg(feature = "postgres")]
@@ -110,6 +114,11 @@ where
             Front::Done(Ok(response)) => return replay(&response),
             Front::Done(Err(problem)) => return problem_response(&problem),
             Front::Unkeyed(engine, policy, body) => {
+                // The completer's request always has its operation's key.
+                #[cfg(feature = "postgres")]
+                if let Some(problem) = resumed::mismatch(&req, None) {
+                    return problem_response(&problem);
+                }
                 let payload = match body {
                     Unkeyed::Unread(payload) => payload.into_inner(),
                     Unkeyed::Read(raw) => dev::Payload::from(raw),
@@ -120,6 +129,10 @@ where
             }
             Front::Keyed(engine, policy, keyed) => (engine, policy, keyed),
         };
+    #[cfg(feature = "postgres")]
+    if let Some(problem) = resumed::mismatch(&req, Some(&keyed.storage_key)) {
+        return problem_response(&problem);
+    }
     let (spawned, early) = spawn_task(&idem, engine, policy, keyed, req, handler);
     answer(&idem, &policy, early, spawned).await
 }

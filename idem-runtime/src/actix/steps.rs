@@ -29,6 +29,12 @@ pub(crate) struct StepsContext {
     pub(crate) key: StorageKey,
     pub(crate) token: FencingToken,
     pub(crate) attempt: u32,
+    /// Who the request belongs to (the app's scope), kept with the request: the completer
+    /// resumes the operation under it.
+    pub(crate) principal: String,
+    /// The operation's id, set once its steps start (shared with the `IdempotencyContext`,
+    /// whose downstream keys must agree).
+    pub(crate) operation: Arc<std::sync::OnceLock<i64>>,
     /// The request's body, kept with the request for the completer.
     pub(crate) body: bytes::Bytes,
     /// The app's key header, and the endpoint's own key sources (its header sources are kept
@@ -49,9 +55,9 @@ const RESENT: [HeaderName; 4] = [
     header::COOKIE,
 ];
 
-/// The request in its stored form: `:method` and `:path` pseudo-headers, the kept headers and
-/// the body, in a record's encoding; sealed under the app secret when there is one.
-fn stored_request(req: &HttpRequest, ctx: &StepsContext) -> Vec<u8> {
+/// The request in its stored form: `:method`, `:path` and `:principal` pseudo-headers, the
+/// kept headers and the body, in a record's encoding, sealed under the app secret.
+fn stored_request(req: &HttpRequest, ctx: &StepsContext, sealer: &Sealer) -> Vec<u8> {
     let path = req
         .uri()
         .path_and_query()
@@ -59,6 +65,7 @@ fn stored_request(req: &HttpRequest, ctx: &StepsContext) -> Vec<u8> {
     let mut headers = vec![
         (":method", req.method().as_str().as_bytes()),
         (":path", path.as_bytes()),
+        (":principal", ctx.principal.as_bytes()),
     ];
     let endpoint_headers = ctx.key_sources.iter().filter_map(|s| match s {
         crate::KeySource::Header(n) => HeaderName::from_bytes(n.as_bytes()).ok(),
@@ -73,10 +80,7 @@ fn stored_request(req: &HttpRequest, ctx: &StepsContext) -> Vec<u8> {
         }
     }
     let encoded = StoredResponse::new(0, headers, &ctx.body).encode();
-    match &ctx.sealer {
-        Some(s) => s.seal_blob(REQUEST_PURPOSE, ctx.key.as_str(), &encoded),
-        None => encoded.to_vec(),
-    }
+    sealer.seal_blob(REQUEST_PURPOSE, ctx.key.as_str(), &encoded)
 }
 
 /// An extractor for the steps of a multi-step operation (an `#[idempotent]` handler on a
@@ -176,6 +180,14 @@ pub enum StepError {
     /// a key, or on a store other than PostgreSQL (recovery points are kept beside the record).
     #[error("Steps needs an #[idempotent] endpoint on a PostgreSQL store, running under a key")]
     Unsupported,
+    /// The app has no secret ([`IdempotencyBuilder::secret`](crate::IdempotencyBuilder::secret)):
+    /// steps keep the request's credentials for the completer, sealed under it, and derive
+    /// downstream keys from it. Refused before anything runs.
+    #[error(
+        "Steps needs an app secret (IdempotencyBuilder::secret): the stored request holds \
+         credentials sealed under it, and downstream keys are derived from it"
+    )]
+    NoSecret,
     /// A recorded result could not be opened or decoded as the type asked for.
     #[error("step `{step}`: its recorded result cannot be read: {why}")]
     Unreadable {
@@ -206,7 +218,7 @@ impl StepError {
             StepError::LeaseLost { .. } => ProblemKind::InProgress,
             StepError::Store { .. } => ProblemKind::StoreUnavailable,
             StepError::Unreadable { .. } => ProblemKind::RecordUnreadable,
-            StepError::Unsupported => ProblemKind::Internal,
+            StepError::Unsupported | StepError::NoSecret => ProblemKind::Internal,
         };
         let p = Problem::new(kind, self.to_string());
         match kind {
@@ -230,9 +242,10 @@ impl Steps {
     /// record's key under the app secret), different per step, and unrelated to the client's
     /// own key.
     pub fn downstream_key(&self, step: &str) -> String {
+        let operation = self.ctx.operation.get().copied().filter(|op| *op != 0);
         self.ctx
             .derivation
-            .downstream_key(self.ctx.key.as_str(), step)
+            .downstream_key(self.ctx.key.as_str(), operation, step)
     }
 
     /// This attempt's number (1 for the first execution of the operation).
@@ -379,23 +392,50 @@ impl FromRequest for Steps {
 
     fn from_request(req: &HttpRequest, _: &mut dev::Payload) -> Self::Future {
         let ctx = req.extensions().get::<Arc<StepsContext>>().cloned();
-        let request = ctx.as_ref().map(|ctx| stored_request(req, ctx));
+        let request = ctx.as_ref().map(|ctx| match &ctx.sealer {
+            Some(sealer) if ctx.derivation.is_keyed() => Ok(stored_request(req, ctx, sealer)),
+            _ => Err(no_secret()),
+        });
         Box::pin(async move {
             let (Some(ctx), Some(request)) = (ctx, request) else {
                 return Err(StepError::Unsupported.into());
             };
-            let recorded = ctx
+            let request = request?;
+            let started = ctx
                 .store
-                .start_steps(&ctx.key, ctx.token, ctx.attempt, &request)
+                .start_steps(&ctx.key, ctx.token, &request)
                 .await
                 .map_err(|source| StepError::Store {
                     step: "(start)".into(),
                     source,
                 })?;
+            let Some((operation, recorded)) = started else {
+                return Err(StepError::LeaseLost {
+                    step: "(start)".into(),
+                }
+                .into());
+            };
+            let _ = ctx.operation.set(operation);
             Ok(Steps {
                 ctx,
                 state: Mutex::new(State { recorded, next: 0 }),
             })
         })
     }
+}
+
+/// [`StepError::NoSecret`], logged (once per process: every request of the endpoint gets it).
+fn no_secret() -> actix_web::Error {
+    static LOGGED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !LOGGED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!("idem: Steps needs an app secret (IdempotencyBuilder::secret); every request of an endpoint taking Steps is refused (500) until the app has one");
+    }
+    StepError::NoSecret.into()
+}
+
+/// Whether `resp` is a step's failure ([`StepError`]): the operation is half done, so the
+/// answer is never kept, whatever the guarantee — the next attempt resumes it.
+pub(crate) fn unfinished(resp: &HttpResponse) -> bool {
+    resp.error()
+        .is_some_and(|e| e.as_error::<StepError>().is_some())
 }

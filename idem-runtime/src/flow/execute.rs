@@ -39,6 +39,10 @@ pub(crate) enum Ran<R> {
     /// The request was refused before the handler's body started (an actix extractor): this
     /// answer, and nothing happened.
     Refused(R),
+    /// It answered with a step's failure (a multi-step operation stopped half done): never
+    /// kept, whatever the guarantee, so that the next attempt resumes the operation.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Unfinished(R),
     /// It panicked.
     Panicked,
 }
@@ -71,6 +75,7 @@ impl<R: Answer> Verdict<R> {
             // retry runs the handler again.
             Ran::Answered(resp, _) if !strict && resp.is_server_error() => Verdict::Release(resp),
             Ran::Answered(resp, stored) => Verdict::Keep(resp, stored),
+            Ran::Unfinished(resp) => Verdict::Release(resp),
             // Validation failures are not an execution: cache nothing (Stripe does the same).
             Ran::Refused(resp) => Verdict::Refused(resp),
             // `strict` promises the same response: a panic's 500 is kept like a returned one. A

@@ -32,6 +32,11 @@ pub(super) struct Statements {
 impl Statements {
     pub(super) fn new(t: &str) -> Self {
         let channel = format!("{t}_done");
+        // Whether the operation under `$1` recorded steps or keeps its request.
+        let has_steps = format!(
+            "(EXISTS (SELECT 1 FROM {t}_requests WHERE key = $1)
+              OR EXISTS (SELECT 1 FROM {t}_steps WHERE key = $1))"
+        );
         // A token-checked update: a lease that ran out while nobody took the key over still
         // belongs to its holder (a takeover hands out a new token). `clock_timestamp()`, not
         // `now()`, in the `SET`s: inside a transaction `now()` is the time it began.
@@ -43,24 +48,37 @@ impl Statements {
             )
         };
         // ... that also notifies the channel with the key when a waiter marked the row.
-        let notifying = |set: &str| {
+        let notifying = |set: &str, also: &str| {
             format!(
-                "WITH u AS ({}) SELECT CASE WHEN waiting THEN pg_notify('{channel}', key) END FROM u",
+                "WITH u AS ({}){also} SELECT CASE WHEN waiting THEN pg_notify('{channel}', key) END FROM u",
                 fenced(set)
             )
         };
+        // A completed operation's stored request (with the credentials it carried) goes with
+        // its completion: nothing is left to resume.
+        let forget_request =
+            format!(", forgotten AS (DELETE FROM {t}_requests WHERE key = (SELECT key FROM u))");
         Statements {
+            // Besides the insert or takeover: a row of an unexpired operation that recorded
+            // steps or keeps its request (`held`) is not taken over by another payload — that
+            // retry gets 422, it does not resume (or replay) those steps. A takeover that
+            // starts a new operation (attempt 1: a fresh row, or an expired one not reaped yet)
+            // drops what an earlier operation under the key left in the step tables.
             begin: format!(
                 "WITH live AS (
                SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
                 WHERE key = $1
                   AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))),
+             held AS (
+               SELECT fingerprint FROM {t}
+                WHERE key = $1 AND expires_at > now() AND fingerprint <> $2
+                  AND NOT EXISTS (SELECT 1 FROM live) AND {has_steps}),
              taken AS (
                INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
                SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
                       now() + $3::bigint * interval '1 millisecond',
                       now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond'
-                WHERE NOT EXISTS (SELECT 1 FROM live)
+                WHERE NOT EXISTS (SELECT 1 FROM live) AND NOT EXISTS (SELECT 1 FROM held)
                ON CONFLICT (key) DO UPDATE SET
                  fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
                  attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
@@ -68,12 +86,20 @@ impl Statements {
                  expires_at = EXCLUDED.expires_at, response = NULL
                WHERE NOT ((r.state = 'c' AND r.expires_at > now())
                        OR (r.state = 'p' AND r.lease_until > now()))
-               RETURNING token, attempt)
+                 AND NOT (r.expires_at > now() AND r.fingerprint <> EXCLUDED.fingerprint
+                          AND {has_steps})
+               RETURNING token, attempt),
+             fresh AS (SELECT 1 FROM taken WHERE attempt = 1),
+             old_steps AS (DELETE FROM {t}_steps WHERE key = $1 AND EXISTS (SELECT 1 FROM fresh)),
+             old_request AS (DELETE FROM {t}_requests WHERE key = $1 AND EXISTS (SELECT 1 FROM fresh))
              SELECT true, token, attempt, NULL::bytea, NULL::text, NULL::bigint, NULL::bytea FROM taken
              UNION ALL
              SELECT false, token, attempt, fingerprint, state::text,
                     (extract(epoch FROM (lease_until - now())) * 1000)::bigint, response
-               FROM live"
+               FROM live
+             UNION ALL
+             SELECT false, NULL::bigint, NULL::integer, fingerprint, 'r', NULL::bigint, NULL::bytea
+               FROM held"
             ),
             get: format!(
                 "SELECT fingerprint, state::text, token, attempt,
@@ -110,8 +136,8 @@ impl Statements {
                    SELECT key FROM {t} WHERE expires_at < now() LIMIT 1000 FOR UPDATE SKIP LOCKED))
                    AND expires_at + interval '0' < now()"
             ),
-            complete: notifying(COMPLETE_SET),
-            release: notifying("state = 'r'"),
+            complete: notifying(COMPLETE_SET, &forget_request),
+            release: notifying("state = 'r'", ""),
             renew: fenced(
                 "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
                  expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
@@ -124,7 +150,7 @@ impl Statements {
             // block (the handler ended ours: its transaction started with this very
             // statement), `1 / 0` when no row was updated (the lease was lost).
             complete_in_tx: format!(
-                "WITH u AS ({})
+                "WITH u AS ({}){forget_request}
                  SELECT ln(CASE WHEN now() = statement_timestamp() THEN 0 ELSE 1 END),
                         1 / (CASE WHEN u.key IS NULL THEN 0 ELSE 1 END),
                         CASE WHEN u.waiting THEN pg_notify('{channel}', u.key) END

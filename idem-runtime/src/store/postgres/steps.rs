@@ -19,7 +19,6 @@ use crate::{FencingToken, StorageKey};
 /// The statements of the step tables of one record table.
 pub(super) struct StepSql {
     migrate: String,
-    clear: String,
     put_request: String,
     load: String,
     /// Inserts one finished step, fenced: `$1` key, `$2` token, `$3` seq, `$4` name,
@@ -27,6 +26,7 @@ pub(super) struct StepSql {
     pub(super) put_step: String,
     claim: String,
     fail: String,
+    refund: String,
 }
 
 impl StepSql {
@@ -50,20 +50,15 @@ impl StepSql {
                      request bytea NOT NULL,
                      attempts integer NOT NULL DEFAULT 0,
                      next_try timestamptz NOT NULL DEFAULT now(),
-                     failed_at timestamptz);"
-            ),
-            // A first attempt (a new operation) drops what an expired operation under the same
-            // key may have left, in the record row it reuses.
-            clear: format!(
-                "WITH fence AS ({fence}),
-                      s AS (DELETE FROM {t}_steps WHERE key = (SELECT key FROM fence))
-                 DELETE FROM {t}_requests WHERE key = (SELECT key FROM fence)"
+                     failed_at timestamptz);
+                 ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS op bigint NOT NULL DEFAULT 0;"
             ),
             put_request: format!(
                 "WITH fence AS ({fence})
-                 INSERT INTO {t}_requests (key, request)
-                 SELECT key, $3 FROM fence
-                 ON CONFLICT (key) DO UPDATE SET request = EXCLUDED.request"
+                 INSERT INTO {t}_requests (key, request, op)
+                 SELECT key, $3, $2 FROM fence
+                 ON CONFLICT (key) DO UPDATE SET request = EXCLUDED.request
+                 RETURNING op"
             ),
             load: format!("SELECT seq, name, result FROM {t}_steps WHERE key = $1 ORDER BY seq"),
             put_step: format!(
@@ -83,6 +78,8 @@ impl StepSql {
                   WHERE q.key = ANY(ARRAY(
                         SELECT q2.key FROM {t}_requests q2 JOIN {t} r ON r.key = q2.key
                          WHERE q2.failed_at IS NULL AND q2.next_try <= now()
+                           AND starts_with(q2.key, $3)
+                           AND substr(q2.key, length($3) + 1) ~ '^[0-9a-f]{{16}}-[0-9a-f]{{64}}$'
                            AND ((r.state = 'p' AND r.lease_until < now())
                              OR (r.state = 'r' AND q2.attempts > 0))
                          ORDER BY q2.next_try
@@ -90,7 +87,15 @@ impl StepSql {
                          FOR UPDATE OF q2 SKIP LOCKED))
                  RETURNING q.key, q.request, q.attempts"
             ),
-            fail: format!("UPDATE {t}_requests SET failed_at = now() WHERE key = $1"),
+            // The request is blanked: the completer will not re-send it, and the credentials it
+            // carried go; the row stays, so the operation still has a stored request (a retry
+            // with another payload gets 422, see `begin`).
+            fail: format!(
+                "UPDATE {t}_requests SET failed_at = now(), request = ''::bytea WHERE key = $1"
+            ),
+            refund: format!(
+                "UPDATE {t}_requests SET attempts = greatest(attempts - 1, 0) WHERE key = $1"
+            ),
         }
     }
 }
@@ -122,29 +127,31 @@ impl PostgresStore {
         tx.batch_execute(&self.steps.migrate).await.map_err(failed)
     }
 
-    /// At the start of an attempt with steps: clears what an expired operation left (on a first
-    /// attempt), keeps the request that started it (`request`, sealed) for the completer, and
-    /// returns the steps already finished, in order. Fenced: nothing is written once the lease
-    /// is lost.
+    /// At the start of an attempt with steps: keeps the request that started it (`request`,
+    /// sealed) for the completer, and returns the operation's id (the token of its first
+    /// attempt with steps; 0 for one recorded before ids were kept) and the steps already
+    /// finished, in order — or `None` when the lease is lost (fenced: nothing is written).
+    /// What an earlier operation under the key left is dropped by the `begin` that started this
+    /// one.
     pub(crate) async fn start_steps(
         &self,
         key: &StorageKey,
         token: FencingToken,
-        attempt: u32,
         request: &[u8],
-    ) -> Result<Vec<RecordedStep>, StoreError> {
+    ) -> Result<Option<(i64, Vec<RecordedStep>)>, StoreError> {
         let c = self.client().await?;
         let (k, t) = (key.as_str(), token.0 as i64);
-        if attempt <= 1 {
-            c.execute(&self.steps.clear, &[&k, &t])
-                .await
-                .map_err(failed)?;
-        }
-        c.execute(&self.steps.put_request, &[&k, &t, &request])
+        let Some(op) = c
+            .query_opt(&self.steps.put_request, &[&k, &t, &request])
             .await
-            .map_err(failed)?;
+            .map_err(failed)?
+        else {
+            return Ok(None);
+        };
+        let op: i64 = op.try_get(0).map_err(failed)?;
         let rows = c.query(&self.steps.load, &[&k]).await.map_err(failed)?;
-        rows.iter()
+        let steps: Result<Vec<_>, StoreError> = rows
+            .iter()
             .map(|r| {
                 Ok(RecordedStep {
                     seq: r.try_get(0).map_err(failed)?,
@@ -152,7 +159,8 @@ impl PostgresStore {
                     result: r.try_get(2).map_err(failed)?,
                 })
             })
-            .collect()
+            .collect();
+        Ok(Some((op, steps?)))
     }
 
     /// The names of the steps the operation `key` finished, in order.
@@ -188,16 +196,20 @@ impl PostgresStore {
         Ok(if n == 1 { Fenced::Done } else { Fenced::Lost })
     }
 
-    /// Claims at most `limit` operations whose lease lapsed before completion, pushing each
-    /// one's next try back by `backoff · 2^attempts` (capped at 2^8).
+    /// Claims at most `limit` operations of the app whose storage keys start with `prefix` and
+    /// whose lease lapsed before completion, pushing each one's next try back by
+    /// `backoff · 2^attempts` (capped at 2^8). Only keys of exactly that app's shape (the prefix,
+    /// then a principal tag and an id) are claimed: another app on the same table, under
+    /// another prefix (even one that starts with this one), is left alone.
     pub(crate) async fn claim_abandoned(
         &self,
         limit: i64,
         backoff: Duration,
+        prefix: &str,
     ) -> Result<Vec<Abandoned>, StoreError> {
         let c = self.client().await?;
         let rows = c
-            .query(&self.steps.claim, &[&limit, &ms(backoff)])
+            .query(&self.steps.claim, &[&limit, &ms(backoff), &prefix])
             .await
             .map_err(failed)?;
         rows.iter()
@@ -211,7 +223,19 @@ impl PostgresStore {
             .collect()
     }
 
-    /// Marks the operation `key` as failed for good: the completer leaves it alone.
+    /// Gives back the attempt the last claim of `key` counted: its request met a refusal that
+    /// says nothing about the operation (409 while the client's own retry runs, 429, 503 while
+    /// an instance drains).
+    pub(crate) async fn refund_attempt(&self, key: &str) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(&self.steps.refund, &[&key])
+            .await
+            .map_err(failed)?;
+        Ok(())
+    }
+
+    /// Marks the operation `key` as failed for good: the completer leaves it alone (its client's
+    /// retry may still finish it), and its stored request is blanked.
     pub(crate) async fn mark_failed(&self, key: &str) -> Result<(), StoreError> {
         let c = self.client().await?;
         c.execute(&self.steps.fail, &[&key]).await.map_err(failed)?;

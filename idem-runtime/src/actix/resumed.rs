@@ -1,0 +1,88 @@
+//! [`Resumed`]: what the completer's re-sent request carries, so that it resumes the operation
+//! it claimed — under that operation's storage key and principal — whatever the re-sent request
+//! itself would derive.
+
+use actix_web::{HttpMessage, HttpRequest};
+
+use crate::problem::{Problem, ProblemKind};
+use crate::StorageKey;
+
+/// In the extensions of a request the [completer](crate::Completer) re-sends: the operation it
+/// resumes. Only the completer puts it there (extensions never come from the network), and
+/// idem runs such a request under the operation's **recorded** principal and storage key,
+/// whatever its headers would derive — a re-sent request carries only some of the client's
+/// headers, and the credential it carries may have been rotated since.
+///
+/// An app whose authentication would refuse the re-sent request (its token revoked or rotated
+/// since the crash) can let it through by this value, and take the account from
+/// [`principal`](Self::principal):
+///
+/// ```ignore
+/// if let Some(resumed) = Resumed::of(req.request()) {
+///     // The completer finishing an operation this account started.
+///     req.extensions_mut().insert(AccountId(resumed.principal().unwrap_or_default().into()));
+///     return next.call(req).await;
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Resumed {
+    pub(crate) key: String,
+    pub(crate) principal: Option<String>,
+    /// Set when the request reached its handler's run (or the record of its failure): the
+    /// completer then counts its answer as an attempt.
+    pub(crate) ran: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Resumed {
+    /// The operation `req` resumes, if the completer sent it.
+    pub fn of(req: &HttpRequest) -> Option<Resumed> {
+        req.extensions().get::<Resumed>().cloned()
+    }
+
+    /// The principal the operation was started by, as the app's scope gave it then (`None` for
+    /// an operation recorded before idem kept it).
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+
+    /// The status id of the operation's record (as in status URLs and logs).
+    pub fn status_id(&self) -> &str {
+        let after = self
+            .key
+            .rfind('-')
+            .map_or(0, |dash| dash.saturating_sub(16));
+        &self.key[after..]
+    }
+}
+
+/// The recorded principal of a request the completer re-sent.
+pub(crate) fn principal(req: &HttpRequest) -> Option<String> {
+    req.extensions()
+        .get::<Resumed>()
+        .and_then(|r| r.principal.clone())
+}
+
+/// `Some(problem)` when `req` is the completer's and `derived` (what its key, endpoint and
+/// principal derive) is not the record it resumes: the endpoint was renamed or the secret
+/// changed in between. Never run: it would start a second operation.
+pub(crate) fn mismatch(req: &HttpRequest, derived: Option<&StorageKey>) -> Option<Problem> {
+    let resumed = req.extensions().get::<Resumed>().cloned()?;
+    if derived.is_some_and(|d| d.as_str() == resumed.key) {
+        return None;
+    }
+    tracing::error!(
+        record = resumed.status_id(),
+        "idem: the completer's request does not lead to the operation it resumes (the endpoint's name, key sources, prefix or secret changed?); not run"
+    );
+    Some(Problem::new(
+        ProblemKind::Internal,
+        "the completer's request does not lead to the operation it resumes; it is not run",
+    ))
+}
+
+/// Notes, on the completer's request `req`, that the operation's handler is about to run.
+pub(crate) fn mark_ran(req: &HttpRequest) {
+    if let Some(r) = req.extensions().get::<Resumed>() {
+        r.ran.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
