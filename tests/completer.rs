@@ -207,121 +207,91 @@ fn gate() -> web::Data<Gate> {
     web::Data::new(gate)
 }
 
+/// One operation abandoned after its first step and finished by the completer, its keys scoped
+/// as `kind` says. With `rotate`, the client's token is replaced between the crash and the
+/// completion (the old one revoked) and the app lets `Resumed` requests through. Asserts one
+/// ride, one charge, one downstream key, no stored request left, and the client's replay —
+/// except when the scope is the rotated credential itself (another principal: why the builder
+/// advises scoping by account). `false` when there is no PostgreSQL (skipped).
+async fn resume_case(test: &str, kind: Kind, key: &str, rotate: bool) -> bool {
+    let Some((store, world, db, tables)) = setup(test).await else {
+        return false;
+    };
+    let gate = gate();
+    let idem = |renew| scoped(kind, &store, renew, "idem:", SECRET);
+    abandon(idem(false), &world, &gate, key).await;
+    let token = if rotate {
+        let mut tokens = gate.tokens.lock().unwrap();
+        tokens.insert("tok-1".into(), false);
+        tokens.insert("tok-2".into(), true);
+        gate.trust_resumed.store(true, Ordering::SeqCst);
+        "Bearer tok-2"
+    } else {
+        "Bearer tok-1"
+    };
+    let c = completer(idem(true), &world, &gate, 5);
+    until_receipt(&db, &tables[0], Duration::from_secs(5)).await;
+    // Another completer pass, had it started a second operation, would show here.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop(c).await;
+    let case = format!("{kind:?}, rotated: {rotate}");
+    assert_eq!(
+        kinds(&db, &tables[0]).await,
+        (1, 1),
+        "{case}: rides, receipts"
+    );
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1, "{case}");
+    assert_eq!(world.distinct_downstream_keys(), 1, "{case}");
+    assert_eq!(stored_requests(&db, &tables[1]).await, 0, "{case}");
+    if !(rotate && matches!(kind, Kind::Authorization)) {
+        let live =
+            actix_web::test::init_service(app!(idem(true), world.clone(), gate.clone())).await;
+        let (status, replayed, body) =
+            post_as(&live, "/rides", key, &ada(token), json!({ "rider": "ada" })).await;
+        assert_eq!((status, replayed), (201, true), "{case}: {body}");
+        assert_eq!(kinds(&db, &tables[0]).await, (1, 1), "{case}");
+        assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1, "{case}");
+    }
+    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    true
+}
+
 /// Under every kind of scope, the completer resumes the operation it claimed — the recorded
 /// storage key and principal, not what the re-sent request (which carries only some headers)
 /// would derive: one ride, one charge, one downstream key, and the client's retry replays.
 #[actix_web::test]
 async fn the_completer_resumes_under_the_recorded_identity() {
     for kind in KINDS {
-        let Some((store, world, db, tables)) =
-            setup("the_completer_resumes_under_the_recorded_identity").await
-        else {
+        if !resume_case(
+            "the_completer_resumes_under_the_recorded_identity",
+            kind,
+            "k1",
+            false,
+        )
+        .await
+        {
             return;
-        };
-        let gate = gate();
-        abandon(
-            scoped(kind, &store, false, "idem:", SECRET),
-            &world,
-            &gate,
-            "k1",
-        )
-        .await;
-        let c = completer(
-            scoped(kind, &store, true, "idem:", SECRET),
-            &world,
-            &gate,
-            5,
-        );
-        until_receipt(&db, &tables[0], Duration::from_secs(5)).await;
-        // Another completer pass, had it started a second operation, would show here.
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        stop(c).await;
-        assert_eq!(
-            kinds(&db, &tables[0]).await,
-            (1, 1),
-            "{kind:?}: rides, receipts"
-        );
-        assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1, "{kind:?}");
-        assert_eq!(world.distinct_downstream_keys(), 1, "{kind:?}");
-        let live = actix_web::test::init_service(app!(
-            scoped(kind, &store, true, "idem:", SECRET),
-            world.clone(),
-            gate.clone()
-        ))
-        .await;
-        let (status, replayed, body) = post_as(
-            &live,
-            "/rides",
-            "k1",
-            &ada("Bearer tok-1"),
-            json!({ "rider": "ada" }),
-        )
-        .await;
-        assert_eq!((status, replayed), (201, true), "{kind:?}: {body}");
-        assert_eq!(kinds(&db, &tables[0]).await, (1, 1), "{kind:?}");
-        assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1, "{kind:?}");
-        assert_eq!(stored_requests(&db, &tables[1]).await, 0, "{kind:?}");
-        pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+        }
     }
 }
 
 /// The client's credential is rotated between the crash and the completion (the old token
 /// revoked): an app whose auth lets the completer's `Resumed` requests through gets the
 /// operation finished once, under every kind of scope, and the client's retry with its new
-/// token replays it. Scoped by `Authorization` itself, the new token is another principal (why
-/// the builder advises scoping by account): that retry is not asserted.
+/// token replays it.
 #[actix_web::test]
 async fn a_rotated_credential_does_not_stop_the_completer() {
     for kind in KINDS {
-        let Some((store, world, db, tables)) =
-            setup("a_rotated_credential_does_not_stop_the_completer").await
-        else {
-            return;
-        };
-        let gate = gate();
-        abandon(
-            scoped(kind, &store, false, "idem:", SECRET),
-            &world,
-            &gate,
+        if !resume_case(
+            "a_rotated_credential_does_not_stop_the_completer",
+            kind,
             "r1",
+            true,
         )
-        .await;
+        .await
         {
-            let mut tokens = gate.tokens.lock().unwrap();
-            tokens.insert("tok-1".into(), false);
-            tokens.insert("tok-2".into(), true);
+            return;
         }
-        gate.trust_resumed.store(true, Ordering::SeqCst);
-        let c = completer(
-            scoped(kind, &store, true, "idem:", SECRET),
-            &world,
-            &gate,
-            5,
-        );
-        until_receipt(&db, &tables[0], Duration::from_secs(5)).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        stop(c).await;
-        assert_eq!(kinds(&db, &tables[0]).await, (1, 1), "{kind:?}");
-        assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1, "{kind:?}");
-        assert_eq!(world.distinct_downstream_keys(), 1, "{kind:?}");
-        if !matches!(kind, Kind::Authorization) {
-            let live = actix_web::test::init_service(app!(
-                scoped(kind, &store, true, "idem:", SECRET),
-                world.clone(),
-                gate.clone()
-            ))
-            .await;
-            let (status, replayed, body) = post_as(
-                &live,
-                "/rides",
-                "r1",
-                &ada("Bearer tok-2"),
-                json!({"rider": "ada"}),
-            )
-            .await;
-            assert_eq!((status, replayed), (201, true), "{kind:?}: {body}");
-        }
-        pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
     }
     // An app whose auth refuses the completer's old token: the completer cannot finish it, and
     // the client's retry with the new token resumes it — still one ride, one downstream key.
