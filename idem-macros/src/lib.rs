@@ -37,13 +37,11 @@ pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     let result = match parsed {
         Ok(func) => {
             let shape = validate::fn_shape(&func.sig);
+            let args = args.and_then(|args| {
+                validate::steps_guarantee(args.guarantee, &func.sig).map(|()| args)
+            });
             match (args, shape) {
                 (Ok(args), Ok(())) => {
-                    if let Err(e) = validate::steps_guarantee(args.guarantee, &func.sig) {
-                        let item2 = item2.clone();
-                        let err = e.to_compile_error();
-                        return quote::quote!(#item2 #err).into();
-                    }
                     if let Some(first) = expand::utoipa_first(&args, attr2, &func) {
                         return first.into();
                     }

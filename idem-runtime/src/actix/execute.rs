@@ -53,11 +53,13 @@ impl Answer for HttpResponse {
 }
 
 /// Runs the handler under `ticket` and writes its record; answers with the client's response.
+/// `principal` is who the request belongs to, as its storage key was derived.
 pub(super) async fn execute<F, Fut>(
     idem: &Idempotency,
     policy: &Policy,
     ticket: Ticket,
     req: HttpRequest,
+    #[cfg_attr(not(feature = "postgres"), allow(unused_variables))] principal: String,
     body: Bytes,
     handler: F,
 ) -> (HttpResponse, Outcome)
@@ -84,7 +86,7 @@ where
     let operation = context.operation();
     req.extensions_mut().insert(context);
     #[cfg(feature = "postgres")]
-    steps_context(idem, policy, &ticket, &req, &body, operation);
+    steps_context(idem, policy, &ticket, &req, &body, principal, operation);
     #[cfg(feature = "postgres")]
     let tx = if policy.transactional {
         match Box::pin(super::tx::open(ticket.engine(), &req)).await {
@@ -129,14 +131,13 @@ fn steps_context(
     ticket: &Ticket,
     req: &HttpRequest,
     body: &Bytes,
+    principal: String,
     operation: std::sync::Arc<std::sync::OnceLock<i64>>,
 ) {
     let Some(tx) = ticket.engine().store().transactional() else {
         return;
     };
     let shared = &idem.shared;
-    // Read before `extensions_mut`: a scope may read the extensions.
-    let principal = idem.principal(req);
     req.extensions_mut()
         .insert(std::sync::Arc::new(super::steps::StepsContext {
             store: tx.postgres().clone(),

@@ -133,7 +133,7 @@ where
     if let Some(problem) = resumed::mismatch(&req, Some(&keyed.storage_key)) {
         return problem_response(&problem);
     }
-    let (spawned, early) = spawn_task(&idem, engine, policy, keyed, req, handler);
+    let (spawned, early) = spawn_task(&idem, engine, policy, keyed, req, principal, handler);
     answer(&idem, &policy, early, spawned).await
 }
 
@@ -149,6 +149,7 @@ fn spawn_task<F, Fut>(
     policy: Policy,
     keyed: crate::flow::prepare::Keyed<crate::flow::Callback>,
     req: HttpRequest,
+    principal: String,
     handler: F,
 ) -> (
     tokio::task::JoinHandle<HttpResponse>,
@@ -168,7 +169,7 @@ where
                 Outcome::StoreError,
             ),
             Run::Under(ticket) => {
-                execute::execute(&idem2, policy, ticket, req, body, handler).await
+                execute::execute(&idem2, policy, ticket, req, principal, body, handler).await
             }
         }
     };

@@ -47,11 +47,8 @@ impl Resumed {
 
     /// The status id of the operation's record (as in status URLs and logs).
     pub fn status_id(&self) -> &str {
-        let after = self
-            .key
-            .rfind('-')
-            .map_or(0, |dash| dash.saturating_sub(16));
-        &self.key[after..]
+        let at = self.key.len().saturating_sub(crate::secret::ID_LEN);
+        self.key.get(at..).unwrap_or(&self.key)
     }
 }
 
@@ -66,7 +63,8 @@ pub(crate) fn principal(req: &HttpRequest) -> Option<String> {
 /// principal derive) is not the record it resumes: the endpoint was renamed or the secret
 /// changed in between. Never run: it would start a second operation.
 pub(crate) fn mismatch(req: &HttpRequest, derived: Option<&StorageKey>) -> Option<Problem> {
-    let resumed = req.extensions().get::<Resumed>().cloned()?;
+    let extensions = req.extensions();
+    let resumed = extensions.get::<Resumed>()?;
     if derived.is_some_and(|d| d.as_str() == resumed.key) {
         return None;
     }
