@@ -7,8 +7,9 @@
 mod common;
 
 use actix_web::{post, web, HttpResponse};
-use common::pg;
-use common::rides::{idem, kinds, post, rides, setup, until_receipt, World};
+use common::rides::{
+    die_after_first_step, drop_tables, idem, kinds, post, rides, setup, until_receipt, World,
+};
 use idem::idempotent;
 // PostgreSQL items come from the runtime: `idem` re-exports them with its own `postgres`
 // feature, which a package cannot turn on for its own tests.
@@ -82,7 +83,7 @@ async fn a_retry_resumes_at_the_first_unfinished_step() {
         keys,
         "IdempotencyContext agrees"
     );
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }
 
 #[actix_web::test]
@@ -109,7 +110,7 @@ async fn a_renamed_step_is_an_error_not_a_skip() {
     assert_eq!((status, replayed), (201, false));
     assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
     assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }
 
 #[actix_web::test]
@@ -160,13 +161,7 @@ async fn the_completer_finishes_an_abandoned_operation_without_its_client() {
     };
     // An instance that dies after the first step: its lease (1 s) is not renewed.
     let dying = app!(store, world, false);
-    *world.stall_after.lock().unwrap() = "create_ride".into();
-    let abandoned =
-        tokio::time::timeout(Duration::from_millis(300), post(&dying, "/rides", "lost")).await;
-    assert!(
-        abandoned.is_err(),
-        "the first attempt hangs, as a dead instance would"
-    );
+    die_after_first_step(&world, post(&dying, "/rides", "lost")).await;
     let _completer = completer(&store, &world, 5);
     // Bound: the lease (1 s) + the completer's period (100 ms) + the handler.
     let took = until_receipt(&db, &tables[0], Duration::from_secs(5)).await;
@@ -182,7 +177,7 @@ async fn the_completer_finishes_an_abandoned_operation_without_its_client() {
     let (status, replayed, body) = post(&live, "/rides", "lost").await;
     assert_eq!((status, replayed), (201, true), "{body}");
     assert_eq!(body["charge"], format!("ch_{}_ada", body["ride"]));
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }
 
 #[actix_web::test]
@@ -193,9 +188,7 @@ async fn an_operation_that_cannot_finish_ends_in_a_recorded_failure() {
         return;
     };
     let dying = app!(store, world, false);
-    *world.stall_after.lock().unwrap() = "create_ride".into();
-    let _ =
-        tokio::time::timeout(Duration::from_millis(300), post(&dying, "/rides", "doomed")).await;
+    die_after_first_step(&world, post(&dying, "/rides", "doomed")).await;
     // Every later run fails after the charge (a processor answer the handler cannot use).
     world.fail_forever.store(true, Ordering::SeqCst);
     let _completer = completer(&store, &world, 2);
@@ -231,5 +224,5 @@ async fn an_operation_that_cannot_finish_ends_in_a_recorded_failure() {
         Some("urn:idem:problem:operation-failed")
     );
     assert_eq!(info.steps, ["create_ride", "charge"]);
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }

@@ -6,8 +6,7 @@
 mod common;
 
 use actix_web::{post, web, HttpResponse};
-use common::pg;
-use common::rides::{idem, kinds, post, post_as, ride, rides, setup, NewRide, World};
+use common::rides::{drop_tables, idem, kinds, post, post_as, ride, rides, setup, NewRide, World};
 use idem::{idempotent, IdempotencyContext};
 use idem_runtime::{StepError, Steps};
 use serde_json::json;
@@ -64,7 +63,7 @@ async fn a_changed_payload_does_not_resume_the_steps() {
     assert_eq!(body["rider"], "ada");
     assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
     assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }
 
 /// A key reused after its record expired (not reaped yet) is a new operation, even when the new
@@ -108,7 +107,7 @@ async fn a_key_reused_after_expiry_starts_afresh() {
     assert_eq!(status, 201, "{again}");
     assert_eq!(again["charge"], format!("ch_{}_dan", again["ride"]));
     assert_eq!(kinds(&db, &tables[0]).await, (3, 3));
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }
 
 /// A step's failure (the processor down) under `strict` — reached through a type alias the
@@ -135,5 +134,5 @@ async fn a_failed_step_is_never_the_final_answer() {
     let (status, replayed, again) = post(&app, "/strict_rides", "k7").await;
     assert_eq!((status, replayed), (201, true));
     assert_eq!(body, again);
-    pg::drop_tables(&db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    drop_tables(&db, &tables).await;
 }

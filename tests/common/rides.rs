@@ -256,3 +256,19 @@ pub async fn until_receipts(db: &Client, rows: &str, n: i64, within: Duration) -
 pub async fn stored_requests(db: &Client, records: &str) -> i64 {
     pg::count(db, &format!("{records}_requests")).await
 }
+
+/// Sends `request` to an app playing an instance that dies right after its first step: it
+/// hangs there (the test app does not renew its lease, which lapses) and gets no answer.
+pub async fn die_after_first_step<F: std::future::Future>(world: &World, request: F) {
+    *world.stall_after.lock().unwrap() = "create_ride".into();
+    let answer = tokio::time::timeout(Duration::from_millis(300), request).await;
+    assert!(
+        answer.is_err(),
+        "the first attempt hangs, as a dead instance would"
+    );
+}
+
+/// Drops the tables `setup` made.
+pub async fn drop_tables(db: &Client, tables: &[String]) {
+    pg::drop_tables(db, &tables.iter().map(String::as_str).collect::<Vec<_>>()).await;
+}
