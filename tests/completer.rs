@@ -388,6 +388,32 @@ async fn completers_of_two_apps_on_one_table_leave_each_other_alone() {
     drop_tables(&db, &tables).await;
 }
 
+/// An operation left unfinished past its record's expiry (its row not reaped yet) is over: the
+/// key is free for a new operation of its client. The completer does not start it again — a
+/// second ride, and a charge under a new downstream key the processor cannot deduplicate.
+#[actix_web::test]
+async fn the_completer_leaves_an_expired_operation_alone() {
+    let Some((store, world, db, tables)) =
+        setup("the_completer_leaves_an_expired_operation_alone").await
+    else {
+        return;
+    };
+    let gate = gate();
+    let idem = |renew| scoped(Kind::Header, &store, renew, "idem:", SECRET);
+    abandon(idem(false), &world, &gate, "x1").await;
+    let expire = format!(
+        "UPDATE {} SET expires_at = now() - interval '1 second', lease_until = now() - interval '1 second'",
+        tables[1]
+    );
+    db.batch_execute(&expire).await.unwrap();
+    let c = completer(idem(true), &world, &gate, 5);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop(c).await;
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 0), "not run again");
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 0);
+    drop_tables(&db, &tables).await;
+}
+
 /// During a rolling deploy the completer's requests meet 409 (the client's own retry holds the
 /// key), 429 and 503 (draining): none of them uses up an attempt, so an operation with
 /// `max_attempts(2)` still finishes after four such answers.

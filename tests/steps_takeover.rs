@@ -6,7 +6,9 @@
 mod common;
 
 use actix_web::{post, web, HttpResponse};
-use common::rides::{drop_tables, idem, kinds, post, post_as, ride, rides, setup, NewRide, World};
+use common::rides::{
+    drop_tables, idem, kinds, post, post_as, ride, rides, setup, stored_requests, NewRide, World,
+};
 use idem::{idempotent, IdempotencyContext};
 use idem_runtime::{StepError, Steps};
 use serde_json::json;
@@ -20,7 +22,8 @@ macro_rules! app {
                 .app_data(idem(&$store, true))
                 .app_data($world.clone())
                 .service(rides)
-                .service(strict_rides),
+                .service(strict_rides)
+                .service(steps_first),
         )
         .await
     };
@@ -38,6 +41,43 @@ async fn strict_rides(
     world: web::Data<World>,
 ) -> Result<HttpResponse, StepError> {
     ride(body, &steps, &ctx, &world).await
+}
+
+#[post("/steps_first")]
+#[idempotent(store = "pg", name = "steps_first", guarantee = "result", lease = "1s")]
+async fn steps_first(
+    steps: Steps,
+    body: web::Json<NewRide>,
+    ctx: IdempotencyContext,
+    world: web::Data<World>,
+) -> Result<HttpResponse, StepError> {
+    ride(body, &steps, &ctx, &world).await
+}
+
+/// `Steps` is extracted before the body: a body the extractor refuses (400) ran nothing, so it
+/// leaves no stored request behind, and the corrected body (another fingerprint) is the
+/// operation's first real attempt, not a key reused for another payload (422).
+#[actix_web::test]
+async fn a_refused_body_after_steps_leaves_the_key_free() {
+    let Some((store, world, db, tables)) =
+        setup("a_refused_body_after_steps_leaves_the_key_free").await
+    else {
+        return;
+    };
+    let app = app!(store, world);
+    let req = actix_web::test::TestRequest::post()
+        .uri("/steps_first")
+        .insert_header(("Idempotency-Key", "k8"))
+        .insert_header(("content-type", "application/json"))
+        .set_payload("{\"rider\": 7}")
+        .to_request();
+    let refused = actix_web::test::call_service(&app, req).await;
+    assert_eq!(refused.status().as_u16(), 400);
+    assert_eq!(stored_requests(&db, &tables[1]).await, 0, "nothing kept");
+    let (status, replayed, body) = post(&app, "/steps_first", "k8").await;
+    assert_eq!((status, replayed), (201, false), "{body}");
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    drop_tables(&db, &tables).await;
 }
 
 /// Under `result`, a first attempt charged and then answered 5xx (released). A retry with a

@@ -69,6 +69,9 @@ where
 {
     #[cfg(feature = "postgres")]
     {
+        if let Some(p) = super::resumed::started_anew(&req, ticket.attempt()) {
+            return settle(idem, &ticket, Verdict::Refused(problem_response(&p))).await;
+        }
         super::resumed::mark_ran(&req);
         let give_up = req.extensions().get::<super::completer::GiveUp>().copied();
         if let Some(give_up) = give_up {
@@ -86,7 +89,15 @@ where
     let operation = context.operation();
     req.extensions_mut().insert(context);
     #[cfg(feature = "postgres")]
-    steps_context(idem, policy, &ticket, &req, &body, principal, operation);
+    steps_context(
+        idem,
+        policy,
+        &ticket,
+        &req,
+        &body,
+        principal,
+        operation.clone(),
+    );
     #[cfg(feature = "postgres")]
     let tx = if policy.transactional {
         match Box::pin(super::tx::open(ticket.engine(), &req)).await {
@@ -115,6 +126,10 @@ where
     })
     .await;
     armed.disarm();
+    #[cfg(feature = "postgres")]
+    if matches!(verdict, Verdict::Refused(_)) {
+        forget_unstarted(&ticket, &operation).await;
+    }
     #[cfg(feature = "postgres")]
     if let Some(tx) = tx {
         return Box::pin(super::tx::finish(tx, &ticket, verdict)).await;
@@ -152,6 +167,26 @@ fn steps_context(
             sealer: shared.sealer.clone(),
             derivation: shared.derivation.clone(),
         }));
+}
+
+/// After a refusal by an extractor that ran after `Steps` (the handler's body never ran): the
+/// request stored by this attempt goes, if this attempt started the operation's steps, so that
+/// it leaves nothing behind (a corrected body is then no "key reused").
+#[cfg(feature = "postgres")]
+async fn forget_unstarted(ticket: &Ticket, operation: &std::sync::OnceLock<i64>) {
+    if operation.get() != Some(&(ticket.token().0 as i64)) {
+        return;
+    }
+    let Some(tx) = ticket.engine().store().transactional() else {
+        return;
+    };
+    let engine = ticket.engine();
+    let forget = tx.postgres().forget_request(ticket.key(), ticket.token());
+    if let Err(error) =
+        crate::engine::deadline("forget_request", engine.store_timeout(), forget).await
+    {
+        tracing::warn!(%error, "idem: the request stored for a refused attempt could not be deleted; a retry with another payload gets 422 until the record expires");
+    }
 }
 
 /// The completer's last word on an operation it could not finish: its terminal failure is

@@ -84,3 +84,22 @@ pub(crate) fn mark_ran(req: &HttpRequest) {
         r.ran.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
+
+/// `Some(problem)` when `req` is the completer's and its `begin` started a new operation
+/// (`attempt` 1): the operation it resumes expired (or was reaped) between the claim and this
+/// request. Never run: its steps are gone, and its downstream keys would be new ones.
+pub(crate) fn started_anew(req: &HttpRequest, attempt: u32) -> Option<Problem> {
+    let extensions = req.extensions();
+    let resumed = extensions.get::<Resumed>()?;
+    if attempt > 1 {
+        return None;
+    }
+    tracing::warn!(
+        record = resumed.status_id(),
+        "idem: the operation the completer resumes expired before its request ran; not started again"
+    );
+    Some(Problem::new(
+        ProblemKind::Internal,
+        "the operation the completer resumes expired; it is not started again",
+    ))
+}

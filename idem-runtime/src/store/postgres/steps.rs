@@ -26,6 +26,7 @@ pub(super) struct StepSql {
     pub(super) put_step: String,
     claim: String,
     fail: String,
+    forget: String,
     refund: String,
 }
 
@@ -80,6 +81,7 @@ impl StepSql {
                          WHERE q2.failed_at IS NULL AND q2.next_try <= now()
                            AND starts_with(q2.key, $3)
                            AND substr(q2.key, length($3) + 1) ~ '^[0-9a-f]{{16}}-[0-9a-f]{{64}}$'
+                           AND r.expires_at > now()
                            AND ((r.state = 'p' AND r.lease_until < now())
                              OR (r.state = 'r' AND q2.attempts > 0))
                          ORDER BY q2.next_try
@@ -92,6 +94,15 @@ impl StepSql {
             // with another payload gets 422, see `begin`).
             fail: format!(
                 "UPDATE {t}_requests SET failed_at = now(), request = ''::bytea WHERE key = $1"
+            ),
+            // The request an attempt stored when nothing ran after all (an extractor after
+            // `Steps` refused the request): only if this attempt started the operation's steps
+            // (`op` is its token) and no step is recorded, while it holds the lease.
+            forget: format!(
+                "DELETE FROM {t}_requests q USING {t} r
+                  WHERE q.key = $1 AND q.op = $2 AND r.key = $1 AND r.token = $2
+                    AND r.state = 'p'
+                    AND NOT EXISTS (SELECT 1 FROM {t}_steps s WHERE s.key = $1)"
             ),
             refund: format!(
                 "UPDATE {t}_requests SET attempts = greatest(attempts - 1, 0) WHERE key = $1"
@@ -196,8 +207,9 @@ impl PostgresStore {
         Ok(if n == 1 { Fenced::Done } else { Fenced::Lost })
     }
 
-    /// Claims at most `limit` operations of the app whose storage keys start with `prefix` and
-    /// whose lease lapsed before completion, pushing each one's next try back by
+    /// Claims at most `limit` unexpired operations of the app whose storage keys start with
+    /// `prefix` and whose lease lapsed before completion (an expired one is over: its key is
+    /// free for a new operation), pushing each one's next try back by
     /// `backoff · 2^attempts` (capped at 2^8). Only keys of exactly that app's shape (the prefix,
     /// then a principal tag and an id) are claimed: another app on the same table, under
     /// another prefix (even one that starts with this one), is left alone.
@@ -221,6 +233,20 @@ impl PostgresStore {
                 })
             })
             .collect()
+    }
+
+    /// Deletes the request the attempt holding `token` stored for `key`, when nothing ran after
+    /// all: it started the operation's steps and none is recorded (see [`StepSql`]'s `forget`).
+    pub(crate) async fn forget_request(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+    ) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        c.execute(&self.steps.forget, &[&key.as_str(), &(token.0 as i64)])
+            .await
+            .map_err(failed)?;
+        Ok(())
     }
 
     /// Gives back the attempt the last claim of `key` counted: its request met a refusal that
