@@ -80,6 +80,31 @@ async fn a_refused_body_after_steps_leaves_the_key_free() {
     drop_tables(&db, &tables).await;
 }
 
+/// `Steps` stored its request, then could not read the recorded steps (the store failed; here
+/// a column renamed under it): the attempt ran nothing, so its stored request goes too.
+#[actix_web::test]
+async fn a_failed_start_leaves_no_stored_request() {
+    let Some((store, world, db, tables)) = setup("a_failed_start_leaves_no_stored_request").await
+    else {
+        return;
+    };
+    let app = app!(store, world);
+    let steps = format!("{}_steps", tables[1]);
+    let rename = |from: &str, to: &str| format!("ALTER TABLE {steps} RENAME COLUMN {from} TO {to}");
+    db.batch_execute(&rename("result", "result_away"))
+        .await
+        .unwrap();
+    let (status, _, body) = post(&app, "/rides", "k11").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(stored_requests(&db, &tables[1]).await, 0, "nothing kept");
+    db.batch_execute(&rename("result_away", "result"))
+        .await
+        .unwrap();
+    let (status, _, body) = post_as(&app, "/rides", "k11", &[], json!({ "rider": "bob" })).await;
+    assert_eq!(status, 201, "{body}");
+    drop_tables(&db, &tables).await;
+}
+
 /// Under `result`, a first attempt charged and then answered 5xx (released). A retry with a
 /// corrected body is a different request under a used key: 422, not the old body's charge.
 /// The original body then resumes the operation.

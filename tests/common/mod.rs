@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod demo;
+pub mod gate;
 pub mod pg;
 pub mod proxy;
 pub mod redis;

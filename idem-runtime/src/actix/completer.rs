@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::resumed::Resumed;
+use super::resumed::{Resumed, Stage};
 use super::steps::REQUEST_PURPOSE;
 use super::Idempotency;
 use crate::store::postgres::Abandoned;
@@ -26,6 +26,39 @@ use crate::StoredResponse;
 pub(crate) struct GiveUp {
     /// The completer attempts made.
     pub(crate) attempts: u32,
+}
+
+/// What the completer does with an operation after re-sending it.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Nothing: its next claim (after the backoff) tries again, the attempt counted.
+    Retry,
+    /// Give the attempt back: nothing was tried.
+    Refund,
+    /// Leave it for good (to its client's retry).
+    Fail,
+}
+
+/// What the answer to a re-sent request (`give_up`: its last one) means for its operation.
+fn next_step(answer: &Result<(u16, Stage), String>, give_up: bool) -> Next {
+    match answer {
+        // Refused before the handler ran: another attempt holds the key (409, or 202 under
+        // `accepted`/`webhook`), or the app refused for now (its limit, a drain). Nothing was
+        // tried, so no attempt is used up.
+        Ok((202 | 409 | 429 | 503, stage)) if *stage < Stage::Ran => Next::Refund,
+        // Its route no longer leads to an idempotent endpoint (a deploy moved it; an auth
+        // refusal, 401/403, is an attempt like any other): re-sending would run whatever
+        // answers there again and again.
+        Ok((status, Stage::Outside)) if *status != 401 && *status != 403 => {
+            tracing::error!(status, "idem: the completer's request did not reach an #[idempotent] endpoint; the operation is left to its client");
+            Next::Fail
+        }
+        // The last word was this completer's own request's: recorded as the operation's
+        // failure, or refused by the app (its auth, say) — the completer stops here either
+        // way, and a client's retry may still finish it.
+        _ if give_up => Next::Fail,
+        _ => Next::Retry,
+    }
 }
 
 /// Settings of a [`Completer`]; from [`Idempotency::completer`].
@@ -185,10 +218,10 @@ impl CompleterBuilder {
                 let key = op.key.clone();
                 let answer = self.resend(srv, op, give_up).await;
                 match &answer {
-                    Ok((status, ran)) => tracing::info!(
+                    Ok((status, stage)) => tracing::info!(
                         key = %key,
                         status,
-                        ran,
+                        ?stage,
                         give_up,
                         "idem: the completer re-sent an abandoned operation"
                     ),
@@ -198,33 +231,25 @@ impl CompleterBuilder {
                         "idem: the completer could not re-send an abandoned operation"
                     ),
                 }
-                if let Ok((409 | 429 | 503, false)) = answer {
-                    // Refused before the handler ran: another attempt holds the key, or the
-                    // app refused for now (its limit, a drain). Nothing was tried, so no
-                    // attempt is used up.
-                    if let Err(error) = pg.refund_attempt(&key).await {
-                        tracing::warn!(key = %key, %error, "idem: giving back a completer attempt");
-                    }
-                } else if give_up {
-                    // The last word was this completer's own request's: recorded as the
-                    // operation's failure, or refused by the app (its auth, say) — the completer
-                    // stops here either way, and a client's retry may still finish it.
-                    if let Err(error) = pg.mark_failed(&key).await {
-                        tracing::warn!(key = %key, %error, "idem: marking an operation failed");
-                    }
+                let result = match next_step(&answer, give_up) {
+                    Next::Retry => continue,
+                    Next::Refund => pg.refund_attempt(&key).await,
+                    Next::Fail => pg.mark_failed(&key).await,
+                };
+                if let Err(error) = result {
+                    tracing::warn!(key = %key, %error, "idem: the completer could not note an operation's attempt");
                 }
             }
         }
     }
 
-    /// Re-sends the stored request of `op` through the app: its status, and whether it reached
-    /// the handler's run.
+    /// Re-sends the stored request of `op` through the app: its status, and how far it got.
     async fn resend<S, B>(
         &self,
         srv: &S,
         op: Abandoned,
         give_up: bool,
-    ) -> Result<(u16, bool), String>
+    ) -> Result<(u16, Stage), String>
     where
         S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
     {
@@ -240,9 +265,9 @@ impl CompleterBuilder {
         let mut resumed = Resumed {
             key: op.key,
             principal: None,
-            ran: Arc::default(),
+            stage: Arc::default(),
         };
-        let ran = resumed.ran.clone();
+        let stage = resumed.stage.clone();
         for (name, value) in stored.shared_headers() {
             match name {
                 ":principal" => {
@@ -281,7 +306,7 @@ impl CompleterBuilder {
             Ok(resp) => resp.status(),
             Err(e) => e.as_response_error().status_code(),
         };
-        Ok((status.as_u16(), ran.load(Ordering::SeqCst)))
+        Ok((status.as_u16(), Stage::of(&stage)))
     }
 }
 

@@ -72,7 +72,7 @@ where
         if let Some(p) = super::resumed::started_anew(&req, ticket.attempt()) {
             return settle(idem, &ticket, Verdict::Refused(problem_response(&p))).await;
         }
-        super::resumed::mark_ran(&req);
+        super::resumed::reached(&req, super::resumed::Stage::Ran);
         let give_up = req.extensions().get::<super::completer::GiveUp>().copied();
         if let Some(give_up) = give_up {
             return Box::pin(give_up_now(idem, &ticket, give_up.attempts)).await;

@@ -103,6 +103,8 @@ where
     let Some(idem) = find(&req) else {
         return not_configured(policy.endpoint);
     };
+    #[cfg(feature = "postgres")]
+    resumed::reached(&req, resumed::Stage::Reached);
     if idem.shared.disabled {
         // `Idempotency::disabled()`: the handler alone, for unit tests.
         return Box::pin(plain(req, payload.into_inner(), handler)).await;

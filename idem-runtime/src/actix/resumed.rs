@@ -28,9 +28,39 @@ use crate::StorageKey;
 pub struct Resumed {
     pub(crate) key: String,
     pub(crate) principal: Option<String>,
-    /// Set when the request reached its handler's run (or the record of its failure): the
-    /// completer then counts its answer as an attempt.
-    pub(crate) ran: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How far the request got in idem (see [`Stage`]), for the completer to read afterwards.
+    pub(crate) stage: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+/// How far a re-sent request got: what its answer means to the completer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stage {
+    /// It never reached an `#[idempotent]` endpoint (a middleware answered, or the route now
+    /// leads elsewhere).
+    Outside = 0,
+    /// It reached idem, which answered before the handler ran (in progress, a limit, a drain).
+    Reached = 1,
+    /// Its handler ran (or the operation's failure was recorded): an attempt.
+    Ran = 2,
+}
+
+impl Stage {
+    /// The stage a request's `Resumed::stage` cell says it got to.
+    pub(crate) fn of(cell: &std::sync::atomic::AtomicU8) -> Stage {
+        match cell.load(std::sync::atomic::Ordering::SeqCst) {
+            0 => Stage::Outside,
+            1 => Stage::Reached,
+            _ => Stage::Ran,
+        }
+    }
+}
+
+/// Notes, on the completer's request `req`, that it got as far as `stage`.
+pub(crate) fn reached(req: &HttpRequest, stage: Stage) {
+    if let Some(r) = req.extensions().get::<Resumed>() {
+        r.stage
+            .fetch_max(stage as u8, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl Resumed {
@@ -76,13 +106,6 @@ pub(crate) fn mismatch(req: &HttpRequest, derived: Option<&StorageKey>) -> Optio
         ProblemKind::Internal,
         "the completer's request does not lead to the operation it resumes; it is not run",
     ))
-}
-
-/// Notes, on the completer's request `req`, that the operation's handler is about to run.
-pub(crate) fn mark_ran(req: &HttpRequest) {
-    if let Some(r) = req.extensions().get::<Resumed>() {
-        r.ran.store(true, std::sync::atomic::Ordering::SeqCst);
-    }
 }
 
 /// `Some(problem)` when `req` is the completer's and its `begin` started a new operation

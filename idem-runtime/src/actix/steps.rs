@@ -401,21 +401,21 @@ impl FromRequest for Steps {
                 return Err(StepError::Unsupported.into());
             };
             let request = request?;
-            let started = ctx
-                .store
-                .start_steps(&ctx.key, ctx.token, &request)
-                .await
-                .map_err(|source| StepError::Store {
-                    step: "(start)".into(),
-                    source,
-                })?;
-            let Some((operation, recorded)) = started else {
+            let store_err = |source| StepError::Store {
+                step: "(start)".into(),
+                source,
+            };
+            let stored = ctx.store.put_request(&ctx.key, ctx.token, &request).await;
+            let Some(operation) = stored.map_err(store_err)? else {
                 return Err(StepError::LeaseLost {
                     step: "(start)".into(),
                 }
                 .into());
             };
+            // Set at once: should anything below fail, the attempt still knows it stored the
+            // request (and deletes it, having run nothing).
             let _ = ctx.operation.set(operation);
+            let recorded = ctx.store.load_steps(&ctx.key).await.map_err(store_err)?;
             Ok(Steps {
                 ctx,
                 state: Mutex::new(State { recorded, next: 0 }),

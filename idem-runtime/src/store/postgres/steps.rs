@@ -52,7 +52,8 @@ impl StepSql {
                      attempts integer NOT NULL DEFAULT 0,
                      next_try timestamptz NOT NULL DEFAULT now(),
                      failed_at timestamptz);
-                 ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS op bigint NOT NULL DEFAULT 0;"
+                 ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS op bigint NOT NULL DEFAULT 0;
+                 ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS claims integer NOT NULL DEFAULT 0;"
             ),
             put_request: format!(
                 "WITH fence AS ({fence})
@@ -68,14 +69,15 @@ impl StepSql {
                  SELECT key, $3, $4, $5, $2 FROM fence"
             ),
             // Operations whose lease lapsed before they completed (their instance died), or that
-            // a completer's own attempt released (a 5xx under `result`), not failed for good,
-            // due: claimed by one completer (`SKIP LOCKED`) and pushed back by the backoff, so
-            // that completers of several instances share the work. An operation a client's
-            // attempt released is the client's to retry.
+            // a completer's own attempt released (a 5xx under `result`, or a refusal after its
+            // takeover: `claims` counts claims, never given back, where `attempts` may be), not
+            // failed for good, due: claimed by one completer (`SKIP LOCKED`) and pushed back by
+            // a backoff that grows with every claim, so that completers of several instances
+            // share the work. An operation a client's attempt released is the client's to retry.
             claim: format!(
                 "UPDATE {t}_requests q
-                    SET attempts = q.attempts + 1,
-                        next_try = now() + $2::bigint * power(2, least(q.attempts, 8)) * interval '1 millisecond'
+                    SET attempts = q.attempts + 1, claims = q.claims + 1,
+                        next_try = now() + $2::bigint * power(2, least(q.claims, 8)) * interval '1 millisecond'
                   WHERE q.key = ANY(ARRAY(
                         SELECT q2.key FROM {t}_requests q2 JOIN {t} r ON r.key = q2.key
                          WHERE q2.failed_at IS NULL AND q2.next_try <= now()
@@ -83,7 +85,7 @@ impl StepSql {
                            AND substr(q2.key, length($3) + 1) ~ '^[0-9a-f]{{16}}-[0-9a-f]{{64}}$'
                            AND r.expires_at > now()
                            AND ((r.state = 'p' AND r.lease_until < now())
-                             OR (r.state = 'r' AND q2.attempts > 0))
+                             OR (r.state = 'r' AND (q2.claims > 0 OR q2.attempts > 0)))
                          ORDER BY q2.next_try
                          LIMIT $1
                          FOR UPDATE OF q2 SKIP LOCKED))
@@ -140,29 +142,35 @@ impl PostgresStore {
 
     /// At the start of an attempt with steps: keeps the request that started it (`request`,
     /// sealed) for the completer, and returns the operation's id (the token of its first
-    /// attempt with steps; 0 for one recorded before ids were kept) and the steps already
-    /// finished, in order — or `None` when the lease is lost (fenced: nothing is written).
-    /// What an earlier operation under the key left is dropped by the `begin` that started this
-    /// one.
-    pub(crate) async fn start_steps(
+    /// attempt with steps; 0 for one recorded before ids were kept) — or `None` when the lease
+    /// is lost (fenced: nothing is written). What an earlier operation under the key left is
+    /// dropped by the `begin` that started this one.
+    pub(crate) async fn put_request(
         &self,
         key: &StorageKey,
         token: FencingToken,
         request: &[u8],
-    ) -> Result<Option<(i64, Vec<RecordedStep>)>, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let c = self.client().await?;
         let (k, t) = (key.as_str(), token.0 as i64);
-        let Some(op) = c
+        let row = c
             .query_opt(&self.steps.put_request, &[&k, &t, &request])
             .await
-            .map_err(failed)?
-        else {
-            return Ok(None);
-        };
-        let op: i64 = op.try_get(0).map_err(failed)?;
-        let rows = c.query(&self.steps.load, &[&k]).await.map_err(failed)?;
-        let steps: Result<Vec<_>, StoreError> = rows
-            .iter()
+            .map_err(failed)?;
+        row.map(|r| r.try_get(0).map_err(failed)).transpose()
+    }
+
+    /// The steps the operation `key` finished, in order.
+    pub(crate) async fn load_steps(
+        &self,
+        key: &StorageKey,
+    ) -> Result<Vec<RecordedStep>, StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query(&self.steps.load, &[&key.as_str()])
+            .await
+            .map_err(failed)?;
+        rows.iter()
             .map(|r| {
                 Ok(RecordedStep {
                     seq: r.try_get(0).map_err(failed)?,
@@ -170,18 +178,13 @@ impl PostgresStore {
                     result: r.try_get(2).map_err(failed)?,
                 })
             })
-            .collect();
-        Ok(Some((op, steps?)))
+            .collect()
     }
 
     /// The names of the steps the operation `key` finished, in order.
     pub(crate) async fn step_names(&self, key: &StorageKey) -> Result<Vec<String>, StoreError> {
-        let c = self.client().await?;
-        let rows = c
-            .query(&self.steps.load, &[&key.as_str()])
-            .await
-            .map_err(failed)?;
-        rows.iter().map(|r| r.try_get(1).map_err(failed)).collect()
+        let steps = self.load_steps(key).await?;
+        Ok(steps.into_iter().map(|s| s.name).collect())
     }
 
     /// A pooled connection for a step's own transaction.

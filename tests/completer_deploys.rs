@@ -1,0 +1,176 @@
+//! The completer across deploys and expiry, in-process on the local PostgreSQL: refusals met
+//! while an instance drains or limits (before its handler ran) use up no attempt and never
+//! strand an operation; a stored request that no longer reaches an idempotent endpoint is not
+//! re-sent again and again; an operation past its record's expiry is not started again.
+
+mod common;
+
+use actix_web::{web, HttpResponse};
+use common::gate::{abandon, ada, app, completer, gate, scoped, scoped_builder, stop, Kind};
+use common::rides::{
+    drop_tables, kinds, post_as, setup, until_receipt, until_receipts, World, SECRET,
+};
+use serde_json::json;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// During a rolling deploy the completer's requests meet 409 (the client's own retry holds the
+/// key), 429 and 503 (draining): none of them uses up an attempt, so an operation with
+/// `max_attempts(2)` still finishes after four such answers.
+#[actix_web::test]
+async fn a_rolling_deploy_does_not_use_up_attempts() {
+    let Some((store, world, db, tables)) = setup("a_rolling_deploy_does_not_use_up_attempts").await
+    else {
+        return;
+    };
+    let gate = gate();
+    abandon(
+        scoped(Kind::Header, &store, false, "idem:", SECRET),
+        &world,
+        &gate,
+        "k6",
+    )
+    .await;
+    *gate.refuse_with.lock().unwrap() = vec![503, 429, 409, 503];
+    gate.refuse.store(4, Ordering::SeqCst);
+    let _c = completer(
+        scoped(Kind::Header, &store, true, "idem:", SECRET),
+        &world,
+        &gate,
+        2,
+    );
+    until_receipt(&db, &tables[0], Duration::from_secs(10)).await;
+    assert_eq!(
+        gate.refuse.load(Ordering::SeqCst),
+        0,
+        "all four refusals were met"
+    );
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    drop_tables(&db, &tables).await;
+}
+
+/// An operation left unfinished past its record's expiry (its row not reaped yet) is over: the
+/// key is free for a new operation of its client. The completer does not start it again — a
+/// second ride, and a charge under a new downstream key the processor cannot deduplicate.
+#[actix_web::test]
+async fn the_completer_leaves_an_expired_operation_alone() {
+    let Some((store, world, db, tables)) =
+        setup("the_completer_leaves_an_expired_operation_alone").await
+    else {
+        return;
+    };
+    let gate = gate();
+    let idem = |renew| scoped(Kind::Header, &store, renew, "idem:", SECRET);
+    abandon(idem(false), &world, &gate, "x1").await;
+    let expire = format!(
+        "UPDATE {} SET expires_at = now() - interval '1 second', lease_until = now() - interval '1 second'",
+        tables[1]
+    );
+    db.batch_execute(&expire).await.unwrap();
+    let c = completer(idem(true), &world, &gate, 5);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop(c).await;
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 0), "not run again");
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 0);
+    drop_tables(&db, &tables).await;
+}
+
+/// The completer's first request is refused after its `begin` took the record over — the
+/// admission limit's 429 (a drain's 503 takes the same path): the record is released and the
+/// attempt given back. The operation must still be claimed again once the limit lets it
+/// through, not stranded as "released by its client".
+#[actix_web::test]
+async fn a_refusal_after_the_takeover_does_not_strand_the_operation() {
+    let Some((store, world, db, tables)) =
+        setup("a_refusal_after_the_takeover_does_not_strand_the_operation").await
+    else {
+        return;
+    };
+    let gate = gate();
+    abandon(
+        scoped(Kind::Header, &store, false, "idem:", SECRET),
+        &world,
+        &gate,
+        "k9",
+    )
+    .await;
+    // One new operation per principal every 2 s: the warm-up below takes ada's, so the
+    // completer's first request is refused after its takeover.
+    let limited = scoped_builder(Kind::Header, &store, true, "idem:", SECRET)
+        .admission_limit(1, Duration::from_secs(2))
+        .build();
+    let live =
+        actix_web::test::init_service(app(limited.clone(), world.clone(), gate.clone())).await;
+    let headers = ada("Bearer tok-1");
+    let warm = post_as(&live, "/rides", "warm", &headers, json!({ "rider": "ada" })).await;
+    assert_eq!(warm.0, 201, "{:?}", warm.2);
+    let c = completer(limited, &world, &gate, 5);
+    until_receipts(&db, &tables[0], 2, Duration::from_secs(8)).await;
+    stop(c).await;
+    assert_eq!(kinds(&db, &tables[0]).await, (2, 2));
+    assert_eq!(
+        world.processor_calls.load(Ordering::SeqCst),
+        2,
+        "one per operation"
+    );
+    drop_tables(&db, &tables).await;
+}
+
+/// Runs of the plain handler a deploy put on the idempotent endpoint's route.
+#[derive(Default)]
+struct PlainRuns(AtomicU32);
+
+async fn plain_rides(runs: web::Data<PlainRuns>) -> HttpResponse {
+    runs.0.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Ok().finish()
+}
+
+/// A deploy moved the route of an operation the completer resumes to a handler idem does not
+/// run (not `#[idempotent]`): its request is sent once and the operation is then left to its
+/// client (marked failed for the completer), not re-sent until `max_attempts` is used up.
+#[actix_web::test]
+async fn a_request_that_no_longer_reaches_idem_is_not_re_sent() {
+    let Some((store, world, db, tables)) =
+        setup("a_request_that_no_longer_reaches_idem_is_not_re_sent").await
+    else {
+        return;
+    };
+    let gate = gate();
+    abandon(
+        scoped(Kind::Header, &store, false, "idem:", SECRET),
+        &world,
+        &gate,
+        "k10",
+    )
+    .await;
+    let runs = web::Data::new(PlainRuns::default());
+    let idem = scoped(Kind::Header, &store, true, "idem:", SECRET);
+    let c = {
+        let (idem2, world, runs) = (idem.clone(), world.clone(), runs.clone());
+        idem.completer()
+            .every(Duration::from_millis(100))
+            .backoff(Duration::from_millis(100))
+            .max_attempts(5)
+            .start(move || {
+                actix_web::App::new()
+                    .app_data(idem2)
+                    .app_data::<web::Data<World>>(world)
+                    .app_data(runs)
+                    .route("/rides", web::post().to(plain_rides))
+            })
+    };
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop(c).await;
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1, "sent once");
+    let failed: bool = db
+        .query_one(
+            &format!("SELECT failed_at IS NOT NULL FROM {}_requests", tables[1]),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(failed, "left to its client");
+    drop_tables(&db, &tables).await;
+}
