@@ -133,6 +133,27 @@ async fn a_rotated_credential_does_not_stop_the_completer() {
         (1, 0),
         "refused by the app's auth"
     );
+    // The completer gave up: the request it kept is blanked, and a client's retry that dies
+    // again does not put its credentials back into a row no completer will use.
+    let request = format!(
+        "SELECT failed_at IS NOT NULL, length(request) FROM {}_requests",
+        tables[1]
+    );
+    let row = db.query_one(&request, &[]).await.unwrap();
+    assert_eq!((row.get::<_, bool>(0), row.get::<_, i32>(1)), (true, 0));
+    let dying = actix_web::test::init_service(app(
+        scoped(Kind::Header, &store, false, "idem:", SECRET),
+        world.clone(),
+        gate.clone(),
+    ))
+    .await;
+    let headers = ada("Bearer tok-2");
+    let retry = post_as(&dying, "/rides", "r2", &headers, json!({"rider": "ada"}));
+    die_after_first_step(&world, retry).await;
+    let row = db.query_one(&request, &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(1), 0, "still blank");
+    // Its lease (1 s) lapses; the client's next retry finishes the operation.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     let live = actix_web::test::init_service(app(
         scoped(Kind::Header, &store, true, "idem:", SECRET),
         world.clone(),

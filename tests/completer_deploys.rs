@@ -117,22 +117,81 @@ async fn a_refusal_after_the_takeover_does_not_strand_the_operation() {
     drop_tables(&db, &tables).await;
 }
 
-/// Runs of the plain handler a deploy put on the idempotent endpoint's route.
-#[derive(Default)]
-struct PlainRuns(AtomicU32);
+/// The plain handler a deploy put on the idempotent endpoint's route: its runs, and the status
+/// it answers.
+struct Plain {
+    runs: AtomicU32,
+    status: u16,
+}
 
-async fn plain_rides(runs: web::Data<PlainRuns>) -> HttpResponse {
-    runs.0.fetch_add(1, Ordering::SeqCst);
-    HttpResponse::Ok().finish()
+async fn plain_rides(plain: web::Data<Plain>) -> HttpResponse {
+    plain.runs.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(plain.status).unwrap()).finish()
 }
 
 /// A deploy moved the route of an operation the completer resumes to a handler idem does not
-/// run (not `#[idempotent]`): its request is sent once and the operation is then left to its
-/// client (marked failed for the completer), not re-sent until `max_attempts` is used up.
+/// run (not `#[idempotent]`), answering 200 or 202 ("enqueued"): its request is sent once and
+/// the operation is then left to its client (marked failed for the completer), not re-sent
+/// until `max_attempts` is used up — nor, for the 202, refunded until the record expires.
 #[actix_web::test]
 async fn a_request_that_no_longer_reaches_idem_is_not_re_sent() {
+    for status in [200, 202] {
+        let Some((store, world, db, tables)) =
+            setup("a_request_that_no_longer_reaches_idem_is_not_re_sent").await
+        else {
+            return;
+        };
+        let gate = gate();
+        let key = format!("moved-{status}");
+        abandon(
+            scoped(Kind::Header, &store, false, "idem:", SECRET),
+            &world,
+            &gate,
+            &key,
+        )
+        .await;
+        let plain = web::Data::new(Plain {
+            runs: AtomicU32::new(0),
+            status,
+        });
+        let idem = scoped(Kind::Header, &store, true, "idem:", SECRET);
+        let c = {
+            let (idem2, world, plain) = (idem.clone(), world.clone(), plain.clone());
+            idem.completer()
+                .every(Duration::from_millis(100))
+                .backoff(Duration::from_millis(100))
+                .max_attempts(5)
+                .start(move || {
+                    actix_web::App::new()
+                        .app_data(idem2)
+                        .app_data::<web::Data<World>>(world)
+                        .app_data(plain)
+                        .route("/rides", web::post().to(plain_rides))
+                })
+        };
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        stop(c).await;
+        assert_eq!(plain.runs.load(Ordering::SeqCst), 1, "{status}: sent once");
+        let failed: bool = db
+            .query_one(
+                &format!("SELECT failed_at IS NOT NULL FROM {}_requests", tables[1]),
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(failed, "{status}: left to its client");
+        drop_tables(&db, &tables).await;
+    }
+}
+
+/// A middleware in front of the endpoint fails once (500: its identity provider blinked, a
+/// failover): that is an attempt like a handler's 5xx, tried again after the backoff — not a
+/// sign that the route moved, and not the end of the operation.
+#[actix_web::test]
+async fn a_middleware_hiccup_is_an_attempt_not_the_end() {
     let Some((store, world, db, tables)) =
-        setup("a_request_that_no_longer_reaches_idem_is_not_re_sent").await
+        setup("a_middleware_hiccup_is_an_attempt_not_the_end").await
     else {
         return;
     };
@@ -141,36 +200,21 @@ async fn a_request_that_no_longer_reaches_idem_is_not_re_sent() {
         scoped(Kind::Header, &store, false, "idem:", SECRET),
         &world,
         &gate,
-        "k10",
+        "h1",
     )
     .await;
-    let runs = web::Data::new(PlainRuns::default());
-    let idem = scoped(Kind::Header, &store, true, "idem:", SECRET);
-    let c = {
-        let (idem2, world, runs) = (idem.clone(), world.clone(), runs.clone());
-        idem.completer()
-            .every(Duration::from_millis(100))
-            .backoff(Duration::from_millis(100))
-            .max_attempts(5)
-            .start(move || {
-                actix_web::App::new()
-                    .app_data(idem2)
-                    .app_data::<web::Data<World>>(world)
-                    .app_data(runs)
-                    .route("/rides", web::post().to(plain_rides))
-            })
-    };
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    *gate.refuse_with.lock().unwrap() = vec![500];
+    gate.refuse.store(1, Ordering::SeqCst);
+    let c = completer(
+        scoped(Kind::Header, &store, true, "idem:", SECRET),
+        &world,
+        &gate,
+        3,
+    );
+    until_receipt(&db, &tables[0], Duration::from_secs(6)).await;
     stop(c).await;
-    assert_eq!(runs.0.load(Ordering::SeqCst), 1, "sent once");
-    let failed: bool = db
-        .query_one(
-            &format!("SELECT failed_at IS NOT NULL FROM {}_requests", tables[1]),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(failed, "left to its client");
+    assert_eq!(gate.refuse.load(Ordering::SeqCst), 0, "the 500 was met");
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
     drop_tables(&db, &tables).await;
 }

@@ -42,14 +42,15 @@ enum Next {
 /// What the answer to a re-sent request (`give_up`: its last one) means for its operation.
 fn next_step(answer: &Result<(u16, Stage), String>, give_up: bool) -> Next {
     match answer {
-        // Refused before the handler ran: another attempt holds the key (409, or 202 under
-        // `accepted`/`webhook`), or the app refused for now (its limit, a drain). Nothing was
-        // tried, so no attempt is used up.
-        Ok((202 | 409 | 429 | 503, stage)) if *stage < Stage::Ran => Next::Refund,
-        // Its route no longer leads to an idempotent endpoint (a deploy moved it; an auth
-        // refusal, 401/403, is an attempt like any other): re-sending would run whatever
-        // answers there again and again.
-        Ok((status, Stage::Outside)) if *status != 401 && *status != 403 => {
+        // Refused for now, before the handler ran, by idem or by a middleware in front of it
+        // (a limit, a drain): nothing was tried, so no attempt is used up.
+        Ok((429 | 503, stage)) if *stage < Stage::Ran => Next::Refund,
+        // idem answered that another attempt holds the key (409, or 202 under `accepted`).
+        Ok((202 | 409, Stage::Reached)) => Next::Refund,
+        // Answered without reaching an idempotent endpoint, and not by a refusal: the route
+        // moved (404, 405) or something else handled it (2xx, 3xx). Re-sending would run that
+        // again and again. (A middleware's 401/403/5xx is an attempt like any other.)
+        Ok((status, Stage::Outside)) if *status < 400 || matches!(status, 404 | 405) => {
             tracing::error!(status, "idem: the completer's request did not reach an #[idempotent] endpoint; the operation is left to its client");
             Next::Fail
         }

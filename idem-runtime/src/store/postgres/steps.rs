@@ -55,11 +55,14 @@ impl StepSql {
                  ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS op bigint NOT NULL DEFAULT 0;
                  ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS claims integer NOT NULL DEFAULT 0;"
             ),
+            // Kept for the completer, unless a completer gave the operation up: then the row
+            // keeps only its id (the request stays blank, and no credential comes back).
             put_request: format!(
                 "WITH fence AS ({fence})
                  INSERT INTO {t}_requests (key, request, op)
                  SELECT key, $3, $2 FROM fence
-                 ON CONFLICT (key) DO UPDATE SET request = EXCLUDED.request
+                 ON CONFLICT (key) DO UPDATE SET request = CASE
+                     WHEN {t}_requests.failed_at IS NULL THEN EXCLUDED.request ELSE ''::bytea END
                  RETURNING op"
             ),
             load: format!("SELECT seq, name, result FROM {t}_steps WHERE key = $1 ORDER BY seq"),
