@@ -44,7 +44,9 @@ async fn create_payment_is_idempotent() {
     let charges = db.clone();
     let probe = Probe::post("/payments", move || charges.charges.load(Ordering::SeqCst))
         .json(r#"{"amount": 1000}"#)
-        .changed_body(r#"{"amount": 2000}"#);
+        .changed_body(r#"{"amount": 2000}"#)
+        // Keys are scoped by the caller: a keyed request that says nobody is refused (400).
+        .header("authorization", "Bearer sk_test_1");
     assert_idempotent(&app, &probe).await;
 }
 // README example ends

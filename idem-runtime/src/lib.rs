@@ -29,6 +29,7 @@ mod once_tx;
 #[cfg_attr(docsrs, doc(cfg(feature = "utoipa")))]
 pub mod openapi;
 pub(crate) mod policy;
+mod principal;
 pub(crate) mod problem;
 pub(crate) mod record;
 mod seal;

@@ -60,6 +60,11 @@ impl Outcome {
 pub(crate) mod metric {
     /// New keys refused by the per-principal admission limit.
     pub(crate) const ADMISSION_REFUSED_TOTAL: &str = "idem_admission_refused_total";
+    /// Keyed requests refused because they carry no principal (a scoped app that does not
+    /// allow anonymous requests).
+    pub(crate) const PRINCIPAL_MISSING_TOTAL: &str = "idem_principal_missing_total";
+    /// Keyed requests refused because the scope header came with more than one value.
+    pub(crate) const SCOPE_AMBIGUOUS_TOTAL: &str = "idem_scope_ambiguous_total";
     /// Completions given up after the lease could no longer be held.
     pub(crate) const COMPLETE_ABANDONED_TOTAL: &str = "idem_complete_abandoned_total";
     /// Leases lost to another request (fenced out).

@@ -50,6 +50,13 @@ pub enum ProblemKind {
     /// 500, kept: an operation the completer could not finish in its attempts; it is not run
     /// again, and its finished steps stay as they are.
     OperationFailed,
+    /// The header the app scopes keys by came with more than one value (two lines, or a
+    /// comma-separated list): who the request belongs to is ambiguous (400). A gateway that
+    /// appends its authenticated value instead of replacing the client's produces this.
+    ScopeAmbiguous,
+    /// A keyed request to a scoped app carries no principal (no scope header, no extension,
+    /// the scope closure returned none), and the app does not allow anonymous requests (400).
+    PrincipalMissing,
 }
 
 impl ProblemKind {
@@ -60,7 +67,9 @@ impl ProblemKind {
             | ProblemKind::KeyInvalid
             | ProblemKind::BodyUnreadable
             | ProblemKind::RequestInvalid
-            | ProblemKind::CallbackInvalid => 400,
+            | ProblemKind::CallbackInvalid
+            | ProblemKind::ScopeAmbiguous
+            | ProblemKind::PrincipalMissing => 400,
             ProblemKind::StatusNotFound => 404,
             ProblemKind::KeyReused => 422,
             ProblemKind::TooManyKeys => 429,
@@ -97,6 +106,8 @@ impl ProblemKind {
             ProblemKind::TooManyKeys => "urn:idem:problem:too-many-keys",
             ProblemKind::StepsChanged => "urn:idem:problem:steps-changed",
             ProblemKind::OperationFailed => "urn:idem:problem:operation-failed",
+            ProblemKind::ScopeAmbiguous => "urn:idem:problem:scope-ambiguous",
+            ProblemKind::PrincipalMissing => "urn:idem:problem:principal-missing",
         }
     }
 
@@ -123,6 +134,8 @@ impl ProblemKind {
             ProblemKind::TooManyKeys => "Too many new idempotency keys",
             ProblemKind::StepsChanged => "The operation's steps changed between attempts",
             ProblemKind::OperationFailed => "The operation could not be finished",
+            ProblemKind::ScopeAmbiguous => "Who the request belongs to is ambiguous",
+            ProblemKind::PrincipalMissing => "The request does not say who it belongs to",
         }
     }
 }

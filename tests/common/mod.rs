@@ -127,7 +127,10 @@ impl Drop for TestServer {
 /// An `Idempotency` builder as the tests use it: keys scoped by the `Authorization` header (a
 /// test's stand-in for an account; real apps scope by the account their auth resolved).
 pub fn builder() -> idem::IdempotencyBuilder<idem::Scoped> {
-    Idempotency::builder().scope_by_header(actix_web::http::header::AUTHORIZATION)
+    // Most tests send no credential: they opt into the anonymous scope.
+    Idempotency::builder()
+        .scope_by_header(actix_web::http::header::AUTHORIZATION)
+        .allow_anonymous()
 }
 
 /// Starts the test app on 127.0.0.1 with `idem` registered (or none, with `None`).

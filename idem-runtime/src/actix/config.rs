@@ -51,6 +51,11 @@ pub(crate) struct Shared {
     pub(crate) header: HeaderName,
     pub(crate) prefix: String,
     pub(crate) scope: Scope,
+    /// Whether keyed requests without a principal run, in the anonymous scope
+    /// ([`IdempotencyBuilder::allow_anonymous`]).
+    pub(crate) anonymous: bool,
+    /// Endpoints that refused a keyed request without a principal (logged once each).
+    pub(crate) missing_principals: std::sync::Mutex<Vec<&'static str>>,
     /// How storage keys are derived (keyed by the app secret, when there is one).
     pub(crate) derivation: Arc<KeyDerivation>,
     /// Seals stored responses (with an app secret).
@@ -191,6 +196,7 @@ pub(crate) struct Settings {
     #[cfg(feature = "webhook")]
     pub(crate) webhook: WebhookConfig,
     renew_leases: bool,
+    anonymous: bool,
 }
 
 impl Idempotency {
@@ -229,6 +235,7 @@ impl Idempotency {
                 #[cfg(feature = "webhook")]
                 webhook: WebhookConfig::default(),
                 renew_leases: true,
+                anonymous: false,
             },
             scope: NoScope,
         }
@@ -253,25 +260,37 @@ impl Idempotency {
         std::iter::once(&self.shared.engine).chain(self.shared.named.iter().map(|(_, e)| e))
     }
 
-    /// Who sent `req`, as the builder's scope says; empty for anonymous requests and for an
-    /// unscoped app. It is only ever hashed (keyed by the app secret) into storage keys. A
-    /// request the completer re-sent belongs to the principal its operation was recorded under
-    /// (see `Resumed`), whatever its headers say.
+    /// Who sent `req`, as the builder's scope says; empty for an unscoped app, for anonymous
+    /// requests, and for requests idem refuses because their principal is missing or
+    /// ambiguous. It is only ever hashed (keyed by the app secret) into storage keys. A request
+    /// the completer re-sent belongs to the principal its operation was recorded under (see
+    /// `Resumed`), whatever its headers say.
     pub fn principal(&self, req: &HttpRequest) -> String {
+        self.principal_of(req).unwrap_or_default()
+    }
+
+    /// The principal a keyed request `req` runs under, or the problem it is refused with: the
+    /// scope header sent twice (or as a list), or no principal where the app does not allow
+    /// anonymous requests.
+    pub(crate) fn principal_of(
+        &self,
+        req: &HttpRequest,
+    ) -> Result<String, crate::problem::Problem> {
+        use crate::principal::{from_header, from_value};
         #[cfg(feature = "postgres")]
         if let Some(recorded) = super::resumed::principal(req) {
-            return recorded;
+            return Ok(recorded);
         }
-        match &self.shared.scope {
-            Scope::Unscoped => String::new(),
-            Scope::Header(name) => req
-                .headers()
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .unwrap_or_default(),
-            Scope::Func(f) => f(req).unwrap_or_default(),
-            Scope::Extension { actix, .. } => actix(req).unwrap_or_default(),
-        }
+        let found = match &self.shared.scope {
+            Scope::Unscoped => return Ok(String::new()),
+            Scope::Header(name) => from_header(
+                name.as_str(),
+                req.headers().get_all(name).map(|v| v.as_bytes()),
+            ),
+            Scope::Func(f) => from_value(f(req)),
+            Scope::Extension { actix, .. } => from_value(actix(req)),
+        };
+        found.principal(self.shared.anonymous)
     }
 
     /// Checks, on every store, that all instances of this app derive storage keys with the same
@@ -402,6 +421,18 @@ impl<S> IdempotencyBuilder<S> {
     /// request, say `X-Account-Id`); a request without it is anonymous.
     pub fn scope_by_header(self, name: HeaderName) -> IdempotencyBuilder<Scoped> {
         self.with_scope(Scope::Header(name))
+    }
+
+    /// Lets keyed requests that carry no principal run — no scope header (or an empty one), no
+    /// extension, the scope closure returned `None` — all in one anonymous scope of their own,
+    /// apart from every principal's (any anonymous caller may replay another's response). Off
+    /// by default: such a request is refused with 400 `urn:idem:problem:principal-missing`,
+    /// since it usually means the scope is read before the app's authentication set it (an
+    /// extractor authenticates after idem ran: authenticate in middleware). Requests without a
+    /// key are not concerned.
+    pub fn allow_anonymous(mut self) -> Self {
+        self.settings.anonymous = true;
+        self
     }
 
     /// Every request in one scope: for an app with a single tenant, where any caller may replay
@@ -547,6 +578,8 @@ impl<S> IdempotencyBuilder<S> {
                 header: settings.header,
                 prefix: settings.prefix,
                 scope,
+                anonymous: settings.anonymous,
+                missing_principals: Default::default(),
                 derivation: Arc::new(derivation),
                 sealer: match (&settings.sealing_keys[..], &settings.secret) {
                     ([], Some(secret)) => crate::seal::Sealer::new(std::slice::from_ref(secret)),

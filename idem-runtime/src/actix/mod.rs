@@ -109,7 +109,7 @@ where
         // `Idempotency::disabled()`: the handler alone, for unit tests.
         return Box::pin(plain(req, payload.into_inner(), handler)).await;
     }
-    let principal = idem.principal(&req);
+    let principal = idem.principal_of(&req);
     let pattern = || req.match_pattern();
     let (engine, policy, keyed) =
         match front(&idem, policy, &req, pattern, &principal, payload).await {
@@ -135,6 +135,8 @@ where
     if let Some(problem) = resumed::mismatch(&req, Some(&keyed.storage_key)) {
         return problem_response(&problem);
     }
+    // Keyed: the principal was found (`prepare` refuses a keyed request without one).
+    let principal = principal.unwrap_or_default();
     let (spawned, early) = spawn_task(&idem, engine, policy, keyed, req, principal, handler);
     answer(&idem, &policy, early, spawned).await
 }

@@ -25,7 +25,10 @@ pub(crate) async fn status(req: HttpRequest, id: web::Path<String>) -> HttpRespo
     let Some(idem) = find(&req) else {
         return super::not_configured("status resource");
     };
-    let principal = idem.principal(&req);
+    let principal = match idem.principal_of(&req) {
+        Ok(p) => p,
+        Err(p) => return problem_response(&p),
+    };
     match lookup(&idem, &principal, &id, req.query_string()).await {
         Status::Done(response) => replay(&response),
         Status::Running(key) => accepted(idem.status_path(), &key),

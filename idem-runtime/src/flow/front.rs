@@ -24,13 +24,14 @@ pub(crate) enum Front<S> {
 }
 
 /// Runs the flow up to the store's task for `req` (whose matched route `pattern` gives, if the
-/// framework knows it), sent by `principal`, with its body still in `body`.
+/// framework knows it), sent by `principal` (or refused with that problem if it is keyed), with
+/// its body still in `body`.
 pub(crate) async fn front<S: BodySource>(
     idem: &Idempotency,
     policy: &'static Policy,
     req: &impl Head,
     pattern: impl FnOnce() -> Option<String>,
-    principal: &str,
+    principal: &Result<String, Problem>,
     body: S,
 ) -> Front<S> {
     let Some(engine) = idem.engine_for(policy.store).cloned() else {

@@ -56,13 +56,14 @@ pub(crate) enum Prepared<S, T> {
 }
 
 /// Reads `req` for the store: its key, body and fingerprint, its storage key under
-/// `principal`. `after_key` runs once the key is known and before the body is read (the actix
-/// adapter checks a webhook callback there).
+/// `principal` (a keyed request without a usable one is refused with its problem). `after_key`
+/// runs once the key is known and before the body is read (the actix adapter checks a webhook
+/// callback there).
 pub(crate) async fn prepare<S: BodySource, T>(
     idem: &Idempotency,
     policy: &Policy,
     req: &impl Head,
-    principal: &str,
+    principal: &Result<String, Problem>,
     body: S,
     after_key: impl FnOnce(&IdempotencyKey) -> Result<T, Problem>,
 ) -> Prepared<S, T> {
@@ -104,6 +105,10 @@ pub(crate) async fn prepare<S: BodySource, T>(
         Ok(None) => return Prepared::Unkeyed(body),
         Err(detail) => return Prepared::Refused(Problem::new(ProblemKind::KeyInvalid, detail)),
     };
+    let principal = match principal {
+        Ok(p) => p,
+        Err(problem) => return Prepared::Refused(refuse_principal(idem, policy, problem)),
+    };
     let checked = match after_key(&key) {
         Ok(t) => t,
         Err(p) => return Prepared::Refused(p),
@@ -136,4 +141,27 @@ pub(crate) async fn prepare<S: BodySource, T>(
         body,
         checked,
     })
+}
+
+/// A keyed request refused for its principal: counted, and the first of each endpoint logged
+/// (a missing principal usually means the scope is read before the app's authentication set
+/// it: every such request of the endpoint fails alike).
+fn refuse_principal(idem: &Idempotency, policy: &Policy, problem: &Problem) -> Problem {
+    let metric = match problem.kind {
+        ProblemKind::PrincipalMissing => crate::observe::metric::PRINCIPAL_MISSING_TOTAL,
+        _ => crate::observe::metric::SCOPE_AMBIGUOUS_TOTAL,
+    };
+    crate::observe::count(metric);
+    if problem.kind == ProblemKind::PrincipalMissing {
+        let mut logged = idem
+            .shared
+            .missing_principals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !logged.contains(&policy.endpoint) {
+            logged.push(policy.endpoint);
+            tracing::error!(endpoint = policy.endpoint, "idem: a keyed request without a principal was refused (400 principal-missing); set the scope in middleware, before the handler's extractors, or allow anonymous requests on the builder (logged once per endpoint)");
+        }
+    }
+    problem.clone()
 }

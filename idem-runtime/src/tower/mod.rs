@@ -232,27 +232,32 @@ where
     Ok(answer(&idem, &policy, early, spawned).await)
 }
 
-/// Who sent the request, as the app's scope says; `Err` when the scope is one the tower layer
-/// cannot read (a closure over actix-web's request).
+/// Who sent the request, as the app's scope says: the principal a keyed request runs under, or
+/// the problem it is refused with (see `Idempotency::principal_of`); the outer `Err` when the
+/// scope is one the tower layer cannot read (a closure over actix-web's request).
 pub(super) fn principal(
     idem: &Idempotency,
     parts: &http::request::Parts,
-) -> Result<String, Problem> {
-    Ok(match &idem.shared.scope {
-        Scope::Unscoped => String::new(),
-        Scope::Header(name) => parts
-            .headers
-            .get(name.as_str())
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
-        Scope::Extension { http, .. } => http(&parts.extensions).unwrap_or_default(),
-        Scope::Func(_) => {
-            return Err(not_here(
+) -> Result<Result<String, Problem>, Problem> {
+    use crate::principal::{from_header, from_value};
+    let found =
+        match &idem.shared.scope {
+            Scope::Unscoped => return Ok(Ok(String::new())),
+            Scope::Header(name) => from_header(
+                name.as_str(),
+                parts
+                    .headers
+                    .get_all(name.as_str())
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            ),
+            Scope::Extension { http, .. } => from_value(http(&parts.extensions)),
+            Scope::Func(_) => return Err(not_here(
                 "a scope given as a closure over actix-web's request (use `scope_by_extension`, \
                  `scope_by_header` or `unscoped`)",
-            ))
-        }
-    })
+            )),
+        };
+    Ok(found.principal(idem.shared.anonymous))
 }
 
 /// Calls the inner service, once ready.

@@ -77,8 +77,8 @@ impl<B> tower_service::Service<Request<B>> for StatusService {
                 )));
             };
             let principal = match super::principal(&idem, &parts) {
-                Ok(p) => p,
-                Err(p) => return Ok(Answer::problem(&p)),
+                Ok(Ok(p)) => p,
+                Ok(Err(p)) | Err(p) => return Ok(Answer::problem(&p)),
             };
             let query = parts.uri.query().unwrap_or("");
             Ok(match lookup(&idem, &principal, id, query).await {
