@@ -54,6 +54,20 @@ impl Outcome {
     }
 }
 
+/// Whether `endpoint` is not in `seen` yet (and notes it): for what is logged once per endpoint,
+/// where every request of the endpoint would fail alike (a misconfiguration).
+pub(crate) fn first_time(
+    seen: &std::sync::Mutex<Vec<&'static str>>,
+    endpoint: &'static str,
+) -> bool {
+    let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+    let first = !seen.contains(&endpoint);
+    if first {
+        seen.push(endpoint);
+    }
+    first
+}
+
 /// The names of every metric idem exports (through the `metrics` facade, feature `metrics`): one
 /// place to read them, and the only place they are spelled.
 #[cfg_attr(not(feature = "metrics"), allow(dead_code))]

@@ -5,14 +5,16 @@ use actix_web::{web, HttpRequest};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "tower")]
+use super::scope::http_extension;
+use super::scope::{actix_extension, Scope};
+pub use super::scope::{NoScope, ScopeChosen, Scoped};
 use crate::engine::Engine;
 #[cfg(feature = "webhook")]
 use crate::flow::webhook::WebhookConfig;
 use crate::secret::KeyDerivation;
 use crate::store::Store;
 use crate::MemoryStore;
-
-type ScopeFn = dyn Fn(&HttpRequest) -> Option<String> + Send + Sync;
 
 /// The idempotency layer of one app: its store and settings, shared by every worker.
 ///
@@ -86,81 +88,6 @@ impl std::fmt::Debug for Idempotency {
             .field("header", &self.shared.header)
             .field("prefix", &self.shared.prefix)
             .finish_non_exhaustive()
-    }
-}
-
-/// Who a request belongs to.
-#[derive(Clone)]
-pub(crate) enum Scope {
-    /// Nobody: one tenant, every request in one scope.
-    Unscoped,
-    /// A request header's value.
-    Header(HeaderName),
-    /// A function of actix-web's request (a closure).
-    Func(Arc<ScopeFn>),
-    /// The value of type `T` in the request's extensions, read by either framework.
-    Extension {
-        /// From an actix-web request.
-        actix: fn(&HttpRequest) -> Option<String>,
-        /// From an `http` request's extensions (the tower adapter).
-        #[cfg(feature = "tower")]
-        http: fn(&http::Extensions) -> Option<String>,
-    },
-}
-
-/// The `T` in an actix-web request's extensions, as text.
-fn actix_extension<T: std::fmt::Display + 'static>(req: &HttpRequest) -> Option<String> {
-    use actix_web::HttpMessage;
-    req.extensions().get::<T>().map(ToString::to_string)
-}
-
-/// The `T` in an `http` request's extensions, as text.
-#[cfg(feature = "tower")]
-fn http_extension<T: std::fmt::Display + Send + Sync + 'static>(
-    extensions: &http::Extensions,
-) -> Option<String> {
-    extensions.get::<T>().map(ToString::to_string)
-}
-
-/// Marker of an [`IdempotencyBuilder`] that has not yet been told who a request belongs to; it
-/// cannot build.
-#[derive(Debug)]
-pub struct NoScope;
-
-/// Marker of an [`IdempotencyBuilder`] that knows who a request belongs to.
-pub struct Scoped(Scope);
-
-impl std::fmt::Debug for Scoped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self.0 {
-            Scope::Unscoped => "Scoped(unscoped)",
-            Scope::Header(_) => "Scoped(header)",
-            Scope::Func(_) => "Scoped(function)",
-            Scope::Extension { .. } => "Scoped(extension)",
-        })
-    }
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::Scoped {}
-}
-
-/// An [`IdempotencyBuilder`] whose scope was chosen: only such a builder builds.
-#[diagnostic::on_unimplemented(
-    message = "the Idempotency builder must be told who a request belongs to before `build()`",
-    label = "no scope chosen for the idempotency keys",
-    note = "choose one: `.scope_by_extension::<AccountId>()` (a value your auth middleware inserts), `.scope_by_header(name)`, `.scope(|req| ...)`, or `.unscoped()` for an app with a single tenant"
-)]
-pub trait ScopeChosen: sealed::Sealed {
-    /// The chosen scope.
-    #[doc(hidden)]
-    fn chosen(self) -> Scoped;
-}
-
-impl ScopeChosen for Scoped {
-    fn chosen(self) -> Scoped {
-        self
     }
 }
 
@@ -276,21 +203,11 @@ impl Idempotency {
         &self,
         req: &HttpRequest,
     ) -> Result<String, crate::problem::Problem> {
-        use crate::principal::{from_header, from_value};
         #[cfg(feature = "postgres")]
         if let Some(recorded) = super::resumed::principal(req) {
             return Ok(recorded);
         }
-        let found = match &self.shared.scope {
-            Scope::Unscoped => return Ok(String::new()),
-            Scope::Header(name) => from_header(
-                name.as_str(),
-                req.headers().get_all(name).map(|v| v.as_bytes()),
-            ),
-            Scope::Func(f) => from_value(f(req)),
-            Scope::Extension { actix, .. } => from_value(actix(req)),
-        };
-        found.principal(self.shared.anonymous)
+        self.shared.scope.of(req).principal(self.shared.anonymous)
     }
 
     /// Checks, on every store, that all instances of this app derive storage keys with the same

@@ -27,6 +27,7 @@ mod names;
 mod operator;
 #[cfg(feature = "postgres")]
 mod resumed;
+pub(crate) mod scope;
 mod shutdown;
 mod status;
 #[cfg(feature = "postgres")]

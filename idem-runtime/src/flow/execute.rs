@@ -264,13 +264,7 @@ pub(crate) fn lease_too_short(
         engine.store_timeout(),
         engine.store_timeout() * 3,
     );
-    let mut logged = idem
-        .shared
-        .short_leases
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    if !logged.contains(&policy.endpoint) {
-        logged.push(policy.endpoint);
+    if crate::observe::first_time(&idem.shared.short_leases, policy.endpoint) {
         tracing::error!("idem: {detail}");
     }
     crate::observe::outcome(policy.endpoint, None, Outcome::Rejected);

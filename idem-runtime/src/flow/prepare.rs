@@ -152,16 +152,10 @@ fn refuse_principal(idem: &Idempotency, policy: &Policy, problem: &Problem) -> P
         _ => crate::observe::metric::SCOPE_AMBIGUOUS_TOTAL,
     };
     crate::observe::count(metric);
-    if problem.kind == ProblemKind::PrincipalMissing {
-        let mut logged = idem
-            .shared
-            .missing_principals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if !logged.contains(&policy.endpoint) {
-            logged.push(policy.endpoint);
-            tracing::error!(endpoint = policy.endpoint, "idem: a keyed request without a principal was refused (400 principal-missing); set the scope in middleware, before the handler's extractors, or allow anonymous requests on the builder (logged once per endpoint)");
-        }
+    if problem.kind == ProblemKind::PrincipalMissing
+        && crate::observe::first_time(&idem.shared.missing_principals, policy.endpoint)
+    {
+        tracing::error!(endpoint = policy.endpoint, "idem: a keyed request without a principal was refused (400 principal-missing); set the scope in middleware, before the handler's extractors, or allow anonymous requests on the builder (logged once per endpoint)");
     }
     problem.clone()
 }

@@ -34,7 +34,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use tracing::Instrument;
 
-use crate::actix::config::Scope;
 use crate::actix::{Idempotency, IdempotencyContext};
 use crate::flow::execute::{run_handler, settle, Answer, Ran, ReleaseOnDrop};
 use crate::flow::front::{front, Front};
@@ -239,24 +238,12 @@ pub(super) fn principal(
     idem: &Idempotency,
     parts: &http::request::Parts,
 ) -> Result<Result<String, Problem>, Problem> {
-    use crate::principal::{from_header, from_value};
-    let found =
-        match &idem.shared.scope {
-            Scope::Unscoped => return Ok(Ok(String::new())),
-            Scope::Header(name) => from_header(
-                name.as_str(),
-                parts
-                    .headers
-                    .get_all(name.as_str())
-                    .iter()
-                    .map(|v| v.as_bytes()),
-            ),
-            Scope::Extension { http, .. } => from_value(http(&parts.extensions)),
-            Scope::Func(_) => return Err(not_here(
-                "a scope given as a closure over actix-web's request (use `scope_by_extension`, \
-                 `scope_by_header` or `unscoped`)",
-            )),
-        };
+    let Some(found) = idem.shared.scope.of_http(parts) else {
+        return Err(not_here(
+            "a scope given as a closure over actix-web's request (use `scope_by_extension`, \
+             `scope_by_header` or `unscoped`)",
+        ));
+    };
     Ok(found.principal(idem.shared.anonymous))
 }
 
