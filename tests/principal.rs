@@ -99,6 +99,17 @@ async fn post(
     key: Option<&str>,
     accounts: &[&str],
 ) -> (u16, bool, Value) {
+    let accounts: Vec<&[u8]> = accounts.iter().map(|a| a.as_bytes()).collect();
+    post_raw(addr, path, key, &accounts).await
+}
+
+/// [`post`] with raw `X-Account-Id` values.
+async fn post_raw(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    accounts: &[&[u8]],
+) -> (u16, bool, Value) {
     let mut req = common::client()
         .post(format!("http://{addr}{path}"))
         .header("content-type", "application/json")
@@ -107,7 +118,8 @@ async fn post(
         req = req.header("idempotency-key", key);
     }
     for a in accounts {
-        req = req.header("x-account-id", *a);
+        let value = reqwest::header::HeaderValue::from_bytes(a).expect("a header value");
+        req = req.header("x-account-id", value);
     }
     let resp = req.send().await.expect("the app answers");
     let status = resp.status().as_u16();
@@ -209,5 +221,22 @@ async fn anonymous_requests_run_in_a_scope_of_their_own_when_allowed() {
         // Ambiguity is refused even so.
         let (status, _, _) = post(addr, "/pay", Some("K"), &["victim", "attacker"]).await;
         assert_eq!(status, 400, "{adapter}");
+    }
+}
+
+/// Two accounts whose ids differ only in bytes that are not UTF-8 (a gateway forwarding a
+/// Latin-1 user name) would be one principal if read lossily: such a value is refused (400
+/// `scope-ambiguous`), never run.
+#[actix_web::test]
+async fn a_scope_header_that_is_not_utf8_is_refused() {
+    for adapter in ADAPTERS {
+        let runs = Runs::default();
+        let addr = app(adapter, builder(Scope::Header).build(), runs.clone());
+        for name in [b"j\xFCrgen".as_slice(), b"j\xF6rgen"] {
+            let (status, _, body) = post_raw(addr, "/pay", Some("K"), &[name]).await;
+            assert_eq!(status, 400, "{adapter}: {body}");
+            assert_eq!(body["type"], "urn:idem:problem:scope-ambiguous");
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 0, "{adapter}: nothing ran");
     }
 }

@@ -12,17 +12,21 @@ pub(crate) enum Found {
     Missing,
     /// The scope header came with more than one value.
     Ambiguous,
+    /// The scope header's value is not UTF-8: read lossily, two different values would become
+    /// one principal.
+    Unreadable,
 }
 
 /// Headers whose value may itself contain commas (an authentication scheme's parameters):
 /// there a comma does not separate two values.
 const NOT_LISTS: [&str; 2] = ["authorization", "proxy-authorization"];
 
-/// What the values of scope header `name` say: one non-empty value is the principal; none (or
-/// an empty one) is missing; two lines — or, for a header that is not a credential, one line
-/// holding a comma-separated list — are ambiguous. A gateway that appends its authenticated
-/// value behind the client's own produces exactly that, and the first value would be the
-/// client's.
+/// What the values of scope header `name` say: one non-blank value is the principal (without
+/// the spaces and tabs around it, as HTTP/1 parsers already strip them); none (or a blank one)
+/// is missing; two lines — or, for a header that is not a credential, one line holding a
+/// comma-separated list — are ambiguous. A gateway that appends its authenticated value behind
+/// the client's own produces exactly that, and the first value would be the client's. A value
+/// that is not UTF-8 is refused, never read lossily (`j\xFCrgen` and `j\xF6rgen` would be one).
 pub(crate) fn from_header<'a>(name: &str, mut values: impl Iterator<Item = &'a [u8]>) -> Found {
     let Some(first) = values.next() else {
         return Found::Missing;
@@ -31,13 +35,16 @@ pub(crate) fn from_header<'a>(name: &str, mut values: impl Iterator<Item = &'a [
     if values.next().is_some() || listed {
         return Found::Ambiguous;
     }
-    from_value(Some(String::from_utf8_lossy(first).into_owned()))
+    match std::str::from_utf8(first) {
+        Ok(v) => from_value(Some(v.trim_matches([' ', '\t']).to_owned())),
+        Err(_) => Found::Unreadable,
+    }
 }
 
-/// What a closure or an extension gave: an empty value is no principal.
+/// What a closure or an extension gave: a blank value is no principal.
 pub(crate) fn from_value(value: Option<String>) -> Found {
     match value {
-        Some(v) if !v.is_empty() => Found::One(v),
+        Some(v) if !v.trim().is_empty() => Found::One(v),
         _ => Found::Missing,
     }
 }
@@ -59,6 +66,11 @@ impl Found {
                 ProblemKind::ScopeAmbiguous,
                 "the header this app scopes idempotency keys by came with more than one value; \
                  send it once",
+            )),
+            Found::Unreadable => Err(Problem::new(
+                ProblemKind::ScopeAmbiguous,
+                "the header this app scopes idempotency keys by is not UTF-8, so who the \
+                 request belongs to cannot be read exactly",
             )),
         }
     }
@@ -88,6 +100,21 @@ mod tests {
             Found::Ambiguous
         );
         assert_eq!(from_value(Some(String::new())), Found::Missing);
+        // Blank is nobody; the spaces around a value are not part of it (HTTP/2 keeps them).
+        assert_eq!(found("x-account-id", &[" \t "]), Found::Missing);
+        assert_eq!(found("x-account-id", &[" a "]), Found::One("a".into()));
+        assert_eq!(from_value(Some("  ".into())), Found::Missing);
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_refused_not_read_lossily() {
+        let latin1 = [b"j\xFCrgen".as_slice()];
+        assert_eq!(
+            from_header("x-account-id", latin1.into_iter()),
+            Found::Unreadable
+        );
+        let refused = Found::Unreadable.principal(true).map_err(|p| p.kind);
+        assert_eq!(refused, Err(ProblemKind::ScopeAmbiguous));
     }
 
     #[test]

@@ -187,13 +187,16 @@ impl Idempotency {
         std::iter::once(&self.shared.engine).chain(self.shared.named.iter().map(|(_, e)| e))
     }
 
-    /// Who sent `req`, as the builder's scope says; empty for an unscoped app, for anonymous
-    /// requests, and for requests idem refuses because their principal is missing or
-    /// ambiguous. It is only ever hashed (keyed by the app secret) into storage keys. A request
-    /// the completer re-sent belongs to the principal its operation was recorded under (see
-    /// `Resumed`), whatever its headers say.
-    pub fn principal(&self, req: &HttpRequest) -> String {
-        self.principal_of(req).unwrap_or_default()
+    /// Who sent `req`, as the builder's scope says — what its keys are scoped by, and what the
+    /// operator API (`inspect`, `purge`, `erase_principal`) takes: `Some("")` for an unscoped
+    /// app and for anonymous requests (with `allow_anonymous`), `None` when idem refuses a
+    /// keyed request for its principal (none where the app does not allow anonymous requests,
+    /// or a scope header sent twice or not UTF-8) — never a fallback to the shared scope. It is
+    /// only ever hashed (keyed by the app secret) into storage keys. A request the completer
+    /// re-sent belongs to the principal its operation was recorded under (see `Resumed`),
+    /// whatever its headers say.
+    pub fn principal(&self, req: &HttpRequest) -> Option<String> {
+        self.principal_of(req).ok()
     }
 
     /// The principal a keyed request `req` runs under, or the problem it is refused with: the
