@@ -231,18 +231,22 @@ async fn completers_of_two_apps_on_one_table_leave_each_other_alone() {
     drop_tables(&db, &tables).await;
 }
 
-/// `pg_dump --data-only` of the test database contains `marker`.
+/// `pg_dump --data-only` of the test database contains `marker`. Tests running beside this one
+/// drop their tables: a dump that met a table dropped under it is taken again.
 fn dump_contains(marker: &str) -> bool {
-    let out = std::process::Command::new("pg_dump")
-        .args(["--data-only", "--dbname", &pg::config()])
-        .output()
-        .expect("run pg_dump");
-    assert!(
-        out.status.success(),
-        "pg_dump: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).contains(marker)
+    for _ in 0..10 {
+        let out = std::process::Command::new("pg_dump")
+            .args(["--data-only", "--dbname", &pg::config()])
+            .output()
+            .expect("run pg_dump");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).contains(marker);
+        }
+        assert!(stderr.contains("does not exist"), "pg_dump: {stderr}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("pg_dump kept meeting tables dropped under it");
 }
 
 /// A marker no other test writes.

@@ -314,7 +314,8 @@ impl<S> IdempotencyBuilder<S> {
 
     /// Who sent a request, as a function of it: keys are scoped by it, so two principals never
     /// see each other's records. Return the *account* (not a credential, which rotates), or
-    /// `None` for anonymous requests (one shared scope). The value is only ever hashed, keyed by
+    /// `None` for a request that has none: a keyed one is then refused (400 `principal-missing`)
+    /// unless [`allow_anonymous`](Self::allow_anonymous). The value is only ever hashed, keyed by
     /// the app [`secret`](Self::secret); it never reaches the store.
     pub fn scope<F>(self, f: F) -> IdempotencyBuilder<Scoped>
     where
@@ -325,7 +326,8 @@ impl<S> IdempotencyBuilder<S> {
 
     /// Scopes keys by the value of type `T` that the app's own auth middleware inserts into each
     /// request's extensions (`req.extensions_mut().insert(AccountId(..))` on actix-web, the
-    /// same on an `http` request under tower); a request without one is anonymous.
+    /// same on an `http` request under tower). A keyed request without one is refused (400
+    /// `principal-missing`) unless [`allow_anonymous`](Self::allow_anonymous).
     pub fn scope_by_extension<T>(self) -> IdempotencyBuilder<Scoped>
     where
         T: std::fmt::Display + Send + Sync + 'static,
@@ -338,7 +340,10 @@ impl<S> IdempotencyBuilder<S> {
     }
 
     /// Scopes keys by the value of request header `name` (set by a gateway that authenticated the
-    /// request, say `X-Account-Id`); a request without it is anonymous.
+    /// request, say `X-Account-Id`; it must *replace* the client's). A keyed request without it
+    /// is refused (400 `principal-missing`) unless [`allow_anonymous`](Self::allow_anonymous); one
+    /// with two values, a comma list (except in `Authorization`) or bytes that are not UTF-8 is
+    /// refused (400 `scope-ambiguous`).
     pub fn scope_by_header(self, name: HeaderName) -> IdempotencyBuilder<Scoped> {
         self.with_scope(Scope::Header(name))
     }
