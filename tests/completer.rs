@@ -6,7 +6,9 @@
 mod common;
 
 use actix_web::http::header::HeaderName;
-use common::gate::{abandon, ada, app, completer, gate, scoped, stop, Kind, KINDS};
+use common::gate::{
+    abandon, ada, app, completer, crashed, gate, scoped, stop, Crashed, Kind, KINDS,
+};
 use common::pg;
 use common::rides::{
     die_after_first_step, drop_tables, kinds, post_as, setup, stored_requests, until_receipt,
@@ -105,19 +107,16 @@ async fn a_rotated_credential_does_not_stop_the_completer() {
     }
     // An app whose auth refuses the completer's old token: the completer cannot finish it, and
     // the client's retry with the new token resumes it — still one ride, one downstream key.
-    let Some((store, world, db, tables)) =
-        setup("a_rotated_credential_does_not_stop_the_completer").await
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed("a_rotated_credential_does_not_stop_the_completer", "r2").await
     else {
         return;
     };
-    let gate = gate();
-    abandon(
-        scoped(Kind::Header, &store, false, "idem:", SECRET),
-        &world,
-        &gate,
-        "r2",
-    )
-    .await;
     gate.tokens.lock().unwrap().insert("tok-1".into(), false);
     gate.tokens.lock().unwrap().insert("tok-2".into(), true);
     let c = completer(

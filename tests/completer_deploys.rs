@@ -6,10 +6,8 @@
 mod common;
 
 use actix_web::{web, HttpResponse};
-use common::gate::{abandon, ada, app, completer, gate, scoped, scoped_builder, stop, Kind};
-use common::rides::{
-    drop_tables, kinds, post_as, setup, until_receipt, until_receipts, World, SECRET,
-};
+use common::gate::{ada, app, completer, crashed, scoped, scoped_builder, stop, Crashed, Kind};
+use common::rides::{drop_tables, kinds, post_as, until_receipt, until_receipts, World, SECRET};
 use serde_json::json;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -19,18 +17,16 @@ use std::time::Duration;
 /// `max_attempts(2)` still finishes after four such answers.
 #[actix_web::test]
 async fn a_rolling_deploy_does_not_use_up_attempts() {
-    let Some((store, world, db, tables)) = setup("a_rolling_deploy_does_not_use_up_attempts").await
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed("a_rolling_deploy_does_not_use_up_attempts", "k6").await
     else {
         return;
     };
-    let gate = gate();
-    abandon(
-        scoped(Kind::Header, &store, false, "idem:", SECRET),
-        &world,
-        &gate,
-        "k6",
-    )
-    .await;
     *gate.refuse_with.lock().unwrap() = vec![503, 429, 409, 503];
     gate.refuse.store(4, Ordering::SeqCst);
     let _c = completer(
@@ -55,14 +51,17 @@ async fn a_rolling_deploy_does_not_use_up_attempts() {
 /// second ride, and a charge under a new downstream key the processor cannot deduplicate.
 #[actix_web::test]
 async fn the_completer_leaves_an_expired_operation_alone() {
-    let Some((store, world, db, tables)) =
-        setup("the_completer_leaves_an_expired_operation_alone").await
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed("the_completer_leaves_an_expired_operation_alone", "x1").await
     else {
         return;
     };
-    let gate = gate();
     let idem = |renew| scoped(Kind::Header, &store, renew, "idem:", SECRET);
-    abandon(idem(false), &world, &gate, "x1").await;
     let expire = format!(
         "UPDATE {} SET expires_at = now() - interval '1 second', lease_until = now() - interval '1 second'",
         tables[1]
@@ -82,19 +81,20 @@ async fn the_completer_leaves_an_expired_operation_alone() {
 /// through, not stranded as "released by its client".
 #[actix_web::test]
 async fn a_refusal_after_the_takeover_does_not_strand_the_operation() {
-    let Some((store, world, db, tables)) =
-        setup("a_refusal_after_the_takeover_does_not_strand_the_operation").await
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed(
+        "a_refusal_after_the_takeover_does_not_strand_the_operation",
+        "k9",
+    )
+    .await
     else {
         return;
     };
-    let gate = gate();
-    abandon(
-        scoped(Kind::Header, &store, false, "idem:", SECRET),
-        &world,
-        &gate,
-        "k9",
-    )
-    .await;
     // One new operation per principal every 2 s: the warm-up below takes ada's, so the
     // completer's first request is refused after its takeover.
     let limited = scoped_builder(Kind::Header, &store, true, "idem:", SECRET)
@@ -136,20 +136,18 @@ async fn plain_rides(plain: web::Data<Plain>) -> HttpResponse {
 #[actix_web::test]
 async fn a_request_that_no_longer_reaches_idem_is_not_re_sent() {
     for status in [200, 202] {
-        let Some((store, world, db, tables)) =
-            setup("a_request_that_no_longer_reaches_idem_is_not_re_sent").await
+        let key = format!("moved-{status}");
+        let test = "a_request_that_no_longer_reaches_idem_is_not_re_sent";
+        let Some(Crashed {
+            store,
+            world,
+            db,
+            tables,
+            ..
+        }) = crashed(test, &key).await
         else {
             return;
         };
-        let gate = gate();
-        let key = format!("moved-{status}");
-        abandon(
-            scoped(Kind::Header, &store, false, "idem:", SECRET),
-            &world,
-            &gate,
-            &key,
-        )
-        .await;
         let plain = web::Data::new(Plain {
             runs: AtomicU32::new(0),
             status,
@@ -190,19 +188,16 @@ async fn a_request_that_no_longer_reaches_idem_is_not_re_sent() {
 /// sign that the route moved, and not the end of the operation.
 #[actix_web::test]
 async fn a_middleware_hiccup_is_an_attempt_not_the_end() {
-    let Some((store, world, db, tables)) =
-        setup("a_middleware_hiccup_is_an_attempt_not_the_end").await
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed("a_middleware_hiccup_is_an_attempt_not_the_end", "h1").await
     else {
         return;
     };
-    let gate = gate();
-    abandon(
-        scoped(Kind::Header, &store, false, "idem:", SECRET),
-        &world,
-        &gate,
-        "h1",
-    )
-    .await;
     *gate.refuse_with.lock().unwrap() = vec![500];
     gate.refuse.store(1, Ordering::SeqCst);
     let c = completer(

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::rides::{die_after_first_step, post_as, rides, World};
+use super::rides::{die_after_first_step, post_as, rides, World, SECRET};
 
 /// What the app's auth middleware inserts: the account a request belongs to.
 #[derive(Clone)]
@@ -213,4 +213,34 @@ pub fn gate() -> web::Data<Gate> {
     let gate = Gate::default();
     gate.tokens.lock().unwrap().insert("tok-1".into(), true);
     web::Data::new(gate)
+}
+
+/// A completer test's world (see [`crashed`]).
+pub struct Crashed {
+    pub store: idem_runtime::PostgresStore,
+    pub world: web::Data<World>,
+    pub db: idem_runtime::tokio_postgres::Client,
+    pub tables: Vec<String>,
+    pub gate: web::Data<Gate>,
+}
+
+/// The world of a completer test in which ada's operation `key` (keys scoped by
+/// `X-Account-Id`) was abandoned after its first step; `None` (skipped) without PostgreSQL.
+pub async fn crashed(test: &str, key: &str) -> Option<Crashed> {
+    let (store, world, db, tables) = super::rides::setup(test).await?;
+    let gate = gate();
+    abandon(
+        scoped(Kind::Header, &store, false, "idem:", SECRET),
+        &world,
+        &gate,
+        key,
+    )
+    .await;
+    Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    })
 }
