@@ -153,7 +153,7 @@ impl Written {
 
     /// Reads every option from the attribute's tokens: what parsed, and every error met. Only
     /// tokens that are not a list of options at all stop it.
-    fn read(tokens: proc_macro2::TokenStream) -> Result<(Written, Errors), syn::Error> {
+    pub(crate) fn read(tokens: proc_macro2::TokenStream) -> Result<(Written, Errors), syn::Error> {
         let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(tokens)?;
         let mut errors = Errors::default();
         let mut seen: Vec<String> = Vec::new();
@@ -212,15 +212,6 @@ impl Written {
             }
         }
         Ok((written, errors))
-    }
-}
-
-impl Args {
-    /// Parses the attribute's tokens: each option, then the rules between them (checked on what
-    /// did parse, so one run reports every mistake).
-    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> Result<Args, syn::Error> {
-        let (written, errors) = Written::read(tokens)?;
-        crate::rules::build(written, errors)
     }
 }
 

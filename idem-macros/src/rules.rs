@@ -21,8 +21,17 @@ fn value<T>(given: Option<Given<T>>) -> Option<T> {
     given.map(|g| g.value)
 }
 
+impl Args {
+    /// Parses the attribute's tokens: each option, then the rules between them (checked on what
+    /// did parse, so one run reports every mistake).
+    pub(crate) fn parse(tokens: proc_macro2::TokenStream) -> Result<Args, syn::Error> {
+        let (written, errors) = Written::read(tokens)?;
+        build(written, errors)
+    }
+}
+
 /// `Args` from what was written, adding every broken rule to `errors`.
-pub(crate) fn build(w: Written, mut errors: Errors) -> Result<Args, syn::Error> {
+fn build(w: Written, mut errors: Errors) -> Result<Args, syn::Error> {
     let guarantee = w.guarantee.as_ref().map_or(Guarantee::Strict, |g| g.value);
     let on_conflict = w
         .on_conflict

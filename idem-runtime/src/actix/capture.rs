@@ -14,7 +14,8 @@ use std::task::{Context, Poll};
 
 use super::Idempotency;
 use crate::engine::Ticket;
-use crate::flow::capture::{record, ClientBody, NotKept};
+use crate::flow::capture::{record, ClientBody};
+use crate::flow::chunks::NotKept;
 use crate::flow::chunks::{read_capped, Chunked};
 use crate::flow::execute::expiry_date;
 use crate::{Policy, StoredResponse};

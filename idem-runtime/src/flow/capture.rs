@@ -8,23 +8,13 @@
 use bytes::Bytes;
 use std::collections::VecDeque;
 
-use super::chunks::Chunks;
+use super::chunks::{Chunks, NotKept};
+
 use crate::actix::Idempotency;
 use crate::engine::NEVER_REPLAYED;
 use crate::flow::execute::EXPIRES_HEADER;
 use crate::problem::ProblemKind;
 use crate::{Policy, StoredResponse};
-
-/// Why a response was not kept for replay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum NotKept {
-    /// Larger than the app's `max_response_bytes`.
-    TooLarge,
-    /// Its body stream failed.
-    BodyFailed,
-    /// The endpoint redacts, and the body is not JSON those pointers apply to.
-    Unredactable,
-}
 
 /// What the client gets of a response read by
 /// [`read_capped`](super::chunks::read_capped): all of it in one piece, or the chunks read

@@ -6,7 +6,6 @@ use bytes::{Bytes, BytesMut};
 use std::collections::VecDeque;
 use std::future::Future;
 
-use super::capture::NotKept;
 use super::{body_too_large, body_unreadable};
 use crate::problem::Problem;
 
@@ -15,6 +14,17 @@ pub(crate) trait Chunked {
     /// The next chunk of data (trailers are skipped); `None` at the end, `Err` with what went
     /// wrong when the body failed.
     fn next_chunk(&mut self) -> impl Future<Output = Option<Result<Bytes, String>>>;
+}
+
+/// Why a response was not kept for replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotKept {
+    /// Larger than the app's `max_response_bytes`.
+    TooLarge,
+    /// Its body stream failed.
+    BodyFailed,
+    /// The endpoint redacts, and the body is not JSON those pointers apply to.
+    Unredactable,
 }
 
 /// The chunks read so far, and their total length.

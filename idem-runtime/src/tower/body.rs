@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use crate::flow::chunks::{read_whole, Chunked};
 use crate::flow::execute::Answer;
 use crate::flow::prepare::BodySource;
+use crate::flow::status::{accepted_body, location};
 use crate::flow::Head;
 use crate::problem::Problem;
 use crate::StoredResponse;
@@ -230,13 +231,34 @@ impl Answer for Response<IdemBody> {
         replay(stored)
     }
 
+    /// 202 Accepted pointing at the status resource of `key`.
     fn accepted(status_path: &str, key: &crate::StorageKey) -> Self {
-        super::status::accepted(status_path, key)
+        let location = location(status_path, key);
+        let mut resp = Response::new(IdemBody::full(accepted_body(&location).into()));
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        let headers = resp.headers_mut();
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            headers.insert(http::header::LOCATION, v);
+        }
+        resp
     }
 
+    /// 202 for a duplicate of a webhook endpoint: the first response is delivered to its
+    /// callback.
     #[cfg(feature = "webhook")]
     fn webhook_accepted() -> Self {
-        super::status::webhook_accepted()
+        let mut resp = Response::new(IdemBody::full(crate::flow::webhook::ACCEPTED_BODY.into()));
+        *resp.status_mut() = StatusCode::ACCEPTED;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        resp
     }
 }
 

@@ -12,8 +12,9 @@ use std::task::{Context, Poll};
 use super::body::{BoxError, IdemBody};
 use crate::actix::Idempotency;
 use crate::engine::Ticket;
-use crate::flow::capture::{record, ClientBody, NotKept};
+use crate::flow::capture::{record, ClientBody};
 use crate::flow::chunks::read_capped;
+use crate::flow::chunks::NotKept;
 use crate::flow::execute::expiry_date;
 use crate::{Policy, StoredResponse};
 

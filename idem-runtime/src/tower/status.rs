@@ -1,7 +1,7 @@
-//! `on_conflict = "accepted"` under tower: the 202 that points at a status resource, and the
-//! resource itself as a service (what they answer: `flow/status.rs`).
+//! `on_conflict = "accepted"` under tower: the status resource as a service (the 202 that points
+//! at it is built by `body.rs`; what they answer: `flow/status.rs`).
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -10,26 +10,8 @@ use std::task::{Context, Poll};
 use super::body::{replay, IdemBody};
 use crate::actix::Idempotency;
 use crate::flow::execute::Answer;
-use crate::flow::status::{accepted_body, location, lookup, Status};
+use crate::flow::status::{lookup, Status};
 use crate::problem::{Problem, ProblemKind};
-use crate::StorageKey;
-
-/// 202 Accepted pointing at the status resource of `key`.
-pub(super) fn accepted(status_path: &str, key: &StorageKey) -> Response<IdemBody> {
-    let location = location(status_path, key);
-    let mut resp = Response::new(IdemBody::full(accepted_body(&location).into()));
-    *resp.status_mut() = StatusCode::ACCEPTED;
-    let headers = resp.headers_mut();
-    headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        headers.insert(http::header::LOCATION, v);
-    }
-    resp
-}
 
 /// The status resources of `on_conflict = "accepted"` endpoints, as a tower service: `GET
 /// {status_path}/{id}` answers 202 while the request runs, its stored response once done, and
@@ -83,21 +65,9 @@ impl<B> tower_service::Service<Request<B>> for StatusService {
             let query = parts.uri.query().unwrap_or("");
             Ok(match lookup(&idem, &principal, id, query).await {
                 Status::Done(response) => replay(&response),
-                Status::Running(key) => accepted(idem.status_path(), &key),
+                Status::Running(key) => Answer::accepted(idem.status_path(), &key),
                 Status::Problem(p) => Answer::problem(&p),
             })
         })
     }
-}
-
-/// 202 for a duplicate of a webhook endpoint: the first response is delivered to its callback.
-#[cfg(feature = "webhook")]
-pub(super) fn webhook_accepted() -> Response<IdemBody> {
-    let mut resp = Response::new(IdemBody::full(crate::flow::webhook::ACCEPTED_BODY.into()));
-    *resp.status_mut() = StatusCode::ACCEPTED;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
