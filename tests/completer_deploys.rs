@@ -75,10 +75,10 @@ async fn the_completer_leaves_an_expired_operation_alone() {
     drop_tables(&db, &tables).await;
 }
 
-/// The completer's first request is refused after its `begin` took the record over — the
-/// admission limit's 429 (a drain's 503 takes the same path): the record is released and the
-/// attempt given back. The operation must still be claimed again once the limit lets it
-/// through, not stranded as "released by its client".
+/// The completer's first request is refused by the admission limit (429; a drain's 503 comes
+/// after `begin` took the record over and released it): the attempt is given back, and the
+/// operation must still be claimed again once the limit lets it through, not stranded as
+/// "released by its client".
 #[actix_web::test]
 async fn a_refusal_after_the_takeover_does_not_strand_the_operation() {
     let Some(Crashed {

@@ -179,3 +179,37 @@ async fn replays_keep_retry_after_and_content_encoding() {
     assert_eq!(replay.bytes().await.unwrap(), first_body);
     assert_eq!(runs.0.load(Ordering::SeqCst), 1);
 }
+
+/// Refusals by the admission limit leave nothing behind: 40 keys refused after the burst add no
+/// record to Redis (`DBSIZE` unchanged), while the admitted keys still replay.
+#[actix_web::test]
+async fn refused_keys_leave_nothing_in_the_store() {
+    if !available("refused_keys_leave_nothing_in_the_store") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let runs = web::Data::new(Runs::default());
+    let idem = common::builder()
+        .store(store)
+        .admission_limit(5, Duration::from_secs(3600))
+        .build();
+    let addr = start(idem, runs.clone());
+    for i in 0..5 {
+        let key = format!("k{i}");
+        assert_eq!(post(addr, "/report", "flooder", &key).await.status(), 201);
+    }
+    let before = redis.cli(&["DBSIZE"]).expect("DBSIZE");
+    for i in 5..45 {
+        let r = post(addr, "/report", "flooder", &format!("k{i}")).await;
+        common::problem(r, 429).await;
+    }
+    assert_eq!(
+        redis.cli(&["DBSIZE"]).expect("DBSIZE"),
+        before,
+        "no record left behind"
+    );
+    let replay = post(addr, "/report", "flooder", "k0").await;
+    assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
+    assert_eq!(runs.0.load(Ordering::SeqCst), 5);
+}

@@ -33,6 +33,23 @@ impl Admission {
     }
 
     /// Takes one new key for principal `tag`: `Err` with how long until one is available.
+    /// Whether `tag` may start a new operation now, without spending its token: `Err` with the
+    /// wait when it is over its limit (a request that is no new operation may still go on).
+    pub(crate) fn peek(&self, tag: &str) -> Result<(), Duration> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((tokens, at)) = buckets.get(tag) else {
+            return Ok(());
+        };
+        let tokens =
+            (tokens + now.duration_since(*at).as_secs_f64() * self.per_sec).min(self.capacity);
+        if tokens >= 1.0 {
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_sec))
+        }
+    }
+
     pub(crate) fn admit(&self, tag: &str) -> Result<(), Duration> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());

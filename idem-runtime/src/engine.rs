@@ -243,6 +243,9 @@ impl Engine {
         fingerprint: Fingerprint,
     ) -> Decision {
         let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
+        if let Some(refusal) = self.refused_before_begin(&key).await {
+            return refusal;
+        }
         let mut waited = false;
         loop {
             let sent = tokio::time::Instant::now();
@@ -256,7 +259,15 @@ impl Engine {
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
                     let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
-                    if let Some(wait) = self.over_admission(ticket.key()) {
+                    // Only a new operation (its first acquisition) spends the principal's
+                    // admission; a retry of a released or abandoned one does not.
+                    let new_operation = attempt <= 1;
+                    if let Some(wait) = new_operation
+                        .then(|| self.over_admission(ticket.key()))
+                        .flatten()
+                    {
+                        // Lost a race for the principal's last admission (checked before
+                        // `begin`, spent after it).
                         // Not this principal's turn: give the key back at once.
                         if let Err(error) = ticket.release_once().await {
                             tracing::warn!(%error, "idem: releasing a key refused by the admission limit failed; it frees itself when its lease ends");
@@ -321,6 +332,22 @@ impl Engine {
             Begin::Mismatch => Some(Err(key_reused())),
             // Only those two may come from memory; anything else goes through `begin`.
             _ => None,
+        }
+    }
+
+    /// `Some(429)` when `key`'s principal is over its admission limit and `key` has no record
+    /// (it would be a new operation): refused before `begin`, so a refusal writes nothing to
+    /// the store. A key with a record (a replay, a duplicate in flight, a retry of a released
+    /// operation) goes on to `begin`, which answers it as usual. Store errors on that look
+    /// refuse with 429 too: the request was over its limit either way.
+    async fn refused_before_begin(&self, key: &StorageKey) -> Option<Decision> {
+        let wait = self.admission.as_ref()?.peek(key.principal_tag()).err()?;
+        match self.get(key).await {
+            Ok(Some(_)) => None,
+            Ok(None) | Err(_) => {
+                crate::observe::count(crate::observe::metric::ADMISSION_REFUSED_TOTAL);
+                Some(Decision::Reject(too_many_keys(wait)))
+            }
         }
     }
 

@@ -266,10 +266,17 @@ fn store_errors_fail_closed_or_open_per_policy_but_full_always_closes() {
 }
 
 #[test]
-fn the_admission_limit_releases_what_it_refuses_for_that_principal_only() {
+fn the_admission_limit_refuses_new_keys_before_begin_for_that_principal_only() {
     let p = policy(OnConflict::RetryAfter, OnStoreError::Reject);
+    // New operations: their keys' first acquisitions.
+    let fresh = || {
+        Ok(Begin::Acquired {
+            token: FencingToken(7),
+            attempt: 1,
+        })
+    };
     let (d, store) = decide(
-        vec![acquired(), acquired(), acquired()],
+        vec![fresh(), fresh()],
         vec![],
         p,
         Some((1, Duration::from_secs(60))),
@@ -281,9 +288,11 @@ fn the_admission_limit_releases_what_it_refuses_for_that_principal_only() {
         Some((ProblemKind::TooManyKeys, 429))
     );
     assert!(matches!(&d[2], Decision::Execute(_)));
-    assert_eq!(
-        store.releases.load(Ordering::SeqCst),
-        1,
-        "the refused key was given back"
+    // The refused key has no record (the store's `get` says so): it never reached `begin`, so
+    // nothing was written and nothing needs giving back.
+    assert_eq!(store.releases.load(Ordering::SeqCst), 0);
+    assert!(
+        store.begins.lock().unwrap().is_empty(),
+        "two begins, not three"
     );
 }
