@@ -213,3 +213,50 @@ async fn a_middleware_hiccup_is_an_attempt_not_the_end() {
     assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
     drop_tables(&db, &tables).await;
 }
+
+/// A *client's* retry of an abandoned operation reaches an instance that started draining: it
+/// takes the record over, then is refused (503). The refusal gives the lease back as it found
+/// it — lapsed — instead of releasing the record as if the client's run had failed (which
+/// leaves a released operation to its client): the completer still finishes it, once.
+#[actix_web::test]
+async fn a_drained_client_retry_leaves_the_operation_to_the_completer() {
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed(
+        "a_drained_client_retry_leaves_the_operation_to_the_completer",
+        "d1",
+    )
+    .await
+    else {
+        return;
+    };
+    let idem = || scoped(Kind::Header, &store, true, "idem:", SECRET);
+    let lapse = format!(
+        "UPDATE {} SET lease_until = now() - interval '1 second'",
+        tables[1]
+    );
+    db.batch_execute(&lapse).await.unwrap();
+    let draining = idem();
+    assert!(draining.drain(Duration::from_millis(10)).await);
+    let leaving = actix_web::test::init_service(app(draining, world.clone(), gate.clone())).await;
+    let headers = ada("Bearer tok-1");
+    let refused = post_as(
+        &leaving,
+        "/rides",
+        "d1",
+        &headers,
+        json!({ "rider": "ada" }),
+    )
+    .await;
+    assert_eq!(refused.0, 503, "{:?}", refused.2);
+    let c = completer(idem(), &world, &gate, 5);
+    until_receipt(&db, &tables[0], Duration::from_secs(10)).await;
+    stop(c).await;
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    drop_tables(&db, &tables).await;
+}

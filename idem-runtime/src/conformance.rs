@@ -40,6 +40,7 @@ macro_rules! store_conformance_tests {
             expired_lease_is_taken_over_and_fenced,
             lapsed_lease_nobody_took_still_belongs_to_its_holder,
             release_frees_the_key,
+            give_back_frees_the_key_and_fences_its_holder,
             renew_extends_the_lease,
             completed_record_expires_after_ttl,
             get_reports_each_state,
@@ -271,6 +272,22 @@ pub async fn release_frees_the_key(store: Arc<impl Store>) {
     assert!(store.get(&key).await.ok().flatten().is_none());
     let t2 = acquire(&*store, &key, LEASE).await;
     assert_ne!(t, t2);
+}
+
+/// `give_back` by the holder frees the key at once, as a release does, and fences the holder
+/// out once another request took the key over.
+pub async fn give_back_frees_the_key_and_fences_its_holder(store: Arc<impl Store>) {
+    let key = unique_key("give_back");
+    let t = acquire(&*store, &key, LEASE).await;
+    assert_eq!(store.give_back(&key, t).await.ok(), Some(Fenced::Done));
+    assert!(store.get(&key).await.ok().flatten().is_none());
+    let t2 = acquire(&*store, &key, LEASE).await;
+    assert_ne!(t, t2);
+    assert_eq!(store.give_back(&key, t).await.ok(), Some(Fenced::Lost));
+    assert_eq!(
+        store.complete(&key, t, &response(1), TTL).await.ok(),
+        Some(Fenced::Lost)
+    );
 }
 
 /// `renew` pushes the lease's end out, so a slow handler keeps its key.

@@ -271,6 +271,17 @@ impl Ticket {
         .await
     }
 
+    /// [`Store::give_back`](crate::store::Store::give_back) of this ticket's lease, once, under the store deadline.
+    pub(crate) async fn give_back_once(&self) -> Result<Fenced, StoreError> {
+        let store = self.engine.store();
+        deadline(
+            "give_back",
+            self.engine.store_timeout(),
+            store.give_back(&self.key, self.token),
+        )
+        .await
+    }
+
     /// Forgets the in-progress record so the next request with this key runs afresh, retrying
     /// with backoff while the lease is held (after that, the lease end frees the key anyway).
     pub(crate) async fn release(&self) {

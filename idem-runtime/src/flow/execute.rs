@@ -119,12 +119,17 @@ impl Drop for ReleaseOnDrop {
 }
 
 /// The answer when a shutdown started after this request's `begin`: nothing new runs here; the
-/// key is released and the retry runs it on another instance.
+/// lease is given back (not released: the refusal says nothing about the operation, which may
+/// be one its completer is to finish) and the retry runs it on another instance.
 pub(crate) async fn refuse_while_draining<R: Answer>(
     idem: &Idempotency,
     ticket: &Ticket,
 ) -> (R, Outcome) {
-    settle_release(idem, ticket).await;
+    if let Err(error) = ticket.give_back_once().await {
+        tracing::warn!(key = %ticket.key(), %error, "idem: giving the key back failed; retrying a release in the background while the lease is held");
+        let ticket = ticket.clone();
+        idem.spawn_tracked(async move { ticket.release().await });
+    }
     let p = Problem::new(
         ProblemKind::ShuttingDown,
         "this server is shutting down and starts no new operation; retry with the same key",

@@ -266,6 +266,10 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.release(key, token).await
     }
 
+    async fn give_back(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.inner.give_back(key, token).await
+    }
+
     async fn renew(
         &self,
         key: &StorageKey,

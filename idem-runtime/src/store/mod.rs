@@ -126,6 +126,16 @@ pub trait Store: Send + Sync + 'static {
     /// attempt).
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError>;
 
+    /// Gives back the lease `token` holds without saying anything about the operation: the
+    /// request was refused before its handler ran (the instance started draining after its
+    /// `begin`). The key is free for the next request as after [`release`](Store::release) —
+    /// the default — but a store that resumes abandoned operations (PostgreSQL's completer)
+    /// leaves the record as it found it, in progress with its lease lapsed, so that an
+    /// operation a crashed instance abandoned stays its completer's to finish.
+    async fn give_back(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.release(key, token).await
+    }
+
     /// `begin`'s answer when this store can give it at once, from this process's own memory,
     /// without changing anything: [`Begin::Replay`] of a completed record or [`Begin::Mismatch`]
     /// of a live one. `None` means "ask [`begin`](Store::begin)" — the default, and the answer

@@ -241,6 +241,11 @@ impl<S: Store> Store for FaultyStore<S> {
         self.under(Op::Release, inner.release(key, token)).await
     }
 
+    async fn give_back(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let inner = &self.shared.inner;
+        self.under(Op::Release, inner.give_back(key, token)).await
+    }
+
     async fn renew(
         &self,
         key: &StorageKey,

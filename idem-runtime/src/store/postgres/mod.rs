@@ -449,6 +449,10 @@ impl Store for PostgresStore {
         self.fenced(&self.sql.release, key, token, &[]).await
     }
 
+    async fn give_back(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.fenced(&self.sql.give_back, key, token, &[]).await
+    }
+
     async fn renew(
         &self,
         key: &StorageKey,

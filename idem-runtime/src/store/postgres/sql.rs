@@ -22,6 +22,9 @@ pub(super) struct Statements {
     pub(super) reap: String,
     pub(super) complete: String,
     pub(super) release: String,
+    /// Lapses the lease (the record stays in progress, as a crash leaves it): see
+    /// `Store::give_back`.
+    pub(super) give_back: String,
     pub(super) renew: String,
     /// Marks a row in progress as waited on, so that its completion notifies.
     pub(super) mark_waiting: String,
@@ -138,6 +141,7 @@ impl Statements {
             ),
             complete: notifying(COMPLETE_SET, &forget_request),
             release: notifying("state = 'r'", ""),
+            give_back: notifying("lease_until = now() - interval '1 millisecond'", ""),
             renew: fenced(
                 "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
                  expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
