@@ -66,7 +66,12 @@ impl Statements {
             // steps or keeps its request (`held`) is not taken over by another payload — that
             // retry gets 422, it does not resume (or replay) those steps. A takeover that
             // starts a new operation (attempt 1: a fresh row, or an expired one not reaped yet)
-            // drops what an earlier operation under the key left in the step tables.
+            // drops what an earlier operation under the key left in the step tables, and
+            // records its own token as `started`: a step that the earlier operation's lapsed
+            // holder committed while this statement waited for the row is not in its snapshot,
+            // so not dropped here, but it carries an older token than `started` — `Steps`
+            // drops it (`put_request`) and never loads it. An insert leaves `started` 0: a row
+            // that did not exist has no steps (they go with their record).
             begin: format!(
                 "WITH live AS (
                SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
@@ -85,6 +90,7 @@ impl Statements {
                ON CONFLICT (key) DO UPDATE SET
                  fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
                  attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
+                 started = CASE WHEN r.expires_at > now() THEN r.started ELSE EXCLUDED.token END,
                  acquired_at = now(), lease_until = EXCLUDED.lease_until,
                  expires_at = EXCLUDED.expires_at, response = NULL
                WHERE NOT ((r.state = 'c' AND r.expires_at > now())

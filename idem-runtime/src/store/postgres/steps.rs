@@ -3,7 +3,7 @@
 //!
 //! Two tables beside the records, their rows deleted with their record (`ON DELETE CASCADE`:
 //! the reaper, a purge, an erasure):
-//! - `{t}_steps (key, seq, name, result)`: one row per finished step. A step is written only
+//! - `{t}_steps (key, seq, name, result, token)`: one row per finished step. A step is written only
 //!   while its attempt holds the lease: the insert locks the record row (`FOR UPDATE`) and
 //!   checks its token, so a takeover either waits for the step's commit (and then sees it) or
 //!   has already happened (and the step is rolled back).
@@ -34,8 +34,12 @@ impl StepSql {
     pub(super) fn new(t: &str) -> Self {
         // The record row, locked, while `$2` holds its lease (a lapsed lease nobody took over
         // still belongs to its holder, as for `complete`).
-        let fence =
-            format!("SELECT key FROM {t} WHERE key = $1 AND token = $2 AND state = 'p' FOR UPDATE");
+        let fence = format!(
+            "SELECT key, started FROM {t} WHERE key = $1 AND token = $2 AND state = 'p' FOR UPDATE"
+        );
+        // Written by this operation: steps carry the token of the attempt that wrote them, and
+        // the operation's first token is its record's `started` (see `begin`).
+        let ours = format!("token >= (SELECT started FROM {t} WHERE key = $1)");
         StepSql {
             migrate: format!(
                 "CREATE TABLE IF NOT EXISTS {t}_steps (
@@ -53,19 +57,32 @@ impl StepSql {
                      next_try timestamptz NOT NULL DEFAULT now(),
                      failed_at timestamptz);
                  ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS op bigint NOT NULL DEFAULT 0;
-                 ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS claims integer NOT NULL DEFAULT 0;"
+                 ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS claims integer NOT NULL DEFAULT 0;
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS started bigint NOT NULL DEFAULT 0;"
             ),
             // Kept for the completer, unless a completer gave the operation up: then the row
-            // keeps only its id (the request stays blank, and no credential comes back).
+            // keeps only its id (the request stays blank, and no credential comes back). What
+            // an earlier operation under the key left (older than `started`: see `begin`) goes
+            // first: its steps, and its request row, replaced whole.
             put_request: format!(
-                "WITH fence AS ({fence})
-                 INSERT INTO {t}_requests (key, request, op)
+                "WITH fence AS ({fence}),
+                 stale AS (DELETE FROM {t}_steps
+                            WHERE key = $1 AND token < (SELECT started FROM fence))
+                 INSERT INTO {t}_requests AS q (key, request, op)
                  SELECT key, $3, $2 FROM fence
-                 ON CONFLICT (key) DO UPDATE SET request = CASE
-                     WHEN {t}_requests.failed_at IS NULL THEN EXCLUDED.request ELSE ''::bytea END
+                 ON CONFLICT (key) DO UPDATE SET
+                     request = CASE WHEN q.op < (SELECT started FROM fence) OR q.failed_at IS NULL
+                                    THEN EXCLUDED.request ELSE ''::bytea END,
+                     attempts = CASE WHEN q.op < (SELECT started FROM fence) THEN 0 ELSE q.attempts END,
+                     claims = CASE WHEN q.op < (SELECT started FROM fence) THEN 0 ELSE q.claims END,
+                     next_try = CASE WHEN q.op < (SELECT started FROM fence) THEN now() ELSE q.next_try END,
+                     failed_at = CASE WHEN q.op < (SELECT started FROM fence) THEN NULL ELSE q.failed_at END,
+                     op = CASE WHEN q.op < (SELECT started FROM fence) THEN EXCLUDED.op ELSE q.op END
                  RETURNING op"
             ),
-            load: format!("SELECT seq, name, result FROM {t}_steps WHERE key = $1 ORDER BY seq"),
+            load: format!(
+                "SELECT seq, name, result FROM {t}_steps WHERE key = $1 AND {ours} ORDER BY seq"
+            ),
             put_step: format!(
                 "WITH fence AS ({fence})
                  INSERT INTO {t}_steps (key, seq, name, result, token)
