@@ -343,6 +343,53 @@ async fn a_store_failure_while_a_duplicate_waits_never_runs_it() {
     app.handle.stop(true).await;
 }
 
+/// Failure table: a duplicate waited for the first request (`wait` under `proceed`), woke when
+/// it completed, and then met a store error on its next `begin`: the store already said
+/// another request held this key, so the duplicate gets 503 and never runs unprotected.
+#[actix_rt::test]
+async fn a_store_failure_after_a_wait_never_runs_the_duplicate() {
+    let app = faulty().await;
+    let base = app.base.clone();
+    let begins = app.store.calls(Op::Begin);
+    let first = actix_web::rt::spawn(async move {
+        common::client()
+            .post(format!("{base}/proceed"))
+            .header("Idempotency-Key", "w-2")
+            .send()
+            .await
+            .expect("first")
+            .status()
+    });
+    while app.store.calls(Op::Begin) < begins + 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let base = app.base.clone();
+    let dup = actix_web::rt::spawn(async move {
+        common::client()
+            .post(format!("{base}/proceed"))
+            .header("Idempotency-Key", "w-2")
+            .send()
+            .await
+            .expect("duplicate")
+    });
+    // The duplicate's first `begin` answered "in progress"; its next one (after the wake-up)
+    // fails.
+    while app.store.calls(Op::Begin) < begins + 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.store.inject(Op::Begin, Fault::Fail, 1);
+    assert_eq!(first.await.expect("first task"), 201);
+    let dup = dup.await.expect("duplicate task");
+    assert!(dup.headers().contains_key("retry-after"));
+    common::problem(dup, 503).await;
+    assert_eq!(
+        app.charges(),
+        2,
+        "the warm-up and the first: the duplicate never ran"
+    );
+    app.handle.stop(true).await;
+}
+
 /// Failure table: the store stalls during renewals (each longer than the store deadline): the
 /// renewals run beside the handler and are tried again; duplicates get 409 throughout; one
 /// execution.

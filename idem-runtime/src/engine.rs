@@ -312,6 +312,12 @@ impl Engine {
                         continue;
                     }
                 },
+                // The store already said another request held this key: whatever it answers
+                // now, running this duplicate unprotected could run the operation twice.
+                Err(e) if waited => {
+                    tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed after a duplicate waited for the first request; rejecting it");
+                    Decision::Reject(self.store_problem(&e))
+                }
                 Err(e) => self.store_failed(policy, e),
             };
         }
@@ -362,7 +368,7 @@ impl Engine {
 
     /// Step 7: fail closed (503) or open, per policy. A full store always fails closed: it
     /// answered, and running unprotected because of a flood would hand the flood the power to
-    /// switch idempotency off.
+    /// switch idempotency off. So does a corrupt answer: a record is there.
     pub(crate) fn store_failed(&self, policy: &Policy, error: StoreError) -> Decision {
         if matches!(error, StoreError::PrincipalFull) {
             // Answered to this principal only, and never a reason to run unprotected.
@@ -373,7 +379,10 @@ impl Engine {
         if full {
             crate::observe::count(crate::observe::metric::STORE_FULL_TOTAL);
         }
-        if policy.on_store_error == OnStoreError::Proceed && !full {
+        // A corrupt answer is not an outage: a record is there (unreadable, or changing under
+        // two tries), and running unprotected could run a finished operation again.
+        let answered = full || matches!(error, StoreError::Corrupt(_));
+        if policy.on_store_error == OnStoreError::Proceed && !answered {
             tracing::warn!(endpoint = policy.endpoint, %error, "idem: store failed; running the handler WITHOUT idempotency protection (on_store_error = \"proceed\")");
             return Decision::Unprotected;
         }
