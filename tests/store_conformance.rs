@@ -24,6 +24,16 @@ mod memory_cap {
         StorageKey::scoped("t:", "cap", b"", &k)
     }
 
+    /// The conformance case every store at capacity passes (Redis at `maxmemory`:
+    /// `tests/full_store.rs`).
+    #[test]
+    fn a_memory_store_with_no_room_answers_full() {
+        idem_runtime::conformance::block_on(async {
+            let store = MemoryStore::builder().max_bytes(0).build();
+            idem_runtime::conformance::at_capacity_answers_full(std::sync::Arc::new(store)).await;
+        });
+    }
+
     #[test]
     fn full_store_refuses_new_keys_and_keeps_live_ones() {
         idem_runtime::conformance::block_on(async {

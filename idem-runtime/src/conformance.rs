@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::{
-    Begin, Fenced, FencingToken, Fingerprint, RecordState, StorageKey, Store, StoredResponse,
+    Begin, Fenced, FencingToken, Fingerprint, RecordState, StorageKey, Store, StoreError,
+    StoredResponse,
 };
 
 /// Generates one `#[test]` per conformance case.
@@ -288,6 +289,20 @@ pub async fn give_back_frees_the_key_and_fences_its_holder(store: Arc<impl Store
         store.complete(&key, t, &response(1), TTL).await.ok(),
         Some(Fenced::Lost)
     );
+}
+
+/// A store at its capacity (made full by the caller: a Redis at `maxmemory`, a memory store
+/// with no room) answers `begin` of a new key with [`StoreError::Full`] — an answer, not an
+/// outage, so that `on_store_error = "proceed"` never runs such a request unprotected — and
+/// still reads.
+pub async fn at_capacity_answers_full(store: Arc<impl Store>) {
+    let key = unique_key("full");
+    let begun = store.begin(&key, &fp("a"), LEASE, TTL).await;
+    assert!(
+        matches!(begun, Err(StoreError::Full)),
+        "a full store answers Full, got {begun:?}"
+    );
+    assert!(matches!(store.get(&key).await, Ok(None)));
 }
 
 /// `renew` pushes the lease's end out, so a slow handler keeps its key.

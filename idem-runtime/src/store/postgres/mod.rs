@@ -28,10 +28,12 @@ use tokio_postgres::{NoTls, Socket};
 
 use super::waiters::{Waiters, POLL_EVERY};
 use super::{Begin, Fenced, Store, StoreError};
+use errors::{failed, pool_failed};
 use listen::listen_forever;
 use sql::Statements;
 pub(crate) use tx::{TxConn, TxEnd};
 
+mod errors;
 mod listen;
 mod sql;
 mod steps;
@@ -64,31 +66,6 @@ impl std::fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("table", &self.table)
             .finish_non_exhaustive()
-    }
-}
-
-/// A driver error as a store error, keeping it as the source: what only the operator can fix
-/// (no such table, column or schema, no privilege, refused credentials, no such database) is
-/// [`StoreError::Config`]; anything else [`StoreError::Unavailable`].
-fn failed(e: tokio_postgres::Error) -> StoreError {
-    // SQLSTATE classes 42 (syntax error or access rule violation), 28 (invalid authorization),
-    // 3D (invalid catalog name) and 3F (invalid schema name).
-    let config = e
-        .code()
-        .is_some_and(|c| ["42", "28", "3D", "3F"].contains(&&c.code()[..2]));
-    if config {
-        StoreError::Config(Box::new(e))
-    } else {
-        StoreError::Unavailable(Box::new(e))
-    }
-}
-
-/// A pool error as a store error: a connection the server refused is classified like any
-/// driver error.
-fn pool_failed(e: deadpool_postgres::PoolError) -> StoreError {
-    match e {
-        deadpool_postgres::PoolError::Backend(e) => failed(e),
-        other => StoreError::Unavailable(Box::new(other)),
     }
 }
 
