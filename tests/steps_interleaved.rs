@@ -90,14 +90,16 @@ async fn until(
 /// made `lapsed` (an SQL `SET` on the record row: its lease, and maybe its expiry), the step
 /// is fenced and left waiting at its commit, and `body` is sent with the same key — its
 /// `begin` waits for the step's row lock (when it `blocks`: it needs the row) and goes on once
-/// the step committed. Returns the answers to ada's attempt and to `body`.
+/// the step committed; then each of `then`, in turn. Returns the answers to ada's attempt, to
+/// `body` and to each of `then`.
 async fn interleave(
     test: &str,
     holds: Holds,
     lapsed: &str,
-    body: Value,
+    body: Body,
     blocks: bool,
-) -> Option<((u16, bool, Value), (u16, bool, Value), Client, Vec<String>)> {
+    then: &[Body],
+) -> Option<(Answer, Answer, Vec<Answer>, Client, Vec<String>)> {
     let (store, world, db, tables) = setup(test).await?;
     let app = actix_web::test::init_service(
         actix_web::App::new()
@@ -119,7 +121,7 @@ async fn interleave(
                 until_blocked_on(&db, &format!("INSERT INTO {} AS r", tables[1])).await;
             }
         };
-        let (other, ()) = tokio::join!(post_as(&app, "/rides", "i1", &[], body), async {
+        let (other, ()) = tokio::join!(send(&app, body), async {
             release.await;
             if blocks {
                 unlock(&db, holds.at_commit).await;
@@ -131,8 +133,39 @@ async fn interleave(
         other
     };
     let (first, other) = tokio::join!(first, script);
+    let mut after = Vec::new();
+    for body in then {
+        after.push(send(&app, body.clone()).await);
+    }
     let _: &World = &world;
-    Some((first, other, db, tables))
+    Some((first, other, after, db, tables))
+}
+
+/// An answer: status, whether it was a replay, the JSON body.
+type Answer = (u16, bool, Value);
+
+/// A request body: JSON, or raw bytes sent as JSON (that its extractor may refuse).
+#[derive(Clone)]
+enum Body {
+    Json(Value),
+    Raw(&'static str),
+}
+
+/// POSTs `body` to `/rides` with the key `i1`.
+async fn send<S: idem_runtime::testing::TestApp>(app: &S, body: Body) -> Answer {
+    match body {
+        Body::Json(v) => post_as(app, "/rides", "i1", &[], v).await,
+        Body::Raw(raw) => {
+            let req = actix_web::test::TestRequest::post()
+                .uri("/rides")
+                .insert_header(("Idempotency-Key", "i1"))
+                .insert_header(("content-type", "application/json"))
+                .set_payload(raw)
+                .to_request();
+            let resp = actix_web::test::call_service(app, req).await;
+            (resp.status().as_u16(), false, Value::Null)
+        }
+    }
 }
 
 /// The lapsed holder's first step commits while a retry with another payload begins: the
@@ -146,12 +179,13 @@ async fn a_step_committed_during_a_takeover_still_refuses_another_payload() {
         at_commit: 7_320_012,
     };
     let lapsed = "lease_until = now() - interval '1 second'";
-    let Some((first, other, db, tables)) = interleave(
+    let Some((first, other, _, db, tables)) = interleave(
         "a_step_committed_during_a_takeover_still_refuses_another_payload",
         holds,
         lapsed,
-        json!({ "rider": "bob" }),
+        Body::Json(json!({ "rider": "bob" })),
         false,
+        &[],
     )
     .await
     else {
@@ -173,12 +207,13 @@ async fn a_step_committed_during_an_expired_takeover_is_not_inherited() {
     };
     let lapsed =
         "lease_until = now() - interval '1 second', expires_at = now() - interval '1 second'";
-    let Some((_, other, db, tables)) = interleave(
+    let Some((_, other, _, db, tables)) = interleave(
         "a_step_committed_during_an_expired_takeover_is_not_inherited",
         holds,
         lapsed,
-        json!({ "rider": "carol" }),
+        Body::Json(json!({ "rider": "carol" })),
         true,
+        &[],
     )
     .await
     else {
@@ -201,5 +236,35 @@ async fn a_step_committed_during_an_expired_takeover_is_not_inherited() {
         .collect();
     assert_eq!(carol.len(), 1, "carol's own ride was created");
     assert_eq!(other.2["ride"], carol[0], "and answered, not ada's");
+    clean_up(&db, &tables).await;
+}
+
+/// As above, but the new operation's first attempt is refused before `Steps` ran (its body
+/// does not parse: 400), so the old operation's step is still there: it must not hold the key
+/// against carol's corrected body (a 422 until the TTL ends), which starts afresh.
+#[actix_web::test]
+async fn a_stale_step_does_not_lock_the_key_of_a_new_operation() {
+    let holds = Holds {
+        before: 7_320_031,
+        at_commit: 7_320_032,
+    };
+    let lapsed =
+        "lease_until = now() - interval '1 second', expires_at = now() - interval '1 second'";
+    let Some((_, refused, after, db, tables)) = interleave(
+        "a_stale_step_does_not_lock_the_key_of_a_new_operation",
+        holds,
+        lapsed,
+        Body::Raw("{\"rider\": 7}"),
+        true,
+        &[Body::Json(json!({ "rider": "carol" }))],
+    )
+    .await
+    else {
+        return;
+    };
+    assert_eq!(refused.0, 400);
+    let carol = &after[0];
+    assert_eq!(carol.0, 201, "{:?}", carol.2);
+    assert_eq!(carol.2["rider"], "carol");
     clean_up(&db, &tables).await;
 }

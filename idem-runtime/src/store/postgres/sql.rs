@@ -35,11 +35,16 @@ pub(super) struct Statements {
 impl Statements {
     pub(super) fn new(t: &str) -> Self {
         let channel = format!("{t}_done");
-        // Whether the operation under `$1` recorded steps or keeps its request.
-        let has_steps = format!(
-            "(EXISTS (SELECT 1 FROM {t}_requests WHERE key = $1)
-              OR EXISTS (SELECT 1 FROM {t}_steps WHERE key = $1))"
-        );
+        // Whether the operation of the record row `r` (under `$1`) recorded steps or keeps its
+        // request: its own, not older than its `started` — what an earlier operation's lapsed
+        // holder committed during a takeover stays until `Steps` drops it, and holds nothing.
+        let has_steps = |r: &str| {
+            format!(
+                "(EXISTS (SELECT 1 FROM {t}_requests q WHERE q.key = $1 AND q.op >= {r}.started)
+                  OR EXISTS (SELECT 1 FROM {t}_steps s WHERE s.key = $1 AND s.token >= {r}.started))"
+            )
+        };
+        let (held_steps, taken_steps) = (has_steps(t), has_steps("r"));
         // A token-checked update: a lease that ran out while nobody took the key over still
         // belongs to its holder (a takeover hands out a new token). `clock_timestamp()`, not
         // `now()`, in the `SET`s: inside a transaction `now()` is the time it began.
@@ -80,7 +85,7 @@ impl Statements {
              held AS (
                SELECT fingerprint FROM {t}
                 WHERE key = $1 AND expires_at > now() AND fingerprint <> $2
-                  AND NOT EXISTS (SELECT 1 FROM live) AND {has_steps}),
+                  AND NOT EXISTS (SELECT 1 FROM live) AND {held_steps}),
              taken AS (
                INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
                SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
@@ -96,7 +101,7 @@ impl Statements {
                WHERE NOT ((r.state = 'c' AND r.expires_at > now())
                        OR (r.state = 'p' AND r.lease_until > now()))
                  AND NOT (r.expires_at > now() AND r.fingerprint <> EXCLUDED.fingerprint
-                          AND {has_steps})
+                          AND {taken_steps})
                RETURNING token, attempt),
              fresh AS (SELECT 1 FROM taken WHERE attempt = 1),
              old_steps AS (DELETE FROM {t}_steps WHERE key = $1 AND EXISTS (SELECT 1 FROM fresh)),

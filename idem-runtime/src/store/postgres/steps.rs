@@ -94,6 +94,8 @@ impl StepSql {
             // failed for good, due: claimed by one completer (`SKIP LOCKED`) and pushed back by
             // a backoff that grows with every claim, so that completers of several instances
             // share the work. An operation a client's attempt released is the client's to retry.
+            // A request an earlier operation under the key left (older than the record's
+            // `started`, see `begin`) is not this operation's: never re-sent.
             claim: format!(
                 "UPDATE {t}_requests q
                     SET attempts = q.attempts + 1, claims = q.claims + 1,
@@ -103,7 +105,7 @@ impl StepSql {
                          WHERE q2.failed_at IS NULL AND q2.next_try <= now()
                            AND starts_with(q2.key, $3)
                            AND substr(q2.key, length($3) + 1) ~ '^[0-9a-f]{{16}}-[0-9a-f]{{64}}$'
-                           AND r.expires_at > now()
+                           AND r.expires_at > now() AND q2.op >= r.started
                            AND ((r.state = 'p' AND r.lease_until < now())
                              OR (r.state = 'r' AND (q2.claims > 0 OR q2.attempts > 0)))
                          ORDER BY q2.next_try
