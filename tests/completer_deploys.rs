@@ -260,3 +260,41 @@ async fn a_drained_client_retry_leaves_the_operation_to_the_completer() {
     assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
     drop_tables(&db, &tables).await;
 }
+
+/// An operation its client's own attempt released (a 5xx under `result`) is that client's to
+/// retry, not the completer's. A retry of it refused by a draining instance gives the lease
+/// back as it found it — released — so the completer still leaves it alone, and the client's
+/// next retry finishes it.
+#[actix_web::test]
+async fn a_drained_retry_of_a_released_operation_stays_its_clients() {
+    let test = "a_drained_retry_of_a_released_operation_stays_its_clients";
+    let Some((store, world, db, tables)) = common::rides::setup(test).await else {
+        return;
+    };
+    let gate = common::gate::gate();
+    let idem = || scoped(Kind::Header, &store, true, "idem:", SECRET);
+    let live = actix_web::test::init_service(app(idem(), world.clone(), gate.clone())).await;
+    let headers = ada("Bearer tok-1");
+    let body = || json!({ "rider": "ada" });
+    *world.fail_after.lock().unwrap() = "charge".into();
+    let failed = post_as(&live, "/rides", "r1", &headers, body()).await;
+    assert_eq!(failed.0, 503, "released under `result`: {:?}", failed.2);
+    let draining = idem();
+    assert!(draining.drain(Duration::from_millis(10)).await);
+    let leaving = actix_web::test::init_service(app(draining, world.clone(), gate.clone())).await;
+    let refused = post_as(&leaving, "/rides", "r1", &headers, body()).await;
+    assert_eq!(refused.0, 503, "{:?}", refused.2);
+    let c = completer(idem(), &world, &gate, 5);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop(c).await;
+    assert_eq!(
+        kinds(&db, &tables[0]).await,
+        (1, 0),
+        "not resumed by the completer"
+    );
+    let done = post_as(&live, "/rides", "r1", &headers, body()).await;
+    assert_eq!(done.0, 201, "{:?}", done.2);
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    drop_tables(&db, &tables).await;
+}

@@ -282,6 +282,21 @@ impl Ticket {
         .await
     }
 
+    /// [`give_back_once`](Self::give_back_once) tried three more times (after 100 ms, 400 ms
+    /// and 1.6 s), without renewing the lease: if every try fails, the lease lapses by itself.
+    pub(crate) async fn give_back_later(&self) {
+        for pause in [100, 400, 1600] {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+            match self.give_back_once().await {
+                Ok(_) => return,
+                Err(error) => {
+                    tracing::warn!(key = %self.key, %error, "idem: giving the key back failed")
+                }
+            }
+        }
+        tracing::error!(key = %self.key, "idem: could not give the key back; it frees itself when its lease ends");
+    }
+
     /// Forgets the in-progress record so the next request with this key runs afresh, retrying
     /// with backoff while the lease is held (after that, the lease end frees the key anyway).
     pub(crate) async fn release(&self) {

@@ -126,9 +126,11 @@ pub(crate) async fn refuse_while_draining<R: Answer>(
     ticket: &Ticket,
 ) -> (R, Outcome) {
     if let Err(error) = ticket.give_back_once().await {
-        tracing::warn!(key = %ticket.key(), %error, "idem: giving the key back failed; retrying a release in the background while the lease is held");
+        // Tried again, never turned into a release (which would hand an abandoned operation to
+        // this client) nor renewed: at worst the lease lapses by itself.
+        tracing::warn!(key = %ticket.key(), %error, "idem: giving the key back failed; trying again in the background");
         let ticket = ticket.clone();
-        idem.spawn_tracked(async move { ticket.release().await });
+        idem.spawn_tracked(async move { ticket.give_back_later().await });
     }
     let p = Problem::new(
         ProblemKind::ShuttingDown,

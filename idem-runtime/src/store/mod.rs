@@ -130,8 +130,9 @@ pub trait Store: Send + Sync + 'static {
     /// request was refused before its handler ran (the instance started draining after its
     /// `begin`). The key is free for the next request as after [`release`](Store::release) —
     /// the default — but a store that resumes abandoned operations (PostgreSQL's completer)
-    /// leaves the record as it found it, in progress with its lease lapsed, so that an
-    /// operation a crashed instance abandoned stays its completer's to finish.
+    /// leaves the record as its `begin` found it: in progress with its lease lapsed when a crash
+    /// had abandoned it (its completer's to finish), released when its client's attempt had
+    /// released it (that client's to retry). A wrapper store forwards it to the store it wraps.
     async fn give_back(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         self.release(key, token).await
     }

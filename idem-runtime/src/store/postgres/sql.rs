@@ -22,7 +22,7 @@ pub(super) struct Statements {
     pub(super) reap: String,
     pub(super) complete: String,
     pub(super) release: String,
-    /// Lapses the lease (the record stays in progress, as a crash leaves it): see
+    /// Gives the lease back, leaving the record as the takeover found it (`taken`): see
     /// `Store::give_back`.
     pub(super) give_back: String,
     pub(super) renew: String,
@@ -96,6 +96,7 @@ impl Statements {
                  fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
                  attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
                  started = CASE WHEN r.expires_at > now() THEN r.started ELSE EXCLUDED.token END,
+                 taken = r.state,
                  acquired_at = now(), lease_until = EXCLUDED.lease_until,
                  expires_at = EXCLUDED.expires_at, response = NULL
                WHERE NOT ((r.state = 'c' AND r.expires_at > now())
@@ -152,7 +153,14 @@ impl Statements {
             ),
             complete: notifying(COMPLETE_SET, &forget_request),
             release: notifying("state = 'r'", ""),
-            give_back: notifying("lease_until = now() - interval '1 millisecond'", ""),
+            // As the takeover found it: released when it was (its client's to retry), or when
+            // nothing came before this attempt; otherwise in progress with its lease lapsed, as
+            // the crash that abandoned it left it (the completer's to finish).
+            give_back: notifying(
+                "state = CASE WHEN attempt = 1 OR taken = 'r' THEN 'r' ELSE 'p' END,
+                 lease_until = now() - interval '1 millisecond'",
+                "",
+            ),
             renew: fenced(
                 "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
                  expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",

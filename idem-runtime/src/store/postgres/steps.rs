@@ -58,7 +58,8 @@ impl StepSql {
                      failed_at timestamptz);
                  ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS op bigint NOT NULL DEFAULT 0;
                  ALTER TABLE {t}_requests ADD COLUMN IF NOT EXISTS claims integer NOT NULL DEFAULT 0;
-                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS started bigint NOT NULL DEFAULT 0;"
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS started bigint NOT NULL DEFAULT 0;
+                 ALTER TABLE {t} ADD COLUMN IF NOT EXISTS taken char(1) NOT NULL DEFAULT 'n';"
             ),
             // Kept for the completer, unless a completer gave the operation up: then the row
             // keeps only its id (the request stays blank, and no credential comes back). What
