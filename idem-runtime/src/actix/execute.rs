@@ -166,6 +166,7 @@ fn steps_context(
             key_sources: policy.key,
             sealer: shared.sealer.clone(),
             derivation: shared.derivation.clone(),
+            timeout: ticket.engine().store_timeout(),
         }));
 }
 

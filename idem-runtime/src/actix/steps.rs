@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 
+use crate::engine::deadline;
 use crate::problem::{Problem, ProblemKind};
 use crate::seal::Sealer;
 use crate::secret::KeyDerivation;
@@ -43,6 +44,10 @@ pub(crate) struct StepsContext {
     pub(crate) key_sources: &'static [crate::KeySource],
     pub(crate) sealer: Option<Arc<Sealer>>,
     pub(crate) derivation: Arc<KeyDerivation>,
+    /// The store deadline: every call `Steps` makes to the store (a pooled connection
+    /// included) ends within it, as `begin` does — a pool exhausted by long transactions
+    /// answers 503, it does not hold the request without bound.
+    pub(crate) timeout: std::time::Duration,
 }
 
 /// The request headers a completer re-sends besides the key's: the body's type and encoding,
@@ -271,27 +276,32 @@ impl Steps {
             step: name.to_owned(),
             source,
         };
-        let pg = |e: tokio_postgres::Error| store_err(StoreError::Unavailable(Box::new(e)));
-        let mut client = self.ctx.store.step_connection().await.map_err(store_err)?;
-        let tx = client.transaction().await.map_err(pg)?;
+        let mut client = self.connection().await.map_err(store_err)?;
+        let tx = self
+            .within("BEGIN", client.transaction())
+            .await
+            .map_err(store_err)?;
         // Dropping `tx` on an early return rolls it back.
         let value = step(&tx).await.map_err(|e| StepError::Failed {
             step: name.to_owned(),
             source: e.into(),
         })?;
         let result = self.encode(seq, name, &value)?;
-        let fenced = self
-            .ctx
-            .store
-            .put_step_on(&*tx, &self.ctx.key, self.ctx.token, seq, name, &result)
-            .await
-            .map_err(pg)?;
+        let put =
+            self.ctx
+                .store
+                .put_step_on(&*tx, &self.ctx.key, self.ctx.token, seq, name, &result);
+        let fenced = self.within("put_step", put).await.map_err(store_err)?;
         if fenced == Fenced::Lost {
             return Err(StepError::LeaseLost {
                 step: name.to_owned(),
             });
         }
-        tx.commit().await.map_err(pg)?;
+        // A commit past its deadline may still have happened: the next attempt finds the step
+        // recorded, or runs it (its writes rolled back with it) — never both.
+        self.within("COMMIT", tx.commit())
+            .await
+            .map_err(store_err)?;
         Ok(value)
     }
 
@@ -320,19 +330,42 @@ impl Steps {
             step: name.to_owned(),
             source,
         };
-        let client = self.ctx.store.step_connection().await.map_err(store_err)?;
-        let fenced = self
-            .ctx
-            .store
-            .put_step_on(&**client, &self.ctx.key, self.ctx.token, seq, name, &result)
-            .await
-            .map_err(|e| store_err(StoreError::Unavailable(Box::new(e))))?;
+        let client = self.connection().await.map_err(store_err)?;
+        let put = self.ctx.store.put_step_on(
+            &**client,
+            &self.ctx.key,
+            self.ctx.token,
+            seq,
+            name,
+            &result,
+        );
+        let fenced = self.within("put_step", put).await.map_err(store_err)?;
         match fenced {
             Fenced::Done => Ok(value),
             Fenced::Lost => Err(StepError::LeaseLost {
                 step: name.to_owned(),
             }),
         }
+    }
+
+    /// A pooled connection for a step, within the store deadline.
+    async fn connection(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        deadline(
+            "step_connection",
+            self.ctx.timeout,
+            self.ctx.store.step_connection(),
+        )
+        .await
+    }
+
+    /// A driver call of a step, within the store deadline.
+    async fn within<T>(
+        &self,
+        op: &'static str,
+        call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let call = async { call.await.map_err(|e| StoreError::Unavailable(Box::new(e))) };
+        deadline(op, self.ctx.timeout, call).await
     }
 
     fn claim(&self, name: &str) -> Result<Claim, StepError> {
@@ -405,7 +438,12 @@ impl FromRequest for Steps {
                 step: "(start)".into(),
                 source,
             };
-            let stored = ctx.store.put_request(&ctx.key, ctx.token, &request).await;
+            let stored = deadline(
+                "put_request",
+                ctx.timeout,
+                ctx.store.put_request(&ctx.key, ctx.token, &request),
+            )
+            .await;
             let Some(operation) = stored.map_err(store_err)? else {
                 return Err(StepError::LeaseLost {
                     step: "(start)".into(),
@@ -415,7 +453,9 @@ impl FromRequest for Steps {
             // Set at once: should anything below fail, the attempt still knows it stored the
             // request (and deletes it, having run nothing).
             let _ = ctx.operation.set(operation);
-            let recorded = ctx.store.load_steps(&ctx.key).await.map_err(store_err)?;
+            let recorded = deadline("load_steps", ctx.timeout, ctx.store.load_steps(&ctx.key))
+                .await
+                .map_err(store_err)?;
             Ok(Steps {
                 ctx,
                 state: Mutex::new(State { recorded, next: 0 }),
