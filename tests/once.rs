@@ -214,3 +214,60 @@ async fn run_in_tx_commits_the_effect_with_its_record() {
         .unwrap();
     common::pg::drop_tables(&db, &[&table]).await;
 }
+
+/// `Once` follows the attribute's rules on `ttl` and `lease`: a short ttl lowers the default
+/// lease (a function with `ttl(2 s)` runs once and gives its value back), and a lease not
+/// shorter than the ttl is refused where the two are set, as `#[idempotent]` refuses it at
+/// compile time.
+#[tokio::test]
+async fn once_follows_the_attributes_lease_rules() {
+    let idem = idem(MemoryStore::default());
+    let runs = AtomicUsize::new(0);
+    let f = idem.once("short").ttl(Duration::from_secs(2));
+    for _ in 0..2 {
+        let n = f
+            .run("s-1", &1, async || {
+                Ok::<_, std::io::Error>(runs.fetch_add(1, Ordering::SeqCst))
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    for (lease, ttl) in [(60, 2), (5, 2), (60, 60)] {
+        let set = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            idem.once("long")
+                .lease(Duration::from_secs(lease))
+                .ttl(Duration::from_secs(ttl))
+        }));
+        assert!(set.is_err(), "lease {lease} s, ttl {ttl} s");
+        let set = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            idem.once("long")
+                .ttl(Duration::from_secs(ttl))
+                .lease(Duration::from_secs(lease))
+        }));
+        assert!(set.is_err(), "ttl {ttl} s, lease {lease} s");
+    }
+}
+
+/// A call dropped while its function runs releases its key from a task — but when the runtime
+/// is gone (a drop during shutdown) there is none to spawn on: the drop logs and leaves the
+/// key to its lease instead of panicking (`panic = "abort"` builds would abort).
+#[test]
+fn dropping_a_running_call_after_its_runtime_does_not_panic() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let idem = rt.block_on(async { idem(MemoryStore::default()) });
+    let f = idem.once("dropped");
+    let mut call = Box::pin(f.run("d-1", &1, async || {
+        std::future::pending::<()>().await;
+        Ok::<u8, std::io::Error>(1)
+    }));
+    rt.block_on(async {
+        let running = tokio::time::timeout(Duration::from_millis(100), call.as_mut()).await;
+        assert!(running.is_err(), "still running");
+    });
+    drop(rt);
+    drop(call);
+}

@@ -130,6 +130,8 @@ pub(crate) struct Engine {
     store_timeout: Duration,
     replay_headers: Vec<String>,
     pub(crate) renew_leases: bool,
+    /// How long a handler's lease is renewed at most (`IdempotencyBuilder::max_run_time`).
+    pub(crate) max_run_time: Duration,
     /// The per-principal limit on new keys, if the app set one.
     admission: Option<Arc<crate::admission::Admission>>,
     /// When the next check that every instance uses the same secret is due, in ms since
@@ -190,6 +192,7 @@ impl Engine {
         Engine {
             store,
             renew_leases: true,
+            max_run_time: Self::DEFAULT_MAX_RUN_TIME,
             admission: None,
             secret_due_ms: Default::default(),
             secret_checking: Default::default(),
@@ -205,6 +208,15 @@ impl Engine {
         admission: Option<Arc<crate::admission::Admission>>,
     ) -> Self {
         self.admission = admission;
+        self
+    }
+
+    /// How long a handler's lease is renewed at most, by default: an hour.
+    pub(crate) const DEFAULT_MAX_RUN_TIME: Duration = Duration::from_secs(3600);
+
+    /// Renews a handler's lease for at most `max` (see `IdempotencyBuilder::max_run_time`).
+    pub(crate) fn with_max_run_time(mut self, max: Duration) -> Self {
+        self.max_run_time = max;
         self
     }
 

@@ -83,6 +83,8 @@ pub(crate) mod metric {
     pub(crate) const COMPLETE_ABANDONED_TOTAL: &str = "idem_complete_abandoned_total";
     /// Leases lost to another request (fenced out).
     pub(crate) const LEASE_LOST_TOTAL: &str = "idem_lease_lost_total";
+    /// Handlers whose lease renewals stopped because they ran past `max_run_time`.
+    pub(crate) const RUN_TIME_EXCEEDED_TOTAL: &str = "idem_run_time_exceeded_total";
     /// Lease renewals that succeeded.
     pub(crate) const LEASE_RENEWALS_TOTAL: &str = "idem_lease_renewals_total";
     /// Bytes held by the memory store.

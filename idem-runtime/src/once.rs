@@ -51,6 +51,8 @@ use crate::{Fingerprint, Guarantee, KeyError, OnConflict, Policy, StoredResponse
 pub struct Once {
     idem: Idempotency,
     policy: Policy,
+    /// Whether [`Once::lease`] chose the lease (otherwise it follows the ttl).
+    lease_set: bool,
 }
 
 impl std::fmt::Debug for Once {
@@ -135,22 +137,49 @@ impl Idempotency {
         Once {
             idem: self.clone(),
             policy,
+            lease_set: false,
         }
     }
 }
 
 impl Once {
-    /// How long a value is kept, and so how long a key is remembered (default 24 h).
+    /// How long a value is kept, and so how long a key is remembered (default 24 h). The
+    /// default lease follows it: 30 s, or half a shorter `ttl`, as on `#[idempotent]`.
+    ///
+    /// # Panics
+    ///
+    /// When a lease set with [`lease`](Self::lease) is not shorter than `ttl`: the attribute
+    /// refuses that at compile time (a lease that outlives its record cannot fence anything).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.policy.ttl = ttl;
+        if !self.lease_set {
+            self.policy.lease = Policy::DEFAULT_LEASE.min(ttl / 2);
+        }
+        self.check_lease();
         self
     }
 
     /// How long a running call holds its key before another may take it over; renewed while
-    /// the function runs (default 30 s).
+    /// the function runs (default 30 s, or half a shorter `ttl`).
+    ///
+    /// # Panics
+    ///
+    /// When `lease` is not shorter than the ttl (see [`ttl`](Self::ttl)).
     pub fn lease(mut self, lease: Duration) -> Self {
         self.policy.lease = lease;
+        self.lease_set = true;
+        self.check_lease();
         self
+    }
+
+    /// The attribute's rule between the two: the lease is shorter than the ttl.
+    fn check_lease(&self) {
+        let (lease, ttl) = (self.policy.lease, self.policy.ttl);
+        assert!(
+            lease < ttl,
+            "idem: `{}`: the lease ({lease:?}) must be shorter than the ttl ({ttl:?})",
+            self.policy.endpoint
+        );
     }
 
     /// A duplicate call while one runs waits up to `timeout` for its value, instead of

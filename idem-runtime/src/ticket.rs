@@ -37,6 +37,8 @@ pub(crate) struct Ticket {
     /// When the last acknowledged `begin`/`renew` was sent: the lease is held until then +
     /// `lease`. Shared by the clones (the renewal and the completion run from different ones).
     renewed: Arc<Mutex<Instant>>,
+    /// When the `begin` that took the lease was sent: renewals stop `max_run_time` after it.
+    began: Instant,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -67,6 +69,7 @@ impl Ticket {
             ttl: policy.ttl,
             client_error_ttl: policy.client_error_ttl,
             renewed: Arc::new(Mutex::new(sent)),
+            began: sent,
         }
     }
 
@@ -109,13 +112,24 @@ impl Ticket {
         self.last_renewed() + self.lease
     }
 
+    /// How long one renewal may take: the store deadline, but never more than `lease / 6`, so
+    /// that a renewal sent every `lease / 3`, and the retry of a failed one, both end before the
+    /// lease does — whatever lease the endpoint chose. A store slower than that for a short
+    /// lease loses the lease (see "Failure behaviour"); it never makes the endpoint unusable.
+    fn renew_deadline(&self) -> Duration {
+        self.engine
+            .store_timeout()
+            .min(self.lease / 6)
+            .max(Duration::from_millis(1))
+    }
+
     /// One renewal; an acknowledged one moves the local lease end.
     async fn renew_once(&self) -> Result<Fenced, StoreError> {
         let sent = Instant::now();
         let store = self.engine.store();
         let answer = deadline(
             "renew",
-            self.engine.store_timeout(),
+            self.renew_deadline(),
             store.renew(&self.key, self.token, self.lease),
         )
         .await;
@@ -126,16 +140,26 @@ impl Ticket {
         answer
     }
 
-    /// Renews the lease every `lease / 3` for as long as it is polled; never returns. A failed
-    /// renewal is tried again after `lease / 6`; a lost lease stops the renewals.
+    /// Renews the lease every `lease / 3` for as long as it is polled, up to the engine's
+    /// `max_run_time` after the `begin`; never returns. A failed renewal is tried again after
+    /// `lease / 6`; a lost lease stops the renewals.
     async fn renew_forever(&self) -> Infallible {
         if !self.engine.renew_leases {
             return std::future::pending().await;
         }
         let every = (self.lease / 3).max(Duration::from_millis(10));
         let mut next = self.last_renewed() + every;
+        let stop = self.began + self.engine.max_run_time;
         loop {
             tokio::time::sleep_until(next).await;
+            if Instant::now() >= stop {
+                // A handler that never finishes must not hold its key forever (409 to every
+                // retry, out of every completer's reach): its lease lapses now, and a retry
+                // after it takes the key over and runs (this one's completion is fenced out).
+                crate::observe::count(crate::observe::metric::RUN_TIME_EXCEEDED_TOTAL);
+                tracing::error!(key = %self.key, max_run_time = ?self.engine.max_run_time, "idem: the handler ran past max_run_time; its lease is no longer renewed, and a retry after it lapses runs again");
+                return std::future::pending().await;
+            }
             let sent = Instant::now();
             match self.renew_once().await {
                 Ok(Fenced::Done) => {

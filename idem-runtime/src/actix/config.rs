@@ -77,8 +77,6 @@ pub(crate) struct Shared {
     pub(crate) names: super::names::Names,
     /// Operations in flight, for a graceful shutdown.
     pub(crate) inflight: Arc<super::shutdown::Inflight>,
-    /// Endpoints whose lease was found too short for its renewals (logged once each).
-    pub(crate) short_leases: std::sync::Mutex<Vec<&'static str>>,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -123,6 +121,7 @@ pub(crate) struct Settings {
     #[cfg(feature = "webhook")]
     pub(crate) webhook: WebhookConfig,
     renew_leases: bool,
+    max_run_time: Duration,
     anonymous: bool,
 }
 
@@ -162,6 +161,7 @@ impl Idempotency {
                 #[cfg(feature = "webhook")]
                 webhook: WebhookConfig::default(),
                 renew_leases: true,
+                max_run_time: Engine::DEFAULT_MAX_RUN_TIME,
                 anonymous: false,
             },
             scope: NoScope,
@@ -443,6 +443,17 @@ impl<S> IdempotencyBuilder<S> {
         self
     }
 
+    /// How long a handler's lease is renewed at most (default: an hour). A handler still
+    /// running after it keeps running, but its key is no longer held: once its lease lapses, a
+    /// retry takes the key over and runs the operation again, and this handler's completion is
+    /// fenced out. Without it, a handler that never finishes (a hung downstream call without a
+    /// timeout) holds its key forever — 409 to every retry, out of every completer's reach.
+    /// Set it above the longest run you expect.
+    pub fn max_run_time(mut self, max: Duration) -> Self {
+        self.settings.max_run_time = max;
+        self
+    }
+
     /// Test hook: no lease renewal (see the fault suite). Never turn this off in production.
     #[doc(hidden)]
     pub fn renew_leases(mut self, on: bool) -> Self {
@@ -478,7 +489,8 @@ impl<S> IdempotencyBuilder<S> {
             .map(|(limit, per)| Arc::new(crate::admission::Admission::new(limit, per)));
         let engine = |store: Arc<dyn Store>| {
             let engine = Engine::new(store, settings.store_timeout, &settings.replay_headers)
-                .with_admission(admission.clone());
+                .with_admission(admission.clone())
+                .with_max_run_time(settings.max_run_time);
             Arc::new(if settings.renew_leases {
                 engine
             } else {
@@ -520,7 +532,6 @@ impl<S> IdempotencyBuilder<S> {
                 #[cfg(feature = "webhook")]
                 deliveries: Arc::default(),
                 inflight: Arc::default(),
-                short_leases: Default::default(),
             }),
         }
     }

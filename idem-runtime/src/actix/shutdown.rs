@@ -66,14 +66,21 @@ impl Idempotency {
     /// Runs `work` in a task of its own (in the current span) that a graceful shutdown waits for:
     /// background completions and releases, webhook deliveries.
     /// On the current tokio runtime, whatever the framework: actix-web's worker or a
-    /// multi-threaded one under tower.
+    /// multi-threaded one under tower. Without a runtime (a drop during the runtime's own
+    /// shutdown) the work cannot run: it is logged and dropped — the key it would have settled
+    /// frees itself when its lease ends — never a panic (which `panic = "abort"` builds would
+    /// turn into an abort).
     pub(crate) fn spawn_tracked(
         &self,
         work: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         use tracing::Instrument;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("idem: no runtime to finish background work on (shutting down); a key it would have settled frees itself when its lease ends");
+            return;
+        };
         let inflight = self.shared.inflight.enter();
-        tokio::spawn(
+        runtime.spawn(
             async move {
                 work.await;
                 drop(inflight);
@@ -84,7 +91,7 @@ impl Idempotency {
 
     /// Starts a shutdown: from now on no new operation starts (a request that would run its
     /// handler gets 503 `urn:idem:problem:shutting-down` with `Retry-After`, and its key is
-    /// released, so the client's retry runs it on another instance; replays and answers to
+    /// given back, so the client's retry runs it on another instance; replays and answers to
     /// duplicates still work). Then waits until every operation in flight — handlers whose
     /// client may have hung up, completions still being retried, webhook deliveries — has
     /// finished, or `timeout` has passed. Returns whether all finished.

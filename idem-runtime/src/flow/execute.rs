@@ -9,7 +9,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use crate::actix::Idempotency;
-use crate::engine::{Engine, Ticket};
+use crate::engine::Ticket;
 use crate::observe::Outcome;
 use crate::problem::{Problem, ProblemKind};
 use crate::store::Fenced;
@@ -249,31 +249,4 @@ pub(crate) async fn settle_release(idem: &Idempotency, ticket: &Ticket) {
         let ticket = ticket.clone();
         idem.spawn_tracked(async move { ticket.release().await });
     }
-}
-
-/// A 500 problem when the endpoint's lease is too short for its renewals: each renewal may take
-/// up to the store deadline, and three fit in a lease, so `lease / 3` must exceed it. Logged once
-/// per endpoint.
-pub(crate) fn lease_too_short(
-    idem: &Idempotency,
-    engine: &Engine,
-    policy: &Policy,
-) -> Option<Problem> {
-    if !engine.renew_leases || policy.lease / 3 > engine.store_timeout() {
-        return None;
-    }
-    let detail = format!(
-        "endpoint `{}`: its lease ({:?}) is too short for the store deadline ({:?}): a renewal \
-         every lease/3 may take up to the deadline, so lease/3 must exceed it. Raise `lease` \
-         on the endpoint to more than {:?}, or lower `store_timeout` on the Idempotency builder",
-        policy.endpoint,
-        policy.lease,
-        engine.store_timeout(),
-        engine.store_timeout() * 3,
-    );
-    if crate::observe::first_time(&idem.shared.short_leases, policy.endpoint) {
-        tracing::error!("idem: {detail}");
-    }
-    crate::observe::outcome(policy.endpoint, None, Outcome::Rejected);
-    Some(Problem::new(ProblemKind::Internal, detail))
 }

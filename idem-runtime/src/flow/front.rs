@@ -50,9 +50,6 @@ pub(crate) async fn front<S: BodySource>(
         },
         Err(conflict) => return Front::Done(Err(name_conflict(policy, &conflict))),
     };
-    if let Some(p) = super::execute::lease_too_short(idem, &engine, &policy) {
-        return Front::Done(Err(p));
-    }
     idem.check_secret_when_due(&engine);
     if policy.on_conflict == OnConflict::Webhook {
         #[cfg(feature = "webhook")]
