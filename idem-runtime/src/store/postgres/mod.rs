@@ -245,12 +245,28 @@ where
 }
 
 /// Settings of a [`PostgresStore`]; see [`PostgresStore::builder`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PostgresStoreBuilder<T = NoTls> {
     config: String,
     table: String,
     max_connections: usize,
     tls: T,
+}
+
+/// The connection string as the driver reads it, its password hidden (a logged builder never
+/// shows it).
+impl<T> std::fmt::Debug for PostgresStoreBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let config = self.config.parse::<tokio_postgres::Config>();
+        let mut d = f.debug_struct("PostgresStoreBuilder");
+        match &config {
+            Ok(config) => d.field("config", config),
+            Err(_) => d.field("config", &"(unparsable)"),
+        };
+        d.field("table", &self.table)
+            .field("max_connections", &self.max_connections)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> PostgresStoreBuilder<T> {

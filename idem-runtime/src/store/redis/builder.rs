@@ -13,8 +13,8 @@ use super::scripts::Scripts;
 use super::{eviction, failed, RedisStore};
 use crate::store::StoreError;
 
-/// Where a [`RedisStore`] connects.
-#[derive(Debug, Clone)]
+/// Where a [`RedisStore`] connects. Its `Debug` hides passwords (see [`redacted`]).
+#[derive(Clone)]
 enum Topology {
     Single(String),
     Cluster(Vec<String>),
@@ -22,6 +22,36 @@ enum Topology {
         sentinels: Vec<String>,
         service: String,
     },
+}
+
+impl std::fmt::Debug for Topology {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let all = |urls: &[String]| urls.iter().map(|u| redacted(u)).collect::<Vec<_>>();
+        match self {
+            Topology::Single(url) => f.debug_tuple("Single").field(&redacted(url)).finish(),
+            Topology::Cluster(urls) => f.debug_tuple("Cluster").field(&all(urls)).finish(),
+            Topology::Sentinel { sentinels, service } => f
+                .debug_struct("Sentinel")
+                .field("sentinels", &all(sentinels))
+                .field("service", service)
+                .finish(),
+        }
+    }
+}
+
+/// `url` with the password of its user info replaced by `***` (`redis://user:***@host`), so
+/// that a logged builder never shows it.
+fn redacted(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let user = rest[..at].split(':').next().unwrap_or_default();
+    format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
 }
 
 /// Builder for [`RedisStore`].
