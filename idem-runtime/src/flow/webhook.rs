@@ -278,7 +278,14 @@ pub(crate) async fn deliver_when_done(
 ) {
     let until = tokio::time::Instant::now() + config.wait_max;
     let limit = engine.store_timeout();
+    // After a failed read or wait: a store that fails at once must not turn this loop into a
+    // busy one. 100 ms, doubling up to 5 s; reset by an answer.
+    let mut backoff = None::<Duration>;
     let response = loop {
+        if let Some(pause) = backoff {
+            let pause = pause.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
         match deadline("get", limit, engine.store().get(&key)).await {
             Ok(Some(rec)) => match rec.state {
                 RecordState::Completed { response } => match key.open(response) {
@@ -288,14 +295,15 @@ pub(crate) async fn deliver_when_done(
                         return;
                     }
                 },
-                RecordState::InProgress { .. } => {}
+                RecordState::InProgress { .. } => backoff = None,
             },
             Ok(None) => {
                 tracing::warn!(key = %key, "idem: the request a webhook waited for was released or expired; nothing to deliver");
                 return;
             }
             Err(error) => {
-                tracing::warn!(key = %key, %error, "idem: webhook wait: store read failed; retrying")
+                tracing::warn!(key = %key, %error, "idem: webhook wait: store read failed; retrying");
+                backoff = Some(next_backoff(backoff));
             }
         }
         let now = tokio::time::Instant::now();
@@ -304,9 +312,19 @@ pub(crate) async fn deliver_when_done(
             return;
         }
         let left = until - now;
-        let _ = deadline("wait", left + limit, engine.store().wait(&key, left)).await;
+        match deadline("wait", left + limit, engine.store().wait(&key, left)).await {
+            Ok(()) => {}
+            Err(_) => backoff = Some(next_backoff(backoff)),
+        }
     };
     post(&config, &url, &raw_key, &response).await;
+}
+
+/// The next pause of the webhook wait's backoff: 100 ms, then doubling, at most 5 s.
+fn next_backoff(last: Option<Duration>) -> Duration {
+    last.map_or(Duration::from_millis(100), |d| {
+        (d * 2).min(Duration::from_secs(5))
+    })
 }
 
 async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &StoredResponse) {
