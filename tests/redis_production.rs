@@ -300,3 +300,39 @@ async fn durability_costs_no_extra_round_trip() {
     assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(proxy.turns() - turns, 1);
 }
+
+/// Data nodes behind Sentinel that need a password and keep idem's records in a database other
+/// than 0: the store reaches them with `sentinel_node`'s settings (the Sentinels' own URLs carry
+/// none of them), and the records land in that database.
+#[actix_web::test]
+async fn sentinel_reaches_data_nodes_with_their_password_and_database() {
+    if !available("sentinel_reaches_data_nodes_with_their_password_and_database") {
+        return;
+    }
+    let master = RedisServer::start();
+    let auth = ["-a", "node-pw", "--no-auth-warning"];
+    assert_eq!(
+        master
+            .cli(&["CONFIG", "SET", "requirepass", "node-pw"])
+            .as_deref(),
+        Some("OK")
+    );
+    let sentinels = Sentinels::start_with_auth(master.port, 0, Some("node-pw"));
+    let store = RedisStore::builder()
+        .sentinel(sentinels.urls(), SERVICE)
+        .sentinel_node("redis://:node-pw@master/3")
+        .connect()
+        .await
+        .expect("connect to the data node through the sentinels");
+    let runs = web::Data::new(Runs::default());
+    let (addr, _h) = app(store, runs.clone());
+    assert_eq!(post(addr, "auth-1").await.unwrap().status(), 201);
+    let replay = post(addr, "auth-1").await.unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let size = |db: &str| {
+        let args = [&auth[..], &["-n", db, "DBSIZE"]].concat();
+        master.cli(&args).and_then(|n| n.parse::<u64>().ok())
+    };
+    assert!(size("3").unwrap_or(0) >= 1, "the record is in database 3");
+    assert_eq!(size("0"), Some(0), "nothing in database 0");
+}

@@ -37,6 +37,14 @@ impl Sentinels {
     /// Three sentinels on `master_port`; returns once they know the master's `replicas` replicas
     /// and each other.
     pub fn start(master_port: u16, replicas: usize) -> Sentinels {
+        Self::start_with_auth(master_port, replicas, None)
+    }
+
+    /// Like [`start`](Self::start), for data nodes that need `password`.
+    pub fn start_with_auth(master_port: u16, replicas: usize, password: Option<&str>) -> Sentinels {
+        let auth = password
+            .map(|p| format!("sentinel auth-pass {SERVICE} {p}\n"))
+            .unwrap_or_default();
         let dir = std::env::temp_dir().join(format!(
             "idem-sentinel-{}-{master_port}",
             std::process::id()
@@ -54,7 +62,7 @@ impl Sentinels {
                      sentinel monitor {SERVICE} 127.0.0.1 {master_port} 2\n\
                      sentinel down-after-milliseconds {SERVICE} 1000\n\
                      sentinel failover-timeout {SERVICE} 5000\n\
-                     sentinel parallel-syncs {SERVICE} 1\n",
+                     sentinel parallel-syncs {SERVICE} 1\n{auth}",
                     dir.display()
                 ),
             )

@@ -3,7 +3,7 @@
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
-use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,6 +39,26 @@ impl std::fmt::Debug for Topology {
     }
 }
 
+/// The settings of the data nodes behind Sentinel, read from `url` (see
+/// [`RedisStoreBuilder::sentinel_node`]): TLS from its scheme, credentials and database from
+/// the rest; its host is ignored.
+fn node_info(url: &str) -> Result<SentinelNodeConnectionInfo, StoreError> {
+    use redis::{ConnectionAddr, IntoConnectionInfo, TlsMode};
+    let info = url.into_connection_info().map_err(|e| {
+        StoreError::Config(format!("sentinel_node `{}`: {e}", redacted(url)).into())
+    })?;
+    let node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(info.redis_settings().clone());
+    Ok(match info.addr() {
+        ConnectionAddr::TcpTls { insecure, .. } => node.set_tls_mode(if *insecure {
+            TlsMode::Insecure
+        } else {
+            TlsMode::Secure
+        }),
+        _ => node,
+    })
+}
+
 /// `url` with the password of its user info replaced by `***` (`redis://user:***@host`), so
 /// that a logged builder never shows it.
 fn redacted(url: &str) -> String {
@@ -63,6 +83,8 @@ pub struct RedisStoreBuilder {
     durability: Option<(u32, Duration)>,
     connections: usize,
     allow_eviction: bool,
+    /// How to connect to the data nodes Sentinel names (a URL whose host is ignored).
+    sentinel_node: Option<String>,
 }
 
 impl Default for RedisStoreBuilder {
@@ -74,6 +96,7 @@ impl Default for RedisStoreBuilder {
             durability: None,
             connections: 4,
             allow_eviction: false,
+            sentinel_node: None,
         }
     }
 }
@@ -108,6 +131,17 @@ impl RedisStoreBuilder {
             sentinels: sentinels.into_iter().map(Into::into).collect(),
             service: service.into(),
         };
+        self
+    }
+
+    /// How to connect to the data nodes (master and replicas) that the Sentinels name, which
+    /// usually differ from the Sentinels themselves: a URL whose host is ignored, e.g.
+    /// `redis://:password@master/2` or `rediss://user:password@master` — its scheme says
+    /// whether to use TLS (`rediss`; `#insecure` skips certificate checks), its user info the
+    /// credentials, its path the database. Without it the store connects to the data nodes
+    /// in clear, without credentials, to database 0.
+    pub fn sentinel_node(mut self, url: impl Into<String>) -> Self {
+        self.sentinel_node = Some(url.into());
         self
     }
 
@@ -202,10 +236,11 @@ impl RedisStoreBuilder {
                 )
             }
             Topology::Sentinel { sentinels, service } => {
+                let node = self.sentinel_node.as_deref().map(node_info).transpose()?;
                 let client = SentinelClient::build(
                     sentinels.clone(),
                     service.clone(),
-                    None,
+                    node,
                     SentinelServerType::Master,
                 )
                 .map_err(failed)?;
