@@ -189,9 +189,35 @@ async fn refused_keys_leave_nothing_in_the_store() {
     }
     let redis = RedisServer::start();
     let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let size = || async { redis.cli(&["DBSIZE"]).expect("DBSIZE") };
+    refused_keys_leave_nothing(common::builder().store(store), size).await;
+}
+
+/// The same on PostgreSQL: the records table's row count.
+#[actix_web::test]
+async fn refused_keys_leave_no_row_on_postgres() {
+    let table = common::pg::table("fair_rec");
+    let Some(store) = common::pg::store("refused_keys_leave_no_row_on_postgres", &table).await
+    else {
+        return;
+    };
+    let db = common::pg::client().await;
+    let size = || async { common::pg::count(&db, &table).await.to_string() };
+    refused_keys_leave_nothing(common::builder().store(store), size).await;
+    common::pg::drop_tables(&db, &[&table]).await;
+}
+
+/// Five keys admitted (limit 5 an hour), then 40 refused with 429: `size` (the store's record
+/// count) unchanged by them, and the admitted ones still replay.
+async fn refused_keys_leave_nothing<F, Fut>(
+    builder: idem::IdempotencyBuilder<idem::Scoped>,
+    size: F,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
     let runs = web::Data::new(Runs::default());
-    let idem = common::builder()
-        .store(store)
+    let idem = builder
         .admission_limit(5, Duration::from_secs(3600))
         .build();
     let addr = start(idem, runs.clone());
@@ -199,16 +225,12 @@ async fn refused_keys_leave_nothing_in_the_store() {
         let key = format!("k{i}");
         assert_eq!(post(addr, "/report", "flooder", &key).await.status(), 201);
     }
-    let before = redis.cli(&["DBSIZE"]).expect("DBSIZE");
+    let before = size().await;
     for i in 5..45 {
         let r = post(addr, "/report", "flooder", &format!("k{i}")).await;
         common::problem(r, 429).await;
     }
-    assert_eq!(
-        redis.cli(&["DBSIZE"]).expect("DBSIZE"),
-        before,
-        "no record left behind"
-    );
+    assert_eq!(size().await, before, "no record left behind");
     let replay = post(addr, "/report", "flooder", "k0").await;
     assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
     assert_eq!(runs.0.load(Ordering::SeqCst), 5);
