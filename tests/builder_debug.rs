@@ -27,6 +27,16 @@ fn store_builders_never_print_a_password() {
             "{:?}",
             RedisStore::builder().sentinel([format!("redis://:{secret}@127.0.0.1:26379")], "main")
         ),
+        format!(
+            "{:?}",
+            RedisStore::builder()
+                .sentinel(["redis://127.0.0.1:26379"], "main")
+                .sentinel_node(format!("rediss://idem:{secret}@master/2"))
+        ),
+        format!(
+            "{:?}",
+            RedisStore::builder().url(format!("redis+unix:///run/redis.sock?db=1&pass={secret}"))
+        ),
     ];
     let postgres = [
         format!(

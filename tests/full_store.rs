@@ -129,3 +129,38 @@ async fn a_full_redis_never_runs_a_request_unprotected() {
     assert_eq!(replay.status(), 201);
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
 }
+
+/// The same with `durability` (every write pipelined with `WAIT`, as production setups with
+/// replicas run it): the refusal comes back inside a pipeline, and is still `Full`.
+#[actix_web::test]
+async fn a_full_redis_with_durability_never_runs_a_request_unprotected() {
+    if !available("a_full_redis_with_durability_never_runs_a_request_unprotected") {
+        return;
+    }
+    let server = RedisServer::start_with(&["--maxmemory", "8mb"]);
+    let replica = RedisServer::replica_of(&server);
+    let store = RedisStore::builder()
+        .url(server.url())
+        .durability(1, std::time::Duration::from_millis(500))
+        .connect()
+        .await
+        .expect("connect");
+    let srv = start(Some(builder().store(store).build()));
+    fill(&server).await;
+    for _ in 0..3 {
+        let r = srv
+            .post("/proceed", "full-d")
+            .json(&charge(2))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.headers().contains_key("retry-after"));
+        problem(r, 503).await;
+    }
+    assert_eq!(
+        srv.counters.proceed.load(Ordering::SeqCst),
+        0,
+        "never unprotected"
+    );
+    drop(replica);
+}

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-/// An extractor that takes 300 ms (a slow body, an auth lookup): it runs after `begin` and
+/// An extractor that takes 600 ms (a slow body, an auth lookup): it runs after `begin` and
 /// before `Steps`.
 struct Pause;
 
@@ -22,7 +22,7 @@ impl FromRequest for Pause {
 
     fn from_request(_: &HttpRequest, _: &mut Payload) -> Self::Future {
         Box::pin(async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(600)).await;
             Ok(Pause)
         })
     }
@@ -109,7 +109,16 @@ async fn steps_wait_for_a_connection_no_longer_than_the_store_deadline() {
     assert_eq!(waited.status(), 503, "no connection within the deadline");
     assert!(waited.headers().contains_key("retry-after"));
     assert_eq!(RUNS.load(Ordering::SeqCst), 1, "only the warm-up ran");
-    let again = post("/steps", "s-1").await;
+    // The refused attempt's key is released once the pool has room (its release is retried
+    // in the background): the client's retries after `Retry-After` get 409 until then.
+    let t0 = std::time::Instant::now();
+    let again = loop {
+        let r = post("/steps", "s-1").await;
+        if r.status() != 409 || t0.elapsed() > Duration::from_secs(10) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         again.status(),
         201,

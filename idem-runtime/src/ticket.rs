@@ -149,10 +149,11 @@ impl Ticket {
         }
         let every = (self.lease / 3).max(Duration::from_millis(10));
         let mut next = self.last_renewed() + every;
-        let stop = self.began + self.engine.max_run_time;
+        // `None`: past the clock's end (`Duration::MAX`, "never stop").
+        let stop = self.began.checked_add(self.engine.max_run_time);
         loop {
             tokio::time::sleep_until(next).await;
-            if Instant::now() >= stop {
+            if stop.is_some_and(|stop| Instant::now() >= stop) {
                 // A handler that never finishes must not hold its key forever (409 to every
                 // retry, out of every completer's reach): its lease lapses now, and a retry
                 // after it takes the key over and runs (this one's completion is fenced out).

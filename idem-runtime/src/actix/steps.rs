@@ -364,7 +364,7 @@ impl Steps {
         op: &'static str,
         call: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
-        let call = async { call.await.map_err(|e| StoreError::Unavailable(Box::new(e))) };
+        let call = async { call.await.map_err(crate::store::postgres::failed) };
         deadline(op, self.ctx.timeout, call).await
     }
 

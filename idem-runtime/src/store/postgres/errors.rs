@@ -41,7 +41,7 @@ fn class(code: Option<&SqlState>) -> Class {
 /// all): what only the operator can fix (no such table, column or schema, no privilege, refused
 /// credentials, no such database) is [`StoreError::Config`]; a server out of disk, memory or
 /// connections [`StoreError::Full`]; anything else [`StoreError::Unavailable`].
-pub(super) fn failed(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn failed(e: tokio_postgres::Error) -> StoreError {
     match class(e.code()) {
         Class::Config => StoreError::Config(Box::new(e)),
         Class::Full => {

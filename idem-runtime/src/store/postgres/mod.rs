@@ -28,7 +28,8 @@ use tokio_postgres::{NoTls, Socket};
 
 use super::waiters::{Waiters, POLL_EVERY};
 use super::{Begin, Fenced, Store, StoreError};
-use errors::{failed, pool_failed};
+pub(crate) use errors::failed;
+use errors::pool_failed;
 use listen::listen_forever;
 use sql::Statements;
 pub(crate) use tx::{TxConn, TxEnd};

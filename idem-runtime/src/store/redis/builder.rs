@@ -59,23 +59,38 @@ fn node_info(url: &str) -> Result<SentinelNodeConnectionInfo, StoreError> {
     })
 }
 
-/// `url` with the password of its user info replaced by `***` (`redis://user:***@host`), so
-/// that a logged builder never shows it.
+/// `url` with the password of its user info replaced by `***` (`redis://user:***@host`), and
+/// the values of `pass` and `password` query parameters (the `redis+unix://` form) too, so that
+/// a logged builder never shows it.
 fn redacted(url: &str) -> String {
     let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
         return url.to_owned();
     };
     let rest = &url[scheme_end..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
+    let mut out = match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+        }
+        None => url.to_owned(),
     };
-    let user = rest[..at].split(':').next().unwrap_or_default();
-    format!("{}{user}:***{}", &url[..scheme_end], &rest[at..])
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if matches!(k, "pass" | "password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
 }
 
-/// Builder for [`RedisStore`].
-#[derive(Debug, Clone)]
+/// Builder for [`RedisStore`]. Its `Debug` hides passwords.
+#[derive(Clone)]
 pub struct RedisStoreBuilder {
     topology: Topology,
     connect_timeout: Duration,
@@ -85,6 +100,23 @@ pub struct RedisStoreBuilder {
     allow_eviction: bool,
     /// How to connect to the data nodes Sentinel names (a URL whose host is ignored).
     sentinel_node: Option<String>,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("topology", &self.topology)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("durability", &self.durability)
+            .field("connections", &self.connections)
+            .field("allow_eviction", &self.allow_eviction)
+            .field(
+                "sentinel_node",
+                &self.sentinel_node.as_deref().map(redacted),
+            )
+            .finish()
+    }
 }
 
 impl Default for RedisStoreBuilder {

@@ -90,8 +90,7 @@ impl std::fmt::Debug for RedisStore {
 
 /// A driver error as a store error, keeping it as the source: what only the operator can fix
 /// (a refused password or ACL permission, a bad client setting, a service Sentinel does not
-/// know) is [`StoreError::Config`]; a server at `maxmemory` or `maxclients`
-/// [`StoreError::Full`]; anything else (I/O, timeouts, a failover in progress)
+/// know) is [`StoreError::Config`]; a server at `maxmemory` [`StoreError::Full`]; anything else (I/O, timeouts, a failover in progress)
 /// [`StoreError::Unavailable`].
 fn failed(e: RedisError) -> StoreError {
     use redis::{ErrorKind, ServerErrorKind};
@@ -104,14 +103,14 @@ fn failed(e: RedisError) -> StoreError {
             | ErrorKind::Server(ServerErrorKind::NoPerm)
     ) || matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"));
     // At `maxmemory` under `noeviction` (the only policy idem accepts) every write is refused
-    // with `OOM`; a server at `maxclients` refuses connections with `ERR max number of clients
-    // reached`. Both are answers from a store at capacity, not outages: `Full`, which
+    // with `OOM`: an answer from a store at capacity, not an outage, so `Full`, which
     // `on_store_error = "proceed"` never runs unprotected (a flood must not be able to switch
-    // idempotency off).
+    // idempotency off). The code is lost on the way in two cases the text still shows: inside
+    // a pipeline (`durability` sends every write with `WAIT`), and inside a script on Redis
+    // before 7 (`ERR Error running script … -OOM command not allowed …`).
     let full = e.code() == Some("OOM")
-        || (e.code() == Some("ERR")
-            && e.detail()
-                .is_some_and(|d| d.starts_with("max number of clients reached")));
+        || e.to_string()
+            .contains("command not allowed when used memory > 'maxmemory'");
     if config {
         StoreError::Config(Box::new(e))
     } else if full {
