@@ -4,12 +4,13 @@
 
 mod common;
 
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::web;
+use common::hooks::receiver;
 use common::redis::{available, RedisCluster, RedisServer};
 use common::{problem, start_with, Charge, Counters, TestServer};
 use idem::{MemoryStore, RedisStore};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"webhook-test-secret";
@@ -273,56 +274,6 @@ async fn accepted_on_memory() {
 #[actix_web::test]
 async fn accepted_on_redis() {
     accepted_policy(Backend::Redis).await;
-}
-
-/// What the local webhook receiver got.
-#[derive(Clone, Debug)]
-struct Delivery {
-    path: String,
-    signature: String,
-    status: String,
-    key: String,
-    body: Vec<u8>,
-}
-
-type Deliveries = Arc<Mutex<Vec<Delivery>>>;
-
-async fn receive(req: HttpRequest, body: web::Bytes, got: web::Data<Deliveries>) -> HttpResponse {
-    let h = |n: &str| {
-        req.headers()
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned()
-    };
-    got.lock().unwrap().push(Delivery {
-        path: req.path().to_owned(),
-        signature: h("idempotency-signature"),
-        status: h("idempotency-status"),
-        key: h("idempotency-key"),
-        body: body.to_vec(),
-    });
-    HttpResponse::NoContent().finish()
-}
-
-/// A real HTTP receiver on loopback; returns its base URL and what it received.
-fn receiver() -> (String, Deliveries, actix_web::dev::ServerHandle) {
-    let got: Deliveries = Arc::default();
-    let data = web::Data::new(got.clone());
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .default_service(web::post().to(receive))
-    })
-    .workers(1)
-    .disable_signals()
-    .bind(("127.0.0.1", 0))
-    .unwrap();
-    let base = format!("http://{}", server.addrs()[0]);
-    let server = server.run();
-    let handle = server.handle();
-    actix_web::rt::spawn(server);
-    (base, got, handle)
 }
 
 async fn webhook_policy(backend: Backend) {

@@ -4,11 +4,20 @@
 //! under the app's webhook secret. This module holds what a receiver needs: the headers and the
 //! signature check (always compiled, so a receiver needs no HTTP client).
 //!
-//! **The signature.** `Idempotency-Signature: t=<unix seconds>,v1=<hex>`, where `<hex>` is
-//! HMAC-SHA256 under the webhook secret of `"<t>.<idempotency key>.<status>."` followed by the
-//! body: the receiver learns the delivery is the server's, for that key and that status, and
-//! recent. [`verify`] checks one (receivers in Rust can use it as is; the recipe is four lines in
-//! any language); a delivery older than the tolerance (say 5 minutes) is refused as a replay.
+//! **The signatures.** `Idempotency-Signature: t=<unix seconds>,v1=<hex>,v2=<hex>`, signed under
+//! the receiver's own secret ([`webhook_receiver`](crate::IdempotencyBuilder::webhook_receiver);
+//! the app-wide `webhook_secret` for receivers without one); while a receiver's secret rotates,
+//! one `v1`/`v2` pair per secret.
+//! - `v1`: HMAC-SHA256 of `"<t>.<idempotency key>.<status>."` followed by the body — the
+//!   receiver learns the delivery is the server's, for that key and that status, and recent.
+//!   [`verify`] checks it.
+//! - `v2` (check this one): HMAC-SHA256 of length-prefixed parts — a tag, `t`, the delivery id
+//!   ([`DELIVERY_HEADER`]), the receiver's origin, the key, the status and the body (see
+//!   [`Delivery`]) — which also binds *which receiver* it was made for and *which delivery* it
+//!   is: a receiver cannot pass a delivery it got on to another, and one that remembers the ids
+//!   it accepted refuses a replay. [`verify_delivery`] checks it.
+//!
+//! A delivery older than the tolerance (say 5 minutes) is refused as a replay either way.
 //!
 //! ```
 //! use idem_runtime::webhook::{sign, verify_at};
@@ -26,7 +35,7 @@ use std::time::Duration;
 
 /// Request header naming where the response of a waiting duplicate is delivered.
 pub const CALLBACK_HEADER: &str = "idempotency-callback";
-/// Header of each delivery carrying `t=<unix seconds>,v1=<hex>` (see the module docs).
+/// Header of each delivery carrying `t=<unix seconds>,v1=<hex>,v2=<hex>` (see the module docs).
 pub const SIGNATURE_HEADER: &str = "idempotency-signature";
 /// Header of each delivery carrying the original response's status code.
 pub const STATUS_HEADER: &str = "idempotency-status";
@@ -97,12 +106,134 @@ pub fn verify_at(
     tolerance: Duration,
     now: std::time::SystemTime,
 ) -> Result<(), SignatureError> {
+    let (timestamp, signatures) = parse(header, "v1")?;
+    fresh(timestamp, tolerance, now)?;
+    let mac = signer(secret, timestamp, key, status, body);
+    if signatures
+        .iter()
+        .any(|sig| mac.clone().verify_slice(sig).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// Header of each delivery carrying its id: the same on every attempt of one delivery, unique
+/// across deliveries. `v2` signatures bind it: a receiver that remembers the ids it accepted
+/// (for the tolerance) refuses a replayed delivery.
+pub const DELIVERY_HEADER: &str = "idempotency-delivery";
+
+/// What a `v2` signature binds: the delivery's id, the receiver's origin, the idempotency key,
+/// the status and the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery<'a> {
+    /// The delivery's id ([`DELIVERY_HEADER`]).
+    pub id: &'a str,
+    /// The origin the delivery was sent to, as `scheme://host[:port]` (the port only when not
+    /// the scheme's default): the receiver's own, so that a delivery made for another receiver
+    /// does not verify here.
+    pub origin: &'a str,
+    /// The client's idempotency key (the delivery's `Idempotency-Key` header).
+    pub key: &'a str,
+    /// The original response's status ([`STATUS_HEADER`]).
+    pub status: u16,
+    /// The delivery's body.
+    pub body: &'a [u8],
+}
+
+/// HMAC-SHA256 under `secret` of the `v2` message: `"idem-webhook-v2"`, the timestamp (decimal),
+/// the delivery id, the origin, the key, the status (decimal) and the body, each prefixed by its
+/// length as 8 bytes big-endian — no separator a key or an origin could contain.
+fn signer_v2(secret: &[u8], timestamp: u64, d: &Delivery<'_>) -> Hmac<Sha256> {
+    let mut mac = crate::secret::mac(secret);
+    let (t, status) = (timestamp.to_string(), d.status.to_string());
+    for part in [
+        &b"idem-webhook-v2"[..],
+        t.as_bytes(),
+        d.id.as_bytes(),
+        d.origin.as_bytes(),
+        d.key.as_bytes(),
+        status.as_bytes(),
+        d.body,
+    ] {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac
+}
+
+/// The `Idempotency-Signature` value of a delivery signed under each of `secrets` (one, or two
+/// while a receiver's secret rotates): `t=<timestamp>`, then for each secret a `v1=` (what
+/// [`sign`] signs, unchanged) and a `v2=` (see [`Delivery`]).
+pub fn signature_header(secrets: &[&[u8]], timestamp: u64, delivery: &Delivery<'_>) -> String {
+    let mut out = format!("t={timestamp}");
+    for secret in secrets {
+        let v1 = signer(
+            secret,
+            timestamp,
+            delivery.key,
+            delivery.status,
+            delivery.body,
+        );
+        out.push_str(",v1=");
+        crate::fingerprint::push_hex(&mut out, &v1.finalize().into_bytes());
+        out.push_str(",v2=");
+        let v2 = signer_v2(secret, timestamp, delivery);
+        crate::fingerprint::push_hex(&mut out, &v2.finalize().into_bytes());
+    }
+    out
+}
+
+/// Verifies the `v2` signatures of a delivery's `Idempotency-Signature` `header` under `secret`
+/// (any `v2=` entry may match: during a rotation the server signs under both secrets), signed
+/// at most `tolerance` ago (or ahead). Unlike [`verify`], this binds the receiver's origin and
+/// the delivery id: a delivery made for another receiver, even one holding the same secret,
+/// fails here; remember the accepted ids for the tolerance to refuse replays.
+pub fn verify_delivery(
+    secret: &[u8],
+    header: &str,
+    delivery: &Delivery<'_>,
+    tolerance: Duration,
+) -> Result<(), SignatureError> {
+    verify_delivery_at(
+        secret,
+        header,
+        delivery,
+        tolerance,
+        std::time::SystemTime::now(),
+    )
+}
+
+/// [`verify_delivery`] at the time `now`.
+pub fn verify_delivery_at(
+    secret: &[u8],
+    header: &str,
+    delivery: &Delivery<'_>,
+    tolerance: Duration,
+    now: std::time::SystemTime,
+) -> Result<(), SignatureError> {
+    let (timestamp, signatures) = parse(header, "v2")?;
+    fresh(timestamp, tolerance, now)?;
+    let mac = signer_v2(secret, timestamp, delivery);
+    if signatures
+        .iter()
+        .any(|sig| mac.clone().verify_slice(sig).is_ok())
+    {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
+    }
+}
+
+/// The timestamp and the `version=` signatures of a header.
+fn parse(header: &str, version: &str) -> Result<(u64, Vec<Vec<u8>>), SignatureError> {
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
         match part.trim().split_once('=') {
             Some(("t", t)) => timestamp = t.parse::<u64>().ok(),
-            Some(("v1", hex)) => signatures.push(
+            Some((v, hex)) if v == version => signatures.push(
                 crate::fingerprint::decode_hex(hex, 32)
                     .filter(|s| s.len() == 32)
                     .ok_or(SignatureError::Malformed)?,
@@ -114,22 +245,24 @@ pub fn verify_at(
     if signatures.is_empty() {
         return Err(SignatureError::Malformed);
     }
+    Ok((timestamp, signatures))
+}
+
+/// `Err(Stale)` when `timestamp` is more than `tolerance` away from `now`.
+fn fresh(
+    timestamp: u64,
+    tolerance: Duration,
+    now: std::time::SystemTime,
+) -> Result<(), SignatureError> {
     let signed = std::time::UNIX_EPOCH + Duration::from_secs(timestamp);
     let skew = now
         .duration_since(signed)
         .or_else(|e| Ok::<_, ()>(e.duration()))
         .unwrap_or(Duration::MAX);
     if skew > tolerance {
-        return Err(SignatureError::Stale);
-    }
-    let mac = signer(secret, timestamp, key, status, body);
-    if signatures
-        .iter()
-        .any(|sig| mac.clone().verify_slice(sig).is_ok())
-    {
-        Ok(())
+        Err(SignatureError::Stale)
     } else {
-        Err(SignatureError::Mismatch)
+        Ok(())
     }
 }
 

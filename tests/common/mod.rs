@@ -4,6 +4,7 @@
 
 pub mod demo;
 pub mod gate;
+pub mod hooks;
 pub mod pg;
 pub mod proxy;
 pub mod redis;

@@ -53,7 +53,7 @@ pub(crate) async fn front<S: BodySource>(
     idem.check_secret_when_due(&engine);
     if policy.on_conflict == OnConflict::Webhook {
         #[cfg(feature = "webhook")]
-        if idem.shared.webhook.secret.is_empty() {
+        if !idem.shared.webhook.can_sign() {
             return Front::Done(Err(super::webhook::secret_missing(&policy)));
         }
         #[cfg(not(feature = "webhook"))]

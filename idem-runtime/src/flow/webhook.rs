@@ -20,7 +20,9 @@ use crate::actix::{Idempotency, IdempotencyBuilder};
 use crate::engine::{deadline, Engine};
 use crate::observe::{self, Outcome};
 use crate::problem::{Problem, ProblemKind};
-use crate::webhook::{sign, CALLBACK_HEADER, SIGNATURE_HEADER, STATUS_HEADER};
+use crate::webhook::{
+    signature_header, Delivery, CALLBACK_HEADER, DELIVERY_HEADER, SIGNATURE_HEADER, STATUS_HEADER,
+};
 use crate::{IdempotencyKey, OnConflict, Policy, RecordState, StorageKey, StoredResponse};
 
 /// The webhook settings (cargo feature `webhook`).
@@ -35,7 +37,10 @@ impl<S> IdempotencyBuilder<S> {
     {
         for u in urls {
             match Url::parse(u.as_ref()) {
-                Ok(url) => self.settings.webhook.allow.push(url),
+                Ok(url) => self.settings.webhook.allow.push(Receiver {
+                    url,
+                    secrets: Arc::from(Vec::new()),
+                }),
                 Err(e) => {
                     tracing::error!(url = u.as_ref(), error = %e, "idem: ignoring an unparsable webhook allow-list entry")
                 }
@@ -51,6 +56,43 @@ impl<S> IdempotencyBuilder<S> {
     /// apart from the app [`secret`](IdempotencyBuilder::secret): this one is given to third parties.
     pub fn webhook_secret(mut self, secret: impl Into<Vec<u8>>) -> Self {
         self.settings.webhook.secret = Arc::new(secret.into());
+        self
+    }
+
+    /// A callback receiver with signing secrets of its own (in a multi-tenant app, one per
+    /// customer): callbacks under `url` are allowed as with [`webhook_allow`](Self::webhook_allow),
+    /// and their deliveries are signed under `secrets` instead of the app-wide
+    /// [`webhook_secret`](Self::webhook_secret), so that no receiver holds a secret that
+    /// verifies another's deliveries. Give two while the receiver's secret rotates, the new one
+    /// first: every delivery carries a signature under each, and the receiver verifies with
+    /// either; drop the old one once the receiver uses the new. Where several receivers match
+    /// a callback, the one with the longest path decides. An empty `secrets` is ignored (and
+    /// logged).
+    pub fn webhook_receiver<I, K>(mut self, url: impl AsRef<str>, secrets: I) -> Self
+    where
+        I: IntoIterator<Item = K>,
+        K: Into<Vec<u8>>,
+    {
+        let secrets: Vec<Vec<u8>> = secrets
+            .into_iter()
+            .map(Into::into)
+            .filter(|s| !s.is_empty())
+            .collect();
+        match Url::parse(url.as_ref()) {
+            Ok(_) if secrets.is_empty() => {
+                tracing::error!(
+                    url = url.as_ref(),
+                    "idem: ignoring a webhook receiver without a secret"
+                )
+            }
+            Ok(url) => self.settings.webhook.allow.push(Receiver {
+                url,
+                secrets: Arc::from(secrets),
+            }),
+            Err(e) => {
+                tracing::error!(url = url.as_ref(), error = %e, "idem: ignoring an unparsable webhook receiver")
+            }
+        }
         self
     }
 
@@ -135,20 +177,28 @@ pub(crate) fn answer(
 pub(crate) fn secret_missing(policy: &Policy) -> Problem {
     static LOGGED: AtomicBool = AtomicBool::new(false);
     if !LOGGED.swap(true, Ordering::Relaxed) {
-        tracing::error!(endpoint = policy.endpoint, "idem: on_conflict = \"webhook\" needs a webhook secret: add `.webhook_secret(…)` to the Idempotency builder");
+        tracing::error!(endpoint = policy.endpoint, "idem: on_conflict = \"webhook\" needs a webhook secret: add `.webhook_receiver(url, [secret])` or `.webhook_secret(…)` to the Idempotency builder");
     }
     observe::outcome(policy.endpoint, None, Outcome::Rejected);
     Problem::new(
         ProblemKind::Internal,
-        "this endpoint answers duplicates by webhook, but the server has no `webhook_secret` \
-         configured to sign deliveries with",
+        "this endpoint answers duplicates by webhook, but the server has no webhook secret \
+         (`webhook_secret`, or a `webhook_receiver` of its own) to sign deliveries with",
     )
+}
+
+/// One allowed callback origin and path, with the secrets its deliveries are signed under
+/// (none: the app-wide webhook secret).
+#[derive(Clone)]
+pub(crate) struct Receiver {
+    pub url: Url,
+    pub secrets: Arc<[Vec<u8>]>,
 }
 
 /// The app's webhook settings (see the `webhook_*` methods of the builder).
 #[derive(Clone)]
 pub(crate) struct WebhookConfig {
-    pub allow: Vec<Url>,
+    pub allow: Vec<Receiver>,
     pub secret: Arc<Vec<u8>>,
     pub timeout: Duration,
     pub attempts: u32,
@@ -192,17 +242,41 @@ impl WebhookConfig {
         if !matches!(url.scheme(), "http" | "https") || !url.username().is_empty() {
             return Err(CallbackError::Malformed);
         }
-        let allowed = self.allow.iter().any(|a| {
-            a.scheme() == url.scheme()
-                && a.host_str() == url.host_str()
-                && a.port_or_known_default() == url.port_or_known_default()
-                && under(url.path(), a.path())
-        });
-        if allowed {
-            Ok(url)
-        } else {
-            Err(CallbackError::NotAllowed)
+        match self.secrets_for(&url) {
+            Some(_) => Ok(url),
+            None => Err(CallbackError::NotAllowed),
         }
+    }
+
+    /// Whether any delivery can be signed: an app-wide secret, or a receiver with its own.
+    pub(crate) fn can_sign(&self) -> bool {
+        !self.secret.is_empty() || self.allow.iter().any(|r| !r.secrets.is_empty())
+    }
+
+    /// The secrets deliveries to `url` are signed under: those of the most specific receiver
+    /// that allows it (the longest path), or the app-wide secret for one without its own;
+    /// `None` when no receiver allows it or there is nothing to sign with.
+    pub(crate) fn secrets_for(&self, url: &Url) -> Option<Vec<&[u8]>> {
+        let receiver = self
+            .allow
+            .iter()
+            .filter(|r| {
+                let a = &r.url;
+                a.scheme() == url.scheme()
+                    && a.host_str() == url.host_str()
+                    && a.port_or_known_default() == url.port_or_known_default()
+                    && under(url.path(), a.path())
+            })
+            .max_by_key(|r| r.url.path().trim_end_matches('/').len())?;
+        let secrets: Vec<&[u8]> = if receiver.secrets.is_empty() {
+            Some(self.secret.as_slice())
+                .filter(|s| !s.is_empty())
+                .into_iter()
+                .collect()
+        } else {
+            receiver.secrets.iter().map(Vec::as_slice).collect()
+        };
+        (!secrets.is_empty()).then_some(secrets)
     }
 }
 
@@ -327,6 +401,16 @@ fn next_backoff(last: Option<Duration>) -> Duration {
     })
 }
 
+/// A fresh delivery id: 128 random bits in hex.
+fn delivery_id() -> String {
+    use chacha20poly1305::aead::rand_core::RngCore;
+    let mut bytes = [0u8; 16];
+    chacha20poly1305::aead::OsRng.fill_bytes(&mut bytes);
+    let mut id = String::with_capacity(32);
+    crate::fingerprint::push_hex(&mut id, &bytes);
+    id
+}
+
 async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &StoredResponse) {
     let client = match reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -344,13 +428,20 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let signature = sign(
-        &config.secret,
-        timestamp,
-        raw_key,
-        response.status(),
-        response.body(),
-    );
+    let Some(secrets) = config.secrets_for(url) else {
+        tracing::error!(%url, "idem: no secret to sign a webhook delivery with; nothing sent");
+        return;
+    };
+    let id = delivery_id();
+    let origin = url.origin().ascii_serialization();
+    let delivery = Delivery {
+        id: &id,
+        origin: &origin,
+        key: raw_key,
+        status: response.status(),
+        body: response.body(),
+    };
+    let signature = signature_header(&secrets, timestamp, &delivery);
     let content_type = response
         .headers()
         .find(|(n, _)| *n == "content-type")
@@ -360,6 +451,7 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
         let mut req = client
             .post(url.clone())
             .header(SIGNATURE_HEADER, &signature)
+            .header(DELIVERY_HEADER, &id)
             .header(STATUS_HEADER, response.status().to_string())
             .header("idempotency-key", raw_key)
             .header(crate::actix::REPLAYED_HEADER, "true")
@@ -393,7 +485,13 @@ mod tests {
 
     fn config(allow: &[&str]) -> WebhookConfig {
         WebhookConfig {
-            allow: allow.iter().map(|a| Url::parse(a).unwrap()).collect(),
+            allow: allow
+                .iter()
+                .map(|a| Receiver {
+                    url: Url::parse(a).unwrap(),
+                    secrets: Arc::from(vec![b"s".to_vec()]),
+                })
+                .collect(),
             ..WebhookConfig::default()
         }
     }
