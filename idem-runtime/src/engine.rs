@@ -8,6 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use crate::problem::{Problem, ProblemKind};
+use crate::rotation::{Earlier, Looked};
 use crate::store::{Begin, Store, StoreError};
 pub(crate) use crate::ticket::Ticket;
 use crate::{Fingerprint, OnConflict, OnStoreError, Policy, StorageKey, StoredResponse};
@@ -56,7 +57,7 @@ fn too_many_keys(wait: Duration) -> Problem {
     .retry_after(wait.as_secs_f64().ceil() as u64)
 }
 
-fn in_progress() -> Problem {
+pub(crate) fn in_progress() -> Problem {
     Problem::new(
         ProblemKind::InProgress,
         "a request with this Idempotency-Key is still being processed; \
@@ -68,7 +69,7 @@ fn in_progress() -> Problem {
 }
 
 /// 422 for a key already used with another payload.
-fn key_reused() -> Problem {
+pub(crate) fn key_reused() -> Problem {
     Problem::new(
         ProblemKind::KeyReused,
         "this Idempotency-Key was already used with a different request payload; \
@@ -77,7 +78,7 @@ fn key_reused() -> Problem {
 }
 
 /// A completed record's response, opened (a sealed record) with its key.
-fn opened(
+pub(crate) fn opened(
     policy: &Policy,
     key: &StorageKey,
     stored: StoredResponse,
@@ -253,6 +254,7 @@ impl Engine {
         policy: &Policy,
         key: StorageKey,
         fingerprint: Fingerprint,
+        earlier: &[Earlier],
     ) -> Decision {
         let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
         if let Some(refusal) = self.refused_before_begin(&key).await {
@@ -270,7 +272,8 @@ impl Engine {
             .await;
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
-                    let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
+                    let ticket =
+                        Ticket::new(self.clone(), key.clone(), (token, attempt), policy, sent);
                     // Only a new operation (its first acquisition) spends the principal's
                     // admission; a retry of a released or abandoned one does not.
                     let new_operation = attempt <= 1;
@@ -286,6 +289,19 @@ impl Engine {
                         }
                         return Decision::Reject(too_many_keys(wait));
                     }
+                    let ticket = match self.look_under_earlier(policy, ticket, earlier).await {
+                        Looked::Run(ticket) => ticket,
+                        Looked::Decided(decision) => return decision,
+                        Looked::Wait(other) => {
+                            match self.wait_for(policy, &other, wait_until).await {
+                                Ok(()) => {
+                                    waited = true;
+                                    continue;
+                                }
+                                Err(decision) => return decision,
+                            }
+                        }
+                    };
                     if attempt > 1 {
                         crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
                     }
@@ -300,29 +316,13 @@ impl Engine {
                     OnConflict::RetryAfter => Decision::Reject(in_progress()),
                     OnConflict::Accepted => Decision::Accepted(key),
                     OnConflict::Webhook => Decision::Webhook(key),
-                    OnConflict::Wait => {
-                        let now = tokio::time::Instant::now();
-                        if now >= wait_until {
-                            return Decision::Reject(in_progress());
+                    OnConflict::Wait => match self.wait_for(policy, &key, wait_until).await {
+                        Ok(()) => {
+                            waited = true;
+                            continue;
                         }
-                        let left = wait_until - now;
-                        // `wait` makes its own store calls; bound the whole of it.
-                        let waited_for = deadline(
-                            "wait",
-                            left + self.store_timeout,
-                            self.store.wait(&key, left),
-                        )
-                        .await;
-                        if let Err(e) = waited_for {
-                            // The store already said another request holds this key: running
-                            // this duplicate unprotected would run the operation twice,
-                            // whatever `on_store_error` says.
-                            tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed while a duplicate waited for the first request; rejecting it");
-                            return Decision::Reject(self.store_problem(&e));
-                        }
-                        waited = true;
-                        continue;
-                    }
+                        Err(decision) => decision,
+                    },
                 },
                 // The store already said another request held this key: whatever it answers
                 // now, running this duplicate unprotected could run the operation twice.
@@ -333,6 +333,33 @@ impl Engine {
                 Err(e) => self.store_failed(policy, e),
             };
         }
+    }
+
+    /// A duplicate's wait for the request holding `key`, until `wait_until` at most: `Err`
+    /// with the answer when it cannot wait (no time left, or the store failed: it already said
+    /// another request holds the key, so the duplicate never runs unprotected).
+    async fn wait_for(
+        &self,
+        policy: &Policy,
+        key: &StorageKey,
+        wait_until: tokio::time::Instant,
+    ) -> Result<(), Decision> {
+        let now = tokio::time::Instant::now();
+        if now >= wait_until {
+            return Err(Decision::Reject(in_progress()));
+        }
+        let left = wait_until - now;
+        // `wait` makes its own store calls; bound the whole of it.
+        let waited_for = deadline(
+            "wait",
+            left + self.store_timeout,
+            self.store.wait(key, left),
+        )
+        .await;
+        waited_for.map_err(|e| {
+            tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed while a duplicate waited for the first request; rejecting it");
+            Decision::Reject(self.store_problem(&e))
+        })
     }
 
     /// `begin`'s answer when the store can give it at once from this process's memory: `Ok`

@@ -123,7 +123,7 @@ fn decide(
     let decisions = block_on(async {
         let mut out = Vec::new();
         for p in principals {
-            out.push(engine.begin(&policy, key(p), fp).await);
+            out.push(engine.begin(&policy, key(p), fp, &[]).await);
         }
         out
     });

@@ -32,6 +32,7 @@ pub(crate) mod policy;
 mod principal;
 pub(crate) mod problem;
 pub(crate) mod record;
+mod rotation;
 mod seal;
 pub(crate) mod secret;
 mod store;

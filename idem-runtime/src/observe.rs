@@ -83,6 +83,9 @@ pub(crate) mod metric {
     pub(crate) const COMPLETE_ABANDONED_TOTAL: &str = "idem_complete_abandoned_total";
     /// Leases lost to another request (fenced out).
     pub(crate) const LEASE_LOST_TOTAL: &str = "idem_lease_lost_total";
+    /// Requests answered from, or resumed under, a record written under a previous app secret
+    /// (`previous_secrets`): zero for a whole `ttl` says the rotation can end.
+    pub(crate) const EARLIER_SECRET_TOTAL: &str = "idem_earlier_secret_total";
     /// Handlers whose lease renewals stopped because they ran past `max_run_time`.
     pub(crate) const RUN_TIME_EXCEEDED_TOTAL: &str = "idem_run_time_exceeded_total";
     /// Lease renewals that succeeded.

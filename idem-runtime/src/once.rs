@@ -276,12 +276,29 @@ impl Once {
             _ => Fingerprint::strict("CALL", name, "application/json", &body),
         };
         let shared = &self.idem.shared;
-        let fingerprint = shared.derivation.fingerprint(fingerprint);
-        let storage_key = shared
-            .derivation
-            .storage_key(&shared.prefix, name, b"", &key)
-            .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
-        match engine.begin(policy, storage_key, fingerprint).await {
+        let under = |d: &crate::secret::KeyDerivation| {
+            let storage_key = d
+                .storage_key(&shared.prefix, name, b"", &key)
+                .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
+            (storage_key, d.fingerprint(fingerprint))
+        };
+        let (storage_key, fingerprint) = under(&shared.derivation);
+        let earlier: Vec<_> = shared
+            .earlier
+            .iter()
+            .map(|d| {
+                let (key, fingerprint) = under(d);
+                crate::rotation::Earlier {
+                    key,
+                    fingerprint,
+                    derivation: d.clone(),
+                }
+            })
+            .collect();
+        match engine
+            .begin(policy, storage_key, fingerprint, &earlier)
+            .await
+        {
             Decision::Replay { response, .. } => serde_json::from_slice(response.body())
                 .map(Began::Done)
                 .map_err(|e| OnceError::Unreadable(e.to_string())),

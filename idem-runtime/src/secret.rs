@@ -220,45 +220,106 @@ impl KeyDerivation {
 const CHECK_KEEP: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
-/// Compares this instance's [`KeyDerivation::verifier`] with the one the store holds for the
-/// app (`prefix`), writing it when there is none: `Ok(false)` when another instance wrote a
-/// different one (a different secret, or one with and one without), logged as an error.
+/// Whether the instances of this app (`prefix`) on `engine`'s store agree on the secrets, as
+/// far as this instance can tell; `Ok(false)` is logged as an error
+/// (`idem_secret_mismatch_total`). Two checks, refreshed every [`CHECK_EVERY`]:
+/// - one record for the whole app holds the verifier of the secret its first instance writes
+///   under: another one is a disagreement unless it is one of this instance's secrets (a
+///   rotation in progress);
+/// - one record per secret written under lists the secrets the instance writing under it looks
+///   under (`derivation` first, then `earlier`): an instance that writes under one of this
+///   instance's secrets but does not look under this instance's own would run a retry that
+///   reached the other again — a rotation that skipped its first step.
 pub(crate) async fn agree(
     engine: &crate::engine::Engine,
     prefix: &str,
     derivation: &KeyDerivation,
+    earlier: &[std::sync::Arc<KeyDerivation>],
 ) -> Result<bool, crate::StoreError> {
-    use crate::store::Begin;
-    let key = crate::key::parse_key(b"v2").unwrap_or_else(|_| unreachable!("a valid key"));
-    let key = StorageKey::scoped(prefix, "idem.secret-check", b"", &key);
-    let fp = crate::Fingerprint(derivation.verifier());
-    let lease = std::time::Duration::from_secs(10);
-    let store = engine.store();
-    let agreed = match crate::engine::deadline(
-        "begin",
-        engine.store_timeout(),
-        store.begin(&key, &fp, lease, CHECK_KEEP),
-    )
-    .await?
-    {
-        Begin::Acquired { token, .. } => {
-            let mark = crate::StoredResponse::new(204, None::<(&str, &str)>, "");
-            crate::engine::deadline(
-                "complete",
-                engine.store_timeout(),
-                store.complete(&key, token, &mark, CHECK_KEEP),
-            )
-            .await?;
-            true
-        }
-        Begin::Replay(_) | Begin::InProgress { .. } => true,
-        Begin::Mismatch => false,
+    let mine: Vec<[u8; 32]> = std::iter::once(derivation.verifier())
+        .chain(earlier.iter().map(|d| d.verifier()))
+        .collect();
+    let app = check_key(prefix, "v2");
+    let mut agreed = match publish(engine, &app, mine[0], &[]).await? {
+        None => true,
+        Some(theirs) => mine.contains(&theirs),
     };
+    let list: Vec<u8> = mine.concat();
+    publish(engine, &set_key(prefix, &mine[0]), mine[0], &list).await?;
+    for other in &mine {
+        let Some(record) = get(engine, &set_key(prefix, other)).await? else {
+            continue;
+        };
+        if let crate::RecordState::Completed { response } = record.state {
+            let theirs = response.body().chunks(32);
+            agreed &= theirs.clone().next().is_none() || theirs.into_iter().any(|v| v == mine[0]);
+        }
+    }
     if !agreed {
         crate::observe::count(crate::observe::metric::SECRET_MISMATCH_TOTAL);
-        tracing::error!(prefix, "idem: another instance of this app derives storage keys with a different secret (or with none): a retry that reaches it runs the operation again. Give every instance the same IdempotencyBuilder::secret");
+        tracing::error!(prefix, "idem: instances of this app disagree on the app secret: another instance writes under a secret this one does not look under (or the other way round), so a retry that reaches it runs the operation again. Give every instance the same IdempotencyBuilder::secret, or rotate it in the three steps of IdempotencyBuilder::previous_secrets");
     }
     Ok(agreed)
+}
+
+/// The check record `name` of the app `prefix`.
+fn check_key(prefix: &str, name: &str) -> StorageKey {
+    let key =
+        crate::key::parse_key(name.as_bytes()).unwrap_or_else(|_| unreachable!("a valid key"));
+    StorageKey::scoped(prefix, "idem.secret-check", b"", &key)
+}
+
+/// The record listing what the instances writing under the secret of `verifier` look under.
+fn set_key(prefix: &str, verifier: &[u8; 32]) -> StorageKey {
+    let mut name = String::from("set-");
+    crate::fingerprint::push_hex(&mut name, &verifier[..8]);
+    check_key(prefix, &name)
+}
+
+/// Writes `key` with fingerprint `verifier` and body `body` for [`CHECK_KEEP`], replacing one
+/// with another fingerprint when `body` is not empty (the per-secret records: the last
+/// instance to check speaks for that secret). `Some(theirs)`: the app record already held
+/// another verifier, kept.
+async fn publish(
+    engine: &crate::engine::Engine,
+    key: &StorageKey,
+    verifier: [u8; 32],
+    body: &[u8],
+) -> Result<Option<[u8; 32]>, crate::StoreError> {
+    use crate::store::Begin;
+    let fp = crate::Fingerprint(verifier);
+    let lease = std::time::Duration::from_secs(10);
+    let store = engine.store();
+    let limit = engine.store_timeout();
+    for _ in 0..2 {
+        let begun =
+            crate::engine::deadline("begin", limit, store.begin(key, &fp, lease, CHECK_KEEP));
+        match begun.await? {
+            Begin::Acquired { token, .. } => {
+                let mark = crate::StoredResponse::new(204, None::<(&str, &str)>, body);
+                let completed = store.complete(key, token, &mark, CHECK_KEEP);
+                crate::engine::deadline("complete", limit, completed).await?;
+                return Ok(None);
+            }
+            Begin::Replay(_) | Begin::InProgress { .. } if body.is_empty() => return Ok(None),
+            // Refreshed: written again with this instance's list.
+            Begin::Replay(_) | Begin::InProgress { .. } | Begin::Mismatch if !body.is_empty() => {
+                crate::engine::deadline("purge", limit, store.purge(key)).await?;
+            }
+            _ => {
+                let found = get(engine, key).await?;
+                return Ok(Some(found.map_or(verifier, |r| r.fingerprint.0)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+async fn get(
+    engine: &crate::engine::Engine,
+    key: &StorageKey,
+) -> Result<Option<crate::Record>, crate::StoreError> {
+    crate::engine::deadline("get", engine.store_timeout(), engine.store().get(key)).await
 }
 
 #[cfg(test)]

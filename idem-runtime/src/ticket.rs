@@ -39,6 +39,9 @@ pub(crate) struct Ticket {
     renewed: Arc<Mutex<Instant>>,
     /// When the `begin` that took the lease was sent: renewals stop `max_run_time` after it.
     began: Instant,
+    /// The derivation of a previous app secret, when this ticket resumes an operation started
+    /// under it (its downstream keys stay that derivation's).
+    derivation: Option<Arc<crate::secret::KeyDerivation>>,
 }
 
 impl std::fmt::Debug for Ticket {
@@ -70,7 +73,20 @@ impl Ticket {
             client_error_ttl: policy.client_error_ttl,
             renewed: Arc::new(Mutex::new(sent)),
             began: sent,
+            derivation: None,
         }
+    }
+
+    /// This ticket resumes an operation started under a previous secret's `derivation`.
+    pub(crate) fn with_derivation(mut self, derivation: Arc<crate::secret::KeyDerivation>) -> Self {
+        self.derivation = Some(derivation);
+        self
+    }
+
+    /// The derivation of the previous secret this ticket's operation started under, if not the
+    /// current one.
+    pub(crate) fn derivation(&self) -> Option<&Arc<crate::secret::KeyDerivation>> {
+        self.derivation.as_ref()
     }
 
     /// The storage key this ticket holds.

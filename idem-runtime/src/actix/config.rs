@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) missing_principals: std::sync::Mutex<Vec<&'static str>>,
     /// How storage keys are derived (keyed by the app secret, when there is one).
     pub(crate) derivation: Arc<KeyDerivation>,
+    /// The derivations of the previous secrets, newest first: looked up, never written.
+    pub(crate) earlier: Vec<Arc<KeyDerivation>>,
     /// Seals stored responses (with an app secret).
     pub(crate) sealer: Option<Arc<crate::seal::Sealer>>,
     /// Whether kept responses carry `Idempotency-Expires`.
@@ -111,6 +113,8 @@ pub(crate) struct Settings {
     store_timeout: Duration,
     replay_headers: Vec<String>,
     secret: Option<Vec<u8>>,
+    /// Secrets used before `secret`, for lookup only (`previous_secrets`).
+    pub(crate) previous_secrets: Vec<Vec<u8>>,
     sealing_keys: Vec<Vec<u8>>,
     expiry_header: bool,
     /// Set only by [`Idempotency::disabled`].
@@ -152,6 +156,7 @@ impl Idempotency {
                 store_timeout: Duration::from_secs(2),
                 replay_headers: Vec::new(),
                 secret: None,
+                previous_secrets: Vec::new(),
                 sealing_keys: Vec::new(),
                 expiry_header: true,
                 disabled: false,
@@ -221,7 +226,13 @@ impl Idempotency {
     pub async fn check_secret(&self) -> Result<bool, crate::StoreError> {
         let mut agreed = true;
         for engine in self.engines() {
-            agreed &= crate::secret::agree(engine, self.prefix(), &self.shared.derivation).await?;
+            agreed &= crate::secret::agree(
+                engine,
+                self.prefix(),
+                &self.shared.derivation,
+                &self.shared.earlier,
+            )
+            .await?;
             // Checked: the first request need not check again.
             engine.secret_check_done(true);
         }
@@ -236,7 +247,13 @@ impl Idempotency {
         let (idem, engine) = (self.clone(), engine.clone());
         // tokio's spawn: under actix-web and under a tower service alike.
         tokio::spawn(async move {
-            let done = crate::secret::agree(&engine, idem.prefix(), &idem.shared.derivation).await;
+            let done = crate::secret::agree(
+                &engine,
+                idem.prefix(),
+                &idem.shared.derivation,
+                &idem.shared.earlier,
+            )
+            .await;
             engine.secret_check_done(done.is_ok());
         });
     }
@@ -379,8 +396,9 @@ impl<S> IdempotencyBuilder<S> {
     /// Without one, the same derivation runs under a public key (logged as a warning at build).
     /// Every instance must use the same secret: instances that disagree derive other storage
     /// keys, so a retry reaching another instance would run again; they notice it through the
-    /// store and log it as an error (`idem_secret_mismatch_total`). Changing the secret orphans
-    /// the records written under the old one, like an upgrade of the derivation does.
+    /// store and log it as an error (`idem_secret_mismatch_total`). Changing the secret alone
+    /// orphans the records written under the old one; rotate it with
+    /// [`previous_secrets`](Self::previous_secrets) (docs/secrets.md).
     ///
     /// With a secret, stored responses are also sealed (encryption at rest) and fingerprints
     /// keyed; [`sealing_keys`](Self::sealing_keys) gives rotatable keys for the sealing.
@@ -394,9 +412,9 @@ impl<S> IdempotencyBuilder<S> {
     /// under the first; a record opens under whichever key sealed it. To rotate: put a new key
     /// first and deploy it everywhere; remove the old one once the longest `ttl` has passed
     /// since. A record sealed under a removed key is refused (500 `record-unreadable`), never
-    /// replayed nor run again. Each key should be at least 32 random bytes. The app secret is not
-    /// rotated this way: it derives storage keys, and a new one would not find records in
-    /// flight.
+    /// replayed nor run again. Each key should be at least 32 random bytes. The app secret is
+    /// rotated another way, with [`previous_secrets`](Self::previous_secrets): it derives
+    /// storage keys.
     pub fn sealing_keys<I, K>(mut self, keys: I) -> Self
     where
         I: IntoIterator<Item = K>,
@@ -518,8 +536,19 @@ impl<S> IdempotencyBuilder<S> {
                 anonymous: settings.anonymous,
                 missing_principals: Default::default(),
                 derivation: Arc::new(derivation),
+                earlier: settings
+                    .previous_secrets
+                    .iter()
+                    .map(|s| Arc::new(KeyDerivation::keyed(s)))
+                    .collect(),
+                // Without sealing keys, records are sealed under the secret and still open
+                // under the previous ones.
                 sealer: match (&settings.sealing_keys[..], &settings.secret) {
-                    ([], Some(secret)) => crate::seal::Sealer::new(std::slice::from_ref(secret)),
+                    ([], Some(secret)) => crate::seal::Sealer::new(
+                        &std::iter::once(secret.clone())
+                            .chain(settings.previous_secrets.iter().cloned())
+                            .collect::<Vec<_>>(),
+                    ),
                     (keys, _) => crate::seal::Sealer::new(keys),
                 },
                 expiry_header: settings.expiry_header,

@@ -83,7 +83,7 @@ where
         ticket.key(),
         ticket.token(),
         ticket.attempt(),
-        idem.shared.derivation.clone(),
+        idem.derivation_for(&ticket),
     );
     #[cfg(feature = "postgres")]
     let operation = context.operation();
@@ -165,7 +165,7 @@ fn steps_context(
             app_header: shared.header.clone(),
             key_sources: policy.key,
             sealer: shared.sealer.clone(),
-            derivation: shared.derivation.clone(),
+            derivation: idem.derivation_for(ticket),
             timeout: ticket.engine().store_timeout(),
         }));
 }

@@ -25,6 +25,7 @@ mod context;
 mod execute;
 mod names;
 mod operator;
+mod previous_secrets;
 #[cfg(feature = "postgres")]
 mod resumed;
 pub(crate) mod scope;
@@ -133,9 +134,10 @@ where
             Front::Keyed(engine, policy, keyed) => (engine, policy, keyed),
         };
     #[cfg(feature = "postgres")]
-    if let Some(problem) = resumed::mismatch(&req, Some(&keyed.storage_key)) {
-        return problem_response(&problem);
-    }
+    let keyed = match resumed::under_recorded(&req, keyed) {
+        Ok(keyed) => keyed,
+        Err(problem) => return problem_response(&problem),
+    };
     // Keyed: the principal was found (`prepare` refuses a keyed request without one).
     let principal = principal.unwrap_or_default();
     let (spawned, early) = spawn_task(&idem, engine, policy, keyed, req, principal, handler);

@@ -4,6 +4,7 @@
 
 use actix_web::{HttpMessage, HttpRequest};
 
+use crate::flow::prepare::Keyed;
 use crate::problem::{Problem, ProblemKind};
 use crate::StorageKey;
 
@@ -87,6 +88,38 @@ pub(crate) fn principal(req: &HttpRequest) -> Option<String> {
     req.extensions()
         .get::<Resumed>()
         .and_then(|r| r.principal.clone())
+}
+
+/// The keyed request `keyed` as the completer's request must run it: under the record it
+/// resumes — derived under the current secret, or under a previous one when the secret was
+/// rotated since the operation started (it then keeps that secret's downstream keys). `Err`
+/// when neither leads to that record (the endpoint was renamed, or its secret is unknown here):
+/// never run, it would start a second operation. Any other request is left as it is.
+pub(crate) fn under_recorded<T>(req: &HttpRequest, keyed: Keyed<T>) -> Result<Keyed<T>, Problem> {
+    let recorded = match req.extensions().get::<Resumed>() {
+        Some(resumed) if resumed.key != keyed.storage_key.as_str() => resumed.key.clone(),
+        _ => return Ok(keyed),
+    };
+    let Some(earlier) = keyed
+        .earlier
+        .iter()
+        .find(|e| e.key.as_str() == recorded)
+        .cloned()
+    else {
+        return Err(mismatch(req, None).unwrap_or_else(|| {
+            Problem::new(
+                ProblemKind::Internal,
+                "the completer's request does not lead to the operation it resumes",
+            )
+        }));
+    };
+    Ok(Keyed {
+        storage_key: earlier.key,
+        fingerprint: earlier.fingerprint,
+        earlier: Vec::new(),
+        derivation: Some(earlier.derivation),
+        ..keyed
+    })
 }
 
 /// `Some(problem)` when `req` is the completer's and `derived` (what its key, endpoint and

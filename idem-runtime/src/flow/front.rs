@@ -13,7 +13,9 @@ use crate::observe::{self, Outcome};
 use crate::problem::Problem;
 use crate::{OnConflict, Policy, StoredResponse};
 
-/// What became of a request before its task.
+/// What became of a request before its task. Not boxed: it is built once per request and
+/// moved straight into the task, where a box would cost every keyed request an allocation.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Front<S> {
     /// Answered already (and counted): a problem, or a replay from this process's memory.
     Done(Result<StoredResponse, Problem>),

@@ -10,6 +10,8 @@ use super::{content_length, Head};
 use crate::actix::Idempotency;
 use crate::key::IdempotencyKey;
 use crate::problem::{Problem, ProblemKind};
+use crate::rotation::Earlier;
+use crate::secret::KeyDerivation;
 use crate::{Fingerprint, Guarantee, KeySource, Policy, StorageKey};
 
 /// A framework's request body, not read yet.
@@ -39,6 +41,11 @@ pub(crate) struct Keyed<T> {
     pub(crate) storage_key: StorageKey,
     /// The request's fingerprint (keyed by the app secret).
     pub(crate) fingerprint: Fingerprint,
+    /// Its storage keys and fingerprints under the previous secrets (looked up, never written).
+    pub(crate) earlier: Vec<Earlier>,
+    /// The previous secret's derivation `storage_key` is under, when the completer resumes an
+    /// operation started before a rotation (`None`: the current secret's).
+    pub(crate) derivation: Option<std::sync::Arc<KeyDerivation>>,
     /// The body, raw.
     pub(crate) body: Bytes,
     /// What the adapter's `after_key` check returned.
@@ -127,17 +134,31 @@ pub(crate) async fn prepare<S: BodySource, T>(
         };
     }
     let decoded = decoded.as_ref().and_then(|d| d.as_deref());
-    let storage_key = shared
-        .derivation
-        .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key)
-        .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
-    let fingerprint =
-        shared
-            .derivation
-            .fingerprint(fingerprint(req, policy, &content_type, &body, decoded));
+    let raw = fingerprint(req, policy, &content_type, &body, decoded);
+    let under = |d: &KeyDerivation| {
+        let storage_key = d
+            .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key)
+            .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
+        (storage_key, d.fingerprint(raw))
+    };
+    let (storage_key, fingerprint) = under(&shared.derivation);
+    let earlier = shared
+        .earlier
+        .iter()
+        .map(|d| {
+            let (key, fingerprint) = under(d);
+            Earlier {
+                key,
+                fingerprint,
+                derivation: d.clone(),
+            }
+        })
+        .collect();
     Prepared::Keyed(Keyed {
         storage_key,
         fingerprint,
+        earlier,
+        derivation: None,
         body,
         checked,
     })

@@ -62,13 +62,18 @@ where
         let Keyed {
             storage_key,
             fingerprint,
+            earlier,
+            derivation,
             body,
             checked: callback,
         } = keyed;
         #[cfg(not(feature = "webhook"))]
         let () = callback;
         let key_id = storage_key.status_id().to_owned();
-        let (resp, outcome) = match engine.begin(policy, storage_key, fingerprint).await {
+        let (resp, outcome) = match engine
+            .begin(policy, storage_key, fingerprint, &earlier)
+            .await
+        {
             Decision::Replay { response, waited } => (R::replay(&response), replay_outcome(waited)),
             Decision::Reject(problem) => (R::problem(&problem), problem_outcome(&problem)),
             Decision::Unprotected => (
@@ -81,7 +86,15 @@ where
             }
             // Boxed: the handler's future (KiBs) is not part of every task's, which would be
             // copied with it into its allocation.
-            Decision::Execute(ticket) => Box::pin(handler(Run::Under(ticket), body)).await,
+            Decision::Execute(ticket) => {
+                // Resumed under a previous secret's record: its downstream keys stay that
+                // secret's.
+                let ticket = match derivation {
+                    Some(d) => ticket.with_derivation(d),
+                    None => ticket,
+                };
+                Box::pin(handler(Run::Under(ticket), body)).await
+            }
             Decision::Accepted(key) => (R::accepted(idem.status_path(), &key), Outcome::Accepted),
             #[cfg(feature = "webhook")]
             Decision::Webhook(key) => match super::webhook::answer(&idem, engine, key, callback) {

@@ -209,7 +209,7 @@ where
             ticket.key(),
             ticket.token(),
             ticket.attempt(),
-            idem.shared.derivation.clone(),
+            idem.derivation_for(&ticket),
         ));
         let req = Request::from_parts(parts, B::from(body));
         let run = async {

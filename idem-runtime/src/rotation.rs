@@ -1,0 +1,122 @@
+//! Rotating the app secret: previous secrets used for lookup only.
+//!
+//! Storage keys, fingerprints and downstream keys are derived from the app secret, so a new
+//! secret alone would not find the records written under the old one: every operation retried
+//! across the deploy would run again. With `IdempotencyBuilder::previous_secrets`
+//! a request whose key is new under the current secret is also looked up under each previous
+//! one — by a `begin` on that key, under the lease the current key is held by:
+//! - nothing there (a fresh acquisition): that record goes, and the request runs under the
+//!   current secret;
+//! - a completed record: the current record goes, and the old response is replayed (422 for
+//!   another payload);
+//! - one in progress: the current record goes, and the duplicate is answered as in progress
+//!   (`wait` waits for it; the other policies answer 409);
+//! - a released or abandoned operation: the current record goes, and the request *resumes* it
+//!   under its old key and its old derivation — its steps, its downstream keys — so a
+//!   processor never sees a second key for one operation.
+//!
+//! Holding its own key while it looks under another is what makes two instances safe during a
+//! rolling deploy, as long as each one knows the secret the other writes under: of two requests
+//! that each hold one key and look under the other, at most one finds the other's key free.
+
+use std::sync::Arc;
+
+use crate::engine::{deadline, Decision, Engine, Ticket};
+use crate::secret::KeyDerivation;
+use crate::store::Begin;
+use crate::{Fingerprint, OnConflict, Policy, StorageKey};
+
+/// A request's storage key and fingerprint under one previous secret.
+#[derive(Debug, Clone)]
+pub(crate) struct Earlier {
+    pub(crate) key: StorageKey,
+    pub(crate) fingerprint: Fingerprint,
+    /// The previous secret's derivation: an operation resumed under it keeps its downstream
+    /// keys.
+    pub(crate) derivation: Arc<KeyDerivation>,
+}
+
+/// What the records under previous secrets say about a request that holds its current key.
+pub(crate) enum Looked {
+    /// Nothing under them: run under the current key.
+    Run(Ticket),
+    /// Answered from them (a replay, a refusal) or resumed under one (`Execute`).
+    Decided(Decision),
+    /// In progress under this earlier key, and the endpoint waits: wait for it, then begin
+    /// again.
+    Wait(StorageKey),
+}
+
+impl Engine {
+    /// Looks under each of `earlier` for the request that holds `ticket` (its current key);
+    /// see the module docs. Any answer but "nothing" gives the current key up (deleted: the
+    /// next request under it is new again, and looks again).
+    pub(crate) async fn look_under_earlier(
+        self: &Arc<Self>,
+        policy: &Policy,
+        ticket: Ticket,
+        earlier: &[Earlier],
+    ) -> Looked {
+        for e in earlier {
+            let sent = tokio::time::Instant::now();
+            let answer = deadline(
+                "begin",
+                self.store_timeout(),
+                self.store()
+                    .begin(&e.key, &e.fingerprint, policy.lease, policy.ttl),
+            )
+            .await;
+            let looked = match answer {
+                Ok(Begin::Acquired { token, attempt: 1 }) => {
+                    // Nothing was there: the record this look made goes.
+                    let _ = token;
+                    self.forget(&e.key).await;
+                    continue;
+                }
+                Ok(Begin::Acquired { token, attempt }) => {
+                    let resumed =
+                        Ticket::new(self.clone(), e.key.clone(), (token, attempt), policy, sent)
+                            .with_derivation(e.derivation.clone());
+                    Looked::Decided(Decision::Execute(resumed))
+                }
+                Ok(Begin::Replay(stored)) => {
+                    Looked::Decided(match crate::engine::opened(policy, &e.key, stored) {
+                        Ok(response) => Decision::Replay {
+                            response,
+                            waited: false,
+                        },
+                        Err(problem) => Decision::Reject(problem),
+                    })
+                }
+                Ok(Begin::Mismatch) => {
+                    Looked::Decided(Decision::Reject(crate::engine::key_reused()))
+                }
+                Ok(Begin::InProgress { .. }) if policy.on_conflict == OnConflict::Wait => {
+                    Looked::Wait(e.key.clone())
+                }
+                Ok(Begin::InProgress { .. }) => {
+                    Looked::Decided(Decision::Reject(crate::engine::in_progress()))
+                }
+                // The earlier key could not be read: whether the operation ran is unknown, so
+                // nothing runs (whatever `on_store_error` says).
+                Err(error) => {
+                    tracing::error!(endpoint = policy.endpoint, %error, "idem: looking up a record under a previous secret failed; rejecting the request");
+                    Looked::Decided(Decision::Reject(self.store_problem(&error)))
+                }
+            };
+            crate::observe::count(crate::observe::metric::EARLIER_SECRET_TOTAL);
+            self.forget(ticket.key()).await;
+            return looked;
+        }
+        Looked::Run(ticket)
+    }
+
+    /// Deletes a record this request holds and gives up (best effort: otherwise its lease ends
+    /// by itself).
+    async fn forget(&self, key: &StorageKey) {
+        let purged = deadline("purge", self.store_timeout(), self.store().purge(key)).await;
+        if let Err(error) = purged {
+            tracing::warn!(%key, %error, "idem: could not delete a record given up for one under another secret; it frees itself when its lease ends");
+        }
+    }
+}

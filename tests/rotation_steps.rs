@@ -1,0 +1,109 @@
+//! A multi-step operation across a rotation of the app secret, in-process on the local
+//! PostgreSQL: an operation started under the old secret is resumed — by its client's retry or
+//! by the completer — on instances with the new secret and the old one as previous, under its
+//! recorded key and with the downstream keys it started with: one ride, one charge key.
+
+mod common;
+
+use common::gate::{ada, app, completer, crashed, gate, scoped_builder, stop, Crashed, Kind};
+use common::rides::{drop_tables, kinds, post_as, setup, until_receipt, SECRET};
+use serde_json::json;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+const NEW: &str = "the-new-steps-secret-0123456789abcdef";
+
+/// The app after the rotation: the new secret, the old one as previous.
+fn rotated(store: &idem_runtime::PostgresStore) -> idem::Idempotency {
+    scoped_builder(Kind::Header, store, true, "idem:", NEW)
+        .previous_secrets([SECRET.as_bytes().to_vec()])
+        .build()
+}
+
+/// The first attempt, under the old secret, charged at a processor that refused (the call
+/// happened, under its downstream key), and answered 5xx; the client's retry reaches an
+/// instance with the rotated secret: the operation resumes — no second ride — and the charge is
+/// retried under the same downstream key.
+#[actix_web::test]
+async fn a_client_retry_resumes_its_operation_across_a_rotation() {
+    let test = "a_client_retry_resumes_its_operation_across_a_rotation";
+    let Some((store, world, db, tables)) = setup(test).await else {
+        return;
+    };
+    let gate = gate();
+    let headers = ada("Bearer tok-1");
+    let before = scoped_builder(Kind::Header, &store, true, "idem:", SECRET).build();
+    let before = actix_web::test::init_service(app(before, world.clone(), gate.clone())).await;
+    world.charge_failures.store(1, Ordering::SeqCst);
+    let failed = post_as(
+        &before,
+        "/rides",
+        "rot-1",
+        &headers,
+        json!({ "rider": "ada" }),
+    )
+    .await;
+    assert!(failed.0 >= 500, "{:?}", failed);
+    let after =
+        actix_web::test::init_service(app(rotated(&store), world.clone(), gate.clone())).await;
+    let done = post_as(
+        &after,
+        "/rides",
+        "rot-1",
+        &headers,
+        json!({ "rider": "ada" }),
+    )
+    .await;
+    assert_eq!(done.0, 201, "{:?}", done.2);
+    assert_eq!(
+        kinds(&db, &tables[0]).await,
+        (1, 1),
+        "one ride, one receipt"
+    );
+    assert_eq!(
+        world.processor_calls.load(Ordering::SeqCst),
+        2,
+        "refused, then charged"
+    );
+    assert_eq!(world.distinct_downstream_keys(), 1, "one downstream key");
+    drop_tables(&db, &tables).await;
+}
+
+/// An operation abandoned after its first step under the old secret (its instance died) is
+/// finished by the completer of an instance with the rotated secret, once, and its client's
+/// retry there replays it.
+#[actix_web::test]
+async fn the_completer_finishes_an_operation_across_a_rotation() {
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed(
+        "the_completer_finishes_an_operation_across_a_rotation",
+        "rot-2",
+    )
+    .await
+    else {
+        return;
+    };
+    let c = completer(rotated(&store), &world, &gate, 3);
+    until_receipt(&db, &tables[0], Duration::from_secs(10)).await;
+    stop(c).await;
+    assert_eq!(kinds(&db, &tables[0]).await, (1, 1));
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    let after =
+        actix_web::test::init_service(app(rotated(&store), world.clone(), gate.clone())).await;
+    let replay = post_as(
+        &after,
+        "/rides",
+        "rot-2",
+        &ada("Bearer tok-1"),
+        json!({ "rider": "ada" }),
+    )
+    .await;
+    assert_eq!((replay.0, replay.1), (201, true), "{:?}", replay.2);
+    assert_eq!(world.distinct_downstream_keys(), 1);
+    drop_tables(&db, &tables).await;
+}

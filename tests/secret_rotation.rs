@@ -1,0 +1,213 @@
+//! The app secret rotated with records in flight, on a shared private Redis: a retry whose
+//! record was written under the previous secret replays it (or is answered as in progress)
+//! instead of running again, and a rolling deploy — instances writing under the old and the new
+//! secret, each knowing both — runs every key of a storm of retries once.
+
+mod common;
+
+use actix_web::{post, web, HttpResponse};
+use common::redis::{available, RedisServer};
+use idem::{idempotent, Idempotency, RedisStore};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const OLD: &[u8] = b"the-old-app-secret-0123456789abcdef";
+const NEW: &[u8] = b"the-new-app-secret-0123456789abcdef";
+
+/// Runs of the handler body, across every instance.
+#[derive(Default)]
+struct Runs(AtomicUsize);
+
+#[post("/pay")]
+#[idempotent]
+async fn pay(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpResponse {
+    let n = runs.0.fetch_add(1, Ordering::SeqCst) + 1;
+    let delay = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    HttpResponse::Created().body(format!("charge {n}"))
+}
+
+/// An instance on `redis` writing under `secret` and looking under `previous`.
+async fn instance(
+    redis: &RedisServer,
+    secret: &[u8],
+    previous: &[&[u8]],
+    runs: &web::Data<Runs>,
+) -> std::net::SocketAddr {
+    let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let idem: Idempotency = common::builder()
+        .store(store)
+        .secret(secret.to_vec())
+        .previous_secrets(previous.iter().map(|s| s.to_vec()))
+        .build();
+    let runs = runs.clone();
+    common::serve(2, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(runs.clone())
+            .service(pay);
+    })
+    .0
+}
+
+async fn send(addr: std::net::SocketAddr, key: &str, delay_ms: u64) -> reqwest::Response {
+    common::client()
+        .post(format!("http://{addr}/pay"))
+        .header("Idempotency-Key", key)
+        .header("x-delay-ms", delay_ms.to_string())
+        .send()
+        .await
+        .expect("an answer")
+}
+
+/// Rotated between a first request and its retry: the retry, on an instance with the new
+/// secret and the old one as previous, replays the first response; a duplicate of one still
+/// running under the old secret is answered as in progress. An instance with only the new
+/// secret (what a rotation was before previous secrets) runs the retry again.
+#[actix_web::test]
+async fn a_retry_across_a_rotation_replays() {
+    if !available("a_retry_across_a_rotation_replays") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let runs = web::Data::new(Runs::default());
+    let before = instance(&redis, OLD, &[], &runs).await;
+    let after = instance(&redis, NEW, &[OLD], &runs).await;
+    let first = send(before, "k-1", 0).await;
+    assert_eq!(first.status(), 201);
+    let first = first.text().await.unwrap();
+    let retry = send(after, "k-1", 0).await;
+    assert_eq!(retry.status(), 201);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        retry.text().await.unwrap(),
+        first,
+        "the sealed record opens"
+    );
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1, "0 re-executions");
+    // A retry of it again on the new instance still replays (the look is made every time).
+    let again = send(after, "k-1", 0).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    // One still running under the old secret: in progress, not a second run.
+    let (slow, dup) = tokio::join!(send(before, "k-2", 800), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        send(after, "k-2", 0).await
+    });
+    assert_eq!(slow.status(), 201);
+    assert_eq!(dup.status(), 409);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 2);
+    // Without the previous secret, the same retry runs again: the defect this fixes.
+    let unaware = instance(&redis, NEW, &[], &runs).await;
+    assert_eq!(send(unaware, "k-1", 0).await.status(), 201);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 3, "ran again without it");
+}
+
+/// A rolling deploy in step 2 of a rotation: instances writing under the old secret (and
+/// looking under the new) beside instances writing under the new (and looking under the old),
+/// under a storm of concurrent retries of 10 keys sent to both: each key runs once, and every
+/// answer is 201 or 409.
+#[actix_web::test]
+async fn a_rolling_deploy_across_a_rotation_runs_each_key_once() {
+    if !available("a_rolling_deploy_across_a_rotation_runs_each_key_once") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let runs = web::Data::new(Runs::default());
+    let old = instance(&redis, OLD, &[NEW], &runs).await;
+    let new = instance(&redis, NEW, &[OLD], &runs).await;
+    let mut statuses = Vec::new();
+    for round in 0..8 {
+        let sends = (0..10).flat_map(|k| {
+            let key = format!("storm-{k}");
+            let delay = if round == 0 { 300 } else { 0 };
+            [old, new].map(move |addr| {
+                let key = key.clone();
+                async move { send(addr, &key, delay).await.status().as_u16() }
+            })
+        });
+        statuses.extend(futures_util::future::join_all(sends).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        statuses.iter().all(|s| matches!(s, 201 | 409)),
+        "only 201 or 409: {statuses:?}"
+    );
+    // Every key ran by now (each got a 201 at some point): once each.
+    let finals: Vec<u16> = futures_util::future::join_all((0..10).map(|k| {
+        let key = format!("storm-{k}");
+        async move { send(new, &key, 0).await.status().as_u16() }
+    }))
+    .await;
+    assert!(finals.iter().all(|s| *s == 201), "{finals:?}");
+    assert_eq!(runs.0.load(Ordering::SeqCst), 10, "each key once");
+}
+
+/// The fleet check (`Idempotency::check_secret`, also run in the background): the instances of
+/// each step of a rotation agree with those of the step before, but a rotation that skipped its
+/// first step — one instance writing under the old secret and knowing nothing else, one under
+/// the new — is a disagreement, reported by the instance that can see it.
+#[actix_web::test]
+async fn instances_that_disagree_on_the_secrets_fail_clearly() {
+    if !available("instances_that_disagree_on_the_secrets_fail_clearly") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let idem = |secret: &[u8], previous: &[&[u8]]| {
+        let url = redis.url();
+        let secret = secret.to_vec();
+        let previous: Vec<Vec<u8>> = previous.iter().map(|s| s.to_vec()).collect();
+        async move {
+            let store = RedisStore::connect(&url).await.expect("connect");
+            common::builder()
+                .store(store)
+                .secret(secret)
+                .previous_secrets(previous)
+                .build()
+        }
+    };
+    let step0 = idem(OLD, &[]).await;
+    let step1 = idem(OLD, &[NEW]).await;
+    let step2 = idem(NEW, &[OLD]).await;
+    assert!(step0.check_secret().await.unwrap());
+    assert!(step1.check_secret().await.unwrap(), "steps 0 and 1 agree");
+    assert!(step2.check_secret().await.unwrap(), "steps 1 and 2 agree");
+    assert!(step1.check_secret().await.unwrap());
+    // Step 2 beside an instance that never looked under the new secret.
+    let skipped = RedisServer::start();
+    let url = skipped.url();
+    let at = |secret: &[u8], previous: Vec<Vec<u8>>| {
+        let (url, secret) = (url.clone(), secret.to_vec());
+        async move {
+            let store = RedisStore::connect(&url).await.expect("connect");
+            common::builder()
+                .store(store)
+                .secret(secret)
+                .previous_secrets(previous)
+                .build()
+        }
+    };
+    let unaware = at(OLD, vec![]).await;
+    let rotated = at(NEW, vec![OLD.to_vec()]).await;
+    assert!(unaware.check_secret().await.unwrap());
+    assert!(
+        !rotated.check_secret().await.unwrap(),
+        "an instance writes under the old secret without looking under the new"
+    );
+    // And two secrets with nothing in common.
+    let strangers = RedisServer::start();
+    let url = strangers.url();
+    let (a, b) = {
+        let a = RedisStore::connect(&url).await.expect("connect");
+        let b = RedisStore::connect(&url).await.expect("connect");
+        let mk = |s: idem::RedisStore, secret: &[u8]| {
+            common::builder().store(s).secret(secret.to_vec()).build()
+        };
+        (mk(a, OLD), mk(b, NEW))
+    };
+    assert!(a.check_secret().await.unwrap());
+    assert!(!b.check_secret().await.unwrap());
+}
