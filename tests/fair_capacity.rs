@@ -231,7 +231,26 @@ async fn refused_keys_leave_nothing<F, Fut>(
         common::problem(r, 429).await;
     }
     assert_eq!(size().await, before, "no record left behind");
+    // A fresh principal's 40 new keys at once: all pass the look before `begin` (nothing is
+    // spent yet), 5 win the admission and the rest lose it after their `begin` — those leave
+    // no record either.
+    let burst =
+        (0..40).map(|i| async move { post(addr, "/report", "burst", &format!("b{i}")).await });
+    let statuses: Vec<u16> = futures_util::future::join_all(burst)
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    let admitted = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(admitted, 5, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| matches!(s, 201 | 429)),
+        "{statuses:?}"
+    );
+    let grown: i64 =
+        size().await.trim().parse::<i64>().unwrap() - before.trim().parse::<i64>().unwrap();
+    assert_eq!(grown, 5, "only the admitted keys' records");
     let replay = post(addr, "/report", "flooder", "k0").await;
     assert_eq!(replay.headers().get("idempotent-replayed").unwrap(), "true");
-    assert_eq!(runs.0.load(Ordering::SeqCst), 5);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 10);
 }

@@ -282,11 +282,10 @@ impl Engine {
                         .flatten()
                     {
                         // Lost a race for the principal's last admission (checked before
-                        // `begin`, spent after it).
-                        // Not this principal's turn: give the key back at once.
-                        if let Err(error) = ticket.release_once().await {
-                            tracing::warn!(%error, "idem: releasing a key refused by the admission limit failed; it frees itself when its lease ends");
-                        }
+                        // `begin`, spent after it). Not this principal's turn: the record this
+                        // new operation's `begin` made goes (a release would keep it for its
+                        // TTL: a burst of new keys would fill the store past the limit).
+                        self.forget(ticket.key()).await;
                         return Decision::Reject(too_many_keys(wait));
                     }
                     let ticket = match self.look_under_earlier(policy, ticket, earlier).await {

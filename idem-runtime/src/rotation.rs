@@ -113,10 +113,10 @@ impl Engine {
 
     /// Deletes a record this request holds and gives up (best effort: otherwise its lease ends
     /// by itself).
-    async fn forget(&self, key: &StorageKey) {
+    pub(crate) async fn forget(&self, key: &StorageKey) {
         let purged = deadline("purge", self.store_timeout(), self.store().purge(key)).await;
         if let Err(error) = purged {
-            tracing::warn!(%key, %error, "idem: could not delete a record given up for one under another secret; it frees itself when its lease ends");
+            tracing::warn!(%key, %error, "idem: could not delete a record this request gave up; it frees itself when its lease ends");
         }
     }
 }
