@@ -247,6 +247,19 @@ async fn once_follows_the_attributes_lease_rules() {
         }));
         assert!(set.is_err(), "ttl {ttl} s, lease {lease} s");
     }
+    // Outside what the attribute accepts: a lease of 0 (no exclusion at all), a ttl of 0 or
+    // past the clock's end, a wait past it.
+    let refused = |set: &dyn Fn() -> idem_runtime::Once| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(set)).is_err()
+    };
+    assert!(refused(&|| idem.once("zero").lease(Duration::ZERO)));
+    assert!(refused(&|| idem.once("zero").ttl(Duration::ZERO)));
+    assert!(refused(&|| idem.once("max").ttl(Duration::MAX)));
+    assert!(refused(&|| idem.once("max").wait(Duration::MAX)));
+    assert!(!refused(&|| idem
+        .once("fine")
+        .ttl(Duration::from_secs(1))
+        .wait(Duration::from_secs(5))));
 }
 
 /// A call dropped while its function runs releases its key from a task — but when the runtime

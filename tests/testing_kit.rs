@@ -390,6 +390,36 @@ async fn a_store_failure_after_a_wait_never_runs_the_duplicate() {
     app.handle.stop(true).await;
 }
 
+/// Remaining windows: a store slower than lease/6 on every renewal loses a short lease (each
+/// renewal gets at most lease/6; `/long` has a 900 ms lease, so 150 ms), and a duplicate after
+/// it runs once more — the documented bound, and no more than one.
+#[actix_rt::test]
+async fn a_store_slower_than_a_sixth_of_the_lease_loses_it_once() {
+    let app = faulty().await;
+    let base = app.base.clone();
+    let send_long = |key: &'static str| {
+        let base = base.clone();
+        async move {
+            common::client()
+                .post(format!("{base}/long"))
+                .header("Idempotency-Key", key)
+                .send()
+                .await
+                .expect("long")
+                .status()
+        }
+    };
+    app.store
+        .inject(Op::Renew, Fault::Delay(Duration::from_millis(400)), 50);
+    let first = actix_web::rt::spawn(send_long("slow-renew"));
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let dup = send_long("slow-renew").await;
+    assert_eq!(dup.as_u16(), 201, "the lease lapsed: the duplicate ran");
+    let _ = first.await;
+    assert_eq!(app.charges(), 3, "the warm-up, then once more: not more");
+    app.handle.stop(true).await;
+}
+
 /// Failure table: the store stalls during renewals (each longer than the store deadline): the
 /// renewals run beside the handler and are tried again; duplicates get 409 throughout; one
 /// execution.

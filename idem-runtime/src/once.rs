@@ -148,9 +148,11 @@ impl Once {
     ///
     /// # Panics
     ///
-    /// When a lease set with [`lease`](Self::lease) is not shorter than `ttl`: the attribute
-    /// refuses that at compile time (a lease that outlives its record cannot fence anything).
+    /// When `ttl` is outside 1 s ..= 30 days, or a lease set with [`lease`](Self::lease) is not
+    /// shorter than it: the attribute refuses both at compile time (a lease that outlives its
+    /// record cannot fence anything).
     pub fn ttl(mut self, ttl: Duration) -> Self {
+        in_range(self.policy.endpoint, "ttl", ttl, TTL_RANGE);
         self.policy.ttl = ttl;
         if !self.lease_set {
             self.policy.lease = Policy::DEFAULT_LEASE.min(ttl / 2);
@@ -164,8 +166,10 @@ impl Once {
     ///
     /// # Panics
     ///
-    /// When `lease` is not shorter than the ttl (see [`ttl`](Self::ttl)).
+    /// When `lease` is outside 100 ms ..= 1 h, or not shorter than the ttl (see
+    /// [`ttl`](Self::ttl)), as the attribute refuses them.
     pub fn lease(mut self, lease: Duration) -> Self {
+        in_range(self.policy.endpoint, "lease", lease, LEASE_RANGE);
         self.policy.lease = lease;
         self.lease_set = true;
         self.check_lease();
@@ -184,7 +188,12 @@ impl Once {
 
     /// A duplicate call while one runs waits up to `timeout` for its value, instead of
     /// [`OnceError::InProgress`] at once.
+    ///
+    /// # Panics
+    ///
+    /// When `timeout` is outside 1 ms ..= 300 s, as the attribute's `wait_timeout`.
     pub fn wait(mut self, timeout: Duration) -> Self {
+        in_range(self.policy.endpoint, "wait", timeout, WAIT_RANGE);
         self.policy.on_conflict = OnConflict::Wait;
         self.policy.wait_timeout = timeout;
         self
@@ -325,4 +334,17 @@ pub(crate) fn stored<T: Serialize>(value: &T) -> StoredResponse {
         b"\"idem: the value could not be serialized\" trailing".to_vec()
     });
     StoredResponse::new(200, [("content-type", "application/json")], body)
+}
+
+/// The ranges the attribute accepts (`idem-macros`' `validate.rs`): ttl, lease, wait.
+const TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30 * 86_400));
+const LEASE_RANGE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(3600));
+const WAIT_RANGE: (Duration, Duration) = (Duration::from_millis(1), Duration::from_secs(300));
+
+/// Panics, naming the function and the option, when `value` is outside `(low, high)`.
+fn in_range(name: &str, option: &str, value: Duration, (low, high): (Duration, Duration)) {
+    assert!(
+        (low..=high).contains(&value),
+        "idem: `{name}`: `{option}` ({value:?}) must lie in {low:?} ..= {high:?}, as on #[idempotent]"
+    );
 }
