@@ -15,7 +15,8 @@
 //! (prefix of its tables; default `rides`: `rides`, `rides_outbox`), `IDEM_TABLE` (the records;
 //! default `idem_records`), `PROCESSOR_URL`, `COMPLETER_MS` (the completer's period, default
 //! 500; `0` turns it off), `RIDES_SCOPE` (`header`: keys scoped by `X-Account-Id`; default
-//! unscoped), and `RIDES_FAILPOINT`: `after:create_ride`, `during:charge` (the
+//! unscoped), `IDEM_SECRET` and `IDEM_PREVIOUS_SECRETS` (comma-separated, during a rotation of
+//! the secret), and `RIDES_FAILPOINT`: `after:create_ride`, `during:charge` (the
 //! processor answered, its result not yet recorded), `after:charge` or `after:send_receipt` —
 //! the process `kill -9`s itself there, the first time it gets there.
 
@@ -185,8 +186,16 @@ async fn main() -> std::io::Result<()> {
         ),
         _ => Idempotency::builder().unscoped(),
     };
+    // `IDEM_PREVIOUS_SECRETS` (comma-separated): secrets used before `IDEM_SECRET`, looked up
+    // only, while a rotation runs (docs/secrets.md).
+    let previous: Vec<Vec<u8>> = env_or("IDEM_PREVIOUS_SECRETS", "")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
     let idem = builder
         .secret(secret)
+        .previous_secrets(previous)
         .named_store("pg", store)
         .store_timeout(Duration::from_millis(500))
         .build();

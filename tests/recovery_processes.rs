@@ -51,16 +51,27 @@ impl World {
 
     /// Like [`app`](Self::app), its keys scoped as `RIDES_SCOPE=scope` says.
     async fn app_scoped(&self, failpoint: &str, completer_ms: u64, scope: &str) -> (Demo, String) {
+        self.app_with(failpoint, completer_ms, &[("RIDES_SCOPE", scope)])
+            .await
+    }
+
+    /// Like [`app`](Self::app), with `extra` environment.
+    async fn app_with(
+        &self,
+        failpoint: &str,
+        completer_ms: u64,
+        extra: &[(&str, &str)],
+    ) -> (Demo, String) {
         let port = free_port();
-        let env = [
+        let mut env = vec![
             ("PROCESSOR_URL", self.processor.clone()),
             ("RIDES_TABLE", self.rides.clone()),
             ("IDEM_TABLE", self.records.clone()),
             ("RIDES_FAILPOINT", failpoint.to_owned()),
             ("COMPLETER_MS", completer_ms.to_string()),
             ("IDEM_PG", pg::config()),
-            ("RIDES_SCOPE", scope.to_owned()),
         ];
+        env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let app = start_example("rides", port, &env).await;
         (app, format!("http://127.0.0.1:{port}"))
     }
@@ -261,5 +272,45 @@ async fn the_completer_resumes_a_killed_operation_under_its_account() {
     assert_eq!((status, replayed), (201, true), "{body}");
     world.assert_exactly_once("scoped, after the retry").await;
     assert_eq!(world.processor_stats().await["requests"], 1);
+    world.drop_tables().await;
+}
+
+/// The app secret rotated while an operation was in flight: the app is killed after the
+/// processor answered the charge and before its result was recorded, under the old secret; it
+/// restarts with the new secret and the old one as previous, and its completer finishes the
+/// operation under its recorded key and the old derivation — the processor sees the charge
+/// again under the same downstream key and makes it once.
+#[actix_web::test]
+async fn a_rotation_mid_operation_charges_once() {
+    if !pg_available("a_rotation_mid_operation_charges_once").await {
+        return;
+    }
+    let world = World::new().await;
+    let old = [("IDEM_SECRET", "rides-old-secret-0123456789abcdef")];
+    let (mut app, base) = world.app_with("during:charge", 0, &old).await;
+    assert!(post(&base, "rotated").await.is_err());
+    let status = app.exited(Duration::from_secs(10)).await;
+    assert_eq!(status.and_then(|s| s.signal()), Some(9));
+    let rotated = [
+        ("IDEM_SECRET", "rides-new-secret-0123456789abcdef"),
+        ("IDEM_PREVIOUS_SECRETS", "rides-old-secret-0123456789abcdef"),
+    ];
+    let (_app, base) = world.app_with("", 200, &rotated).await;
+    let t0 = Instant::now();
+    while !world.completed().await {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "not finished within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    world.assert_exactly_once("rotated").await;
+    assert_eq!(
+        world.processor_stats().await["requests"],
+        2,
+        "seen twice under one key, made once"
+    );
+    let (status, replayed, body) = post(&base, "rotated").await.unwrap();
+    assert_eq!((status, replayed), (201, true), "{body}");
     world.drop_tables().await;
 }
