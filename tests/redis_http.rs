@@ -338,6 +338,9 @@ async fn script_flush_fails_no_request() {
         Some(idem(single_store(&redis).await)),
         web::Data::new(Counters::default()),
     );
+    // Checked now, so that no background check (its own scripts) overlaps the flush below.
+    let checked = app.idem.as_ref().unwrap().check_secret().await;
+    assert!(checked.unwrap());
     let first = app
         .post("/charge", "f1")
         .json(&charge(1, 0))
