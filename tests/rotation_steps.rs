@@ -107,3 +107,48 @@ async fn the_completer_finishes_an_operation_across_a_rotation() {
     assert_eq!(world.distinct_downstream_keys(), 1);
     drop_tables(&db, &tables).await;
 }
+
+/// A retry that takes over its released operation under the current secret does not look under
+/// the previous one: here another request holds the key there (an instance still writing under
+/// the old secret, hanging), and giving the taken-over record up would delete its recorded
+/// charge with it — the next attempt would charge again under a new downstream key. It resumes
+/// instead.
+#[actix_web::test]
+async fn a_taken_over_operation_is_not_given_up_for_an_earlier_key() {
+    let test = "a_taken_over_operation_is_not_given_up_for_an_earlier_key";
+    let Some((store, world, db, tables)) = setup(test).await else {
+        return;
+    };
+    let gate = gate();
+    let headers = ada("Bearer tok-1");
+    let body = || json!({ "rider": "ada" });
+    let after =
+        actix_web::test::init_service(app(rotated(&store), world.clone(), gate.clone())).await;
+    // Charged, then 5xx under `result`: released with its charge recorded, under the new key.
+    *world.fail_after.lock().unwrap() = "charge".into();
+    assert_eq!(
+        post_as(&after, "/rides", "t-1", &headers, body()).await.0,
+        503
+    );
+    // An instance writing under the old secret holds the old key (it hangs after its ride).
+    let old = scoped_builder(Kind::Header, &store, true, "idem:", SECRET).build();
+    let old = actix_web::test::init_service(app(old, world.clone(), gate.clone())).await;
+    *world.stall_after.lock().unwrap() = "create_ride".into();
+    let hanging = post_as(&old, "/rides", "t-1", &headers, body());
+    let retry = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        post_as(&after, "/rides", "t-1", &headers, body()).await
+    };
+    let retry = tokio::select! {
+        _ = hanging => panic!("the old instance's request hangs"),
+        r = retry => r,
+    };
+    assert_eq!(retry.0, 201, "{:?}", retry.2);
+    assert_eq!(
+        world.processor_calls.load(Ordering::SeqCst),
+        1,
+        "the recorded charge is not made again"
+    );
+    assert_eq!(world.distinct_downstream_keys(), 1);
+    drop_tables(&db, &tables).await;
+}

@@ -211,3 +211,47 @@ async fn instances_that_disagree_on_the_secrets_fail_clearly() {
     assert!(a.check_secret().await.unwrap());
     assert!(!b.check_secret().await.unwrap());
 }
+
+/// A copy-paste at step 3 — the current secret also listed as previous — is harmless: it is
+/// dropped, and new keys run (they would otherwise find their own record and answer 409).
+#[actix_web::test]
+async fn the_current_secret_among_the_previous_ones_is_ignored() {
+    if !available("the_current_secret_among_the_previous_ones_is_ignored") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let runs = web::Data::new(Runs::default());
+    let app = instance(&redis, NEW, &[NEW, OLD], &runs).await;
+    assert_eq!(send(app, "self-1", 0).await.status(), 201);
+    let again = send(app, "self-1", 0).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1);
+}
+
+/// The operator's tools see records written under a previous secret: an erasure of a principal
+/// after a rotation removes them too (its retry then runs afresh instead of replaying the old
+/// response).
+#[actix_web::test]
+async fn erasure_reaches_records_of_a_previous_secret() {
+    if !available("erasure_reaches_records_of_a_previous_secret") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let runs = web::Data::new(Runs::default());
+    let before = instance(&redis, OLD, &[], &runs).await;
+    assert_eq!(send(before, "gdpr-1", 0).await.status(), 201);
+    let store = RedisStore::connect(&redis.url()).await.expect("connect");
+    let rotated = common::builder()
+        .store(store)
+        .secret(NEW.to_vec())
+        .previous_secrets([OLD.to_vec()])
+        .build();
+    let found = rotated.inspect("POST /pay", "", "gdpr-1").await.unwrap();
+    assert!(found.is_some(), "inspect finds the old secret's record");
+    assert!(rotated.erase_principal("").await.unwrap() >= 1);
+    assert!(rotated
+        .inspect("POST /pay", "", "gdpr-1")
+        .await
+        .unwrap()
+        .is_none());
+}

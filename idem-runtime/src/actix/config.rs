@@ -536,9 +536,12 @@ impl<S> IdempotencyBuilder<S> {
                 anonymous: settings.anonymous,
                 missing_principals: Default::default(),
                 derivation: Arc::new(derivation),
+                // The current secret among the previous ones would look up every request's own
+                // record: dropped.
                 earlier: settings
                     .previous_secrets
                     .iter()
+                    .filter(|s| Some(*s) != settings.secret.as_ref())
                     .map(|s| Arc::new(KeyDerivation::keyed(s)))
                     .collect(),
                 // Without sealing keys, records are sealed under the secret and still open

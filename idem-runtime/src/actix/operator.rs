@@ -59,20 +59,24 @@ pub enum OperatorError {
 }
 
 impl Idempotency {
-    fn storage_key_of(
+    /// The storage keys the record of `key` may be under: the current secret's, then each
+    /// previous one's.
+    fn storage_keys_of(
         &self,
         endpoint: &str,
         principal: &str,
         key: &str,
-    ) -> Result<StorageKey, KeyError> {
+    ) -> Result<Vec<StorageKey>, KeyError> {
         let key = parse_key(key.as_bytes())?;
-        // With the raw key, what the record's sealed response opens with.
-        let seal = self.shared.sealer.as_ref().map(|s| s.record(key.as_str()));
         Ok(self
-            .shared
-            .derivation
-            .storage_key(self.prefix(), endpoint, principal.as_bytes(), &key)
-            .sealed_with(seal))
+            .derivations()
+            .map(|d| {
+                // With the raw key, what the record's sealed response opens with.
+                let seal = self.shared.sealer.as_ref().map(|s| s.record(key.as_str()));
+                d.storage_key(self.prefix(), endpoint, principal.as_bytes(), &key)
+                    .sealed_with(seal)
+            })
+            .collect())
     }
 
     /// The record of `key` sent by `principal` to `endpoint`, if live (in the default store or
@@ -87,15 +91,16 @@ impl Idempotency {
         principal: &str,
         key: &str,
     ) -> Result<Option<RecordInfo>, OperatorError> {
-        let storage_key = self.storage_key_of(endpoint, principal, key)?;
         let mut found = None;
-        for engine in self.engines() {
-            if let Some(rec) = engine.get(&storage_key).await? {
-                found = Some((rec, engine));
-                break;
+        'keys: for storage_key in self.storage_keys_of(endpoint, principal, key)? {
+            for engine in self.engines() {
+                if let Some(rec) = engine.get(&storage_key).await? {
+                    found = Some((rec, engine, storage_key));
+                    break 'keys;
+                }
             }
         }
-        let Some((rec, engine)) = found else {
+        let Some((rec, engine, storage_key)) = found else {
             return Ok(None);
         };
         let (state, status, problem) = match &rec.state {
@@ -142,11 +147,13 @@ impl Idempotency {
         principal: &str,
         key: &str,
     ) -> Result<bool, OperatorError> {
-        let storage_key = self.storage_key_of(endpoint, principal, key)?;
-        // The record lives in whichever store its endpoint uses.
+        // The record lives in whichever store its endpoint uses, under whichever secret wrote
+        // it.
         let mut purged = false;
-        for engine in self.engines() {
-            purged |= engine.purge(&storage_key).await?;
+        for storage_key in self.storage_keys_of(endpoint, principal, key)? {
+            for engine in self.engines() {
+                purged |= engine.purge(&storage_key).await?;
+            }
         }
         Ok(purged)
     }
@@ -163,15 +170,15 @@ impl Idempotency {
     /// theirs still in flight may complete unrecorded: erase once the principal is inactive.
     pub async fn erase_principal(&self, principal: &str) -> Result<u64, OperatorError> {
         const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-        let prefix = self
-            .shared
-            .derivation
-            .principal_prefix(self.prefix(), principal.as_bytes());
         let mut erased = 0;
-        for engine in self.engines() {
-            erased += tokio::time::timeout(LIMIT, engine.store().purge_prefix(&prefix))
-                .await
-                .unwrap_or(Err(StoreError::Timeout(LIMIT)))?;
+        // Under every secret the app knows: records written under a previous one too.
+        for derivation in self.derivations() {
+            let prefix = derivation.principal_prefix(self.prefix(), principal.as_bytes());
+            for engine in self.engines() {
+                erased += tokio::time::timeout(LIMIT, engine.store().purge_prefix(&prefix))
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout(LIMIT)))?;
+            }
         }
         Ok(erased)
     }

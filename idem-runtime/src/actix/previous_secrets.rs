@@ -48,3 +48,11 @@ impl Idempotency {
             .unwrap_or_else(|| self.shared.derivation.clone())
     }
 }
+
+impl Idempotency {
+    /// Every derivation a record of this app may be under: the current secret's, then the
+    /// previous ones' (for the status resource and the operator's tools).
+    pub(crate) fn derivations(&self) -> impl Iterator<Item = &Arc<KeyDerivation>> {
+        std::iter::once(&self.shared.derivation).chain(self.shared.earlier.iter())
+    }
+}

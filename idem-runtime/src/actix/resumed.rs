@@ -97,8 +97,15 @@ pub(crate) fn principal(req: &HttpRequest) -> Option<String> {
 /// never run, it would start a second operation. Any other request is left as it is.
 pub(crate) fn under_recorded<T>(req: &HttpRequest, keyed: Keyed<T>) -> Result<Keyed<T>, Problem> {
     let recorded = match req.extensions().get::<Resumed>() {
-        Some(resumed) if resumed.key != keyed.storage_key.as_str() => resumed.key.clone(),
-        _ => return Ok(keyed),
+        None => return Ok(keyed),
+        // Its operation lives under the current secret: it looks nowhere else.
+        Some(resumed) if resumed.key == keyed.storage_key.as_str() => {
+            return Ok(Keyed {
+                earlier: Vec::new(),
+                ..keyed
+            })
+        }
+        Some(resumed) => resumed.key.clone(),
     };
     let Some(earlier) = keyed
         .earlier

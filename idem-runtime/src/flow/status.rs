@@ -48,9 +48,11 @@ fn not_found() -> Problem {
 /// a sealed record).
 pub(crate) async fn lookup(idem: &Idempotency, principal: &str, id: &str, query: &str) -> Status {
     let shared = &idem.shared;
-    let Some(key) = shared
-        .derivation
-        .status_key(idem.prefix(), id, principal.as_bytes())
+    // The id's tag says which secret's derivation issued it (a previous one's, during a
+    // rotation).
+    let Some(key) = idem
+        .derivations()
+        .find_map(|d| d.status_key(idem.prefix(), id, principal.as_bytes()))
     else {
         return Status::Problem(not_found());
     };
