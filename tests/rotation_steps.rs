@@ -108,11 +108,10 @@ async fn the_completer_finishes_an_operation_across_a_rotation() {
     drop_tables(&db, &tables).await;
 }
 
-/// A retry that takes over its released operation under the current secret does not look under
-/// the previous one: here another request holds the key there (an instance still writing under
-/// the old secret, hanging), and giving the taken-over record up would delete its recorded
-/// charge with it — the next attempt would charge again under a new downstream key. It resumes
-/// instead.
+/// A retry that takes over its released operation under the current secret, and finds the old
+/// secret's key held by another request (an instance hanging on it), gives its record back as
+/// it found it — 409 — instead of deleting it: the charge it recorded stays recorded (deleted,
+/// the next attempt would charge again under a new downstream key).
 #[actix_web::test]
 async fn a_taken_over_operation_is_not_given_up_for_an_earlier_key() {
     let test = "a_taken_over_operation_is_not_given_up_for_an_earlier_key";
@@ -130,25 +129,27 @@ async fn a_taken_over_operation_is_not_given_up_for_an_earlier_key() {
         post_as(&after, "/rides", "t-1", &headers, body()).await.0,
         503
     );
-    // An instance writing under the old secret holds the old key (it hangs after its ride).
+    let steps = format!("{}_steps", tables[1]);
+    let recorded = common::pg::count(&db, &steps).await;
+    assert!(recorded >= 2, "the ride and the charge are recorded");
+    // Another request holds the old secret's key (it hangs after its ride).
     let old = scoped_builder(Kind::Header, &store, true, "idem:", SECRET).build();
     let old = actix_web::test::init_service(app(old, world.clone(), gate.clone())).await;
     *world.stall_after.lock().unwrap() = "create_ride".into();
     let hanging = post_as(&old, "/rides", "t-1", &headers, body());
     let retry = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         post_as(&after, "/rides", "t-1", &headers, body()).await
     };
     let retry = tokio::select! {
-        _ = hanging => panic!("the old instance's request hangs"),
+        _ = hanging => panic!("the old key's request hangs"),
         r = retry => r,
     };
-    assert_eq!(retry.0, 201, "{:?}", retry.2);
-    assert_eq!(
-        world.processor_calls.load(Ordering::SeqCst),
-        1,
-        "the recorded charge is not made again"
+    assert_eq!(retry.0, 409, "{:?}", retry.2);
+    assert!(
+        common::pg::count(&db, &steps).await >= recorded,
+        "the recorded steps stay"
     );
-    assert_eq!(world.distinct_downstream_keys(), 1);
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
     drop_tables(&db, &tables).await;
 }

@@ -32,6 +32,13 @@ async fn pay(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpResponse
     HttpResponse::Created().body(format!("charge {n}"))
 }
 
+#[post("/quick")]
+#[idempotent(lease = "1s")]
+async fn quick(runs: web::Data<Runs>) -> HttpResponse {
+    let n = runs.0.fetch_add(1, Ordering::SeqCst) + 1;
+    HttpResponse::Created().body(format!("charge {n}"))
+}
+
 /// An instance on `redis` writing under `secret` and looking under `previous`.
 async fn instance(
     redis: &RedisServer,
@@ -49,7 +56,8 @@ async fn instance(
     common::serve(2, move |cfg| {
         cfg.app_data(idem.clone())
             .app_data(runs.clone())
-            .service(pay);
+            .service(pay)
+            .service(quick);
     })
     .0
 }
@@ -93,8 +101,8 @@ async fn a_retry_across_a_rotation_replays() {
     let again = send(after, "k-1", 0).await;
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     // One still running under the old secret: in progress, not a second run.
-    let (slow, dup) = tokio::join!(send(before, "k-2", 800), async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let (slow, dup) = tokio::join!(send(before, "k-2", 1500), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
         send(after, "k-2", 0).await
     });
     assert_eq!(slow.status(), 201);
@@ -254,4 +262,52 @@ async fn erasure_reaches_records_of_a_previous_secret() {
         .await
         .unwrap()
         .is_none());
+}
+
+/// The look's clean-up fails (the store refused to delete the record the retry made under the
+/// current secret): that record is left in progress, and once its lease lapsed the next retry
+/// takes it over as a second attempt — and still looks under the previous secret, replaying
+/// instead of running the operation a second time.
+#[actix_web::test]
+async fn a_failed_clean_up_after_a_look_never_runs_the_key_again() {
+    use idem_runtime::testing::{Fault, FaultyStore, Op};
+    if !available("a_failed_clean_up_after_a_look_never_runs_the_key_again") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let runs = web::Data::new(Runs::default());
+    let before = instance(&redis, OLD, &[], &runs).await;
+    let post = |addr: std::net::SocketAddr| async move {
+        common::client()
+            .post(format!("http://{addr}/quick"))
+            .header("Idempotency-Key", "q-1")
+            .send()
+            .await
+            .expect("an answer")
+    };
+    assert_eq!(post(before).await.status(), 201);
+    let store = FaultyStore::new(RedisStore::connect(&redis.url()).await.expect("connect"));
+    let idem = common::builder()
+        .store(store.clone())
+        .secret(NEW.to_vec())
+        .previous_secrets([OLD.to_vec()])
+        .build();
+    // Run the fleet check now, so that its own deletes do not take the fault meant for the
+    // look's clean-up. (It reports this fleet — step 0 beside step 2 — and that is right.)
+    let _ = idem.check_secret().await;
+    let r = runs.clone();
+    let after = common::serve(2, move |cfg| {
+        cfg.app_data(idem.clone())
+            .app_data(r.clone())
+            .service(quick);
+    })
+    .0;
+    store.inject(Op::Purge, Fault::Fail, 1);
+    let replay = post(after).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let again = post(after).await;
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(runs.0.load(Ordering::SeqCst), 1, "never run again");
 }

@@ -45,11 +45,11 @@ fn verifies(d: &Got, secret: &[u8], origin: &str) -> (bool, bool) {
 async fn duplicate_with_callback(srv: &common::TestServer, key: &str, hook: &str) {
     let slow = Charge {
         amount: 1,
-        delay_ms: 400,
+        delay_ms: 1200,
     };
     let first = srv.post("/webhook", key).json(&slow).send();
     let dup = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         srv.post("/webhook", key)
             .header("Idempotency-Callback", hook)
             .json(&slow)

@@ -288,10 +288,6 @@ impl Engine {
                         self.forget(ticket.key()).await;
                         return Decision::Reject(too_many_keys(wait));
                     }
-                    // Only a key new under the current secret is looked up under the previous
-                    // ones: one acquired again (a released or abandoned operation) already lives
-                    // here, and giving it up would drop its recorded steps.
-                    let earlier = if attempt <= 1 { earlier } else { &[] };
                     let ticket = match self.look_under_earlier(policy, ticket, earlier).await {
                         Looked::Run(ticket) => ticket,
                         Looked::Decided(decision) => return decision,

@@ -49,8 +49,9 @@ pub(crate) enum Looked {
 
 impl Engine {
     /// Looks under each of `earlier` for the request that holds `ticket` (its current key);
-    /// see the module docs. Any answer but "nothing" gives the current key up (deleted: the
-    /// next request under it is new again, and looks again).
+    /// see the module docs. Any answer but "nothing" gives the current key up: deleted when
+    /// this request's `begin` made it (the next request under it is new again, and looks
+    /// again), given back as found when it was acquired again (its recorded steps stay).
     pub(crate) async fn look_under_earlier(
         self: &Arc<Self>,
         policy: &Policy,
@@ -105,7 +106,15 @@ impl Engine {
                 }
             };
             crate::observe::count(crate::observe::metric::EARLIER_SECRET_TOTAL);
-            self.forget(ticket.key()).await;
+            if ticket.attempt() <= 1 {
+                // A record this request's `begin` just made: it goes, so that the next request
+                // under the current key is new again, and looks again.
+                self.forget(ticket.key()).await;
+            } else if let Err(error) = ticket.give_back_once().await {
+                // Acquired again (a released or abandoned operation lives here too): given
+                // back as found, never deleted — its recorded steps stay.
+                tracing::warn!(key = %ticket.key(), %error, "idem: could not give a key back; it frees itself when its lease ends");
+            }
             return looked;
         }
         Looked::Run(ticket)
