@@ -39,19 +39,24 @@ async fn quick(runs: web::Data<Runs>) -> HttpResponse {
     HttpResponse::Created().body(format!("charge {n}"))
 }
 
-/// An instance on `redis` writing under `secret` and looking under `previous`.
+/// An `Idempotency` on the Redis at `url`, writing under `secret` and looking under `previous`.
+async fn app_on(url: &str, secret: &[u8], previous: &[&[u8]]) -> Idempotency {
+    let store = RedisStore::connect(url).await.expect("connect");
+    common::builder()
+        .store(store)
+        .secret(secret.to_vec())
+        .previous_secrets(previous.iter().map(|s| s.to_vec()))
+        .build()
+}
+
+/// An instance serving `app_on(redis, secret, previous)`.
 async fn instance(
     redis: &RedisServer,
     secret: &[u8],
     previous: &[&[u8]],
     runs: &web::Data<Runs>,
 ) -> std::net::SocketAddr {
-    let store = RedisStore::connect(&redis.url()).await.expect("connect");
-    let idem: Idempotency = common::builder()
-        .store(store)
-        .secret(secret.to_vec())
-        .previous_secrets(previous.iter().map(|s| s.to_vec()))
-        .build();
+    let idem = app_on(&redis.url(), secret, previous).await;
     let runs = runs.clone();
     common::serve(2, move |cfg| {
         cfg.app_data(idem.clone())
@@ -164,42 +169,18 @@ async fn instances_that_disagree_on_the_secrets_fail_clearly() {
         return;
     }
     let redis = RedisServer::start();
-    let idem = |secret: &[u8], previous: &[&[u8]]| {
-        let url = redis.url();
-        let secret = secret.to_vec();
-        let previous: Vec<Vec<u8>> = previous.iter().map(|s| s.to_vec()).collect();
-        async move {
-            let store = RedisStore::connect(&url).await.expect("connect");
-            common::builder()
-                .store(store)
-                .secret(secret)
-                .previous_secrets(previous)
-                .build()
-        }
-    };
-    let step0 = idem(OLD, &[]).await;
-    let step1 = idem(OLD, &[NEW]).await;
-    let step2 = idem(NEW, &[OLD]).await;
+    let url = redis.url();
+    let step0 = app_on(&url, OLD, &[]).await;
+    let step1 = app_on(&url, OLD, &[NEW]).await;
+    let step2 = app_on(&url, NEW, &[OLD]).await;
     assert!(step0.check_secret().await.unwrap());
     assert!(step1.check_secret().await.unwrap(), "steps 0 and 1 agree");
     assert!(step2.check_secret().await.unwrap(), "steps 1 and 2 agree");
     assert!(step1.check_secret().await.unwrap());
     // Step 2 beside an instance that never looked under the new secret.
     let skipped = RedisServer::start();
-    let url = skipped.url();
-    let at = |secret: &[u8], previous: Vec<Vec<u8>>| {
-        let (url, secret) = (url.clone(), secret.to_vec());
-        async move {
-            let store = RedisStore::connect(&url).await.expect("connect");
-            common::builder()
-                .store(store)
-                .secret(secret)
-                .previous_secrets(previous)
-                .build()
-        }
-    };
-    let unaware = at(OLD, vec![]).await;
-    let rotated = at(NEW, vec![OLD.to_vec()]).await;
+    let unaware = app_on(&skipped.url(), OLD, &[]).await;
+    let rotated = app_on(&skipped.url(), NEW, &[OLD]).await;
     assert!(unaware.check_secret().await.unwrap());
     assert!(
         !rotated.check_secret().await.unwrap(),
@@ -207,15 +188,8 @@ async fn instances_that_disagree_on_the_secrets_fail_clearly() {
     );
     // And two secrets with nothing in common.
     let strangers = RedisServer::start();
-    let url = strangers.url();
-    let (a, b) = {
-        let a = RedisStore::connect(&url).await.expect("connect");
-        let b = RedisStore::connect(&url).await.expect("connect");
-        let mk = |s: idem::RedisStore, secret: &[u8]| {
-            common::builder().store(s).secret(secret.to_vec()).build()
-        };
-        (mk(a, OLD), mk(b, NEW))
-    };
+    let a = app_on(&strangers.url(), OLD, &[]).await;
+    let b = app_on(&strangers.url(), NEW, &[]).await;
     assert!(a.check_secret().await.unwrap());
     assert!(!b.check_secret().await.unwrap());
 }
@@ -248,12 +222,7 @@ async fn erasure_reaches_records_of_a_previous_secret() {
     let runs = web::Data::new(Runs::default());
     let before = instance(&redis, OLD, &[], &runs).await;
     assert_eq!(send(before, "gdpr-1", 0).await.status(), 201);
-    let store = RedisStore::connect(&redis.url()).await.expect("connect");
-    let rotated = common::builder()
-        .store(store)
-        .secret(NEW.to_vec())
-        .previous_secrets([OLD.to_vec()])
-        .build();
+    let rotated = app_on(&redis.url(), NEW, &[OLD]).await;
     let found = rotated.inspect("POST /pay", "", "gdpr-1").await.unwrap();
     assert!(found.is_some(), "inspect finds the old secret's record");
     assert!(rotated.erase_principal("").await.unwrap() >= 1);

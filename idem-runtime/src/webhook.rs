@@ -106,17 +106,9 @@ pub fn verify_at(
     tolerance: Duration,
     now: std::time::SystemTime,
 ) -> Result<(), SignatureError> {
-    let (timestamp, signatures) = parse(header, "v1")?;
-    fresh(timestamp, tolerance, now)?;
-    let mac = signer(secret, timestamp, key, status, body);
-    if signatures
-        .iter()
-        .any(|sig| mac.clone().verify_slice(sig).is_ok())
-    {
-        Ok(())
-    } else {
-        Err(SignatureError::Mismatch)
-    }
+    check(header, "v1", tolerance, now, |t| {
+        signer(secret, t, key, status, body)
+    })
 }
 
 /// Header of each delivery carrying its id: the same on every attempt of one delivery, unique
@@ -213,9 +205,23 @@ pub fn verify_delivery_at(
     tolerance: Duration,
     now: std::time::SystemTime,
 ) -> Result<(), SignatureError> {
-    let (timestamp, signatures) = parse(header, "v2")?;
+    check(header, "v2", tolerance, now, |t| {
+        signer_v2(secret, t, delivery)
+    })
+}
+
+/// Whether any `version=` signature of `header` matches the MAC `mac` makes for its timestamp,
+/// signed within `tolerance` of `now`.
+fn check(
+    header: &str,
+    version: &str,
+    tolerance: Duration,
+    now: std::time::SystemTime,
+    mac: impl FnOnce(u64) -> Hmac<Sha256>,
+) -> Result<(), SignatureError> {
+    let (timestamp, signatures) = parse(header, version)?;
     fresh(timestamp, tolerance, now)?;
-    let mac = signer_v2(secret, timestamp, delivery);
+    let mac = mac(timestamp);
     if signatures
         .iter()
         .any(|sig| mac.clone().verify_slice(sig).is_ok())
