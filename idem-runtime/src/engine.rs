@@ -252,7 +252,7 @@ impl Engine {
     pub(crate) async fn begin(
         self: &Arc<Self>,
         policy: &Policy,
-        key: StorageKey,
+        mut key: StorageKey,
         fingerprint: Fingerprint,
         earlier: &[Earlier],
     ) -> Decision {
@@ -272,8 +272,7 @@ impl Engine {
             .await;
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
-                    let ticket =
-                        Ticket::new(self.clone(), key.clone(), (token, attempt), policy, sent);
+                    let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
                     // Only a new operation (its first acquisition) spends the principal's
                     // admission; a retry of a released or abandoned one does not.
                     let new_operation = attempt <= 1;
@@ -291,10 +290,11 @@ impl Engine {
                     let ticket = match self.look_under_earlier(policy, ticket, earlier).await {
                         Looked::Run(ticket) => ticket,
                         Looked::Decided(decision) => return decision,
-                        Looked::Wait(other) => {
+                        Looked::Wait(other, ours) => {
                             match self.wait_for(policy, &other, wait_until).await {
                                 Ok(()) => {
                                     waited = true;
+                                    key = ours;
                                     continue;
                                 }
                                 Err(decision) => return decision,
@@ -468,6 +468,14 @@ impl Engine {
     /// Forgets the record of `key` (an operator's purge), under the store deadline.
     pub(crate) async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
         deadline("purge", self.store_timeout, self.store.purge(key)).await
+    }
+
+    /// Deletes a record this request holds and gives up, under the store deadline (best
+    /// effort: otherwise its lease ends by itself).
+    pub(crate) async fn forget(&self, key: &StorageKey) {
+        if let Err(error) = self.purge(key).await {
+            tracing::warn!(%key, %error, "idem: could not delete a record this request gave up; it frees itself when its lease ends");
+        }
     }
 
     /// Reads the record of `key`, under the store deadline.

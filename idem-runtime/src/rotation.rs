@@ -2,18 +2,21 @@
 //!
 //! Storage keys, fingerprints and downstream keys are derived from the app secret, so a new
 //! secret alone would not find the records written under the old one: every operation retried
-//! across the deploy would run again. With `IdempotencyBuilder::previous_secrets`
-//! a request whose key is new under the current secret is also looked up under each previous
-//! one — by a `begin` on that key, under the lease the current key is held by:
+//! across the deploy would run again. With `IdempotencyBuilder::previous_secrets` every
+//! acquisition of a key under the current secret is also looked up under each previous one —
+//! by a `begin` on that key, under the lease the current key is held by:
 //! - nothing there (a fresh acquisition): that record goes, and the request runs under the
 //!   current secret;
-//! - a completed record: the current record goes, and the old response is replayed (422 for
-//!   another payload);
-//! - one in progress: the current record goes, and the duplicate is answered as in progress
-//!   (`wait` waits for it; the other policies answer 409);
-//! - a released or abandoned operation: the current record goes, and the request *resumes* it
-//!   under its old key and its old derivation — its steps, its downstream keys — so a
-//!   processor never sees a second key for one operation.
+//! - a completed record: the old response is replayed (422 for another payload);
+//! - one in progress: the duplicate is answered as in progress (`wait` waits for it; the other
+//!   policies answer 409);
+//! - a released or abandoned operation: the request *resumes* it under its old key and its old
+//!   derivation — its steps, its downstream keys — so a processor never sees a second key for
+//!   one operation.
+//!
+//! In those three cases the current key is given up: deleted when this request's `begin` made
+//! it (the next request under it is new again, and looks again), given back as found when it
+//! was acquired again (its recorded steps stay).
 //!
 //! Holding its own key while it looks under another is what makes two instances safe during a
 //! rolling deploy, as long as each one knows the secret the other writes under: of two requests
@@ -42,9 +45,9 @@ pub(crate) enum Looked {
     Run(Ticket),
     /// Answered from them (a replay, a refusal) or resumed under one (`Execute`).
     Decided(Decision),
-    /// In progress under this earlier key, and the endpoint waits: wait for it, then begin
-    /// again.
-    Wait(StorageKey),
+    /// In progress under this earlier key (the first), and the endpoint waits: wait for it,
+    /// then begin again under the current key (the second, given up meanwhile).
+    Wait(StorageKey, StorageKey),
 }
 
 impl Engine {
@@ -93,7 +96,7 @@ impl Engine {
                     Looked::Decided(Decision::Reject(crate::engine::key_reused()))
                 }
                 Ok(Begin::InProgress { .. }) if policy.on_conflict == OnConflict::Wait => {
-                    Looked::Wait(e.key.clone())
+                    Looked::Wait(e.key.clone(), ticket.key().clone())
                 }
                 Ok(Begin::InProgress { .. }) => {
                     Looked::Decided(Decision::Reject(crate::engine::in_progress()))
@@ -118,14 +121,5 @@ impl Engine {
             return looked;
         }
         Looked::Run(ticket)
-    }
-
-    /// Deletes a record this request holds and gives up (best effort: otherwise its lease ends
-    /// by itself).
-    pub(crate) async fn forget(&self, key: &StorageKey) {
-        let purged = deadline("purge", self.store_timeout(), self.store().purge(key)).await;
-        if let Err(error) = purged {
-            tracing::warn!(%key, %error, "idem: could not delete a record this request gave up; it frees itself when its lease ends");
-        }
     }
 }

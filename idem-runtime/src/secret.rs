@@ -247,7 +247,7 @@ pub(crate) async fn agree(
     let list: Vec<u8> = mine.concat();
     publish(engine, &set_key(prefix, &mine[0]), mine[0], &list).await?;
     for other in &mine {
-        let Some(record) = get(engine, &set_key(prefix, other)).await? else {
+        let Some(record) = engine.get(&set_key(prefix, other)).await? else {
             continue;
         };
         if let crate::RecordState::Completed { response } = record.state {
@@ -304,22 +304,15 @@ async fn publish(
             Begin::Replay(_) | Begin::InProgress { .. } if body.is_empty() => return Ok(None),
             // Refreshed: written again with this instance's list.
             Begin::Replay(_) | Begin::InProgress { .. } | Begin::Mismatch if !body.is_empty() => {
-                crate::engine::deadline("purge", limit, store.purge(key)).await?;
+                engine.purge(key).await?;
             }
             _ => {
-                let found = get(engine, key).await?;
+                let found = engine.get(key).await?;
                 return Ok(Some(found.map_or(verifier, |r| r.fingerprint.0)));
             }
         }
     }
     Ok(None)
-}
-
-async fn get(
-    engine: &crate::engine::Engine,
-    key: &StorageKey,
-) -> Result<Option<crate::Record>, crate::StoreError> {
-    crate::engine::deadline("get", engine.store_timeout(), engine.store().get(key)).await
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ impl<S> IdempotencyBuilder<S> {
     /// 2. deploy `secret(new)` with `previous_secrets([old])`;
     /// 3. once the longest `ttl` has passed, deploy `secret(new)` alone.
     ///
-    /// A request whose key is new costs one more `begin` (and one delete) per previous secret:
+    /// Every acquisition of a key costs one more `begin` (and one delete) per previous secret:
     /// keep them only for the rotation.
     pub fn previous_secrets<I, K>(mut self, secrets: I) -> Self
     where
