@@ -20,6 +20,26 @@ fn rotated(store: &idem_runtime::PostgresStore) -> idem::Idempotency {
         .build()
 }
 
+/// The app after the rotation on `faulty` (a `FaultyStore` over the PostgreSQL store), its
+/// fleet check already done: its own deletes do not take a fault meant for a look.
+async fn rotated_on(
+    faulty: &idem_runtime::testing::FaultyStore<idem_runtime::PostgresStore>,
+) -> idem::Idempotency {
+    let idem = idem::Idempotency::builder()
+        .scope_by_header(actix_web::http::header::HeaderName::from_static(
+            "x-account-id",
+        ))
+        .secret(NEW.to_owned())
+        .previous_secrets([SECRET.as_bytes().to_vec()])
+        .key_prefix("idem:")
+        .store_timeout(Duration::from_millis(300))
+        .renew_leases(true)
+        .named_store("pg", faulty.clone())
+        .build();
+    let _ = idem.check_secret().await;
+    idem
+}
+
 /// The first attempt, under the old secret, charged at a processor that refused (the call
 /// happened, under its downstream key), and answered 5xx; the client's retry reaches an
 /// instance with the rotated secret: the operation resumes — no second ride — and the charge is
@@ -151,5 +171,98 @@ async fn a_taken_over_operation_is_not_given_up_for_an_earlier_key() {
         "the recorded steps stay"
     );
     assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    drop_tables(&db, &tables).await;
+}
+
+/// A look under the old secret that finds nothing there, and whose delete of the record it made
+/// is lost, leaves an empty record under the old key while the operation runs — and records its
+/// charge — under the new one. Once that empty record's lease lapses, the operation's retry must
+/// resume where its steps are (the new key), never the empty old record: resumed there, the
+/// charge would run again under the old secret's downstream key — a second charge.
+#[actix_web::test]
+async fn a_lost_delete_under_the_old_secret_does_not_charge_twice() {
+    use idem_runtime::testing::{Fault, FaultyStore, Op};
+    let test = "a_lost_delete_under_the_old_secret_does_not_charge_twice";
+    let Some((store, world, db, tables)) = setup(test).await else {
+        return;
+    };
+    let gate = gate();
+    let headers = ada("Bearer tok-1");
+    let body = || json!({ "rider": "ada" });
+    let faulty = FaultyStore::new(store.clone());
+    let idem = rotated_on(&faulty).await;
+    let after = actix_web::test::init_service(app(idem, world.clone(), gate.clone())).await;
+    // The look's delete of the old key's record fails; the ride and the charge are recorded
+    // under the new key, then the attempt answers 5xx (released).
+    faulty.inject(Op::Purge, Fault::Fail, 1);
+    *world.fail_after.lock().unwrap() = "charge".into();
+    let first = post_as(&after, "/rides", "lost-1", &headers, body()).await;
+    assert_eq!(first.0, 503, "{:?}", first.2);
+    assert_eq!(faulty.faults_fired(), 1, "the look's delete failed");
+    assert_eq!(world.processor_calls.load(Ordering::SeqCst), 1);
+    // The empty record under the old key lapses (the endpoint's lease is 1 s).
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let retry = post_as(&after, "/rides", "lost-1", &headers, body()).await;
+    assert_eq!(retry.0, 201, "{:?}", retry.2);
+    assert_eq!(
+        world.processor_calls.load(Ordering::SeqCst),
+        1,
+        "the recorded charge is not run again"
+    );
+    assert_eq!(world.distinct_downstream_keys(), 1, "one downstream key");
+    assert_eq!(
+        kinds(&db, &tables[0]).await,
+        (1, 1),
+        "one ride, one receipt"
+    );
+    drop_tables(&db, &tables).await;
+}
+
+/// The other way round: the operation charged under the old secret (released), its retry on a
+/// rotated instance resumes it there and cannot delete the record it made under the new key.
+/// Once that record lapsed, the next retry holds both keys again: it resumes under the old one,
+/// where the charge is recorded — the current key's record is the empty one.
+#[actix_web::test]
+async fn a_lost_give_up_under_the_new_secret_does_not_charge_twice() {
+    use idem_runtime::testing::{Fault, FaultyStore, Op};
+    let test = "a_lost_give_up_under_the_new_secret_does_not_charge_twice";
+    let Some((store, world, db, tables)) = setup(test).await else {
+        return;
+    };
+    let gate = gate();
+    let headers = ada("Bearer tok-1");
+    let body = || json!({ "rider": "ada" });
+    let before = scoped_builder(Kind::Header, &store, true, "idem:", SECRET).build();
+    let before = actix_web::test::init_service(app(before, world.clone(), gate.clone())).await;
+    *world.fail_after.lock().unwrap() = "charge".into();
+    assert_eq!(
+        post_as(&before, "/rides", "lost-2", &headers, body())
+            .await
+            .0,
+        503
+    );
+    let faulty = FaultyStore::new(store.clone());
+    let after = rotated_on(&faulty).await;
+    let after = actix_web::test::init_service(app(after, world.clone(), gate.clone())).await;
+    // Resumed under the old key, released again; the new key's record is not deleted.
+    faulty.inject(Op::Purge, Fault::Fail, 1);
+    *world.fail_after.lock().unwrap() = "charge".into();
+    let resumed = post_as(&after, "/rides", "lost-2", &headers, body()).await;
+    assert_eq!(resumed.0, 503, "{:?}", resumed.2);
+    assert_eq!(faulty.faults_fired(), 1, "the give-up's delete failed");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let retry = post_as(&after, "/rides", "lost-2", &headers, body()).await;
+    assert_eq!(retry.0, 201, "{:?}", retry.2);
+    assert_eq!(
+        world.processor_calls.load(Ordering::SeqCst),
+        1,
+        "charged once"
+    );
+    assert_eq!(world.distinct_downstream_keys(), 1, "one downstream key");
+    assert_eq!(
+        kinds(&db, &tables[0]).await,
+        (1, 1),
+        "one ride, one receipt"
+    );
     drop_tables(&db, &tables).await;
 }

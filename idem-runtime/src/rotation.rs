@@ -18,6 +18,10 @@
 //! it (the next request under it is new again, and looks again), given back as found when it
 //! was acquired again (its recorded steps stay).
 //!
+//! A delete the store refuses leaves an empty record under one of the two keys; once it lapsed,
+//! a request acquires both again and resumes under the one whose operation stored its request
+//! (`Steps` does before its first step), deleting the other — see `where_it_runs`.
+//!
 //! Holding its own key while it looks under another is what makes two instances safe during a
 //! rolling deploy, as long as each one knows the secret the other writes under: of two requests
 //! that each hold one key and look under the other, at most one finds the other's key free.
@@ -27,7 +31,7 @@ use std::sync::Arc;
 use crate::engine::{deadline, Decision, Engine, Ticket};
 use crate::secret::KeyDerivation;
 use crate::store::Begin;
-use crate::{Fingerprint, OnConflict, Policy, StorageKey};
+use crate::{Fingerprint, OnConflict, Policy, Problem, StorageKey};
 
 /// A request's storage key and fingerprint under one previous secret.
 #[derive(Debug, Clone)]
@@ -48,6 +52,13 @@ pub(crate) enum Looked {
     /// In progress under this earlier key (the first), and the endpoint waits: wait for it,
     /// then begin again under the current key (the second, given up meanwhile).
     Wait(StorageKey, StorageKey),
+}
+
+/// Which of two acquired keys holds an operation.
+enum Side {
+    Current,
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Earlier,
 }
 
 impl Engine {
@@ -81,7 +92,24 @@ impl Engine {
                     let resumed =
                         Ticket::new(self.clone(), e.key.clone(), (token, attempt), policy, sent)
                             .with_derivation(e.derivation.clone());
-                    Looked::Decided(Decision::Execute(resumed))
+                    if ticket.attempt() <= 1 {
+                        // Nothing under the current key: the operation lives here.
+                        Looked::Decided(Decision::Execute(resumed))
+                    } else {
+                        // Both keys were acquired again: one holds the operation, the other
+                        // a record a lost delete left behind (see `where_it_runs`).
+                        match self.where_it_runs(&ticket, &resumed).await {
+                            Ok(Side::Earlier) => Looked::Decided(Decision::Execute(resumed)),
+                            Ok(Side::Current) => {
+                                self.forget(&e.key).await;
+                                continue;
+                            }
+                            Err(problem) => {
+                                let _ = resumed.give_back_once().await;
+                                Looked::Decided(Decision::Reject(problem))
+                            }
+                        }
+                    }
                 }
                 Ok(Begin::Replay(stored)) => {
                     Looked::Decided(match crate::engine::opened(policy, &e.key, stored) {
@@ -121,5 +149,44 @@ impl Engine {
             return looked;
         }
         Looked::Run(ticket)
+    }
+
+    /// Which of two keys, both acquired again (attempt > 1), holds the operation a request
+    /// resumes: the current one (`current`) or the earlier one (`earlier`). Only one ran it; the
+    /// other holds a record a look or a give-up made and could not delete (the store refused
+    /// the delete), which lapsed. The one whose operation started its steps (it stored its
+    /// request, before any step ran) holds it: resumed anywhere else, a step would run again
+    /// under another downstream key. When neither did (no steps, or a store without them),
+    /// nothing is recorded either way and the current key runs it: a lost delete is far likelier
+    /// under the earlier key (every new request's look makes and deletes a record there) than
+    /// under the current one (deleted only when a request finds something earlier).
+    async fn where_it_runs(&self, current: &Ticket, earlier: &Ticket) -> Result<Side, Problem> {
+        #[cfg(feature = "postgres")]
+        if let Some(tx) = self.store().transactional() {
+            let pg = tx.postgres();
+            let timeout = self.store_timeout();
+            let (earlier_started, current_started) = match tokio::try_join!(
+                deadline("started_steps", timeout, pg.started_steps(earlier.key())),
+                deadline("started_steps", timeout, pg.started_steps(current.key())),
+            ) {
+                Ok(both) => both,
+                Err(error) => {
+                    tracing::error!(%error, "idem: could not read where an operation started its steps; rejecting the request");
+                    return Err(self.store_problem(&error));
+                }
+            };
+            return match (earlier_started, current_started) {
+                (true, true) => {
+                    tracing::error!(key = %current.key(), earlier = %earlier.key(), "idem: one operation started steps under two secrets; nothing runs until an operator purges one of them");
+                    Err(self.store_problem(&crate::StoreError::Corrupt(
+                        "steps under two secrets".into(),
+                    )))
+                }
+                (true, false) => Ok(Side::Earlier),
+                (false, _) => Ok(Side::Current),
+            };
+        }
+        let _ = (current, earlier);
+        Ok(Side::Current)
     }
 }

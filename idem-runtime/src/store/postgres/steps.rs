@@ -28,6 +28,7 @@ pub(super) struct StepSql {
     fail: String,
     forget: String,
     refund: String,
+    started: String,
 }
 
 impl StepSql {
@@ -132,6 +133,11 @@ impl StepSql {
             refund: format!(
                 "UPDATE {t}_requests SET attempts = greatest(attempts - 1, 0) WHERE key = $1"
             ),
+            // This operation's request row (`put_request` writes it before any step runs).
+            started: format!(
+                "SELECT EXISTS (SELECT 1 FROM {t}_requests q JOIN {t} r ON r.key = q.key
+                                 WHERE q.key = $1 AND q.op >= r.started)"
+            ),
         }
     }
 }
@@ -202,6 +208,17 @@ impl PostgresStore {
                 })
             })
             .collect()
+    }
+
+    /// Whether the operation `key` holds started its steps: it stored its request, which it
+    /// does before any step runs (a step may have run since, or be running at a processor).
+    pub(crate) async fn started_steps(&self, key: &StorageKey) -> Result<bool, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(&self.steps.started, &[&key.as_str()])
+            .await
+            .map_err(failed)?;
+        row.try_get(0).map_err(failed)
     }
 
     /// The names of the steps the operation `key` finished, in order.
