@@ -21,6 +21,18 @@ struct Runs(AtomicUsize);
 #[post("/pay")]
 #[idempotent]
 async fn pay(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpResponse {
+    charge(req, runs).await
+}
+
+/// `/pay`, whose duplicates wait for the first request instead of answering 409.
+#[post("/pay-wait")]
+#[idempotent(on_conflict = "wait")]
+async fn pay_wait(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpResponse {
+    charge(req, runs).await
+}
+
+/// Counts a run, waits `X-Delay-Ms`, answers 201 with the run's number.
+async fn charge(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpResponse {
     let n = runs.0.fetch_add(1, Ordering::SeqCst) + 1;
     let delay = req
         .headers()
@@ -78,14 +90,24 @@ async fn instance(
         cfg.app_data(idem.clone())
             .app_data(runs.clone())
             .service(pay)
+            .service(pay_wait)
             .service(quick);
     })
     .0
 }
 
 async fn send(addr: std::net::SocketAddr, key: &str, delay_ms: u64) -> reqwest::Response {
+    send_to(addr, "/pay", key, delay_ms).await
+}
+
+async fn send_to(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    delay_ms: u64,
+) -> reqwest::Response {
     common::client()
-        .post(format!("http://{addr}/pay"))
+        .post(format!("http://{addr}{path}"))
         .header("Idempotency-Key", key)
         .header("x-delay-ms", delay_ms.to_string())
         .send()
@@ -95,7 +117,8 @@ async fn send(addr: std::net::SocketAddr, key: &str, delay_ms: u64) -> reqwest::
 
 /// Rotated between a first request and its retry: the retry, on an instance with the new
 /// secret and the old one as previous, replays the first response; a duplicate of one still
-/// running under the old secret is answered as in progress. An instance with only the new
+/// running under the old secret is answered as in progress (or, under `wait`, waits for it and
+/// replays it). An instance with only the new
 /// secret (what a rotation was before previous secrets) runs the retry again.
 #[actix_web::test]
 async fn a_retry_across_a_rotation_replays() {
@@ -129,10 +152,24 @@ async fn a_retry_across_a_rotation_replays() {
     assert_eq!(slow.status(), 201);
     assert_eq!(dup.status(), 409);
     assert_eq!(runs.0.load(Ordering::SeqCst), 2);
+    // Under `wait`, that duplicate waits for the run under the old secret and replays it.
+    let (slow, dup) = tokio::join!(send_to(before, "/pay-wait", "k-3", 1500), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send_to(after, "/pay-wait", "k-3", 0).await
+    });
+    assert_eq!(slow.status(), 201);
+    assert_eq!(dup.status(), 201);
+    assert_eq!(dup.headers()["idempotent-replayed"], "true");
+    let (slow, dup) = (slow.text().await.unwrap(), dup.text().await.unwrap());
+    assert_eq!(
+        dup, slow,
+        "the waiting duplicate replays the first response"
+    );
+    assert_eq!(runs.0.load(Ordering::SeqCst), 3);
     // Without the previous secret, the same retry runs again: the defect this fixes.
     let unaware = instance(&redis, NEW, &[], &runs).await;
     assert_eq!(send(unaware, "k-1", 0).await.status(), 201);
-    assert_eq!(runs.0.load(Ordering::SeqCst), 3, "ran again without it");
+    assert_eq!(runs.0.load(Ordering::SeqCst), 4, "ran again without it");
 }
 
 /// A rolling deploy in step 2 of a rotation: instances writing under the old secret (and
