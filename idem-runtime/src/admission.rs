@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 /// Buckets kept before full ones (principals idle for a whole window) are dropped.
 const MAX_BUCKETS: usize = 65_536;

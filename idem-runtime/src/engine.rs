@@ -139,7 +139,7 @@ pub(crate) struct Engine {
     /// `born` (0: at once), and whether one is under way: read on every request, so atomics.
     secret_due_ms: std::sync::atomic::AtomicU64,
     secret_checking: std::sync::atomic::AtomicBool,
-    born: std::time::Instant,
+    born: crate::clock::Instant,
 }
 
 impl std::fmt::Debug for Engine {
@@ -157,7 +157,7 @@ pub(crate) async fn deadline<T>(
     limit: Duration,
     call: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
+    let started = crate::clock::Instant::now();
     let mut call = std::pin::pin!(call);
     // A store that answers at once (the memory store, a cached record) needs no timer: polled
     // once before one is made.
@@ -197,7 +197,7 @@ impl Engine {
             admission: None,
             secret_due_ms: Default::default(),
             secret_checking: Default::default(),
-            born: std::time::Instant::now(),
+            born: crate::clock::Instant::now(),
             store_timeout,
             replay_headers,
         }

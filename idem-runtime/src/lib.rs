@@ -14,6 +14,7 @@ mod admission;
 mod canonical;
 #[cfg(feature = "client")]
 pub mod client;
+mod clock;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub(crate) mod engine;

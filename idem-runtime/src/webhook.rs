@@ -92,7 +92,7 @@ pub fn verify(
         status,
         body,
         tolerance,
-        std::time::SystemTime::now(),
+        crate::clock::wall(),
     )
 }
 
@@ -188,13 +188,7 @@ pub fn verify_delivery(
     delivery: &Delivery<'_>,
     tolerance: Duration,
 ) -> Result<(), SignatureError> {
-    verify_delivery_at(
-        secret,
-        header,
-        delivery,
-        tolerance,
-        std::time::SystemTime::now(),
-    )
+    verify_delivery_at(secret, header, delivery, tolerance, crate::clock::wall())
 }
 
 /// [`verify_delivery`] at the time `now`.

@@ -2,7 +2,6 @@
 //! twice?", "why does this client get 409?", "let this customer retry".
 
 use serde::Serialize;
-use std::time::SystemTime;
 
 use super::config::Idempotency;
 use crate::key::parse_key;
@@ -123,7 +122,7 @@ impl Idempotency {
         };
         let age_ms = rec
             .acquired_at
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .and_then(|t| crate::clock::wall().duration_since(t).ok())
             .map(|d| d.as_millis() as u64);
         Ok(Some(RecordInfo {
             state,

@@ -189,7 +189,7 @@ pub(crate) const EXPIRES_HEADER: &str = "idempotency-expires";
 pub(crate) fn expiry_date(idem: &Idempotency, ticket: &Ticket, status: u16) -> Option<String> {
     idem.shared
         .expiry_header
-        .then(|| httpdate::fmt_http_date(std::time::SystemTime::now() + ticket.ttl_for(status)))
+        .then(|| httpdate::fmt_http_date(crate::clock::wall() + ticket.ttl_for(status)))
 }
 
 /// A kept response with [`EXPIRES_HEADER`] on both the client's answer and the stored copy (so

@@ -424,7 +424,7 @@ async fn post(config: &WebhookConfig, url: &Url, raw_key: &str, response: &Store
             return;
         }
     };
-    let timestamp = std::time::SystemTime::now()
+    let timestamp = crate::clock::wall()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);

@@ -5,7 +5,9 @@ use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Begin, Fenced, Invalidation, Store, StoreError, TransactionalStore};

@@ -8,7 +8,9 @@
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 use tokio::sync::Notify;
 
 mod principals;
@@ -76,7 +78,7 @@ struct Entry {
     /// When the record goes away entirely (TTL of a completed one; `keep` otherwise).
     expires_at: Instant,
     attempt: u32,
-    acquired_at: std::time::SystemTime,
+    acquired_at: Instant,
     size: usize,
 }
 
@@ -126,7 +128,9 @@ impl Entry {
             fingerprint: self.fingerprint,
             state,
             attempt: self.attempt,
-            acquired_at: Some(self.acquired_at),
+            acquired_at: Some(
+                crate::clock::wall() - now.saturating_duration_since(self.acquired_at),
+            ),
             expires_in: until - now,
         })
     }
@@ -461,7 +465,7 @@ impl Store for MemoryStore {
                 },
                 expires_at: now + keep.max(lease),
                 attempt,
-                acquired_at: std::time::SystemTime::now(),
+                acquired_at: now,
                 size,
             },
         );

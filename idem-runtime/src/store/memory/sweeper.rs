@@ -2,7 +2,9 @@
 //! entries per tick (expired records are invisible to reads before that already).
 
 use std::sync::Weak;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Instant;
 
 use super::{Inner, SHARDS};
 
