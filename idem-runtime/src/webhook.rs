@@ -254,7 +254,10 @@ fn fresh(
     tolerance: Duration,
     now: std::time::SystemTime,
 ) -> Result<(), SignatureError> {
-    let signed = std::time::UNIX_EPOCH + Duration::from_secs(timestamp);
+    // A timestamp past what `SystemTime` holds is no time at all: stale.
+    let Some(signed) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(timestamp)) else {
+        return Err(SignatureError::Stale);
+    };
     let skew = now
         .duration_since(signed)
         .or_else(|e| Ok::<_, ()>(e.duration()))
@@ -269,6 +272,32 @@ fn fresh(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timestamp past what `SystemTime` holds (an attacker's header: no secret needed to send
+    /// one) is stale, never a panic, for both verifiers.
+    #[test]
+    fn a_hostile_timestamp_is_stale_not_a_panic() {
+        let tolerance = Duration::from_secs(300);
+        for t in ["9223372036854775808", "18446744073709551615"] {
+            let v1 = format!("t={t},v1={}", "0".repeat(64));
+            assert_eq!(
+                verify(b"s", &v1, "k", 200, b"", tolerance),
+                Err(SignatureError::Stale)
+            );
+            let v2 = format!("t={t},v2={}", "0".repeat(64));
+            let delivery = Delivery {
+                id: "x",
+                origin: "http://a",
+                key: "k",
+                status: 200,
+                body: b"",
+            };
+            assert_eq!(
+                verify_delivery(b"s", &v2, &delivery, tolerance),
+                Err(SignatureError::Stale)
+            );
+        }
+    }
 
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_key_status_and_body() {
