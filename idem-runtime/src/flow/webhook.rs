@@ -267,7 +267,15 @@ impl WebhookConfig {
                     && a.port_or_known_default() == url.port_or_known_default()
                     && under(url.path(), a.path())
             })
-            .max_by_key(|r| r.url.path().trim_end_matches('/').len())?;
+            // The longest path; of equal ones, one with secrets of its own (a plain
+            // `webhook_allow` entry for the same URL, listed before or after, never downgrades a
+            // receiver to the app-wide secret).
+            .max_by_key(|r| {
+                (
+                    r.url.path().trim_end_matches('/').len(),
+                    !r.secrets.is_empty(),
+                )
+            })?;
         let secrets: Vec<&[u8]> = if receiver.secrets.is_empty() {
             Some(self.secret.as_slice())
                 .filter(|s| !s.is_empty())
@@ -527,5 +535,28 @@ mod tests {
             config(&[]).check(b"http://127.0.0.1:9000/hooks"),
             Err(CallbackError::NotAllowed)
         );
+    }
+
+    /// A receiver given its own secret and also listed by `webhook_allow` (after it, or before)
+    /// keeps its own secret: the plain entry never downgrades it to the app-wide one.
+    #[test]
+    fn a_receivers_own_secret_wins_over_a_plain_entry_for_the_same_url() {
+        let own = Receiver {
+            url: Url::parse("http://127.0.0.1:9000/hooks").unwrap(),
+            secrets: Arc::from(vec![b"own".to_vec()]),
+        };
+        let plain = Receiver {
+            url: Url::parse("http://127.0.0.1:9000/hooks/").unwrap(),
+            secrets: Arc::from(Vec::new()),
+        };
+        let url = Url::parse("http://127.0.0.1:9000/hooks/in").unwrap();
+        for allow in [vec![own.clone(), plain.clone()], vec![plain, own]] {
+            let c = WebhookConfig {
+                allow,
+                secret: Arc::new(b"app-wide".to_vec()),
+                ..WebhookConfig::default()
+            };
+            assert_eq!(c.secrets_for(&url), Some(vec![&b"own"[..]]));
+        }
     }
 }
