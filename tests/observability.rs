@@ -18,6 +18,10 @@ struct Captured {
     logs: Arc<Mutex<Vec<u8>>>,
 }
 
+/// Held by the tests that read the recorder's counters: a snapshot takes them (a counter read
+/// by one test would be missing from another's).
+static COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One recorder and one log sink for this test binary.
 fn captured() -> &'static Captured {
     static CAPTURED: OnceLock<Captured> = OnceLock::new();
@@ -92,6 +96,7 @@ async fn post(srv: &TestServer, path: &str, key: &str, body: &Charge) -> reqwest
 
 #[actix_web::test]
 async fn every_outcome_is_counted_and_logged_without_secrets() {
+    let _counters = COUNTERS.lock().await;
     let c = captured();
     let srv = start(Some(common::builder().build()));
 
@@ -238,4 +243,61 @@ async fn operators_inspect_and_purge_a_record() {
     );
     assert_eq!(srv.count(|c| &c.charge), 2);
     assert!(idem.inspect(endpoint, principal, "bad key").await.is_err());
+}
+
+/// An operation the completer finishes under a previous secret counts in
+/// `idem_earlier_secret_total`, as one a client's retry resumes does: the counter that tells an
+/// operator when the old secret can go (docs/secrets.md, step 3) sees every record still in use
+/// under it.
+#[actix_web::test]
+async fn a_completer_resume_under_a_previous_secret_is_counted() {
+    use common::gate::{completer, crashed, scoped_builder, stop, Crashed, Kind};
+    use common::rides::{until_receipt, SECRET};
+    let _counters = COUNTERS.lock().await;
+    let c = captured();
+    let Some(Crashed {
+        store,
+        world,
+        db,
+        tables,
+        gate,
+    }) = crashed(
+        "a_completer_resume_under_a_previous_secret_is_counted",
+        "obs-rot-1",
+    )
+    .await
+    else {
+        return;
+    };
+    let earlier = || counter(c, "idem_earlier_secret_total");
+    // A snapshot takes the counters: this one starts from what it reads now, nothing.
+    let _ = earlier();
+    let rotated = scoped_builder(
+        Kind::Header,
+        &store,
+        true,
+        "idem:",
+        "a-newer-secret-0123456789abcdef",
+    )
+    .previous_secrets([SECRET.as_bytes().to_vec()])
+    .build();
+    let running = completer(rotated, &world, &gate, 3);
+    until_receipt(&db, &tables[0], Duration::from_secs(10)).await;
+    stop(running).await;
+    assert_eq!(earlier(), 1, "counted once");
+    common::rides::drop_tables(&db, &tables).await;
+}
+
+/// The value of the counter `name`, summed over its labels.
+fn counter(c: &Captured, name: &str) -> u64 {
+    c.metrics
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .filter(|(key, ..)| key.key().name() == name)
+        .map(|(.., value)| match value {
+            DebugValue::Counter(n) => n,
+            _ => 0,
+        })
+        .sum()
 }

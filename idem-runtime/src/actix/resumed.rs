@@ -120,6 +120,9 @@ pub(crate) fn under_recorded<T>(req: &HttpRequest, keyed: Keyed<T>) -> Result<Ke
             )
         }));
     };
+    // Resumed under a previous secret: counted as a look that found its record is (an
+    // operator waits for this counter to stop before forgetting the old secret).
+    crate::observe::count(crate::observe::metric::EARLIER_SECRET_TOTAL);
     Ok(Keyed {
         storage_key: earlier.key,
         fingerprint: earlier.fingerprint,
