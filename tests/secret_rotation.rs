@@ -77,6 +77,15 @@ async fn app_on(url: &str, secret: &[u8], previous: &[&[u8]]) -> Idempotency {
         .build()
 }
 
+/// `app_on`, on a shared memory store.
+fn on_memory(store: &idem::MemoryStore, secret: &[u8], previous: &[&[u8]]) -> Idempotency {
+    common::builder()
+        .store(store.clone())
+        .secret(secret.to_vec())
+        .previous_secrets(previous.iter().map(|s| s.to_vec()))
+        .build()
+}
+
 /// An instance serving `app_on(redis, secret, previous)`.
 async fn instance(
     redis: &RedisServer,
@@ -225,9 +234,15 @@ async fn instances_that_disagree_on_the_secrets_fail_clearly() {
     let url = redis.url();
     let step0 = app_on(&url, OLD, &[]).await;
     let step1 = app_on(&url, OLD, &[NEW]).await;
-    let step2 = app_on(&url, NEW, &[OLD]).await;
     assert!(step0.check_secret().await.unwrap());
     assert!(step1.check_secret().await.unwrap(), "steps 0 and 1 agree");
+    assert!(step0.check_secret().await.unwrap());
+    // Once step 1 is done everywhere (no step-0 instance checked for two periods: a fresh
+    // store here), steps 1 and 2 agree.
+    let next = RedisServer::start();
+    let step1 = app_on(&next.url(), OLD, &[NEW]).await;
+    let step2 = app_on(&next.url(), NEW, &[OLD]).await;
+    assert!(step1.check_secret().await.unwrap());
     assert!(step2.check_secret().await.unwrap(), "steps 1 and 2 agree");
     assert!(step1.check_secret().await.unwrap());
     // Step 2 beside an instance that never looked under the new secret.
@@ -377,4 +392,51 @@ async fn a_lost_delete_under_the_old_secret_keeps_the_downstream_key() {
     let keys = keys.lock().unwrap().clone();
     assert_eq!(keys.len(), 2);
     assert_eq!(keys[0], keys[1], "one downstream key for one operation");
+}
+
+/// A rotation whose first step is half done when its second starts: one instance still writes
+/// under the old secret alone, another under the old one looking under the new, a third under
+/// the new one. The instance without the new secret would run again every retry of an operation
+/// the third wrote: whichever order they check in, the check reports it (it reported nothing
+/// when an instance of step 1 checked last).
+#[actix_web::test]
+async fn a_half_done_first_step_is_reported_whatever_the_order_of_checks() {
+    let orders: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
+    for order in orders {
+        let store = idem::MemoryStore::default();
+        let fleet = [
+            on_memory(&store, OLD, &[]),
+            on_memory(&store, OLD, &[NEW]),
+            on_memory(&store, NEW, &[OLD]),
+        ];
+        let mut reports = Vec::new();
+        for round in 0..2 {
+            for &i in &order {
+                reports.push((round, i, fleet[i].check_secret().await.unwrap()));
+            }
+        }
+        assert!(
+            reports.iter().any(|(round, i, agreed)| *round == 1 && *i == 2 && !agreed),
+            "the instance writing under the new secret reports the disagreement: {order:?} {reports:?}"
+        );
+    }
+    // The steps done in order never report one.
+    let store = idem::MemoryStore::default();
+    let fleet = [
+        on_memory(&store, OLD, &[NEW]),
+        on_memory(&store, NEW, &[OLD]),
+        on_memory(&store, OLD, &[NEW]),
+    ];
+    for _ in 0..2 {
+        for instance in &fleet {
+            assert!(instance.check_secret().await.unwrap());
+        }
+    }
 }

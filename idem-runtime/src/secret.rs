@@ -226,10 +226,11 @@ pub(crate) const CHECK_EVERY: std::time::Duration = std::time::Duration::from_se
 /// - one record for the whole app holds the verifier of the secret its first instance writes
 ///   under: another one is a disagreement unless it is one of this instance's secrets (a
 ///   rotation in progress);
-/// - one record per secret written under lists the secrets the instance writing under it looks
-///   under (`derivation` first, then `earlier`): an instance that writes under one of this
-///   instance's secrets but does not look under this instance's own would run a retry that
-///   reached the other again — a rotation that skipped its first step.
+/// - one record per secret written under and check period lists the secrets *every* instance
+///   writing under it looks under (the intersection of their lists: `derivation`, then
+///   `earlier`): an instance that writes under one of this instance's secrets but does not look
+///   under this instance's own would run a retry that reached the other again — a rotation that
+///   skipped its first step, or started its second before the first was done everywhere.
 pub(crate) async fn agree(
     engine: &crate::engine::Engine,
     prefix: &str,
@@ -240,19 +241,20 @@ pub(crate) async fn agree(
         .chain(earlier.iter().map(|d| d.verifier()))
         .collect();
     let app = check_key(prefix, "v2");
-    let mut agreed = match publish(engine, &app, mine[0], &[]).await? {
+    let mut agreed = match publish(engine, &app, mine[0], &[], CHECK_KEEP).await? {
         None => true,
         Some(theirs) => mine.contains(&theirs),
     };
-    let list: Vec<u8> = mine.concat();
-    publish(engine, &set_key(prefix, &mine[0]), mine[0], &list).await?;
+    // What every instance writing under this secret looks under, this period: the
+    // intersection of their lists (an instance that lacks one of them shrinks it; periods make
+    // it grow back once that instance is gone).
+    let period = period_now();
+    merge(engine, &set_key(prefix, &mine[0], period), &mine).await?;
     for other in &mine {
-        let Some(record) = engine.get(&set_key(prefix, other)).await? else {
-            continue;
-        };
-        if let crate::RecordState::Completed { response } = record.state {
-            let theirs = response.body().chunks(32);
-            agreed &= theirs.clone().next().is_none() || theirs.into_iter().any(|v| v == mine[0]);
+        for p in [period, period.saturating_sub(1)] {
+            if let Some(theirs) = list(engine, &set_key(prefix, other, p)).await? {
+                agreed &= theirs.is_empty() || theirs.contains(&mine[0]);
+            }
         }
     }
     if !agreed {
@@ -269,22 +271,77 @@ fn check_key(prefix: &str, name: &str) -> StorageKey {
     StorageKey::scoped(prefix, "idem.secret-check", b"", &key)
 }
 
-/// The record listing what the instances writing under the secret of `verifier` look under.
-fn set_key(prefix: &str, verifier: &[u8; 32]) -> StorageKey {
+/// The record listing what every instance writing under the secret of `verifier` looks under,
+/// in the check period `period`.
+fn set_key(prefix: &str, verifier: &[u8; 32], period: u64) -> StorageKey {
     let mut name = String::from("set-");
     crate::fingerprint::push_hex(&mut name, &verifier[..8]);
-    check_key(prefix, &name)
+    check_key(prefix, &format!("{name}-{period}"))
 }
 
-/// Writes `key` with fingerprint `verifier` and body `body` for [`CHECK_KEEP`], replacing one
-/// with another fingerprint when `body` is not empty (the per-secret records: the last
-/// instance to check speaks for that secret). `Some(theirs)`: the app record already held
-/// another verifier, kept.
+/// The current check period: the wall clock in two [`CHECK_EVERY`]s. Every instance serving
+/// requests checks at least once per period, so the lists of a period and of the one before it
+/// hold every live instance — and an instance gone for two periods (20 minutes) is gone from
+/// them.
+fn period_now() -> u64 {
+    crate::clock::wall()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / (2 * CHECK_EVERY.as_secs()))
+}
+
+/// The verifiers the record `key` lists; `None` when there is none (yet).
+async fn list(
+    engine: &crate::engine::Engine,
+    key: &StorageKey,
+) -> Result<Option<Vec<[u8; 32]>>, crate::StoreError> {
+    let Some(record) = engine.get(key).await? else {
+        return Ok(None);
+    };
+    let crate::RecordState::Completed { response } = record.state else {
+        return Ok(None);
+    };
+    Ok(Some(
+        response
+            .body()
+            .chunks_exact(32)
+            .map(|c| <[u8; 32]>::try_from(c).unwrap_or([0; 32]))
+            .collect(),
+    ))
+}
+
+/// Narrows the list of `key` to what `mine` (this instance's verifiers, its own first) holds
+/// too, or starts it with `mine`. Two instances merging at once may lose one narrowing: the next
+/// check (every [`CHECK_EVERY`]) makes it again.
+async fn merge(
+    engine: &crate::engine::Engine,
+    key: &StorageKey,
+    mine: &[[u8; 32]],
+) -> Result<(), crate::StoreError> {
+    let found = list(engine, key).await?;
+    let merged: Vec<[u8; 32]> = match &found {
+        None => mine.to_vec(),
+        Some(theirs) => mine
+            .iter()
+            .filter(|v| theirs.contains(v))
+            .copied()
+            .collect(),
+    };
+    if found.as_ref() == Some(&merged) {
+        return Ok(());
+    }
+    publish(engine, key, mine[0], &merged.concat(), 2 * CHECK_KEEP).await?;
+    Ok(())
+}
+
+/// Writes `key` with fingerprint `verifier` and body `body` for `keep`, replacing
+/// what is there when `body` is not empty (the per-secret lists, merged by [`merge`]).
+/// `Some(theirs)`: the app record already held another verifier, kept.
 async fn publish(
     engine: &crate::engine::Engine,
     key: &StorageKey,
     verifier: [u8; 32],
     body: &[u8],
+    keep: std::time::Duration,
 ) -> Result<Option<[u8; 32]>, crate::StoreError> {
     use crate::store::Begin;
     let fp = crate::Fingerprint(verifier);
@@ -292,12 +349,11 @@ async fn publish(
     let store = engine.store();
     let limit = engine.store_timeout();
     for _ in 0..2 {
-        let begun =
-            crate::engine::deadline("begin", limit, store.begin(key, &fp, lease, CHECK_KEEP));
+        let begun = crate::engine::deadline("begin", limit, store.begin(key, &fp, lease, keep));
         match begun.await? {
             Begin::Acquired { token, .. } => {
                 let mark = crate::StoredResponse::new(204, None::<(&str, &str)>, body);
-                let completed = store.complete(key, token, &mark, CHECK_KEEP);
+                let completed = store.complete(key, token, &mark, keep);
                 crate::engine::deadline("complete", limit, completed).await?;
                 return Ok(None);
             }
