@@ -43,14 +43,31 @@ fn verifies(d: &Got, secret: &[u8], origin: &str) -> (bool, bool) {
 /// A first request to `/webhook` with `key` (slow), then a duplicate with a callback to `hook`:
 /// 202, and the delivery follows once the first completes.
 async fn duplicate_with_callback(srv: &common::TestServer, key: &str, hook: &str) {
+    let dup = duplicate_as(srv, None, key, hook).await;
+    assert_eq!(dup.status(), 202);
+}
+
+/// A first request to `/webhook` with `key` (slow) as `principal` (its `Authorization`, the
+/// test app's scope; none: anonymous), and its duplicate with a callback to `hook`: the
+/// duplicate's answer.
+async fn duplicate_as(
+    srv: &common::TestServer,
+    principal: Option<&str>,
+    key: &str,
+    hook: &str,
+) -> reqwest::Response {
     let slow = Charge {
         amount: 1,
         delay_ms: 1200,
     };
-    let first = srv.post("/webhook", key).json(&slow).send();
+    let as_principal = |r: reqwest::RequestBuilder| match principal {
+        Some(p) => r.header("Authorization", p),
+        None => r,
+    };
+    let first = as_principal(srv.post("/webhook", key)).json(&slow).send();
     let dup = async {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        srv.post("/webhook", key)
+        as_principal(srv.post("/webhook", key))
             .header("Idempotency-Callback", hook)
             .json(&slow)
             .send()
@@ -59,7 +76,7 @@ async fn duplicate_with_callback(srv: &common::TestServer, key: &str, hook: &str
     };
     let (first, dup) = tokio::join!(first, dup);
     assert_eq!(first.unwrap().status(), 201);
-    assert_eq!(dup.status(), 202);
+    dup
 }
 
 #[actix_web::test]
@@ -115,4 +132,50 @@ async fn a_receivers_secret_rotates_with_deliveries_in_flight() {
         "a receiver with its own secrets is not signed under the app-wide one"
     );
     ha.stop(false).await;
+}
+
+/// Receivers owned by their tenants (`webhook_receiver_of`): tenant A naming tenant B's receiver
+/// is refused (400 `callback-invalid`) — A cannot have its response delivered to B, signed under
+/// B's secret, for a key A chose — while B's own duplicates are delivered there and verify.
+#[actix_web::test]
+async fn a_tenant_cannot_name_another_tenants_receiver() {
+    let (b, got_b, hb) = receiver();
+    let srv = start(Some(
+        builder()
+            .webhook_receiver_of("tenant-a", format!("{b}/a"), [b"secret-of-a".to_vec()])
+            .webhook_receiver_of("tenant-b", format!("{b}/hooks"), [b"secret-of-b".to_vec()])
+            .build(),
+    ));
+    let refused = duplicate_as(
+        &srv,
+        Some("tenant-a"),
+        "b-order-42",
+        &format!("{b}/hooks/in"),
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("callback-invalid"),
+        "{problem}"
+    );
+    let own = duplicate_as(
+        &srv,
+        Some("tenant-b"),
+        "b-order-43",
+        &format!("{b}/hooks/in"),
+    )
+    .await;
+    assert_eq!(own.status(), 202);
+    let d = first(&got_b).await;
+    assert_eq!(d.key, "b-order-43", "only tenant B's delivery arrived");
+    assert_eq!(verifies(&d, b"secret-of-b", &b), (true, true));
+    hb.stop(false).await;
 }

@@ -123,8 +123,9 @@ pub struct Delivery<'a> {
     /// The delivery's id ([`DELIVERY_HEADER`]).
     pub id: &'a str,
     /// The origin the delivery was sent to, as `scheme://host[:port]` (the port only when not
-    /// the scheme's default): the receiver's own, so that a delivery made for another receiver
-    /// does not verify here.
+    /// the scheme's default): the receiver's own, so that a delivery made for a receiver at
+    /// another origin does not verify here (receivers on one origin are told apart by their
+    /// secrets only).
     pub origin: &'a str,
     /// The client's idempotency key (the delivery's `Idempotency-Key` header).
     pub key: &'a str,
@@ -180,8 +181,8 @@ pub fn signature_header(secrets: &[&[u8]], timestamp: u64, delivery: &Delivery<'
 /// Verifies the `v2` signatures of a delivery's `Idempotency-Signature` `header` under `secret`
 /// (any `v2=` entry may match: during a rotation the server signs under both secrets), signed
 /// at most `tolerance` ago (or ahead). Unlike [`verify`], this binds the receiver's origin and
-/// the delivery id: a delivery made for another receiver, even one holding the same secret,
-/// fails here; remember the accepted ids for the tolerance to refuse replays.
+/// the delivery id: a delivery made for a receiver at another origin, even one holding the same
+/// secret, fails here; remember the accepted ids for the tolerance to refuse replays.
 pub fn verify_delivery(
     secret: &[u8],
     header: &str,

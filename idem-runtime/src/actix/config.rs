@@ -11,7 +11,7 @@ use super::scope::{actix_extension, Scope};
 pub use super::scope::{NoScope, ScopeChosen, Scoped};
 use crate::engine::Engine;
 #[cfg(feature = "webhook")]
-use crate::flow::webhook::WebhookConfig;
+use crate::flow::receivers::WebhookConfig;
 use crate::secret::KeyDerivation;
 use crate::store::Store;
 use crate::MemoryStore;

@@ -9,6 +9,8 @@ pub(crate) mod chunks;
 pub(crate) mod execute;
 pub(crate) mod front;
 pub(crate) mod prepare;
+#[cfg(feature = "webhook")]
+pub(crate) mod receivers;
 pub(crate) mod request;
 pub(crate) mod status;
 pub(crate) mod task;
@@ -127,20 +129,21 @@ pub(crate) type Callback = webhook::Callback;
 #[cfg(not(feature = "webhook"))]
 pub(crate) type Callback = ();
 
-/// The check `prepare` runs once the key is known: the request's `Idempotency-Callback` on a
-/// webhook endpoint (400 `callback-invalid` for one that is not allowed).
+/// The check `prepare` runs once the key and the principal are known: the request's
+/// `Idempotency-Callback` on a webhook endpoint (400 `callback-invalid` for one that is not
+/// allowed, or that belongs to another principal).
 pub(crate) fn callback_of<'a>(
     req: &'a impl Head,
     policy: &'a Policy,
     idem: &'a Idempotency,
-) -> impl FnOnce(&IdempotencyKey) -> Result<Callback, Problem> + 'a {
-    move |key| {
+) -> impl FnOnce(&IdempotencyKey, &str) -> Result<Callback, Problem> + 'a {
+    move |key, principal| {
         #[cfg(feature = "webhook")]
-        return webhook::callback(req, policy, &idem.shared.webhook, key)
+        return webhook::callback(req, policy, &idem.shared.webhook, key, principal)
             .map_err(|e| Problem::new(ProblemKind::CallbackInvalid, e.to_string()));
         #[cfg(not(feature = "webhook"))]
         {
-            let _ = (req, policy, idem, key);
+            let _ = (req, policy, idem, key, principal);
             Ok(())
         }
     }

@@ -64,15 +64,15 @@ pub(crate) enum Prepared<S, T> {
 
 /// Reads `req` for the store: its key, body and fingerprint, its storage key under
 /// `principal` (a keyed request without a usable one is refused with its problem). `after_key`
-/// runs once the key is known and before the body is read (the actix adapter checks a webhook
-/// callback there).
+/// runs once the key and the principal are known and before the body is read (a webhook
+/// callback is checked there).
 pub(crate) async fn prepare<S: BodySource, T>(
     idem: &Idempotency,
     policy: &Policy,
     req: &impl Head,
     principal: &Result<String, Problem>,
     body: S,
-    after_key: impl FnOnce(&IdempotencyKey) -> Result<T, Problem>,
+    after_key: impl FnOnce(&IdempotencyKey, &str) -> Result<T, Problem>,
 ) -> Prepared<S, T> {
     let shared = &idem.shared;
     let content_type = req
@@ -116,7 +116,7 @@ pub(crate) async fn prepare<S: BodySource, T>(
         Ok(p) => p,
         Err(problem) => return Prepared::Refused(refuse_principal(idem, policy, problem)),
     };
-    let checked = match after_key(&key) {
+    let checked = match after_key(&key, principal) {
         Ok(t) => t,
         Err(p) => return Prepared::Refused(p),
     };

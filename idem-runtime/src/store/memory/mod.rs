@@ -593,3 +593,6 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod paused_clock_tests;
