@@ -157,9 +157,11 @@ impl Engine {
     /// the delete), which lapsed. The one whose operation started its steps (it stored its
     /// request, before any step ran) holds it: resumed anywhere else, a step would run again
     /// under another downstream key. When neither did (no steps, or a store without them),
-    /// nothing is recorded either way and the current key runs it: a lost delete is far likelier
-    /// under the earlier key (every new request's look makes and deletes a record there) than
-    /// under the current one (deleted only when a request finds something earlier).
+    /// nothing is recorded either way and the current key runs it: on one instance a lost
+    /// delete is far likelier under the earlier key (every new request's look makes and deletes
+    /// a record there) than under the current one (deleted only when a request finds something
+    /// earlier) — but an instance of the other step of a rolling rotation makes its looks'
+    /// records under this one's current key: docs/failure-behaviour.md names that window.
     async fn where_it_runs(&self, current: &Ticket, earlier: &Ticket) -> Result<Side, Problem> {
         #[cfg(feature = "postgres")]
         if let Some(tx) = self.store().transactional() {
