@@ -35,13 +35,22 @@ use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredRe
 /// let store = CachedStore::new(redis, 64 << 20); // at most 64 MiB of replays in memory
 /// # let _ = store; Ok(()) }
 /// ```
-#[derive(Clone)]
 pub struct CachedStore<S> {
-    inner: S,
+    inner: Arc<S>,
     shared: Arc<Shared>,
     /// Kept here, not in `Shared`: the invalidation task holds `Shared` from `new` on, so a
     /// setting written there afterwards could not be.
     max_age: Duration,
+}
+
+impl<S> Clone for CachedStore<S> {
+    fn clone(&self) -> Self {
+        CachedStore {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+            max_age: self.max_age,
+        }
+    }
 }
 
 impl<S> std::fmt::Debug for CachedStore<S> {
@@ -98,7 +107,7 @@ impl<S: Store> CachedStore<S> {
             runtime.spawn(invalidate_forever(rx, Arc::downgrade(&shared)));
         }
         CachedStore {
-            inner,
+            inner: Arc::new(inner),
             shared,
             max_age: Duration::from_secs(30),
         }
@@ -249,7 +258,13 @@ impl<S: Store> Store for CachedStore<S> {
         let epoch = self.shared.epoch.load(Ordering::SeqCst);
         let answer = self.inner.begin(key, fingerprint, lease, keep).await?;
         if matches!(answer, Begin::Replay(_)) {
-            self.admit(key, fingerprint, epoch).await;
+            // The answer is known: the admission's read goes on beside it, never inside the
+            // caller's store deadline (there, a slow read turned a replay into a timeout — and,
+            // under `on_store_error = "proceed"`, into a second run of the operation).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (this, key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
+                runtime.spawn(async move { this.admit(&key, &fingerprint, epoch).await });
+            }
         }
         Ok(answer)
     }

@@ -47,6 +47,24 @@ pub enum Fault {
     LoseAnswer,
 }
 
+/// A fault that lasts: every call meets it while it is set (see
+/// [`FaultyStore::set_condition`]), where a [`Fault`] hits a number of calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Condition {
+    /// Calls go to the inner store as they are.
+    #[default]
+    Healthy,
+    /// Every call fails at once with [`StoreError::Unavailable`]: an outage, a network
+    /// partition.
+    Down,
+    /// Every call waits this long before it goes to the inner store.
+    Slow(Duration),
+    /// `begin` and `complete` fail with [`StoreError::Full`] (the writes that need room); the
+    /// other calls go through.
+    Full,
+}
+
 #[derive(Default)]
 struct Script {
     /// Faults per operation, applied in order to its next calls.
@@ -57,6 +75,7 @@ struct Shared<S> {
     inner: S,
     /// Set by [`FaultyStore::crash`]: every call fails from then on.
     crashed: std::sync::atomic::AtomicBool,
+    condition: Mutex<Condition>,
     script: Mutex<Script>,
     calls: Mutex<HashMap<Op, u64>>,
     faults_fired: AtomicU64,
@@ -112,6 +131,7 @@ impl<S: Store> FaultyStore<S> {
             shared: Arc::new(Shared {
                 inner,
                 crashed: Default::default(),
+                condition: Mutex::default(),
                 script: Mutex::default(),
                 calls: Mutex::default(),
                 faults_fired: AtomicU64::new(0),
@@ -136,6 +156,16 @@ impl<S: Store> FaultyStore<S> {
     /// an app on a clone of [`inner`](Self::inner) plays the restarted instance.
     pub fn crash(&self) {
         self.shared.crashed.store(true, Ordering::SeqCst);
+    }
+
+    /// Sets the fault every call meets from now on, until set again ([`Condition::Healthy`]
+    /// ends it): an outage, a slow or a full store for as long as a test wants.
+    pub fn set_condition(&self, condition: Condition) {
+        *self
+            .shared
+            .condition
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = condition;
     }
 
     /// Forgets every fault not yet applied.
@@ -189,6 +219,20 @@ impl<S: Store> FaultyStore<S> {
     {
         if self.shared.crashed.load(Ordering::SeqCst) {
             return Err(injected(op, "failed: the app crashed"));
+        }
+        let condition = *self
+            .shared
+            .condition
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match condition {
+            Condition::Healthy => {}
+            Condition::Down => return Err(injected(op, "failed: the store is down")),
+            Condition::Full if matches!(op, Op::Begin | Op::Complete) => {
+                return Err(StoreError::Full)
+            }
+            Condition::Full => {}
+            Condition::Slow(by) => tokio::time::sleep(by).await,
         }
         match self.next_fault(op) {
             None => call.await,

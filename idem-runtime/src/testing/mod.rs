@@ -10,7 +10,7 @@
 mod faulty;
 mod probe;
 
-pub use faulty::{Fault, FaultyStore, Op};
+pub use faulty::{Condition, Fault, FaultyStore, Op};
 pub use probe::{
     assert_idempotent, assert_idempotent_at, check_idempotent, check_idempotent_at, Probe, Report,
     TestApp,

@@ -1,0 +1,327 @@
+//! One generation of an app instance: its `FaultyStore` over the store every instance shares,
+//! one `Idempotency` per endpoint (each endpoint's scope, admission limit, cache and response
+//! limit), the actix-web app (the attribute's runtime entry point, in-process) and the tower
+//! layers of the endpoints it serves.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::dev::Service as _;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use idem_runtime::__private_v0_1::{KeySource, Policy};
+use idem_runtime::testing::FaultyStore;
+use idem_runtime::{CachedStore, Guarantee, Idempotency, MemoryStore, OnConflict, OnStoreError};
+
+use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom};
+use crate::world::{Life, World};
+
+/// The header a request's id travels in (the handler records it with its effect).
+pub const REQ_HEADER: &str = "x-sim-req";
+/// The header an account travels in (the scope of scoped endpoints).
+pub const ACCOUNT_HEADER: &str = "x-account";
+/// `max_response_bytes` of an endpoint with small responses.
+pub const SMALL_RESPONSE: usize = 256;
+
+/// What a request got: its status, body and `Retry-After`; `None` when the app failed to answer
+/// at all (an actix error, a broken body).
+pub type Answered = Option<(u16, Bytes, Option<u64>)>;
+
+type Call = Pin<Box<dyn Future<Output = Answered>>>;
+
+/// A running generation of an instance.
+pub struct Generation {
+    /// Its store: faults go here.
+    pub faulty: FaultyStore<MemoryStore>,
+    /// One per endpoint, in order.
+    pub idems: Vec<Idempotency>,
+    actix: Rc<dyn Fn(actix_http::Request) -> Call>,
+    tower: Vec<Option<TowerService>>,
+}
+
+type TowerService = idem_runtime::tower::IdempotencyService<Handler>;
+
+/// The endpoint's policy, made once per set of options (a policy is `'static`).
+fn policy(index: usize, e: &Endpoint) -> &'static Policy {
+    type Options = (usize, u8, u8, bool, u8, u64, u64);
+    static MADE: OnceLock<Mutex<HashMap<Options, &'static Policy>>> = OnceLock::new();
+    let options: Options = (
+        index,
+        e.guarantee as u8,
+        e.on_conflict as u8,
+        e.proceed,
+        e.key_from as u8,
+        e.lease_ms,
+        e.ttl_ms,
+    );
+    let mut made = MADE
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    made.entry(options).or_insert_with(|| {
+        const NAMES: [&str; 3] = ["ep0", "ep1", "ep2"];
+        let mut p = Policy::new("idem_sim::endpoint");
+        p.name = Some(NAMES[index % 3]);
+        p.lease = Duration::from_millis(e.lease_ms);
+        p.ttl = Duration::from_millis(e.ttl_ms);
+        p.guarantee = match e.guarantee {
+            crate::scenario::Guarantee::Strict => Guarantee::Strict,
+            crate::scenario::Guarantee::Result => Guarantee::Result,
+            crate::scenario::Guarantee::Semantic => Guarantee::Semantic,
+        };
+        p.fingerprint = &["/op", "/principal", "/variant"];
+        p.on_conflict = match e.on_conflict {
+            Conflict::RetryAfter => OnConflict::RetryAfter,
+            Conflict::Wait => OnConflict::Wait,
+            Conflict::Accepted => OnConflict::Accepted,
+        };
+        p.wait_timeout = Duration::from_secs(5);
+        p.on_store_error = if e.proceed {
+            OnStoreError::Proceed
+        } else {
+            OnStoreError::Reject
+        };
+        p.key = match e.key_from {
+            KeyFrom::Header => &[],
+            KeyFrom::Query => &[KeySource::Query("idempotency_key")],
+        };
+        Box::leak(Box::new(p))
+    })
+}
+
+/// The path of endpoint `i`.
+pub fn path(i: usize) -> String {
+    format!("/ep{i}")
+}
+
+/// The tower layer's inner service: the shared handler.
+#[derive(Clone)]
+pub struct Handler {
+    world: Arc<World>,
+    life: Arc<Life>,
+    generation: u32,
+    instance: usize,
+    work: Duration,
+}
+
+impl Handler {
+    async fn answer(self, req_id: u64, body: &[u8]) -> (u16, Vec<u8>) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
+            return (400, b"{}".to_vec());
+        };
+        let n = |k: &str| v.get(k).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let run = crate::world::Run {
+            instance: self.instance,
+            req: req_id,
+            op: n("op") as usize,
+            principal: n("principal"),
+            variant: n("variant"),
+        };
+        self.world
+            .handle(&self.life, self.generation, run, self.work)
+            .await
+    }
+}
+
+fn req_id(value: Option<&[u8]>) -> u64 {
+    value
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+impl tower_service::Service<http::Request<Full<Bytes>>> for Handler {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<Full<Bytes>>) -> Self::Future {
+        let handler = self.clone();
+        Box::pin(async move {
+            let id = req_id(req.headers().get(REQ_HEADER).map(|v| v.as_bytes()));
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            let (status, out) = handler.answer(id, &body).await;
+            let mut response = http::Response::new(Full::new(Bytes::from(out)));
+            *response.status_mut() =
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            Ok(response)
+        })
+    }
+}
+
+impl Generation {
+    /// Starts generation `generation` of instance `instance` on `store`.
+    pub async fn start(
+        world: &Arc<World>,
+        life: &Arc<Life>,
+        instance: usize,
+        store: &MemoryStore,
+        endpoints: &[Endpoint],
+    ) -> Generation {
+        let generation = life.generation();
+        let faulty = FaultyStore::new(store.clone());
+        let idems: Vec<Idempotency> = endpoints.iter().map(|e| idem_for(e, &faulty)).collect();
+        let handler = |e: &Endpoint| Handler {
+            world: world.clone(),
+            life: life.clone(),
+            generation,
+            instance,
+            work: Duration::from_millis(e.work_ms),
+        };
+        let tower = endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                (e.adapter == Adapter::Tower).then(|| {
+                    let layer = idem_runtime::tower::IdempotencyLayer::new(&idems[i], policy(i, e));
+                    tower_layer_apply(layer, handler(e))
+                })
+            })
+            .collect();
+        let mut app = actix_web::App::new();
+        for (i, e) in endpoints.iter().enumerate() {
+            if e.adapter != Adapter::Actix {
+                continue;
+            }
+            let policy = policy(i, e);
+            let h = handler(e);
+            app = app.service(web::resource(path(i)).app_data(idems[i].clone()).route(
+                web::post().to(move |req: HttpRequest, payload: web::Payload| {
+                    let h = h.clone();
+                    idem_runtime::__private_v0_1::run(
+                        req,
+                        payload,
+                        policy,
+                        move |req, mut payload| async move {
+                            let id = req_id(req.headers().get(REQ_HEADER).map(|v| v.as_bytes()));
+                            let body = web::Bytes::from_request(&req, &mut payload).await?;
+                            let (status, out) = h.answer(id, &body).await;
+                            let status = actix_web::http::StatusCode::from_u16(status)
+                                .unwrap_or(actix_web::http::StatusCode::OK);
+                            Ok(HttpResponse::build(status)
+                                .content_type("application/json")
+                                .body(out))
+                        },
+                    )
+                }),
+            ));
+        }
+        let service = Rc::new(actix_web::test::init_service(app).await);
+        let actix: Rc<dyn Fn(actix_http::Request) -> Call> = Rc::new(move |req| {
+            let service = service.clone();
+            Box::pin(async move {
+                let response = service.call(req).await.ok()?;
+                let status = response.status().as_u16();
+                let retry_after =
+                    retry_after(response.headers().get("retry-after").map(|v| v.as_bytes()));
+                let body = actix_web::body::to_bytes(response.into_body()).await.ok()?;
+                Some((status, body, retry_after))
+            })
+        });
+        Generation {
+            faulty,
+            idems,
+            actix,
+            tower,
+        }
+    }
+
+    /// Sends a request to endpoint `i` (through its adapter) and reads its whole answer.
+    pub fn call(
+        &self,
+        i: usize,
+        uri: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Pin<Box<dyn Future<Output = Answered>>> {
+        match self.tower.get(i).cloned().flatten() {
+            Some(mut service) => {
+                let mut req = http::Request::post(uri);
+                for (name, value) in headers {
+                    req = req.header(*name, value.as_str());
+                }
+                let Ok(req) = req.body(Full::new(body)) else {
+                    return Box::pin(async { None });
+                };
+                Box::pin(async move {
+                    use tower_service::Service;
+                    let response = service.call(req).await.ok()?;
+                    let status = response.status().as_u16();
+                    let retry_after =
+                        retry_after(response.headers().get("retry-after").map(|v| v.as_bytes()));
+                    let body = response.into_body().collect().await.ok()?.to_bytes();
+                    Some((status, body, retry_after))
+                })
+            }
+            None => {
+                let mut req = actix_web::test::TestRequest::post().uri(uri);
+                for (name, value) in headers {
+                    req = req.append_header((*name, value.as_str()));
+                }
+                (self.actix)(req.set_payload(body).to_request())
+            }
+        }
+    }
+}
+
+fn tower_layer_apply(
+    layer: idem_runtime::tower::IdempotencyLayer,
+    handler: Handler,
+) -> TowerService {
+    use tower_layer::Layer;
+    layer.layer(handler)
+}
+
+fn retry_after(v: Option<&[u8]>) -> Option<u64> {
+    v.and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The `Idempotency` of endpoint `e` on `store`.
+fn idem_for(e: &Endpoint, store: &FaultyStore<MemoryStore>) -> Idempotency {
+    let b = Idempotency::builder();
+    let b = if e.scoped {
+        b.scope_by_header(actix_web::http::header::HeaderName::from_static(
+            ACCOUNT_HEADER,
+        ))
+    } else {
+        b.unscoped()
+    };
+    let b = b
+        .secret(b"the-simulated-app-secret-0123456789".to_vec())
+        .store_timeout(Duration::from_millis(500));
+    let b = match e.admission {
+        Some(n) => b.admission_limit(n, Duration::from_secs(10)),
+        None => b,
+    };
+    let b = if e.small_responses {
+        b.max_response_bytes(SMALL_RESPONSE)
+    } else {
+        b
+    };
+    if e.cache {
+        b.store(CachedStore::new(store.clone(), 1 << 20)).build()
+    } else {
+        b.store(store.clone()).build()
+    }
+}

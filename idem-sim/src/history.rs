@@ -1,0 +1,77 @@
+//! What a run recorded, in virtual time (ms since its start): every send and what came back,
+//! every effect a handler had, every fault as it happened. The oracle reads nothing else.
+
+use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
+
+/// One thing that happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// A client sent request `req` of operation `op` to `instance`.
+    Send {
+        req: u64,
+        op: usize,
+        instance: usize,
+        at: u64,
+        /// The body's variant (another payload under the same key when it differs).
+        variant: u8,
+        /// A proxy appended another account in front of the client's.
+        doubled: bool,
+    },
+    /// Request `req` got an answer.
+    Answer {
+        req: u64,
+        at: u64,
+        status: u16,
+        /// The body, as text (lossy).
+        body: String,
+        /// `Retry-After`, in seconds.
+        retry_after: Option<u64>,
+    },
+    /// Request `req` got no answer: the client hung up, or its instance was killed or down.
+    Lost { req: u64, at: u64, why: String },
+    /// A handler had its effect for operation `op` (request `req`) on `instance`; its run began
+    /// at `began` (virtual ms) and the effect is number `id`.
+    Effect {
+        id: u64,
+        op: usize,
+        req: u64,
+        instance: usize,
+        began: u64,
+        at: u64,
+    },
+    /// The handler that had effect `id` returned at `at`.
+    Returned { id: u64, at: u64 },
+    /// A fault began on `instance` (`what`, as planned) at `at`, lasting until `until` for the
+    /// lasting ones.
+    Fault {
+        instance: usize,
+        what: String,
+        at: u64,
+        until: Option<u64>,
+    },
+}
+
+/// The events of one run, in order.
+#[derive(Debug, Default)]
+pub struct History {
+    events: Mutex<Vec<Event>>,
+}
+
+impl History {
+    /// Records `event`.
+    pub fn push(&self, event: Event) {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(event);
+    }
+
+    /// What was recorded so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}

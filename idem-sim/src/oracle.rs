@@ -1,0 +1,438 @@
+//! The oracle: what a run's history must satisfy.
+//!
+//! - **At most one effect per operation**, unless one of the at-least-once windows that
+//!   docs/failure-behaviour.md names ([`Window`]) explains each further one, from the faults
+//!   the history records;
+//! - **every success is that operation's response**: a 2xx carries an effect of this operation,
+//!   for this client's account (never another operation's or another account's result) — or the
+//!   `response-not-kept` marker of an operation whose response was too large to keep;
+//! - **a 422 only for another payload**: some earlier send of the operation had another body;
+//! - **a refused operation leaves no record**: one whose every request was refused before it
+//!   ran (429, 400) holds no record at the end.
+
+use std::collections::HashMap;
+
+use crate::history::Event;
+use crate::run::{Outcome, Resolved};
+use crate::scenario::Scenario;
+
+/// The store deadline of every simulated app (see `app.rs`).
+const STORE_TIMEOUT_MS: u64 = 500;
+
+/// The at-least-once windows the runtime documents, each named by the first cell of its row in
+/// docs/failure-behaviour.md ("The remaining at-least-once windows"): an effect beyond an
+/// operation's first is tolerated only when one of them explains it. A test checks that each
+/// name is in that table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    /// The instance was killed after the effect, before its record was written.
+    Crash,
+    /// The store was unreachable from the end of the handler until its lease ended.
+    CompleteAbandoned,
+    /// The store was unreachable for a lease while the handler ran.
+    LeaseLapsed,
+    /// A store slower than lease/6.
+    SlowStore,
+    /// `proceed` with the store unreachable at `begin`: run unprotected.
+    Proceed,
+    /// The record's TTL ended.
+    Expired,
+}
+
+impl Window {
+    /// Every window.
+    pub const ALL: [Window; 6] = [
+        Window::Crash,
+        Window::CompleteAbandoned,
+        Window::LeaseLapsed,
+        Window::SlowStore,
+        Window::Proceed,
+        Window::Expired,
+    ];
+
+    /// The first cell of its row in docs/failure-behaviour.md.
+    pub fn row(self) -> &'static str {
+        match self {
+            Window::Crash => "crash after the side effects, before the record is written",
+            Window::CompleteAbandoned => {
+                "the store unreachable from the end of the handler until the lease ends"
+            }
+            Window::LeaseLapsed => {
+                "the store unreachable for a whole lease *while the handler runs*, and a duplicate arrives after it"
+            }
+            Window::SlowStore => "a short lease on a store slower than lease/6",
+            Window::Proceed => "`on_store_error = \"proceed\"` with the store unreachable at `begin`",
+            Window::Expired => "the record is gone: its `ttl` ended",
+        }
+    }
+}
+
+/// A broken rule, with the history's evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation(pub String);
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a run that kept every rule did, for the long run's table.
+#[derive(Debug, Default, Clone)]
+pub struct Counts {
+    pub operations: u64,
+    pub requests: u64,
+    pub effects: u64,
+    /// Effects beyond an operation's first, by the window that explained them.
+    pub windows: HashMap<Window, u64>,
+    /// Answers by status.
+    pub statuses: HashMap<u16, u64>,
+    pub lost: u64,
+}
+
+impl Counts {
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &Counts) {
+        self.operations += other.operations;
+        self.requests += other.requests;
+        self.effects += other.effects;
+        self.lost += other.lost;
+        for (w, n) in &other.windows {
+            *self.windows.entry(*w).or_default() += n;
+        }
+        for (s, n) in &other.statuses {
+            *self.statuses.entry(*s).or_default() += n;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Sent {
+    op: usize,
+    instance: usize,
+    at: u64,
+    variant: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Effect {
+    id: u64,
+    op: usize,
+    req: u64,
+    instance: usize,
+    began: u64,
+    returned: Option<u64>,
+}
+
+/// A lasting fault on one instance: `kind` from `at` to `until`.
+#[derive(Debug, Clone)]
+struct Lasting {
+    instance: usize,
+    kind: String,
+    at: u64,
+    until: u64,
+}
+
+impl Lasting {
+    /// Whether store calls fail (or time out) while it lasts.
+    fn unreachable(&self) -> bool {
+        self.kind == "outage"
+            || self.kind == "full"
+            || self
+                .kind
+                .strip_prefix("slow ")
+                .and_then(|d| d.trim_end_matches(" ms").parse::<u64>().ok())
+                .is_some_and(|d| d >= STORE_TIMEOUT_MS)
+    }
+
+    fn slow_ms(&self) -> u64 {
+        self.kind
+            .strip_prefix("slow ")
+            .and_then(|d| d.trim_end_matches(" ms").parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// Checks `outcome` of `scenario` (its operations resolved as `resolved`).
+pub fn check(
+    scenario: &Scenario,
+    resolved: &[Resolved],
+    outcome: &Outcome,
+) -> Result<Counts, Violation> {
+    let mut counts = Counts {
+        operations: scenario.ops.len() as u64,
+        ..Counts::default()
+    };
+    let mut sent: HashMap<u64, Sent> = HashMap::new();
+    let mut effects: Vec<Effect> = Vec::new();
+    let mut lasting: Vec<Lasting> = Vec::new();
+    let mut crashes: Vec<(usize, u64)> = Vec::new();
+    let mut answers: Vec<(u64, u64, u16, &str)> = Vec::new();
+    for e in &outcome.events {
+        match e {
+            Event::Send {
+                req,
+                op,
+                instance,
+                at,
+                variant,
+                ..
+            } => {
+                counts.requests += 1;
+                sent.insert(
+                    *req,
+                    Sent {
+                        op: *op,
+                        instance: *instance,
+                        at: *at,
+                        variant: *variant,
+                    },
+                );
+            }
+            Event::Answer {
+                req,
+                at,
+                status,
+                body,
+                ..
+            } => {
+                *counts.statuses.entry(*status).or_default() += 1;
+                answers.push((*req, *at, *status, body));
+            }
+            Event::Lost { .. } => counts.lost += 1,
+            Event::Effect {
+                id,
+                op,
+                req,
+                instance,
+                began,
+                ..
+            } => effects.push(Effect {
+                id: *id,
+                op: *op,
+                req: *req,
+                instance: *instance,
+                began: *began,
+                returned: None,
+            }),
+            Event::Returned { id, at } => {
+                if let Some(e) = effects.iter_mut().find(|e| e.id == *id) {
+                    e.returned = Some(*at);
+                }
+            }
+            Event::Fault {
+                instance,
+                what,
+                at,
+                until,
+            } => {
+                if what == "kill -9" {
+                    crashes.push((*instance, *at));
+                } else if let Some(until) = until {
+                    lasting.push(Lasting {
+                        instance: *instance,
+                        kind: what.clone(),
+                        at: *at,
+                        until: *until,
+                    });
+                }
+            }
+        }
+    }
+    counts.effects = effects.len() as u64;
+    let endpoint = |op: usize| &scenario.endpoints[resolved[op].endpoint];
+
+    // At most one effect per operation, each further one explained by a window.
+    let mut by_op: HashMap<usize, Vec<&Effect>> = HashMap::new();
+    for e in &effects {
+        by_op.entry(e.op).or_default().push(e);
+    }
+    for (op, list) in &by_op {
+        let e = endpoint(*op);
+        for (k, later) in list.iter().enumerate().skip(1) {
+            let window = list[..k]
+                .iter()
+                .find_map(|earlier| explain(e, earlier, later, &sent, &lasting, &crashes));
+            match window {
+                Some(w) => *counts.windows.entry(w).or_default() += 1,
+                None => {
+                    return Err(Violation(format!(
+                        "operation {op} ran {} times: effect {} (request {}, instance {}, at {} ms) after effect {} (request {}, instance {}, at {} ms), and no documented window explains it",
+                        list.len(),
+                        later.id,
+                        later.req,
+                        later.instance,
+                        later.began,
+                        list[0].id,
+                        list[0].req,
+                        list[0].instance,
+                        list[0].began
+                    )))
+                }
+            }
+        }
+    }
+
+    // Every answer: a success is this operation's, a 422 only for another payload.
+    for (req, at, status, body) in &answers {
+        let Some(s) = sent.get(req) else { continue };
+        let op = s.op;
+        if (200..300).contains(status) && *status != 202 {
+            success(op, resolved, scenario, &by_op, *req, *status, body)?;
+        }
+        if *status == 422 {
+            let other = sent
+                .values()
+                .any(|o| o.op == op && o.variant != s.variant && o.at <= *at);
+            if !other {
+                return Err(Violation(format!(
+                    "request {req} of operation {op} got 422 though every send of it had the same payload"
+                )));
+            }
+        }
+    }
+
+    // A refused operation leaves no record.
+    for (op, r) in resolved.iter().enumerate() {
+        let mine: Vec<&(u64, u64, u16, &str)> = answers
+            .iter()
+            .filter(|(req, ..)| sent.get(req).is_some_and(|s| s.op == op))
+            .collect();
+        let sends = sent.values().filter(|s| s.op == op).count();
+        let refused = !mine.is_empty()
+            && mine.len() == sends
+            && mine
+                .iter()
+                .all(|(_, _, status, _)| matches!(status, 429 | 400))
+            && !by_op.contains_key(&op);
+        let troubled = sent.values().filter(|s| s.op == op).any(|s| {
+            lasting
+                .iter()
+                .any(|l| l.instance == s.instance && l.at <= s.at + 1 && s.at <= l.until)
+        });
+        let reused = resolved.iter().any(|o| o.key == r.key && o.after.is_some());
+        if refused && !troubled && !reused && outcome.recorded.get(op) == Some(&true) {
+            return Err(Violation(format!(
+                "operation {op} was only ever refused (429/400) yet a record of its key is left"
+            )));
+        }
+    }
+    Ok(counts)
+}
+
+/// A 2xx answer to `req` (of `op`): one of `op`'s effects, for its account — or the marker of a
+/// response too large to keep.
+fn success(
+    op: usize,
+    resolved: &[Resolved],
+    scenario: &Scenario,
+    by_op: &HashMap<usize, Vec<&Effect>>,
+    req: u64,
+    status: u16,
+    text: &str,
+) -> Result<(), Violation> {
+    if text.contains("response-not-kept") {
+        let big = scenario.ops[op].big && scenario.endpoints[resolved[op].endpoint].small_responses;
+        if big && by_op.contains_key(&op) {
+            return Ok(());
+        }
+        return Err(Violation(format!(
+            "request {req} of operation {op} got a response-not-kept marker for a response that ran {} times and was not too large",
+            by_op.get(&op).map_or(0, Vec::len)
+        )));
+    }
+    let parsed: Option<serde_json::Value> = serde_json::from_str(text).ok();
+    let field = |k: &str| {
+        parsed
+            .as_ref()
+            .and_then(|v| v.get(k))
+            .and_then(serde_json::Value::as_u64)
+    };
+    let (Some(their_op), Some(principal), Some(effect)) =
+        (field("op"), field("principal"), field("effect"))
+    else {
+        return Err(Violation(format!(
+            "request {req} of operation {op} got {status} with a body that is no response of the handler: {text}"
+        )));
+    };
+    if their_op as usize != op || principal != u64::from(resolved[op].principal) {
+        return Err(Violation(format!(
+            "request {req} of operation {op} (account {}) got operation {their_op}'s result for account {principal}",
+            resolved[op].principal
+        )));
+    }
+    if !by_op
+        .get(&op)
+        .is_some_and(|list| list.iter().any(|e| e.id == effect))
+    {
+        return Err(Violation(format!(
+            "request {req} of operation {op} got effect {effect}, which is not one of its effects"
+        )));
+    }
+    Ok(())
+}
+
+/// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
+fn explain(
+    e: &crate::scenario::Endpoint,
+    earlier: &Effect,
+    later: &Effect,
+    sent: &HashMap<u64, Sent>,
+    lasting: &[Lasting],
+    crashes: &[(usize, u64)],
+) -> Option<Window> {
+    let lease = e.lease_ms;
+    // Unprotected under `proceed`: a request sent while its instance's store was unreachable.
+    let unprotected = |x: &Effect| {
+        e.proceed
+            && sent.get(&x.req).is_some_and(|s| {
+                lasting.iter().any(|l| {
+                    l.instance == s.instance && l.unreachable() && l.at <= s.at && s.at < l.until
+                })
+            })
+    };
+    if unprotected(earlier) || unprotected(later) {
+        return Some(Window::Proceed);
+    }
+    let returned = earlier.returned;
+    // Killed after the effect, before the record was written.
+    let end = returned.unwrap_or(u64::MAX);
+    if crashes.iter().any(|(i, at)| {
+        *i == earlier.instance
+            && *at >= earlier.began
+            && *at <= end.saturating_add(lease)
+            && later.began >= *at
+    }) {
+        return Some(Window::Crash);
+    }
+    let on_earlier = |l: &&Lasting| l.instance == earlier.instance;
+    if let Some(r) = returned {
+        // Unreachable from the end of the handler for the rest of its lease.
+        if lasting
+            .iter()
+            .filter(on_earlier)
+            .any(|l| l.unreachable() && l.at <= r && l.until >= r + lease / 2)
+        {
+            return Some(Window::CompleteAbandoned);
+        }
+    }
+    // Unreachable for half a lease or more while it ran.
+    if lasting.iter().filter(on_earlier).any(|l| {
+        l.unreachable() && l.at <= end && l.until > earlier.began && l.until - l.at >= lease / 2
+    }) {
+        return Some(Window::LeaseLapsed);
+    }
+    // A store slower than lease/6 while it ran.
+    if lasting
+        .iter()
+        .filter(on_earlier)
+        .any(|l| l.slow_ms() >= lease / 6 && l.at <= end && l.until > earlier.began)
+    {
+        return Some(Window::SlowStore);
+    }
+    // Its record expired.
+    if returned.is_some_and(|r| later.began >= r + e.ttl_ms) {
+        return Some(Window::Expired);
+    }
+    None
+}

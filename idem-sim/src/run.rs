@@ -1,0 +1,383 @@
+//! Runs a scenario: one current-thread runtime whose clock is paused (it jumps to the next timer
+//! whenever every task waits, so a run of minutes of virtual time takes milliseconds), the
+//! instances on one shared `MemoryStore`, a client task per operation, a task per fault; then
+//! reads, for the oracle, which operations still have a record.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use idem_runtime::testing::{Condition, Fault, Op};
+use idem_runtime::MemoryStore;
+use tokio::time::Instant;
+
+use crate::app::{path, Generation, ACCOUNT_HEADER, REQ_HEADER};
+use crate::history::Event;
+use crate::scenario::{Endpoint, FaultPlan, KeyFrom, Operation, Scenario, SendPlan};
+use crate::world::{Life, OpBehaviour, World};
+
+/// What a run left for the oracle.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What happened, in order.
+    pub events: Vec<crate::history::Event>,
+    /// Per operation: whether a record of its key is still in the store at the end.
+    pub recorded: Vec<bool>,
+}
+
+/// An operation as its client sends it: the scenario's, with its key, account and endpoint
+/// resolved (an operation that reuses an earlier one's key takes that one's account and
+/// endpoint too).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub key: String,
+    pub principal: u8,
+    pub endpoint: usize,
+    /// The operation before this one with its key (it waits for that one's record to expire).
+    pub after: Option<usize>,
+}
+
+/// Resolves every operation of `s`.
+pub fn resolve(s: &Scenario) -> Vec<Resolved> {
+    let mut out: Vec<Resolved> = Vec::with_capacity(s.ops.len());
+    for (i, op) in s.ops.iter().enumerate() {
+        let resolved = match op.reuse {
+            Some(j) if i > 0 => {
+                // After the last operation before it with that key: one user of a key at a time.
+                let key = out[usize::from(j) % i].key.clone();
+                let last = (0..i).rev().find(|&k| out[k].key == key).unwrap_or(0);
+                Resolved {
+                    after: Some(last),
+                    ..out[last].clone()
+                }
+            }
+            _ => Resolved {
+                key: format!("k-{i}"),
+                principal: op.principal % 3,
+                endpoint: usize::from(op.endpoint) % s.endpoints.len().max(1),
+                after: None,
+            },
+        };
+        out.push(resolved);
+    }
+    out
+}
+
+struct Running {
+    world: Arc<World>,
+    store: MemoryStore,
+    endpoints: Vec<Endpoint>,
+    lives: Vec<Arc<Life>>,
+    generations: RefCell<Vec<Option<Rc<Generation>>>>,
+    /// Per instance, the lasting faults now on (the last one applies).
+    conditions: RefCell<Vec<Vec<(usize, Condition)>>>,
+    done: Vec<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Running {
+    fn generation(&self, i: usize) -> Option<Rc<Generation>> {
+        self.generations.borrow().get(i).cloned().flatten()
+    }
+
+    fn condition(&self, i: usize) -> Condition {
+        self.conditions.borrow()[i]
+            .last()
+            .map_or(Condition::Healthy, |(_, c)| *c)
+    }
+
+    fn apply_condition(&self, i: usize) {
+        if let Some(g) = self.generation(i) {
+            g.faulty.set_condition(self.condition(i));
+        }
+    }
+}
+
+/// Runs `scenario` and returns what happened.
+pub fn run(scenario: &Scenario) -> Outcome {
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap_or_else(|e| panic!("a current-thread runtime: {e}"))
+    });
+    system.block_on(run_in(scenario.clone()))
+}
+
+async fn run_in(scenario: Scenario) -> Outcome {
+    let resolved = resolve(&scenario);
+    let behaviour = scenario
+        .ops
+        .iter()
+        .map(|o| OpBehaviour {
+            fails_first: o.fails_first,
+            big: o.big,
+        })
+        .collect();
+    let world = Arc::new(World::new(behaviour));
+    let store = MemoryStore::builder().sweep_every(None).build();
+    let n = usize::from(scenario.instances.clamp(1, 3));
+    let lives: Vec<Arc<Life>> = (0..n).map(|_| Arc::new(Life::new())).collect();
+    let mut generations = Vec::new();
+    for (i, life) in lives.iter().enumerate() {
+        let g = Generation::start(&world, life, i, &store, &scenario.endpoints).await;
+        generations.push(Some(Rc::new(g)));
+    }
+    let running = Rc::new(Running {
+        world: world.clone(),
+        store: store.clone(),
+        endpoints: scenario.endpoints.clone(),
+        lives,
+        generations: RefCell::new(generations),
+        conditions: RefCell::new(vec![Vec::new(); n]),
+        done: (0..scenario.ops.len())
+            .map(|_| tokio::sync::watch::channel(false).0)
+            .collect(),
+    });
+    let start = Instant::now();
+    for (id, fault) in scenario.faults.iter().enumerate() {
+        actix_rt::spawn(inject(running.clone(), start, id, fault.clone()));
+    }
+    let clients: Vec<_> = scenario
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            actix_rt::spawn(client(
+                running.clone(),
+                start,
+                i,
+                op.clone(),
+                resolved[i].clone(),
+            ))
+        })
+        .collect();
+    for c in clients {
+        let _ = c.await;
+    }
+    let recorded = recorded(&running, &resolved).await;
+    Outcome {
+        events: world.history.events(),
+        recorded,
+    }
+}
+
+/// Whether each operation's key still has a record, read through a healthy instance of its
+/// endpoint.
+async fn recorded(running: &Running, resolved: &[Resolved]) -> Vec<bool> {
+    let reader = Generation::start(
+        &running.world,
+        &Arc::new(Life::new()),
+        usize::MAX,
+        &running.store,
+        &running.endpoints,
+    )
+    .await;
+    let mut out = Vec::with_capacity(resolved.len());
+    for r in resolved {
+        let scoped = running.endpoints[r.endpoint].scoped;
+        let principal = if scoped {
+            format!("acct-{}", r.principal)
+        } else {
+            String::new()
+        };
+        let found = reader.idems[r.endpoint]
+            .inspect(&format!("ep{}", r.endpoint), &principal, &r.key)
+            .await;
+        out.push(matches!(found, Ok(Some(_))));
+    }
+    out
+}
+
+/// Applies one planned fault at its time (and ends a lasting one).
+async fn inject(running: Rc<Running>, start: Instant, id: usize, fault: FaultPlan) {
+    let n = running.lives.len();
+    let world = running.world.clone();
+    let record = |instance: usize, what: String, until: Option<u64>| {
+        world.history.push(Event::Fault {
+            instance,
+            what,
+            at: world.now(),
+            until,
+        })
+    };
+    let (instance, at_ms) = match &fault {
+        FaultPlan::Outage {
+            instance, at_ms, ..
+        }
+        | FaultPlan::Slow {
+            instance, at_ms, ..
+        }
+        | FaultPlan::Full {
+            instance, at_ms, ..
+        }
+        | FaultPlan::LoseCompletion { instance, at_ms }
+        | FaultPlan::FailCompletion { instance, at_ms }
+        | FaultPlan::Crash {
+            instance, at_ms, ..
+        } => (usize::from(*instance) % n, *at_ms),
+    };
+    tokio::time::sleep_until(start + Duration::from_millis(at_ms)).await;
+    let lasting = match fault {
+        FaultPlan::Outage { for_ms, .. } => Some((Condition::Down, for_ms, "outage".to_owned())),
+        FaultPlan::Slow {
+            for_ms, delay_ms, ..
+        } => Some((
+            Condition::Slow(Duration::from_millis(delay_ms)),
+            for_ms,
+            format!("slow {delay_ms} ms"),
+        )),
+        FaultPlan::Full { for_ms, .. } => Some((Condition::Full, for_ms, "full".to_owned())),
+        FaultPlan::LoseCompletion { .. } | FaultPlan::FailCompletion { .. } => {
+            let (fault, what) = match fault {
+                FaultPlan::LoseCompletion { .. } => (Fault::LoseAnswer, "lose a completion"),
+                _ => (Fault::Fail, "fail a completion"),
+            };
+            if let Some(g) = running.generation(instance) {
+                g.faulty.inject(Op::Complete, fault, 1);
+                record(instance, what.to_owned(), None);
+            }
+            None
+        }
+        FaultPlan::Crash { down_ms, .. } => {
+            let life = running.lives[instance].clone();
+            if !life.alive() {
+                return;
+            }
+            life.kill();
+            if let Some(g) = running.generation(instance) {
+                g.faulty.crash();
+            }
+            running.generations.borrow_mut()[instance] = None;
+            record(instance, "kill -9".to_owned(), Some(world.now() + down_ms));
+            tokio::time::sleep(Duration::from_millis(down_ms)).await;
+            life.restart();
+            let g = Generation::start(
+                &running.world,
+                &life,
+                instance,
+                &running.store,
+                &running.endpoints,
+            )
+            .await;
+            running.generations.borrow_mut()[instance] = Some(Rc::new(g));
+            running.apply_condition(instance);
+            None
+        }
+    };
+    if let Some((condition, for_ms, what)) = lasting {
+        running.conditions.borrow_mut()[instance].push((id, condition));
+        running.apply_condition(instance);
+        record(instance, what, Some(world.now() + for_ms));
+        tokio::time::sleep(Duration::from_millis(for_ms)).await;
+        running.conditions.borrow_mut()[instance].retain(|(i, _)| *i != id);
+        running.apply_condition(instance);
+    }
+}
+
+/// One operation's client: its sends, in order, each after the previous one's answer (and at
+/// least its `Retry-After`).
+async fn client(running: Rc<Running>, start: Instant, i: usize, op: Operation, resolved: Resolved) {
+    match resolved.after {
+        Some(j) => {
+            // Its key's earlier operation done, and its record past any expiry.
+            let mut rx = running.done[j].subscribe();
+            let _ = rx.wait_for(|done| *done).await;
+            let e = &running.endpoints[resolved.endpoint];
+            let margin = e.ttl_ms + 3 * e.lease_ms + 2 * e.work_ms + 5_000;
+            tokio::time::sleep(Duration::from_millis(margin + op.start_ms % 1000)).await;
+        }
+        None => tokio::time::sleep_until(start + Duration::from_millis(op.start_ms)).await,
+    }
+    let mut retry_after = 0;
+    for (k, send) in op.sends.iter().enumerate() {
+        if k > 0 {
+            let wait = send.after_ms.max(retry_after * 1000);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
+        let copies = (0..send.copies.max(1)).map(|_| one(&running, i, &resolved, send));
+        retry_after = futures_util::future::join_all(copies)
+            .await
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(0);
+    }
+    running.done[i].send_replace(true);
+}
+
+/// One request: sent, and what came back recorded. Its `Retry-After`, if any.
+async fn one(running: &Running, i: usize, r: &Resolved, send: &SendPlan) -> Option<u64> {
+    let world = &running.world;
+    let req = world.next_req();
+    let instance = usize::from(send.instance) % running.lives.len();
+    let variant = u8::from(send.changed_body);
+    world.history.push(Event::Send {
+        req,
+        op: i,
+        instance,
+        at: world.now(),
+        variant,
+        doubled: send.doubled_scope,
+    });
+    let lost = |why: &str| {
+        world.history.push(Event::Lost {
+            req,
+            at: world.now(),
+            why: why.to_owned(),
+        });
+        None
+    };
+    let life = running.lives[instance].clone();
+    let g = life.generation();
+    let Some(generation) = running.generation(instance).filter(|_| life.alive()) else {
+        return lost("refused: the instance is down");
+    };
+    let e = &running.endpoints[r.endpoint];
+    let mut headers = vec![
+        (REQ_HEADER, req.to_string()),
+        ("content-type", "application/json".to_owned()),
+    ];
+    if send.doubled_scope {
+        headers.push((ACCOUNT_HEADER, format!("acct-{}", (r.principal + 1) % 3)));
+    }
+    headers.push((ACCOUNT_HEADER, format!("acct-{}", r.principal)));
+    let uri = match e.key_from {
+        KeyFrom::Header => {
+            headers.push(("idempotency-key", r.key.clone()));
+            path(r.endpoint)
+        }
+        KeyFrom::Query => format!("{}?idempotency_key={}", path(r.endpoint), r.key),
+    };
+    let body = format!(
+        "{{\"op\":{i},\"principal\":{},\"variant\":{variant}}}",
+        r.principal
+    );
+    let call = generation.call(r.endpoint, &uri, &headers, Bytes::from(body));
+    drop(generation);
+    let hang_up = async {
+        match send.hang_up_ms {
+            Some(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        answered = call => match answered {
+            Some((status, body, retry_after)) => {
+                world.history.push(Event::Answer {
+                    req,
+                    at: world.now(),
+                    status,
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                    retry_after,
+                });
+                retry_after
+            }
+            None => lost("no answer: the app failed"),
+        },
+        _ = hang_up => lost("the client hung up"),
+        _ = life.killed(g) => lost("reset: the instance was killed"),
+    }
+}

@@ -1,0 +1,295 @@
+//! What one simulated run is: the endpoints and their options, the app instances, the logical
+//! operations and what their clients do, and the faults — all drawn from a seed by the
+//! [`scenario`] strategy (proptest), which also shrinks a failing one. Serializable: a shrunk
+//! failure is kept as JSON and replayed as a test.
+
+use proptest::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One simulated run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    /// The endpoints every instance serves (at least one).
+    pub endpoints: Vec<Endpoint>,
+    /// How many app instances share the store (1 to 3).
+    pub instances: u8,
+    /// The logical operations, each with its client's plan.
+    pub ops: Vec<Operation>,
+    /// What goes wrong, and when.
+    pub faults: Vec<FaultPlan>,
+}
+
+/// `guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Guarantee {
+    Strict,
+    Result,
+    Semantic,
+}
+
+/// `on_conflict` (`webhook` needs a receiver over HTTP: part 2 of the simulator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Conflict {
+    RetryAfter,
+    Wait,
+    Accepted,
+}
+
+/// Where the key is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyFrom {
+    Header,
+    Query,
+}
+
+/// Which adapter serves the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Adapter {
+    /// actix-web, the attribute's runtime entry point, in-process.
+    Actix,
+    /// The tower layer around a tower service, in-process.
+    Tower,
+}
+
+/// One endpoint's options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub guarantee: Guarantee,
+    pub on_conflict: Conflict,
+    /// `on_store_error = "proceed"` (else `reject`).
+    pub proceed: bool,
+    pub key_from: KeyFrom,
+    /// Scoped by the `X-Account` header (else unscoped).
+    pub scoped: bool,
+    /// `admission_limit(n, 10 s)`.
+    pub admission: Option<u32>,
+    /// A `CachedStore` in front of the instance's store.
+    pub cache: bool,
+    pub adapter: Adapter,
+    pub lease_ms: u64,
+    pub ttl_ms: u64,
+    /// How long the handler works (virtual time); its effect happens half-way.
+    pub work_ms: u64,
+    /// `max_response_bytes`: the handler's big responses (see [`Operation::big`]) exceed it.
+    pub small_responses: bool,
+}
+
+/// A logical operation: one client's intent, sent as many times as its plan says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    /// The client's account (0 to 2).
+    pub principal: u8,
+    /// Index into the endpoints (modulo their number).
+    pub endpoint: u8,
+    /// Reuses the key of this earlier operation (same principal and endpoint), once its record
+    /// can have expired; else a key of its own.
+    pub reuse: Option<u8>,
+    /// When the first send goes, in ms from the start.
+    pub start_ms: u64,
+    /// The sends, in order; each waits for the one before (or for its hang-up).
+    pub sends: Vec<SendPlan>,
+    /// The handler answers 503 before its effect on this many of its first runs.
+    pub fails_first: u8,
+    /// The handler's response is larger than a small `max_response_bytes`.
+    pub big: bool,
+}
+
+/// One send of an operation (possibly several copies at once).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SendPlan {
+    /// The instance it goes to (modulo their number).
+    pub instance: u8,
+    /// Wait after the previous send's answer (at least its `Retry-After`).
+    pub after_ms: u64,
+    /// Copies sent at once (duplicates in parallel).
+    pub copies: u8,
+    /// The client hangs up after this long without an answer.
+    pub hang_up_ms: Option<u64>,
+    /// The body is changed (another payload under the same key).
+    pub changed_body: bool,
+    /// A proxy appended another account's `X-Account` in front of the client's.
+    pub doubled_scope: bool,
+}
+
+/// A fault, at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FaultPlan {
+    /// Every store call of `instance` fails for `for_ms`.
+    Outage {
+        instance: u8,
+        at_ms: u64,
+        for_ms: u64,
+    },
+    /// Every store call of `instance` waits `delay_ms` for `for_ms`.
+    Slow {
+        instance: u8,
+        at_ms: u64,
+        for_ms: u64,
+        delay_ms: u64,
+    },
+    /// The store refuses `instance`'s writes as full for `for_ms`.
+    Full {
+        instance: u8,
+        at_ms: u64,
+        for_ms: u64,
+    },
+    /// `instance`'s next completion after `at_ms` lands but its answer is lost.
+    LoseCompletion { instance: u8, at_ms: u64 },
+    /// `instance`'s next completion after `at_ms` fails once.
+    FailCompletion { instance: u8, at_ms: u64 },
+    /// `instance` is killed (`kill -9`) at `at_ms` and restarted `down_ms` later.
+    Crash {
+        instance: u8,
+        at_ms: u64,
+        down_ms: u64,
+    },
+}
+
+fn endpoint() -> impl Strategy<Value = Endpoint> {
+    (
+        (
+            prop_oneof![
+                Just(Guarantee::Strict),
+                Just(Guarantee::Result),
+                Just(Guarantee::Semantic)
+            ],
+            prop_oneof![
+                3 => Just(Conflict::RetryAfter),
+                2 => Just(Conflict::Wait),
+                1 => Just(Conflict::Accepted)
+            ],
+            prop::bool::weighted(0.3),
+            prop_oneof![3 => Just(KeyFrom::Header), 1 => Just(KeyFrom::Query)],
+            prop::bool::weighted(0.6),
+            prop::option::weighted(0.25, 1u32..4),
+        ),
+        (
+            prop::bool::weighted(0.3),
+            prop_oneof![Just(Adapter::Actix), Just(Adapter::Tower)],
+            1u64..=5,
+            2u64..=40,
+            0u64..=3000,
+            prop::bool::weighted(0.2),
+        ),
+    )
+        .prop_map(
+            |(
+                (guarantee, on_conflict, proceed, key_from, scoped, admission),
+                (cache, adapter, lease_s, ttl_factor, work_ms, small_responses),
+            )| {
+                let lease_ms = lease_s * 1000;
+                Endpoint {
+                    guarantee,
+                    on_conflict,
+                    proceed,
+                    key_from,
+                    scoped,
+                    admission,
+                    cache,
+                    adapter,
+                    lease_ms,
+                    ttl_ms: lease_ms * ttl_factor,
+                    work_ms,
+                    small_responses,
+                }
+            },
+        )
+}
+
+fn send_plan() -> impl Strategy<Value = SendPlan> {
+    (
+        0u8..3,
+        0u64..4000,
+        prop_oneof![6 => Just(1u8), 2 => Just(2u8), 1 => Just(3u8)],
+        prop::option::weighted(0.15, 1u64..3000),
+        prop::bool::weighted(0.1),
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(
+            |(instance, after_ms, copies, hang_up_ms, changed_body, doubled_scope)| SendPlan {
+                instance,
+                after_ms,
+                copies,
+                hang_up_ms,
+                changed_body,
+                doubled_scope,
+            },
+        )
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    (
+        0u8..3,
+        0u8..3,
+        prop::option::weighted(0.1, 0u8..8),
+        0u64..20_000,
+        prop::collection::vec(send_plan(), 1..5),
+        prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(
+            |(principal, endpoint, reuse, start_ms, sends, fails_first, big)| Operation {
+                principal,
+                endpoint,
+                reuse,
+                start_ms,
+                sends,
+                fails_first,
+                big,
+            },
+        )
+}
+
+fn fault() -> impl Strategy<Value = FaultPlan> {
+    prop_oneof![
+        (0u8..3, 0u64..25_000, 100u64..12_000).prop_map(|(instance, at_ms, for_ms)| {
+            FaultPlan::Outage {
+                instance,
+                at_ms,
+                for_ms,
+            }
+        }),
+        (0u8..3, 0u64..25_000, 100u64..8_000, 10u64..3_000).prop_map(
+            |(instance, at_ms, for_ms, delay_ms)| FaultPlan::Slow {
+                instance,
+                at_ms,
+                for_ms,
+                delay_ms,
+            }
+        ),
+        (0u8..3, 0u64..25_000, 100u64..8_000).prop_map(|(instance, at_ms, for_ms)| {
+            FaultPlan::Full {
+                instance,
+                at_ms,
+                for_ms,
+            }
+        }),
+        (0u8..3, 0u64..25_000)
+            .prop_map(|(instance, at_ms)| FaultPlan::LoseCompletion { instance, at_ms }),
+        (0u8..3, 0u64..25_000)
+            .prop_map(|(instance, at_ms)| FaultPlan::FailCompletion { instance, at_ms }),
+        (0u8..3, 0u64..25_000, 100u64..10_000).prop_map(|(instance, at_ms, down_ms)| {
+            FaultPlan::Crash {
+                instance,
+                at_ms,
+                down_ms,
+            }
+        }),
+    ]
+}
+
+/// Scenarios of up to `max_ops` operations and `max_faults` faults.
+pub fn scenario(max_ops: usize, max_faults: usize) -> impl Strategy<Value = Scenario> {
+    (
+        prop::collection::vec(endpoint(), 1..=3),
+        1u8..=3,
+        prop::collection::vec(operation(), 1..=max_ops.max(1)),
+        prop::collection::vec(fault(), 0..=max_faults),
+    )
+        .prop_map(|(endpoints, instances, ops, faults)| Scenario {
+            endpoints,
+            instances,
+            ops,
+            faults,
+        })
+}
