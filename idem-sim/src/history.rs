@@ -52,6 +52,29 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// When it happened (virtual ms).
+    pub fn at(&self) -> u64 {
+        match self {
+            Event::Send { at, .. }
+            | Event::Answer { at, .. }
+            | Event::Lost { at, .. }
+            | Event::Effect { at, .. }
+            | Event::Returned { at, .. }
+            | Event::Fault { at, .. } => *at,
+        }
+    }
+}
+
+/// `events` with those of one virtual instant in a fixed order: what one scenario always
+/// records. (Tasks woken at one instant may run in another order from one run to the next —
+/// the runtime's hash maps are seeded per process — and record their events in that order.)
+pub fn canonical(events: &[Event]) -> Vec<Event> {
+    let mut out = events.to_vec();
+    out.sort_by_cached_key(|e| (e.at(), format!("{e:?}")));
+    out
+}
+
 /// The events of one run, in order.
 #[derive(Debug, Default)]
 pub struct History {
