@@ -88,6 +88,8 @@ pub struct Counts {
     /// Answers by status.
     pub statuses: HashMap<u16, u64>,
     pub lost: u64,
+    /// Operations by option (`guarantee=Strict`, `adapter=Tower`…) and faults by kind.
+    pub by_option: std::collections::BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -102,6 +104,9 @@ impl Counts {
         }
         for (s, n) in &other.statuses {
             *self.statuses.entry(*s).or_default() += n;
+        }
+        for (o, n) in &other.by_option {
+            *self.by_option.entry(o.clone()).or_default() += n;
         }
     }
 }
@@ -240,6 +245,7 @@ pub fn check(
         }
     }
     counts.effects = effects.len() as u64;
+    tally(scenario, resolved, &mut counts);
     let endpoint = |op: usize| &scenario.endpoints[resolved[op].endpoint];
 
     // At most one effect per operation, each further one explained by a window.
@@ -318,6 +324,62 @@ pub fn check(
         }
     }
     Ok(counts)
+}
+
+/// Counts the scenario's operations by option and its faults by kind.
+fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
+    let mut add = |k: String| *counts.by_option.entry(k).or_default() += 1;
+    for (op, r) in scenario.ops.iter().zip(resolved) {
+        let e = &scenario.endpoints[r.endpoint];
+        add(format!("guarantee={:?}", e.guarantee));
+        add(format!("on_conflict={:?}", e.on_conflict));
+        add(format!(
+            "on_store_error={}",
+            if e.proceed { "proceed" } else { "reject" }
+        ));
+        add(format!("key={:?}", e.key_from));
+        add(format!(
+            "scope={}",
+            if e.scoped { "header" } else { "unscoped" }
+        ));
+        add(format!(
+            "admission={}",
+            if e.admission.is_some() { "on" } else { "off" }
+        ));
+        add(format!("cache={}", if e.cache { "on" } else { "off" }));
+        add(format!("adapter={:?}", e.adapter));
+        add(format!("instances={}", scenario.instances.clamp(1, 3)));
+        if r.after.is_some() {
+            add("client=key reused after expiry".to_owned());
+        }
+        if op.fails_first > 0 {
+            add("handler=503 first".to_owned());
+        }
+        if op.big && e.small_responses {
+            add("handler=response not kept".to_owned());
+        }
+        for s in &op.sends {
+            if s.copies > 1 {
+                add("client=parallel duplicates".to_owned());
+            }
+            if s.hang_up_ms.is_some() {
+                add("client=hang-up".to_owned());
+            }
+            if s.changed_body {
+                add("client=changed body".to_owned());
+            }
+            if s.doubled_scope {
+                add("client=doubled scope header".to_owned());
+            }
+        }
+    }
+    for f in &scenario.faults {
+        let kind = format!("{f:?}");
+        add(format!(
+            "fault={}",
+            kind.split([' ', '{']).next().unwrap_or_default()
+        ));
+    }
 }
 
 /// A 2xx answer to `req` (of `op`): one of `op`'s effects, for its account — or the marker of a
