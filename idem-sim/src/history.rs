@@ -28,6 +28,14 @@ pub enum Event {
         /// `Retry-After`, in seconds.
         retry_after: Option<u64>,
     },
+    /// Right after request `req` (of `op`) was refused for its account's admission limit
+    /// (429), the store was read for its key: whether a record of it was there.
+    Inspected {
+        req: u64,
+        op: usize,
+        at: u64,
+        recorded: bool,
+    },
     /// Request `req` got no answer: the client hung up, or its instance was killed or down.
     Lost { req: u64, at: u64, why: String },
     /// A handler had its effect for operation `op` (request `req`) on `instance`; its run began
@@ -59,6 +67,7 @@ impl Event {
             Event::Send { at, .. }
             | Event::Answer { at, .. }
             | Event::Lost { at, .. }
+            | Event::Inspected { at, .. }
             | Event::Effect { at, .. }
             | Event::Returned { at, .. }
             | Event::Fault { at, .. } => *at,

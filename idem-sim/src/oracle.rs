@@ -173,6 +173,7 @@ pub fn check(
     let mut lasting: Vec<Lasting> = Vec::new();
     let mut crashes: Vec<(usize, u64)> = Vec::new();
     let mut answers: Vec<(u64, u64, u16, &str)> = Vec::new();
+    let mut inspected: Vec<(u64, usize, u64)> = Vec::new();
     for e in &outcome.events {
         match e {
             Event::Send {
@@ -205,6 +206,13 @@ pub fn check(
                 answers.push((*req, *at, *status, body));
             }
             Event::Lost { .. } => counts.lost += 1,
+            Event::Inspected {
+                req,
+                op,
+                at,
+                recorded: true,
+            } => inspected.push((*req, *op, *at)),
+            Event::Inspected { .. } => {}
             Event::Effect {
                 id,
                 op,
@@ -298,6 +306,24 @@ pub fn check(
         }
     }
 
+    // A request refused for its admission limit leaves no record: none is there right after
+    // the 429, unless another request of the operation had been sent (it may hold the key).
+    for (req, op, at) in &inspected {
+        let others = sent
+            .iter()
+            .any(|(other, s)| other != req && s.op == *op && s.at <= *at);
+        let unreachable = sent.get(req).is_some_and(|s| {
+            lasting.iter().any(|l| {
+                l.instance == s.instance && l.unreachable() && l.at <= *at && s.at <= l.until
+            })
+        });
+        if !others && !unreachable {
+            return Err(Violation(format!(
+                "request {req} of operation {op} was refused for its admission limit (429) and left a record of its key"
+            )));
+        }
+    }
+
     // A refused operation leaves no record.
     for (op, r) in resolved.iter().enumerate() {
         let mine: Vec<&(u64, u64, u16, &str)> = answers
@@ -311,10 +337,12 @@ pub fn check(
                 .iter()
                 .all(|(_, _, status, _)| matches!(status, 429 | 400))
             && !by_op.contains_key(&op);
+        // A refusal whose clean-up met an unreachable store may leave its record (for a
+        // lease): not what this rule is about.
         let troubled = sent.values().filter(|s| s.op == op).any(|s| {
-            lasting
-                .iter()
-                .any(|l| l.instance == s.instance && l.at <= s.at + 1 && s.at <= l.until)
+            lasting.iter().any(|l| {
+                l.instance == s.instance && l.unreachable() && l.at <= s.at + 1 && s.at <= l.until
+            })
         });
         let reused = resolved.iter().any(|o| o.key == r.key && o.after.is_some());
         if refused && !troubled && !reused && outcome.recorded.get(op) == Some(&true) {

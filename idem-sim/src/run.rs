@@ -74,6 +74,8 @@ struct Running {
     /// Per instance, the lasting faults now on (the last one applies).
     conditions: RefCell<Vec<Vec<(usize, Condition)>>>,
     done: Vec<tokio::sync::watch::Sender<bool>>,
+    /// A healthy instance that only reads the store (what a key's record is).
+    reader: Generation,
 }
 
 impl Running {
@@ -135,6 +137,14 @@ async fn run_in(scenario: Scenario) -> Outcome {
         done: (0..scenario.ops.len())
             .map(|_| tokio::sync::watch::channel(false).0)
             .collect(),
+        reader: Generation::start(
+            &world,
+            &Arc::new(Life::new()),
+            usize::MAX,
+            &store,
+            &scenario.endpoints,
+        )
+        .await,
     });
     let start = Instant::now();
     for (id, fault) in scenario.faults.iter().enumerate() {
@@ -164,31 +174,27 @@ async fn run_in(scenario: Scenario) -> Outcome {
     }
 }
 
-/// Whether each operation's key still has a record, read through a healthy instance of its
-/// endpoint.
+/// Whether each operation's key still has a record.
 async fn recorded(running: &Running, resolved: &[Resolved]) -> Vec<bool> {
-    let reader = Generation::start(
-        &running.world,
-        &Arc::new(Life::new()),
-        usize::MAX,
-        &running.store,
-        &running.endpoints,
-    )
-    .await;
     let mut out = Vec::with_capacity(resolved.len());
     for r in resolved {
-        let scoped = running.endpoints[r.endpoint].scoped;
-        let principal = if scoped {
-            format!("acct-{}", r.principal)
-        } else {
-            String::new()
-        };
-        let found = reader.idems[r.endpoint]
-            .inspect(&format!("ep{}", r.endpoint), &principal, &r.key)
-            .await;
-        out.push(matches!(found, Ok(Some(_))));
+        out.push(has_record(running, r).await);
     }
     out
+}
+
+/// Whether the key of `r` has a record, read through the healthy reader.
+async fn has_record(running: &Running, r: &Resolved) -> bool {
+    let scoped = running.endpoints[r.endpoint].scoped;
+    let principal = if scoped {
+        format!("acct-{}", r.principal)
+    } else {
+        String::new()
+    };
+    let found = running.reader.idems[r.endpoint]
+        .inspect(&format!("ep{}", r.endpoint), &principal, &r.key)
+        .await;
+    matches!(found, Ok(Some(_)))
 }
 
 /// Applies one planned fault at its time (and ends a lasting one).
@@ -297,7 +303,10 @@ async fn client(running: Rc<Running>, start: Instant, i: usize, op: Operation, r
             let wait = send.after_ms.max(retry_after * 1000);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
-        let copies = (0..send.copies.max(1)).map(|_| one(&running, i, &resolved, send));
+        let copies = (0..send.copies.max(1)).map(|c| {
+            let instance = (usize::from(send.instance) + usize::from(c)) % running.lives.len();
+            one(&running, i, &resolved, send, instance)
+        });
         retry_after = futures_util::future::join_all(copies)
             .await
             .into_iter()
@@ -309,10 +318,15 @@ async fn client(running: Rc<Running>, start: Instant, i: usize, op: Operation, r
 }
 
 /// One request: sent, and what came back recorded. Its `Retry-After`, if any.
-async fn one(running: &Running, i: usize, r: &Resolved, send: &SendPlan) -> Option<u64> {
+async fn one(
+    running: &Running,
+    i: usize,
+    r: &Resolved,
+    send: &SendPlan,
+    instance: usize,
+) -> Option<u64> {
     let world = &running.world;
     let req = world.next_req();
-    let instance = usize::from(send.instance) % running.lives.len();
     let variant = u8::from(send.changed_body);
     world.history.push(Event::Send {
         req,
@@ -373,6 +387,10 @@ async fn one(running: &Running, i: usize, r: &Resolved, send: &SendPlan) -> Opti
                     body: String::from_utf8_lossy(&body).into_owned(),
                     retry_after,
                 });
+                if status == 429 {
+                    let recorded = has_record(running, r).await;
+                    world.history.push(Event::Inspected { req, op: i, at: world.now(), recorded });
+                }
                 retry_after
             }
             None => lost("no answer: the app failed"),

@@ -101,7 +101,8 @@ pub struct SendPlan {
     pub instance: u8,
     /// Wait after the previous send's answer (at least its `Retry-After`).
     pub after_ms: u64,
-    /// Copies sent at once (duplicates in parallel).
+    /// Copies sent at once (duplicates in parallel), spread over the instances from
+    /// `instance` on, as a load balancer would.
     pub copies: u8,
     /// The client hangs up after this long without an answer.
     pub hang_up_ms: Option<u64>,
@@ -161,7 +162,7 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
             prop::bool::weighted(0.3),
             prop_oneof![3 => Just(KeyFrom::Header), 1 => Just(KeyFrom::Query)],
             prop::bool::weighted(0.6),
-            prop::option::weighted(0.25, 1u32..4),
+            prop::option::weighted(0.4, prop_oneof![2 => Just(1u32), 1 => 2u32..4]),
         ),
         (
             prop::bool::weighted(0.3),
@@ -222,7 +223,8 @@ fn operation() -> impl Strategy<Value = Operation> {
         0u8..3,
         0u8..3,
         prop::option::weighted(0.1, 0u8..8),
-        0u64..20_000,
+        // Often at one of a few moments: bursts of new keys at once.
+        prop_oneof![3 => 0u64..10_000, 2 => (0u64..8).prop_map(|k| k * 1250)],
         prop::collection::vec(send_plan(), 1..5),
         prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
         prop::bool::weighted(0.1),
@@ -249,14 +251,19 @@ fn fault() -> impl Strategy<Value = FaultPlan> {
                 for_ms,
             }
         }),
-        (0u8..3, 0u64..25_000, 100u64..8_000, 10u64..3_000).prop_map(
-            |(instance, at_ms, for_ms, delay_ms)| FaultPlan::Slow {
+        (
+            0u8..3,
+            0u64..25_000,
+            100u64..8_000,
+            // Mostly slower than usual but within the store deadline (500 ms): calls overlap.
+            prop_oneof![3 => 10u64..450, 1 => 450u64..3_000]
+        )
+            .prop_map(|(instance, at_ms, for_ms, delay_ms)| FaultPlan::Slow {
                 instance,
                 at_ms,
                 for_ms,
                 delay_ms,
-            }
-        ),
+            }),
         (0u8..3, 0u64..25_000, 100u64..8_000).prop_map(|(instance, at_ms, for_ms)| {
             FaultPlan::Full {
                 instance,
@@ -278,18 +285,71 @@ fn fault() -> impl Strategy<Value = FaultPlan> {
     ]
 }
 
-/// Scenarios of up to `max_ops` operations and `max_faults` faults.
+/// Scenarios of up to `max_ops` operations and `max_faults` faults. Most faults are drawn
+/// close to an operation's first send (within 3 s after it): where they find a request in
+/// flight.
 pub fn scenario(max_ops: usize, max_faults: usize) -> impl Strategy<Value = Scenario> {
     (
         prop::collection::vec(endpoint(), 1..=3),
         1u8..=3,
-        prop::collection::vec(operation(), 1..=max_ops.max(1)),
-        prop::collection::vec(fault(), 0..=max_faults),
+        prop::collection::vec((operation(), prop::bool::weighted(0.3)), 1..=max_ops.max(1)),
+        prop::collection::vec(
+            (
+                fault(),
+                prop::option::weighted(0.7, (0usize..16, 0u64..3000)),
+            ),
+            0..=max_faults,
+        ),
     )
-        .prop_map(|(endpoints, instances, ops, faults)| Scenario {
-            endpoints,
-            instances,
-            ops,
-            faults,
+        .prop_map(|(endpoints, instances, ops, faults)| {
+            // An operation marked as its predecessor's sibling is sent with it: the same
+            // account, endpoint, moment and instance — a client starting several operations at
+            // once (what an admission limit meets).
+            let mut list: Vec<Operation> = Vec::with_capacity(ops.len());
+            for (mut op, sibling) in ops {
+                if let (true, Some(before)) = (sibling, list.last()) {
+                    op.principal = before.principal;
+                    op.endpoint = before.endpoint;
+                    op.start_ms = before.start_ms;
+                    op.reuse = None;
+                    if let (Some(first), Some(theirs)) =
+                        (op.sends.first_mut(), before.sends.first())
+                    {
+                        first.instance = theirs.instance;
+                    }
+                }
+                list.push(op);
+            }
+            let ops = list;
+            let faults = faults
+                .into_iter()
+                .map(|(mut fault, anchor)| {
+                    if let Some((op, offset)) = anchor {
+                        let at = ops[op % ops.len()].start_ms + offset;
+                        fault.set_at(at);
+                    }
+                    fault
+                })
+                .collect();
+            Scenario {
+                endpoints,
+                instances,
+                ops,
+                faults,
+            }
         })
+}
+
+impl FaultPlan {
+    /// Moves the fault to `at` ms.
+    fn set_at(&mut self, at: u64) {
+        match self {
+            FaultPlan::Outage { at_ms, .. }
+            | FaultPlan::Slow { at_ms, .. }
+            | FaultPlan::Full { at_ms, .. }
+            | FaultPlan::LoseCompletion { at_ms, .. }
+            | FaultPlan::FailCompletion { at_ms, .. }
+            | FaultPlan::Crash { at_ms, .. } => *at_ms = at,
+        }
+    }
 }

@@ -6,7 +6,7 @@ use idem_sim::oracle::Counts;
 use idem_sim::seeds::{run_seed, Size};
 
 /// Seeds of the CI set (`IDEM_SIM_SEEDS` runs another number of them).
-const SEEDS: u64 = 24;
+const SEEDS: u64 = 64;
 
 #[test]
 fn the_ci_seeds_keep_every_rule() {
@@ -15,7 +15,7 @@ fn the_ci_seeds_keep_every_rule() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(SEEDS);
     let size = Size {
-        cases: 16,
+        cases: 32,
         ops: 10,
         faults: 4,
     };
@@ -24,6 +24,12 @@ fn the_ci_seeds_keep_every_rule() {
     let mut failures = Vec::new();
     for seed in 0..seeds {
         if let Err(f) = run_seed(seed, size, &mut counts) {
+            if failures.is_empty() {
+                println!(
+                    "first violation after {} operations (seed {seed})",
+                    counts.operations
+                );
+            }
             failures.push(f);
         }
     }

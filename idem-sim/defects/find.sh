@@ -1,0 +1,20 @@
+#!/bin/sh
+# Re-introduces one known defect into idem-runtime (idem-sim/defects/<name>.patch), runs the CI
+# seed set against it, and takes it out again — whatever the run's result. The seed set must
+# fail, printing the operations it took and the shrunk scenario.
+#
+#   idem-sim/defects/find.sh wait-then-proceed
+set -eu
+cd "$(dirname "$0")/../.."
+patch="idem-sim/defects/$1.patch"
+git apply --check "$patch"
+git apply "$patch"
+trap 'git apply -R "$patch"' EXIT
+trap 'exit 1' INT TERM HUP PIPE
+if IDEM_SIM_SEEDS="${IDEM_SIM_SEEDS:-}" cargo test -q -p idem-sim --test seeds -- --nocapture 2>&1 | tee /tmp/idem-defect-"$1".log | grep -E "^first violation|^seed [0-9]+:|seeds, " ; then :; fi
+if grep -q "^first violation" /tmp/idem-defect-"$1".log; then
+  echo "found: $1"
+else
+  echo "NOT FOUND: $1"
+  exit 1
+fi
