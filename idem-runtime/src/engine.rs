@@ -284,7 +284,7 @@ impl Engine {
                         // `begin`, spent after it). Not this principal's turn: the record this
                         // new operation's `begin` made goes (a release would keep it for its
                         // TTL: a burst of new keys would fill the store past the limit).
-                        self.forget(ticket.key()).await;
+                        ticket.forget().await;
                         return Decision::Reject(too_many_keys(wait));
                     }
                     let ticket = match self.look_under_earlier(policy, ticket, earlier).await {
@@ -468,14 +468,6 @@ impl Engine {
     /// Forgets the record of `key` (an operator's purge), under the store deadline.
     pub(crate) async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
         deadline("purge", self.store_timeout, self.store.purge(key)).await
-    }
-
-    /// Deletes a record this request holds and gives up, under the store deadline (best
-    /// effort: otherwise its lease ends by itself).
-    pub(crate) async fn forget(&self, key: &StorageKey) {
-        if let Err(error) = self.purge(key).await {
-            tracing::warn!(%key, %error, "idem: could not delete a record this request gave up; it frees itself when its lease ends");
-        }
     }
 
     /// Reads the record of `key`, under the store deadline.

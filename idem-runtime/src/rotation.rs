@@ -84,8 +84,9 @@ impl Engine {
             let looked = match answer {
                 Ok(Begin::Acquired { token, attempt: 1 }) => {
                     // Nothing was there: the record this look made goes.
-                    let _ = token;
-                    self.forget(&e.key).await;
+                    Ticket::new(self.clone(), e.key.clone(), (token, 1), policy, sent)
+                        .forget()
+                        .await;
                     continue;
                 }
                 Ok(Begin::Acquired { token, attempt }) => {
@@ -101,7 +102,7 @@ impl Engine {
                         match self.where_it_runs(&ticket, &resumed).await {
                             Ok(Side::Earlier) => Looked::Decided(Decision::Execute(resumed)),
                             Ok(Side::Current) => {
-                                self.forget(&e.key).await;
+                                resumed.forget().await;
                                 continue;
                             }
                             Err(problem) => {
@@ -140,7 +141,7 @@ impl Engine {
             if ticket.attempt() <= 1 {
                 // A record this request's `begin` just made: it goes, so that the next request
                 // under the current key is new again, and looks again.
-                self.forget(ticket.key()).await;
+                ticket.forget().await;
             } else if let Err(error) = ticket.give_back_once().await {
                 // Acquired again (a released or abandoned operation lives here too): given
                 // back as found, never deleted — its recorded steps stay.

@@ -338,6 +338,46 @@ impl Ticket {
         tracing::error!(key = %self.key, "idem: could not give the key back; it frees itself when its lease ends");
     }
 
+    /// Deletes the record this ticket's `begin` made, for a request that gives its key up
+    /// before anything ran (an admission refusal, a look under a previous secret): once now;
+    /// when the store fails, again in the background with backoff while the lease is held —
+    /// never after it: the delete is not fenced, and a lapsed key may be another request's.
+    pub(crate) async fn forget(&self) {
+        if self.forget_once().await {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let ticket = self.clone();
+            runtime.spawn(async move { ticket.forget_while_held().await });
+        }
+    }
+
+    async fn forget_once(&self) -> bool {
+        match self.engine.purge(&self.key).await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(key = %self.key, %error, "idem: could not delete a record this request gave up; trying again while its lease is held");
+                false
+            }
+        }
+    }
+
+    async fn forget_while_held(&self) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            // A try starts only if it ends (store deadline) before the lease does.
+            if Instant::now() + backoff + self.engine.store_timeout() >= self.held_until() {
+                tracing::error!(key = %self.key, "idem: could not delete a record this request gave up; it frees itself when its lease ends");
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            if self.forget_once().await {
+                return;
+            }
+        }
+    }
+
     /// Forgets the in-progress record so the next request with this key runs afresh, retrying
     /// with backoff while the lease is held (after that, the lease end frees the key anyway).
     pub(crate) async fn release(&self) {

@@ -337,11 +337,21 @@ pub fn check(
                 .iter()
                 .all(|(_, _, status, _)| matches!(status, 429 | 400))
             && !by_op.contains_key(&op);
-        // A refusal whose clean-up met an unreachable store may leave its record (for a
-        // lease): not what this rule is about.
-        let troubled = sent.values().filter(|s| s.op == op).any(|s| {
+        // A refusal's clean-up is tried again while its lease is held: only a store
+        // unreachable from the refusal until its lease ended may leave its record
+        // (docs/failure-behaviour.md, the admission row).
+        let lease = scenario.endpoints[r.endpoint].lease_ms;
+        let troubled = sent.iter().filter(|(_, s)| s.op == op).any(|(req, s)| {
+            let answered = answers
+                .iter()
+                .find(|(r, ..)| r == req)
+                .map_or(u64::MAX, |(_, at, ..)| *at);
             lasting.iter().any(|l| {
-                l.instance == s.instance && l.unreachable() && l.at <= s.at + 1 && s.at <= l.until
+                l.instance == s.instance
+                    && l.unreachable()
+                    && l.at <= answered
+                    && s.at <= l.until
+                    && l.until.saturating_add(STORE_TIMEOUT_MS) >= s.at + lease / 2
             })
         });
         let reused = resolved.iter().any(|o| o.key == r.key && o.after.is_some());

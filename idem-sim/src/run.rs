@@ -167,6 +167,10 @@ async fn run_in(scenario: Scenario) -> Outcome {
     for c in clients {
         let _ = c.await;
     }
+    // A second for what the instances still do in the background (completions and clean-ups
+    // tried again): a clean-up that does not land then is seen (the record it should have
+    // deleted still holds its lease, if the run ended within it).
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let recorded = recorded(&running, &resolved).await;
     Outcome {
         events: world.history.events(),
