@@ -339,10 +339,12 @@ async fn a_failed_clean_up_after_a_look_never_runs_the_key_again() {
             .service(quick);
     })
     .0;
-    store.inject(Op::Purge, Fault::Fail, 1);
+    // Every delete fails while the record's lease is held: the first try and its retries.
+    store.inject(Op::Purge, Fault::Fail, 100);
     let replay = post(after).await;
     assert_eq!(replay.headers()["idempotent-replayed"], "true");
     tokio::time::sleep(Duration::from_millis(1300)).await;
+    store.heal();
     let again = post(after).await;
     assert_eq!(again.status(), 201);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
@@ -384,10 +386,12 @@ async fn a_lost_delete_under_the_old_secret_keeps_the_downstream_key() {
             .await
             .expect("an answer")
     };
-    store.inject(Op::Purge, Fault::Fail, 1);
+    // Every delete fails while the record's lease is held: the first try and its retries.
+    store.inject(Op::Purge, Fault::Fail, 100);
     assert_eq!(post().await.status(), 503);
-    assert_eq!(store.faults_fired(), 1, "the look's delete failed");
+    assert!(store.faults_fired() >= 1, "the look's delete failed");
     tokio::time::sleep(Duration::from_millis(1300)).await;
+    store.heal();
     assert_eq!(post().await.status(), 201);
     let keys = keys.lock().unwrap().clone();
     assert_eq!(keys.len(), 2);
