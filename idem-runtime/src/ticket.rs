@@ -234,11 +234,16 @@ impl Ticket {
                     Ok(fenced) => return Ok(fenced),
                     Err(error) => error,
                 };
-                if Instant::now() + backoff >= self.held_until() {
+                // Re-read after every try: the renewals beside it may have extended the lease.
+                let left = self.held_until().saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     return Err(error);
                 }
                 tracing::warn!(key = %self.key, %error, op, "idem: store write failed; trying again while the lease is held");
-                tokio::time::sleep(backoff).await;
+                // At the lease's end at the latest: a backoff that would overshoot it gave up
+                // while the store was back for the rest of the lease. The write is fenced, so a
+                // try as the lease ends is safe (a takeover refuses it).
+                tokio::time::sleep(backoff.min(left)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         };
