@@ -257,9 +257,11 @@ impl Engine {
         earlier: &[Earlier],
     ) -> Decision {
         let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
-        if let Some(refusal) = self.refused_before_begin(&key).await {
-            return refusal;
-        }
+        // Whether the store already showed this key's record (the admission check reads it).
+        let seen = match self.refused_before_begin(&key).await {
+            Err(refusal) => return refusal,
+            Ok(seen) => seen,
+        };
         let mut waited = false;
         loop {
             let sent = tokio::time::Instant::now();
@@ -329,6 +331,11 @@ impl Engine {
                     tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed after a duplicate waited for the first request; rejecting it");
                     Decision::Reject(self.store_problem(&e))
                 }
+                // Nor when it already showed this key's record (a replay, a duplicate).
+                Err(e) if seen => {
+                    tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed after it showed this key's record; rejecting the request");
+                    Decision::Reject(self.store_problem(&e))
+                }
                 Err(e) => self.store_failed(policy, e),
             };
         }
@@ -379,18 +386,25 @@ impl Engine {
         }
     }
 
-    /// `Some(429)` when `key`'s principal is over its admission limit and `key` has no record
+    /// `Err(429)` when `key`'s principal is over its admission limit and `key` has no record
     /// (it would be a new operation): refused before `begin`, so a refusal writes nothing to
     /// the store. A key with a record (a replay, a duplicate in flight, a retry of a released
-    /// operation) goes on to `begin`, which answers it as usual. Store errors on that look
-    /// refuse with 429 too: the request was over its limit either way.
-    async fn refused_before_begin(&self, key: &StorageKey) -> Option<Decision> {
-        let wait = self.admission.as_ref()?.peek(key.principal_tag()).err()?;
+    /// operation) goes on to `begin`, which answers it as usual: `Ok(true)`, the store showed
+    /// the record (a store error after this never runs the request unprotected). Store errors
+    /// on that look refuse with 429 too: the request was over its limit either way.
+    async fn refused_before_begin(&self, key: &StorageKey) -> Result<bool, Decision> {
+        let Some(wait) = self
+            .admission
+            .as_ref()
+            .and_then(|a| a.peek(key.principal_tag()).err())
+        else {
+            return Ok(false);
+        };
         match self.get(key).await {
-            Ok(Some(_)) => None,
+            Ok(Some(_)) => Ok(true),
             Ok(None) | Err(_) => {
                 crate::observe::count(crate::observe::metric::ADMISSION_REFUSED_TOTAL);
-                Some(Decision::Reject(too_many_keys(wait)))
+                Err(Decision::Reject(too_many_keys(wait)))
             }
         }
     }
