@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use crate::history::Event;
 use crate::run::{Outcome, Resolved};
-use crate::scenario::Scenario;
+use crate::scenario::{Guarantee, Scenario};
 
 /// The store deadline of every simulated app (see `app.rs`).
 const STORE_TIMEOUT_MS: u64 = 500;
@@ -139,7 +139,18 @@ struct Lasting {
 }
 
 impl Lasting {
-    /// Whether store calls fail (or time out) while it lasts.
+    /// Whether every store call fails (or times out) while it lasts: down, or slower than
+    /// the store deadline (a full store still renews and reads).
+    fn down(&self) -> bool {
+        self.kind == "outage"
+            || self
+                .kind
+                .strip_prefix("slow ")
+                .and_then(|d| d.trim_end_matches(" ms").parse::<u64>().ok())
+                .is_some_and(|d| d >= STORE_TIMEOUT_MS)
+    }
+
+    /// Whether writes (`begin`, `complete`) fail while it lasts: down, too slow, or full.
     fn unreachable(&self) -> bool {
         self.kind == "outage"
             || self.kind == "full"
@@ -287,12 +298,29 @@ pub fn check(
         }
     }
 
-    // Every answer: a success is this operation's, a 422 only for another payload.
+    // Every answer: a success is this operation's, for its payload (and, under `strict`, the
+    // same bytes and status every time), a 422 only for another payload.
+    let mut first_answer: HashMap<u64, (u16, &str)> = HashMap::new();
     for (req, at, status, body) in &answers {
         let Some(s) = sent.get(req) else { continue };
         let op = s.op;
         if (200..300).contains(status) && *status != 202 {
-            success(op, resolved, scenario, &by_op, *req, *status, body)?;
+            let asked = Asked {
+                op,
+                req: *req,
+                variant: s.variant,
+            };
+            if let Some(effect) = success(asked, resolved, scenario, &by_op, *status, body)? {
+                let strict =
+                    scenario.endpoints[resolved[op].endpoint].guarantee == Guarantee::Strict;
+                let first = *first_answer.entry(effect).or_insert((*status, body));
+                if strict && first != (*status, *body) {
+                    return Err(Violation(format!(
+                        "request {req} of operation {op} got effect {effect} as {status} {body}, first answered as {} {}: a strict replay is byte for byte",
+                        first.0, first.1
+                    )));
+                }
+            }
         }
         if *status == 422 {
             let other = sent
@@ -313,9 +341,9 @@ pub fn check(
             .iter()
             .any(|(other, s)| other != req && s.op == *op && s.at <= *at);
         let unreachable = sent.get(req).is_some_and(|s| {
-            lasting.iter().any(|l| {
-                l.instance == s.instance && l.unreachable() && l.at <= *at && s.at <= l.until
-            })
+            lasting
+                .iter()
+                .any(|l| l.instance == s.instance && l.down() && l.at <= *at && s.at <= l.until)
         });
         if !others && !unreachable {
             return Err(Violation(format!(
@@ -348,7 +376,7 @@ pub fn check(
                 .map_or(u64::MAX, |(_, at, ..)| *at);
             lasting.iter().any(|l| {
                 l.instance == s.instance
-                    && l.unreachable()
+                    && l.down()
                     && l.at <= answered
                     && s.at <= l.until
                     && l.until.saturating_add(STORE_TIMEOUT_MS) >= s.at + lease / 2
@@ -420,21 +448,29 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
     }
 }
 
-/// A 2xx answer to `req` (of `op`): one of `op`'s effects, for its account — or the marker of a
-/// response too large to keep.
-fn success(
+/// A request, as the oracle checks its answer.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
     op: usize,
+    req: u64,
+    variant: u8,
+}
+
+/// A 2xx answer to a request: one of its operation's effects, for its account and its
+/// payload — or the marker of a response too large to keep. The effect it carries, if any.
+fn success(
+    asked: Asked,
     resolved: &[Resolved],
     scenario: &Scenario,
     by_op: &HashMap<usize, Vec<&Effect>>,
-    req: u64,
     status: u16,
     text: &str,
-) -> Result<(), Violation> {
+) -> Result<Option<u64>, Violation> {
+    let Asked { op, req, variant } = asked;
     if text.contains("response-not-kept") {
         let big = scenario.ops[op].big && scenario.endpoints[resolved[op].endpoint].small_responses;
         if big && by_op.contains_key(&op) {
-            return Ok(());
+            return Ok(None);
         }
         return Err(Violation(format!(
             "request {req} of operation {op} got a response-not-kept marker for a response that ran {} times and was not too large",
@@ -448,9 +484,12 @@ fn success(
             .and_then(|v| v.get(k))
             .and_then(serde_json::Value::as_u64)
     };
-    let (Some(their_op), Some(principal), Some(effect)) =
-        (field("op"), field("principal"), field("effect"))
-    else {
+    let (Some(their_op), Some(principal), Some(effect), Some(their_variant)) = (
+        field("op"),
+        field("principal"),
+        field("effect"),
+        field("variant"),
+    ) else {
         return Err(Violation(format!(
             "request {req} of operation {op} got {status} with a body that is no response of the handler: {text}"
         )));
@@ -461,6 +500,11 @@ fn success(
             resolved[op].principal
         )));
     }
+    if their_variant != u64::from(variant) {
+        return Err(Violation(format!(
+            "request {req} of operation {op} sent payload {variant} and got the response to payload {their_variant}: another payload's result (422 expected)"
+        )));
+    }
     if !by_op
         .get(&op)
         .is_some_and(|list| list.iter().any(|e| e.id == effect))
@@ -469,7 +513,7 @@ fn success(
             "request {req} of operation {op} got effect {effect}, which is not one of its effects"
         )));
     }
-    Ok(())
+    Ok(Some(effect))
 }
 
 /// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
@@ -482,51 +526,64 @@ fn explain(
     crashes: &[(usize, u64)],
 ) -> Option<Window> {
     let lease = e.lease_ms;
-    // Unprotected under `proceed`: a request sent while its instance's store was unreachable.
+    // The earliest a lease can lapse after its holder's store went away at `a`: its last
+    // renewal (every lease/3) was at most lease/3 before.
+    let lapses_after = |a: u64| a + lease - lease / 3;
+    // Unprotected under `proceed`: a request sent while its instance's store was down or too
+    // slow (a full store fails closed).
     let unprotected = |x: &Effect| {
         e.proceed
             && sent.get(&x.req).is_some_and(|s| {
-                lasting.iter().any(|l| {
-                    l.instance == s.instance && l.unreachable() && l.at <= s.at && s.at < l.until
-                })
+                lasting
+                    .iter()
+                    .any(|l| l.instance == s.instance && l.down() && l.at <= s.at && s.at < l.until)
             })
     };
     if unprotected(earlier) || unprotected(later) {
         return Some(Window::Proceed);
     }
     let returned = earlier.returned;
-    // Killed after the effect, before the record was written.
     let end = returned.unwrap_or(u64::MAX);
+    // Killed after the effect, before the record was written; the later run after the dead
+    // holder's lease lapsed.
     if crashes.iter().any(|(i, at)| {
         *i == earlier.instance
             && *at >= earlier.began
             && *at <= end.saturating_add(lease)
-            && later.began >= *at
+            && later.began >= lapses_after(*at)
     }) {
         return Some(Window::Crash);
     }
-    let on_earlier = |l: &&Lasting| l.instance == earlier.instance;
-    if let Some(r) = returned {
-        // Unreachable from the end of the handler for the rest of its lease.
-        if lasting
+    let mine: Vec<&Lasting> = lasting
+        .iter()
+        .filter(|l| l.instance == earlier.instance)
+        .collect();
+    // The lease lapses when renewals fail (the store down) from `a` on, at `a + 2/3 lease` at
+    // the earliest: renewals come every lease/3 and are tried again after lease/6.
+    let down = merged(&mine, |l| l.down(), lease / 6);
+    let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
+    for (a, b) in down {
+        let lapse = lapses_after(a);
+        if a > end || b < lapse || later.began < lapse {
+            continue;
+        }
+        // The handler still ran when its lease lapsed.
+        if end > lapse {
+            return Some(Window::LeaseLapsed);
+        }
+        // It had returned, and its completion failed at every try until the lapse.
+        if writes_fail
             .iter()
-            .filter(on_earlier)
-            .any(|l| l.unreachable() && l.at <= r && l.until >= r + lease / 2)
+            .any(|(wa, wb)| *wa <= end && *wb >= lapse)
         {
             return Some(Window::CompleteAbandoned);
         }
     }
-    // Unreachable for half a lease or more while it ran.
-    if lasting.iter().filter(on_earlier).any(|l| {
-        l.unreachable() && l.at <= end && l.until > earlier.began && l.until - l.at >= lease / 2
-    }) {
-        return Some(Window::LeaseLapsed);
-    }
-    // A store slower than lease/6 while it ran.
-    if lasting
-        .iter()
-        .filter(on_earlier)
-        .any(|l| l.slow_ms() >= lease / 6 && l.at <= end && l.until > earlier.began)
+    // Renewals slower than lease/6 while the handler outlived its first renewal.
+    if end.saturating_sub(earlier.began) >= lease / 3
+        && mine
+            .iter()
+            .any(|l| l.slow_ms() >= lease / 6 && l.at <= end && l.until > earlier.began)
     {
         return Some(Window::SlowStore);
     }
@@ -535,4 +592,23 @@ fn explain(
         return Some(Window::Expired);
     }
     None
+}
+
+/// The spans of the faults `of` that `which` selects, merged where they overlap or are apart
+/// by at most `gap` ms.
+fn merged(of: &[&Lasting], which: impl Fn(&Lasting) -> bool, gap: u64) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = of
+        .iter()
+        .filter(|l| which(l))
+        .map(|l| (l.at, l.until))
+        .collect();
+    spans.sort();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + gap => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
 }

@@ -53,12 +53,29 @@ pub fn resolve(s: &Scenario) -> Vec<Resolved> {
                     ..out[last].clone()
                 }
             }
-            _ => Resolved {
-                key: format!("k-{i}"),
-                principal: op.principal % 3,
-                endpoint: usize::from(op.endpoint) % s.endpoints.len().max(1),
-                after: None,
-            },
+            _ => {
+                let principal = op.principal % 3;
+                let endpoint = usize::from(op.endpoint) % s.endpoints.len().max(1);
+                // A key another account also uses, on a scoped endpoint (each account's own
+                // operation); once per account.
+                let shared = format!("shared-{endpoint}");
+                let key = if op.shared_key
+                    && s.endpoints[endpoint].scoped
+                    && !out
+                        .iter()
+                        .any(|o| o.key == shared && o.principal == principal)
+                {
+                    shared
+                } else {
+                    format!("k-{i}")
+                };
+                Resolved {
+                    key,
+                    principal,
+                    endpoint,
+                    after: None,
+                }
+            }
         };
         out.push(resolved);
     }
@@ -381,7 +398,10 @@ async fn one(
             None => std::future::pending().await,
         }
     };
+    // Biased: an answer, a hang-up and a kill ready in the same virtual instant are taken in
+    // this order every time (one scenario, one history).
     tokio::select! {
+        biased;
         answered = call => match answered {
             Some((status, body, retry_after)) => {
                 world.history.push(Event::Answer {

@@ -84,6 +84,10 @@ pub struct Operation {
     /// Reuses the key of this earlier operation (same principal and endpoint), once its record
     /// can have expired; else a key of its own.
     pub reuse: Option<u8>,
+    /// Uses the key other accounts use too on its (scoped) endpoint, where each account's is
+    /// its own operation.
+    #[serde(default)]
+    pub shared_key: bool,
     /// When the first send goes, in ms from the start.
     pub start_ms: u64,
     /// The sends, in order; each waits for the one before (or for its hang-up).
@@ -228,16 +232,20 @@ fn operation() -> impl Strategy<Value = Operation> {
         prop::collection::vec(send_plan(), 1..5),
         prop_oneof![8 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)],
         prop::bool::weighted(0.1),
+        prop::bool::weighted(0.25),
     )
         .prop_map(
-            |(principal, endpoint, reuse, start_ms, sends, fails_first, big)| Operation {
-                principal,
-                endpoint,
-                reuse,
-                start_ms,
-                sends,
-                fails_first,
-                big,
+            |(principal, endpoint, reuse, start_ms, sends, fails_first, big, shared_key)| {
+                Operation {
+                    principal,
+                    endpoint,
+                    reuse,
+                    shared_key,
+                    start_ms,
+                    sends,
+                    fails_first,
+                    big,
+                }
             },
         )
 }

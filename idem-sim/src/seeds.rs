@@ -63,9 +63,19 @@ pub fn run_seed(seed: u64, size: Size, counts: &mut Counts) -> Result<(), Failur
     };
     let mut runner = TestRunner::new_with_rng(config, rng(seed));
     let seen = std::cell::RefCell::new(Counts::default());
+    // Counted until the first failure (not the runs that shrink it), the failing one included.
+    let failed = std::cell::Cell::new(false);
     let result = runner.run(&scenario(size.ops, size.faults), |s| {
-        let c = crate::simulate(&s).map_err(|v| TestCaseError::fail(v.0))?;
-        seen.borrow_mut().add(&c);
+        match crate::simulate(&s) {
+            Ok(c) if !failed.get() => seen.borrow_mut().add(&c),
+            Ok(_) => {}
+            Err(v) => {
+                if !failed.replace(true) {
+                    seen.borrow_mut().operations += s.ops.len() as u64;
+                }
+                return Err(TestCaseError::fail(v.0));
+            }
+        }
         Ok(())
     });
     counts.add(&seen.borrow());
