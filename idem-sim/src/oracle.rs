@@ -563,18 +563,23 @@ fn explain(
     let down = merged(&mine, |l| l.down(), lease / 6);
     let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
     for (a, b) in down {
+        // (A span that began before the run counts from the run's start: its `begin` landed in
+        // a gap of it.)
+        let a = a.max(earlier.began);
         let lapse = lapses_after(a);
-        if a > end || b < lapse || later.began < lapse {
+        if b < lapse || later.began < lapse {
             continue;
         }
         // The handler still ran when its lease lapsed.
-        if end > lapse {
+        if a <= end && end > lapse {
             return Some(Window::LeaseLapsed);
         }
-        // It had returned, and its completion failed at every try until the lapse.
-        if writes_fail
-            .iter()
-            .any(|(wa, wb)| *wa <= end && *wb >= lapse)
+        // It had returned, and its completion failed at every try from then until the lapse
+        // (the renewals beside it kept the lease until the store went down).
+        if end <= lapse
+            && writes_fail
+                .iter()
+                .any(|(wa, wb)| *wa <= end && *wb >= lapse)
         {
             return Some(Window::CompleteAbandoned);
         }
