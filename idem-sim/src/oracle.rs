@@ -544,23 +544,31 @@ fn explain(
     }
     let returned = earlier.returned;
     let end = returned.unwrap_or(u64::MAX);
-    // Killed after the effect, before the record was written; the later run after the dead
-    // holder's lease lapsed.
-    if crashes.iter().any(|(i, at)| {
-        *i == earlier.instance
-            && *at >= earlier.began
-            && *at <= end.saturating_add(lease)
-            && later.began >= lapses_after(*at)
-    }) {
-        return Some(Window::Crash);
-    }
     let mine: Vec<&Lasting> = lasting
         .iter()
         .filter(|l| l.instance == earlier.instance)
         .collect();
+    let down = merged(&mine, |l| l.down(), lease / 6);
+    // Killed after the effect, before the record was written; the later run after the dead
+    // holder's lease lapsed (its renewals stopped at the kill, or earlier when the store was
+    // already down then).
+    if crashes.iter().any(|(i, at)| {
+        let stopped = down
+            .iter()
+            .filter(|(a, b)| a <= at && at <= b)
+            .map(|(a, _)| *a)
+            .min()
+            .unwrap_or(*at)
+            .max(earlier.began);
+        *i == earlier.instance
+            && *at >= earlier.began
+            && *at <= end.saturating_add(lease)
+            && later.began >= lapses_after(stopped)
+    }) {
+        return Some(Window::Crash);
+    }
     // The lease lapses when renewals fail (the store down) from `a` on, at `a + 2/3 lease` at
     // the earliest: renewals come every lease/3 and are tried again after lease/6.
-    let down = merged(&mine, |l| l.down(), lease / 6);
     let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
     for (a, b) in down {
         // (A span that began before the run counts from the run's start: its `begin` landed in
