@@ -549,6 +549,12 @@ fn explain(
         .filter(|l| l.instance == earlier.instance)
         .collect();
     let down = merged(&mine, |l| l.down(), lease / 6);
+    let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
+    // Whether its record was still unwritten at `t`: soon after it returned, or its completion
+    // failing at every try since.
+    let unwritten_at = |t: u64| {
+        t <= end.saturating_add(lease) || writes_fail.iter().any(|(wa, wb)| *wa <= end && *wb >= t)
+    };
     // Killed after the effect, before the record was written; the later run after the dead
     // holder's lease lapsed (its renewals stopped at the kill, or earlier when the store was
     // already down then).
@@ -562,14 +568,13 @@ fn explain(
             .max(earlier.began);
         *i == earlier.instance
             && *at >= earlier.began
-            && *at <= end.saturating_add(lease)
+            && unwritten_at(*at)
             && later.began >= lapses_after(stopped)
     }) {
         return Some(Window::Crash);
     }
     // The lease lapses when renewals fail (the store down) from `a` on, at `a + 2/3 lease` at
     // the earliest: renewals come every lease/3 and are tried again after lease/6.
-    let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
     for (a, b) in down {
         // (A span that began before the run counts from the run's start: its `begin` landed in
         // a gap of it.)
