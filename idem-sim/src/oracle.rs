@@ -550,11 +550,16 @@ fn explain(
         .collect();
     let down = merged(&mine, |l| l.down(), lease / 6);
     let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
+    // Whether the completion can have failed at every try from the handler's return until `t`:
+    // writes failing since (a try may come up to one backoff, 1 s, after they work again).
+    let failing_until = |t: u64| {
+        writes_fail
+            .iter()
+            .any(|(wa, wb)| *wa <= end && wb.saturating_add(1000) >= t)
+    };
     // Whether its record was still unwritten at `t`: soon after it returned, or its completion
     // failing at every try since.
-    let unwritten_at = |t: u64| {
-        t <= end.saturating_add(lease) || writes_fail.iter().any(|(wa, wb)| *wa <= end && *wb >= t)
-    };
+    let unwritten_at = |t: u64| t <= end.saturating_add(lease) || failing_until(t);
     // Killed after the effect, before the record was written; the later run after the dead
     // holder's lease lapsed (its renewals stopped at the kill, or earlier when the store was
     // already down then).
@@ -589,11 +594,7 @@ fn explain(
         }
         // It had returned, and its completion failed at every try from then until the lapse
         // (the renewals beside it kept the lease until the store went down).
-        if end <= lapse
-            && writes_fail
-                .iter()
-                .any(|(wa, wb)| *wa <= end && *wb >= lapse)
-        {
+        if end <= lapse && failing_until(lapse) {
             return Some(Window::CompleteAbandoned);
         }
     }
