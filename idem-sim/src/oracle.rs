@@ -585,7 +585,9 @@ fn explain(
         // a gap of it.)
         let a = a.max(earlier.began);
         let lapse = lapses_after(a);
-        if b < lapse || later.began < lapse {
+        // A failed renewal is tried again lease/6 later: a store back less than that before
+        // the lease's end may see no renewal in time.
+        if b + lease / 6 + 5 < lapse || later.began < lapse {
             continue;
         }
         // The handler still ran when its lease lapsed.
