@@ -527,8 +527,9 @@ fn explain(
 ) -> Option<Window> {
     let lease = e.lease_ms;
     // The earliest a lease can lapse after its holder's store went away at `a`: its last
-    // renewal (every lease/3) was at most lease/3 before.
-    let lapses_after = |a: u64| a + lease - lease / 3;
+    // renewal (every lease/3) was sent at most lease/3 before — or one renewal deadline more
+    // before, when the one then in flight was cut short (the handler returned meanwhile).
+    let lapses_after = |a: u64| a + lease - lease / 3 - (lease / 6).min(STORE_TIMEOUT_MS);
     // Unprotected under `proceed`: a request sent while its instance's store was down or too
     // slow (a full store fails closed).
     let unprotected = |x: &Effect| {
