@@ -601,12 +601,15 @@ fn explain(
             return Some(Window::CompleteAbandoned);
         }
     }
-    // Renewals slower than lease/6 while the handler outlived its first renewal.
-    if end.saturating_sub(earlier.began) >= lease / 3
-        && mine
-            .iter()
-            .any(|l| l.slow_ms() >= lease / 6 && l.at <= end && l.until > earlier.began)
-    {
+    // Renewals slower than lease/6 while they were needed: the handler outlived its first
+    // renewal, or its completion was still failing then.
+    if mine.iter().any(|l| {
+        let from = l.at.max(earlier.began);
+        l.slow_ms() >= lease / 6
+            && l.until > earlier.began
+            && ((from <= end && end.saturating_sub(earlier.began) >= lease / 3)
+                || (from > end && failing_until(from)))
+    }) {
         return Some(Window::SlowStore);
     }
     // Its record expired.
