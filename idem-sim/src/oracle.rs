@@ -567,7 +567,9 @@ fn explain(
     if crashes.iter().any(|(i, at)| {
         let stopped = down
             .iter()
-            .filter(|(a, b)| a <= at && at <= b)
+            // (A renewal that failed is tried again lease/6 later: a kill that soon after the
+            // store came back met no renewal in between.)
+            .filter(|(a, b)| a <= at && *at <= b + lease / 6)
             .map(|(a, _)| *a)
             .min()
             .unwrap_or(*at)

@@ -13,7 +13,9 @@ fn load(path: &std::path::Path) -> Scenario {
 #[test]
 fn every_kept_history_keeps_every_rule() {
     if let Ok(one) = std::env::var("IDEM_SIM_REPLAY") {
-        let scenario = load(std::path::Path::new(&one));
+        // Relative to the workspace (where the replay command is run from), or absolute.
+        let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let scenario = load(&workspace.join(&one));
         let resolved = idem_sim::run::resolve(&scenario);
         let outcome = idem_sim::run::run(&scenario);
         for event in &outcome.events {
