@@ -315,6 +315,14 @@ async fn client(running: Rc<Running>, start: Instant, i: usize, op: Operation, r
             let e = &running.endpoints[resolved.endpoint];
             let margin = e.ttl_ms + 3 * e.lease_ms + 2 * e.work_ms + 5_000;
             tokio::time::sleep(Duration::from_millis(margin + op.start_ms % 1000)).await;
+            // A completion a full store delayed (its renewals go on) expires later: wait for the
+            // key to have no record (bounded).
+            for _ in 0..240 {
+                if !has_record(&running, &resolved).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
         None => tokio::time::sleep_until(start + Duration::from_millis(op.start_ms)).await,
     }
