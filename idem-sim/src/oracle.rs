@@ -183,6 +183,8 @@ pub fn check(
     let mut effects: Vec<Effect> = Vec::new();
     let mut lasting: Vec<Lasting> = Vec::new();
     let mut crashes: Vec<(usize, u64)> = Vec::new();
+    // Scripted completion failures, by instance and time injected (each fails one try).
+    let mut failures: Vec<(usize, u64)> = Vec::new();
     let mut answers: Vec<(u64, u64, u16, &str)> = Vec::new();
     let mut inspected: Vec<(u64, usize, u64)> = Vec::new();
     for e in &outcome.events {
@@ -252,6 +254,8 @@ pub fn check(
             } => {
                 if what == "kill -9" {
                     crashes.push((*instance, *at));
+                } else if what == "fail a completion" {
+                    failures.push((*instance, *at));
                 } else if let Some(until) = until {
                     lasting.push(Lasting {
                         instance: *instance,
@@ -275,9 +279,14 @@ pub fn check(
     for (op, list) in &by_op {
         let e = endpoint(*op);
         for (k, later) in list.iter().enumerate().skip(1) {
-            let window = list[..k]
-                .iter()
-                .find_map(|earlier| explain(e, earlier, later, &sent, &lasting, &crashes));
+            let window = list[..k].iter().find_map(|earlier| {
+                let faults = Faults {
+                    lasting: &lasting,
+                    crashes: &crashes,
+                    failures: &failures,
+                };
+                explain(e, earlier, later, &sent, faults)
+            });
             match window {
                 Some(w) => *counts.windows.entry(w).or_default() += 1,
                 None => {
@@ -517,14 +526,26 @@ fn success(
 }
 
 /// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
+/// The faults a history recorded.
+#[derive(Clone, Copy)]
+struct Faults<'a> {
+    lasting: &'a [Lasting],
+    crashes: &'a [(usize, u64)],
+    failures: &'a [(usize, u64)],
+}
+
 fn explain(
     e: &crate::scenario::Endpoint,
     earlier: &Effect,
     later: &Effect,
     sent: &HashMap<u64, Sent>,
-    lasting: &[Lasting],
-    crashes: &[(usize, u64)],
+    faults: Faults<'_>,
 ) -> Option<Window> {
+    let Faults {
+        lasting,
+        crashes,
+        failures,
+    } = faults;
     let lease = e.lease_ms;
     // The earliest a lease can lapse after its holder's store went away at `a`: its last
     // renewal (every lease/3) was sent at most lease/3 before — or one renewal deadline more
@@ -550,7 +571,34 @@ fn explain(
         .filter(|l| l.instance == earlier.instance)
         .collect();
     let down = merged(&mine, |l| l.down(), lease / 6);
-    let writes_fail = merged(&mine, |l| l.unreachable(), 1000);
+    let mut writes_fail = merged(&mine, |l| l.unreachable(), 1000);
+    // Scripted failures waiting for this instance's completions fail its first tries that
+    // reach the store (a try the store refused as down or full leaves them queued): each costs
+    // a try and a backoff (up to 1 s), and a slow spell as long again — after the span of
+    // failing writes the handler's return fell in, if any.
+    let pending = failures
+        .iter()
+        .filter(|(i, at)| *i == earlier.instance && *at <= end)
+        .count() as u64;
+    if pending > 0 && end != u64::MAX {
+        let slowest = mine.iter().map(|l| l.slow_ms()).max().unwrap_or(0);
+        let from = writes_fail
+            .iter()
+            .find(|(a, b)| *a <= end && end <= *b)
+            .map_or(end, |(_, b)| *b);
+        writes_fail.push((end, from + pending * (1000 + slowest)));
+        let spans: Vec<Lasting> = writes_fail
+            .iter()
+            .map(|(a, b)| Lasting {
+                instance: earlier.instance,
+                kind: "outage".to_owned(),
+                at: *a,
+                until: *b,
+            })
+            .collect();
+        let refs: Vec<&Lasting> = spans.iter().collect();
+        writes_fail = merged(&refs, |_| true, 1000);
+    }
     // Whether the completion can have failed at every try from the handler's return until `t`:
     // writes failing since (a try may come up to one backoff, 1 s, after they work again).
     let failing_until = |t: u64| {
