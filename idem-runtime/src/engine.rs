@@ -325,15 +325,11 @@ impl Engine {
                         Err(decision) => decision,
                     },
                 },
-                // The store already said another request held this key: whatever it answers
-                // now, running this duplicate unprotected could run the operation twice.
-                Err(e) if waited => {
-                    tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed after a duplicate waited for the first request; rejecting it");
-                    Decision::Reject(self.store_problem(&e))
-                }
-                // Nor when it already showed this key's record (a replay, a duplicate).
-                Err(e) if seen => {
-                    tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed after it showed this key's record; rejecting the request");
+                // The store already showed this key's record — another request held it (this
+                // duplicate waited), or the admission check read it: whatever it answers now,
+                // running this request unprotected could run the operation twice.
+                Err(e) if waited || seen => {
+                    tracing::error!(endpoint = policy.endpoint, error = %e, waited, "idem: the store failed after it showed this key's record; rejecting the request");
                     Decision::Reject(self.store_problem(&e))
                 }
                 Err(e) => self.store_failed(policy, e),
