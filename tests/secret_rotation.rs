@@ -86,6 +86,24 @@ fn on_memory(store: &idem::MemoryStore, secret: &[u8], previous: &[&[u8]]) -> Id
         .build()
 }
 
+/// The rotated app (the new secret, the old one as previous) on a `FaultyStore` over `redis`,
+/// its fleet check already run: its own deletes do not take a fault meant for a look's clean-up.
+/// (It reports a step-0 instance beside step 2 when there is one, and that is right.)
+async fn rotated_on_faulty(
+    redis: &RedisServer,
+) -> (idem_runtime::testing::FaultyStore<RedisStore>, Idempotency) {
+    let store = idem_runtime::testing::FaultyStore::new(
+        RedisStore::connect(&redis.url()).await.expect("connect"),
+    );
+    let idem = common::builder()
+        .store(store.clone())
+        .secret(NEW.to_vec())
+        .previous_secrets([OLD.to_vec()])
+        .build();
+    let _ = idem.check_secret().await;
+    (store, idem)
+}
+
 /// An instance serving `app_on(redis, secret, previous)`.
 async fn instance(
     redis: &RedisServer,
@@ -307,7 +325,7 @@ async fn erasure_reaches_records_of_a_previous_secret() {
 /// instead of running the operation a second time.
 #[actix_web::test]
 async fn a_failed_clean_up_after_a_look_never_runs_the_key_again() {
-    use idem_runtime::testing::{Fault, FaultyStore, Op};
+    use idem_runtime::testing::{Fault, Op};
     if !available("a_failed_clean_up_after_a_look_never_runs_the_key_again") {
         return;
     }
@@ -323,15 +341,7 @@ async fn a_failed_clean_up_after_a_look_never_runs_the_key_again() {
             .expect("an answer")
     };
     assert_eq!(post(before).await.status(), 201);
-    let store = FaultyStore::new(RedisStore::connect(&redis.url()).await.expect("connect"));
-    let idem = common::builder()
-        .store(store.clone())
-        .secret(NEW.to_vec())
-        .previous_secrets([OLD.to_vec()])
-        .build();
-    // Run the fleet check now, so that its own deletes do not take the fault meant for the
-    // look's clean-up. (It reports this fleet — step 0 beside step 2 — and that is right.)
-    let _ = idem.check_secret().await;
+    let (store, idem) = rotated_on_faulty(&redis).await;
     let r = runs.clone();
     let after = common::serve(2, move |cfg| {
         cfg.app_data(idem.clone())
@@ -358,18 +368,12 @@ async fn a_failed_clean_up_after_a_look_never_runs_the_key_again() {
 /// not in the empty record under the old key, whose downstream key the processor never saw.
 #[actix_web::test]
 async fn a_lost_delete_under_the_old_secret_keeps_the_downstream_key() {
-    use idem_runtime::testing::{Fault, FaultyStore, Op};
+    use idem_runtime::testing::{Fault, Op};
     if !available("a_lost_delete_under_the_old_secret_keeps_the_downstream_key") {
         return;
     }
     let redis = RedisServer::start();
-    let store = FaultyStore::new(RedisStore::connect(&redis.url()).await.expect("connect"));
-    let idem = common::builder()
-        .store(store.clone())
-        .secret(NEW.to_vec())
-        .previous_secrets([OLD.to_vec()])
-        .build();
-    let _ = idem.check_secret().await;
+    let (store, idem) = rotated_on_faulty(&redis).await;
     let keys = web::Data::new(std::sync::Mutex::new(Vec::<String>::new()));
     let k = keys.clone();
     let addr = common::serve(2, move |cfg| {
