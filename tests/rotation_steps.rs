@@ -190,22 +190,68 @@ async fn a_taken_over_operation_is_not_given_up_for_an_earlier_key() {
     drop_tables(&db, &tables).await;
 }
 
-/// A look under the old secret that finds nothing there, and whose delete of the record it made
+/// A look under the old secret that finds nothing, and whose delete of the record it made
 /// is lost, leaves an empty record under the old key while the operation runs — and records its
 /// charge — under the new one. Once that empty record's lease lapses, the operation's retry must
 /// resume where its steps are (the new key), never the empty old record: resumed there, the
-/// charge would run again under the old secret's downstream key — a second charge.
+/// charge would run again under the old secret's downstream key — a second charge. The empty
+/// record is tentative (gone once lapsed); on a store without tentative records, the retry
+/// finds where the steps are.
 #[actix_web::test]
 async fn a_lost_delete_under_the_old_secret_does_not_charge_twice() {
-    use idem_runtime::testing::{Fault, FaultyStore, Op};
-    let test = "a_lost_delete_under_the_old_secret_does_not_charge_twice";
+    lost_delete_under_the_old_secret(true).await;
+}
+
+/// [`a_lost_delete_under_the_old_secret_does_not_charge_twice`] on a store on the `Store`
+/// defaults (no tentative records).
+#[actix_web::test]
+async fn a_lost_delete_without_tentative_records_does_not_charge_twice() {
+    lost_delete_under_the_old_secret(false).await;
+}
+
+/// The other way round: the operation charged under the old secret (released), its retry on a
+/// rotated instance resumes it there and cannot delete the record it made under the new key.
+/// Once that record lapsed, the next retry resumes under the old one, where the charge is
+/// recorded — the current key's record is the empty one (tentative, or told apart by where the
+/// steps are on a store without tentative records).
+#[actix_web::test]
+async fn a_lost_give_up_under_the_new_secret_does_not_charge_twice() {
+    lost_give_up_under_the_new_secret(true).await;
+}
+
+/// [`a_lost_give_up_under_the_new_secret_does_not_charge_twice`] on a store on the `Store`
+/// defaults (no tentative records).
+#[actix_web::test]
+async fn a_lost_give_up_without_tentative_records_does_not_charge_twice() {
+    lost_give_up_under_the_new_secret(false).await;
+}
+
+/// The rotated app's store: a `FaultyStore` over `store`, with or without tentative records.
+fn faulty_over(
+    store: &idem_runtime::PostgresStore,
+    tentative: bool,
+) -> idem_runtime::testing::FaultyStore<idem_runtime::PostgresStore> {
+    let faulty = idem_runtime::testing::FaultyStore::new(store.clone());
+    if !tentative {
+        faulty.without_tentative_records();
+    }
+    faulty
+}
+
+async fn lost_delete_under_the_old_secret(tentative: bool) {
+    use idem_runtime::testing::{Fault, Op};
+    let test = if tentative {
+        "a_lost_delete_under_the_old_secret_does_not_charge_twice"
+    } else {
+        "a_lost_delete_without_tentative_records_does_not_charge_twice"
+    };
     let Some((store, world, db, tables)) = setup(test).await else {
         return;
     };
     let gate = gate();
     let headers = ada("Bearer tok-1");
     let body = || json!({ "rider": "ada" });
-    let faulty = FaultyStore::new(store.clone());
+    let faulty = faulty_over(&store, tentative);
     let idem = rotated_on(&faulty).await;
     let after = actix_web::test::init_service(app(idem, world.clone(), gate.clone())).await;
     // The look's delete of the old key's record fails; the ride and the charge are recorded
@@ -225,14 +271,13 @@ async fn a_lost_delete_under_the_old_secret_does_not_charge_twice() {
     charged_once(&world, &db, &tables).await;
 }
 
-/// The other way round: the operation charged under the old secret (released), its retry on a
-/// rotated instance resumes it there and cannot delete the record it made under the new key.
-/// Once that record lapsed, the next retry holds both keys again: it resumes under the old one,
-/// where the charge is recorded — the current key's record is the empty one.
-#[actix_web::test]
-async fn a_lost_give_up_under_the_new_secret_does_not_charge_twice() {
-    use idem_runtime::testing::{Fault, FaultyStore, Op};
-    let test = "a_lost_give_up_under_the_new_secret_does_not_charge_twice";
+async fn lost_give_up_under_the_new_secret(tentative: bool) {
+    use idem_runtime::testing::{Fault, Op};
+    let test = if tentative {
+        "a_lost_give_up_under_the_new_secret_does_not_charge_twice"
+    } else {
+        "a_lost_give_up_without_tentative_records_does_not_charge_twice"
+    };
     let Some((store, world, db, tables)) = setup(test).await else {
         return;
     };
@@ -248,7 +293,7 @@ async fn a_lost_give_up_under_the_new_secret_does_not_charge_twice() {
             .0,
         503
     );
-    let faulty = FaultyStore::new(store.clone());
+    let faulty = faulty_over(&store, tentative);
     let after = rotated_on(&faulty).await;
     let after = actix_web::test::init_service(app(after, world.clone(), gate.clone())).await;
     // Resumed under the old key, released again; the new key's record is not deleted.

@@ -13,6 +13,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+mod tentative;
+pub use tentative::tentative_records_are_gone_once_lapsed;
+
 use crate::{
     Begin, Fenced, FencingToken, Fingerprint, RecordState, StorageKey, Store, StoreError,
     StoredResponse,
@@ -51,6 +54,7 @@ macro_rules! store_conformance_tests {
             attempts_count_releases_and_takeovers,
             purge_forgets_any_record,
             begin_now_answers_only_what_begin_would,
+            tentative_records_are_gone_once_lapsed,
         );
     };
     (@each [$mode:ident] $make:expr; $($case:ident),* $(,)?) => {

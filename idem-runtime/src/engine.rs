@@ -263,15 +263,19 @@ impl Engine {
             Ok(seen) => seen,
         };
         let mut waited = false;
+        // While it looks under previous secrets, a request may give its key up: the record its
+        // `begin` makes is tentative until it runs (see `Store::begin_tentative`).
+        let looks = !earlier.is_empty();
         loop {
             let sent = tokio::time::Instant::now();
-            let answer = deadline(
-                "begin",
-                self.store_timeout,
+            let begin = if looks {
                 self.store
-                    .begin(&key, &fingerprint, policy.lease, policy.ttl),
-            )
-            .await;
+                    .begin_tentative(&key, &fingerprint, policy.lease, policy.ttl)
+            } else {
+                self.store
+                    .begin(&key, &fingerprint, policy.lease, policy.ttl)
+            };
+            let answer = deadline("begin", self.store_timeout, begin).await;
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
                     let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
@@ -305,6 +309,10 @@ impl Engine {
                     };
                     if attempt > 1 {
                         crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
+                    } else if looks {
+                        if let Err(refused) = self.confirm(policy, &ticket).await {
+                            return refused;
+                        }
                     }
                     Decision::Execute(ticket)
                 }
@@ -334,6 +342,30 @@ impl Engine {
                 }
                 Err(e) => self.store_failed(policy, e),
             };
+        }
+    }
+
+    /// Makes the tentative record `ticket` holds (made while the request looked under the
+    /// previous secrets) its operation's, before the handler runs; `Err` with the answer when
+    /// it cannot. Never run unprotected: the request already showed the store its key.
+    async fn confirm(&self, policy: &Policy, ticket: &Ticket) -> Result<(), Decision> {
+        let confirmed = deadline(
+            "confirm",
+            self.store_timeout,
+            self.store.confirm(ticket.key(), ticket.token()),
+        )
+        .await;
+        match confirmed {
+            Ok(crate::store::Fenced::Done) => Ok(()),
+            // Its lease lapsed while it looked, and another request took the key: that one runs.
+            Ok(crate::store::Fenced::Lost) => Err(Decision::Reject(in_progress())),
+            Err(e) => {
+                tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed before the operation could start; rejecting the request");
+                // Tentative: it is as if it had never been once its lease lapsed; sooner if
+                // this delete goes through.
+                ticket.forget().await;
+                Err(Decision::Reject(self.store_problem(&e)))
+            }
         }
     }
 

@@ -18,9 +18,13 @@
 //! it (the next request under it is new again, and looks again), given back as found when it
 //! was acquired again (its recorded steps stay).
 //!
-//! A delete the store refuses leaves an empty record under one of the two keys; once it lapsed,
-//! a request acquires both again and resumes under the one whose operation stored its request
-//! (`Steps` does before its first step), deleting the other — see `where_it_runs`.
+//! The records a request makes while it looks — under its current key and under the earlier
+//! ones — are tentative (`Store::begin_tentative`); the current one becomes the operation's
+//! (`Store::confirm`) only when nothing was found. So a delete the store refuses leaves a record
+//! that is as if it had never been once its lease lapsed: a retry, on an instance of either
+//! step of a rolling rotation, finds the operation where it ran. Only a store without tentative
+//! records (the `Store` defaults) leaves a record a later request acquires again beside the
+//! operation's — see `where_it_runs`.
 //!
 //! Holding its own key while it looks under another is what makes two instances safe during a
 //! rolling deploy, as long as each one knows the secret the other writes under: of two requests
@@ -78,7 +82,7 @@ impl Engine {
                 "begin",
                 self.store_timeout(),
                 self.store()
-                    .begin(&e.key, &e.fingerprint, policy.lease, policy.ttl),
+                    .begin_tentative(&e.key, &e.fingerprint, policy.lease, policy.ttl),
             )
             .await;
             let looked = match answer {
@@ -153,16 +157,14 @@ impl Engine {
     }
 
     /// Which of two keys, both acquired again (attempt > 1), holds the operation a request
-    /// resumes: the current one (`current`) or the earlier one (`earlier`). Only one ran it; the
-    /// other holds a record a look or a give-up made and could not delete (the store refused
-    /// the delete), which lapsed. The one whose operation started its steps (it stored its
-    /// request, before any step ran) holds it: resumed anywhere else, a step would run again
-    /// under another downstream key. When neither did (no steps, or a store without them),
-    /// nothing is recorded either way and the current key runs it: on one instance a lost
-    /// delete is far likelier under the earlier key (every new request's look makes and deletes
-    /// a record there) than under the current one (deleted only when a request finds something
-    /// earlier) — but an instance of the other step of a rolling rotation makes its looks'
-    /// records under this one's current key: docs/failure-behaviour.md names that window.
+    /// resumes: the current one (`current`) or the earlier one (`earlier`). With the built-in
+    /// stores this does not happen (a record a look or a give-up could not delete was tentative,
+    /// and is gone once lapsed); a store without tentative records (the `Store` defaults), or a
+    /// record left by a version before them, leaves one the request acquires again. Only one
+    /// ran the operation. The one whose operation started its steps (it stored its request,
+    /// before any step ran) holds it: resumed anywhere else, a step would run again under
+    /// another downstream key. When neither did (no steps, or a store without them), nothing
+    /// tells them apart and the current key runs it (docs/failure-behaviour.md).
     async fn where_it_runs(&self, current: &Ticket, earlier: &Ticket) -> Result<Side, Problem> {
         #[cfg(feature = "postgres")]
         if let Some(tx) = self.store().transactional() {

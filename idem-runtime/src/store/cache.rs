@@ -238,6 +238,33 @@ impl<S: Store> CachedStore<S> {
     }
 }
 
+impl<S: Store> CachedStore<S> {
+    /// A `begin` (`inner`, the wrapped store's), answered from the cache when it can be; a
+    /// replay it answers is admitted to the cache.
+    async fn begin_with(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        inner: impl std::future::Future<Output = Result<Begin, StoreError>>,
+    ) -> Result<Begin, StoreError> {
+        if let Some(answer) = self.cached(key, fingerprint) {
+            return Ok(answer);
+        }
+        let epoch = self.shared.epoch.load(Ordering::SeqCst);
+        let answer = inner.await?;
+        if matches!(answer, Begin::Replay(_)) {
+            // The answer is known: the admission's read goes on beside it, never inside the
+            // caller's store deadline (there, a slow read turned a replay into a timeout — and,
+            // under `on_store_error = "proceed"`, into a second run of the operation).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (this, key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
+                runtime.spawn(async move { this.admit(&key, &fingerprint, epoch).await });
+            }
+        }
+        Ok(answer)
+    }
+}
+
 #[async_trait]
 impl<S: Store> Store for CachedStore<S> {
     fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
@@ -252,21 +279,27 @@ impl<S: Store> Store for CachedStore<S> {
         lease: Duration,
         keep: Duration,
     ) -> Result<Begin, StoreError> {
-        if let Some(answer) = self.cached(key, fingerprint) {
-            return Ok(answer);
-        }
-        let epoch = self.shared.epoch.load(Ordering::SeqCst);
-        let answer = self.inner.begin(key, fingerprint, lease, keep).await?;
-        if matches!(answer, Begin::Replay(_)) {
-            // The answer is known: the admission's read goes on beside it, never inside the
-            // caller's store deadline (there, a slow read turned a replay into a timeout — and,
-            // under `on_store_error = "proceed"`, into a second run of the operation).
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let (this, key, fingerprint) = (self.clone(), key.clone(), *fingerprint);
-                runtime.spawn(async move { this.admit(&key, &fingerprint, epoch).await });
-            }
-        }
-        Ok(answer)
+        self.begin_with(
+            key,
+            fingerprint,
+            self.inner.begin(key, fingerprint, lease, keep),
+        )
+        .await
+    }
+
+    async fn begin_tentative(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        let inner = self.inner.begin_tentative(key, fingerprint, lease, keep);
+        self.begin_with(key, fingerprint, inner).await
+    }
+
+    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.inner.confirm(key, token).await
     }
 
     async fn complete(

@@ -112,6 +112,41 @@ pub trait Store: Send + Sync + 'static {
         keep: Duration,
     ) -> Result<Begin, StoreError>;
 
+    /// [`begin`](Store::begin) for a request that may give the key up before its operation
+    /// starts — while the app secret rotates, a request holds its key while it looks for its
+    /// record under the previous secrets. A record this makes (where there was none, or only a
+    /// tentative one whose lease ran out) is *tentative*: while its lease lasts it is in
+    /// progress like any other, but once the lease ran out it is as if it had never been — the
+    /// next `begin` is a first attempt, [`get`](Store::get) does not show it, and no completer
+    /// resumes it — until [`confirm`](Store::confirm) makes it an operation's. So a record that
+    /// a refused delete left behind is never taken for an operation that ran. A record that was
+    /// there (released, or in progress with its lease lapsed) is taken over as `begin` takes it
+    /// over, and is not tentative.
+    ///
+    /// The default is `begin`: such a store cannot tell a left-over record from an operation's,
+    /// and during a rotation a plain handler's retry may then run under the other secret's key
+    /// (another downstream key); the conformance suite's
+    /// `tentative_records_are_gone_once_lapsed` fails for it.
+    async fn begin_tentative(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.begin(key, fingerprint, lease, keep).await
+    }
+
+    /// Makes the tentative record held by `token` (see
+    /// [`begin_tentative`](Store::begin_tentative)) an operation's, before the operation
+    /// starts: from then on it outlives its lease like any record in progress. A record that
+    /// is not tentative is left as it is. Fenced like a completion. The default, for a store
+    /// without tentative records, has nothing to do.
+    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let _ = (key, token);
+        Ok(Fenced::Done)
+    }
+
     /// Stores `response` as the completed result for `ttl`, only if `token` still holds the
     /// lease.
     async fn complete(

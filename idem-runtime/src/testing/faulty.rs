@@ -22,6 +22,8 @@ pub enum Op {
     Release,
     /// [`Store::renew`].
     Renew,
+    /// [`Store::confirm`].
+    Confirm,
     /// [`Store::get`].
     Get,
     /// [`Store::purge`].
@@ -79,6 +81,8 @@ struct Shared<S> {
     script: Mutex<Script>,
     calls: Mutex<HashMap<Op, u64>>,
     faults_fired: AtomicU64,
+    /// Set by [`FaultyStore::without_tentative_records`].
+    plain: std::sync::atomic::AtomicBool,
 }
 
 /// A [`Store`] that passes every call to `inner` unless a fault was scripted for it. Clones
@@ -135,6 +139,7 @@ impl<S: Store> FaultyStore<S> {
                 script: Mutex::default(),
                 calls: Mutex::default(),
                 faults_fired: AtomicU64::new(0),
+                plain: Default::default(),
             }),
         }
     }
@@ -166,6 +171,13 @@ impl<S: Store> FaultyStore<S> {
             .condition
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = condition;
+    }
+
+    /// From now on, answers as a store on the [`Store`] defaults for tentative records: a
+    /// custom store, or a wrapper that does not forward them. `begin_tentative` is `begin`,
+    /// `confirm` does nothing — what the engine must still handle safely.
+    pub fn without_tentative_records(&self) {
+        self.shared.plain.store(true, Ordering::SeqCst);
     }
 
     /// Forgets every fault not yet applied.
@@ -266,6 +278,32 @@ impl<S: Store> Store for FaultyStore<S> {
         let inner = &self.shared.inner;
         self.under(Op::Begin, inner.begin(key, fingerprint, lease, keep))
             .await
+    }
+
+    async fn begin_tentative(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        if self.shared.plain.load(Ordering::SeqCst) {
+            return self.begin(key, fingerprint, lease, keep).await;
+        }
+        let inner = &self.shared.inner;
+        self.under(
+            Op::Begin,
+            inner.begin_tentative(key, fingerprint, lease, keep),
+        )
+        .await
+    }
+
+    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        if self.shared.plain.load(Ordering::SeqCst) {
+            return Ok(Fenced::Done);
+        }
+        let inner = &self.shared.inner;
+        self.under(Op::Confirm, inner.confirm(key, token)).await
     }
 
     async fn complete(

@@ -88,6 +88,8 @@ enum EntryState {
         /// Wakes the duplicates waiting for it (`on_conflict = "wait"`); made by the first.
         done: Option<Arc<Notify>>,
         lease_until: Instant,
+        /// Made by `begin_tentative` and not confirmed yet: gone once its lease lapsed.
+        tentative: bool,
     },
     Completed(StoredResponse),
     /// Free again (released); kept only to count attempts.
@@ -154,6 +156,17 @@ impl Entry {
     /// Drops the entry, waking the duplicates waiting for it.
     fn drop_waking(self) {
         self.state.drop_waking();
+    }
+
+    /// Made by `begin_tentative` and not confirmed yet.
+    fn is_tentative(&self) -> bool {
+        matches!(
+            self.state,
+            EntryState::InProgress {
+                tentative: true,
+                ..
+            }
+        )
     }
 
     fn is_live(&self, now: Instant) -> bool {
@@ -378,6 +391,64 @@ impl Inner {
         false
     }
 
+    /// `begin` (`tentative`: `begin_tentative`): see [`Store::begin_tentative`].
+    fn begin(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+        tentative: bool,
+    ) -> Result<Begin, StoreError> {
+        let now = Instant::now();
+        let (at, mut map) = self.shard(key);
+        let mut attempt = 1;
+        if let Some(e) = map.get(at) {
+            if e.is_live(now) {
+                return Ok(e.answer(fingerprint, now));
+            }
+            // A tentative record whose lease lapsed is as if it had never been.
+            if e.expires_at > now && !e.is_tentative() {
+                attempt = e.attempt.saturating_add(1);
+            }
+            self.remove_entry(&mut map, at);
+        }
+        let size = key.as_str().len() + ENTRY_OVERHEAD;
+        if let Some(p) = &self.principals {
+            if !p.admits(key, size) {
+                return Err(StoreError::PrincipalFull);
+            }
+        }
+        if !self.admit(&mut map, at.shard(SHARDS), size, now) {
+            return Err(StoreError::Full);
+        }
+        if let Some(p) = &self.principals {
+            p.charge(key, 1, size as isize);
+        }
+        let token = FencingToken(self.next_token.fetch_add(1, Ordering::Relaxed));
+        map.insert_new(
+            at,
+            Entry {
+                fingerprint: *fingerprint,
+                state: EntryState::InProgress {
+                    token,
+                    // Made by the first duplicate that waits: most records never have one.
+                    done: None,
+                    lease_until: now + lease,
+                    tentative: tentative && attempt == 1,
+                },
+                expires_at: now + keep.max(lease),
+                attempt,
+                acquired_at: now,
+                size,
+            },
+        );
+        self.used.fetch_add(size, Ordering::Relaxed);
+        self.entries.fetch_add(1, Ordering::Relaxed);
+        self.publish();
+        Ok(Begin::Acquired { token, attempt })
+    }
+
     /// Drops the records of `map` that are not live.
     fn drop_dead(&self, map: &mut Shard, now: Instant) {
         map.remove_where(|_, e| !e.is_live(now), |k, e| self.forget(&k, e));
@@ -427,52 +498,29 @@ impl Store for MemoryStore {
         lease: Duration,
         keep: Duration,
     ) -> Result<Begin, StoreError> {
-        let inner = &*self.inner;
-        let now = Instant::now();
-        let (at, mut map) = inner.shard(key);
-        let mut attempt = 1;
-        if let Some(e) = map.get(at) {
-            if e.is_live(now) {
-                return Ok(e.answer(fingerprint, now));
+        self.inner.begin(key, fingerprint, lease, keep, false)
+    }
+
+    async fn begin_tentative(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.inner.begin(key, fingerprint, lease, keep, true)
+    }
+
+    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
+            if let Some(Entry {
+                state: EntryState::InProgress { tentative, .. },
+                ..
+            }) = map.get_mut(at)
+            {
+                *tentative = false;
             }
-            if e.expires_at > now {
-                attempt = e.attempt.saturating_add(1);
-            }
-            inner.remove_entry(&mut map, at);
-        }
-        let size = key.as_str().len() + ENTRY_OVERHEAD;
-        if let Some(p) = &inner.principals {
-            if !p.admits(key, size) {
-                return Err(StoreError::PrincipalFull);
-            }
-        }
-        if !inner.admit(&mut map, at.shard(SHARDS), size, now) {
-            return Err(StoreError::Full);
-        }
-        if let Some(p) = &inner.principals {
-            p.charge(key, 1, size as isize);
-        }
-        let token = FencingToken(inner.next_token.fetch_add(1, Ordering::Relaxed));
-        map.insert_new(
-            at,
-            Entry {
-                fingerprint: *fingerprint,
-                state: EntryState::InProgress {
-                    token,
-                    // Made by the first duplicate that waits: most records never have one.
-                    done: None,
-                    lease_until: now + lease,
-                },
-                expires_at: now + keep.max(lease),
-                attempt,
-                acquired_at: now,
-                size,
-            },
-        );
-        inner.used.fetch_add(size, Ordering::Relaxed);
-        inner.entries.fetch_add(1, Ordering::Relaxed);
-        inner.publish();
-        Ok(Begin::Acquired { token, attempt })
+        })))
     }
 
     async fn complete(
@@ -505,7 +553,19 @@ impl Store for MemoryStore {
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
             if let Some(e) = map.get_mut(at) {
-                std::mem::replace(&mut e.state, EntryState::Released).drop_waking();
+                // A tentative record released is as if it had never been: its lease ends now.
+                let released = match e.state {
+                    EntryState::InProgress {
+                        tentative: true, ..
+                    } => EntryState::InProgress {
+                        token,
+                        done: None,
+                        lease_until: Instant::now(),
+                        tentative: true,
+                    },
+                    _ => EntryState::Released,
+                };
+                std::mem::replace(&mut e.state, released).drop_waking();
             }
         })))
     }

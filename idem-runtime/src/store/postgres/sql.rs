@@ -26,6 +26,8 @@ pub(super) struct Statements {
     /// `Store::give_back`.
     pub(super) give_back: String,
     pub(super) renew: String,
+    /// Makes a tentative record an operation's (`Store::confirm`).
+    pub(super) confirm: String,
     /// Marks a row in progress as waited on, so that its completion notifies.
     pub(super) mark_waiting: String,
     /// The completion inside a transactional handler's transaction.
@@ -51,7 +53,7 @@ impl Statements {
         let fenced = |set: &str| {
             format!(
                 "UPDATE {t} SET {set}
-                  WHERE key = $1 AND token = $2 AND state = 'p'
+                  WHERE key = $1 AND token = $2 AND state IN ('p', 't')
                   RETURNING key, waiting"
             )
         };
@@ -76,31 +78,34 @@ impl Statements {
             // holder committed while this statement waited for the row is not in its snapshot,
             // so not dropped here, but it carries an older token than `started` — `Steps`
             // drops it (`put_request`) and never loads it. An insert leaves `started` 0: a row
-            // that did not exist has no steps (they go with their record).
+            // that did not exist has no steps (they go with their record). `$5` is the state of
+            // a record made where there was none: `t` (tentative, see `Store::begin_tentative`)
+            // or `p`; a tentative row whose lease lapsed counts as none.
             begin: format!(
                 "WITH live AS (
                SELECT token, attempt, fingerprint, state, lease_until, response FROM {t}
                 WHERE key = $1
-                  AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))),
+                  AND ((state = 'c' AND expires_at > now()) OR (state IN ('p', 't') AND lease_until > now()))),
              held AS (
                SELECT fingerprint FROM {t}
                 WHERE key = $1 AND expires_at > now() AND fingerprint <> $2
                   AND NOT EXISTS (SELECT 1 FROM live) AND {held_steps}),
              taken AS (
                INSERT INTO {t} AS r (key, fingerprint, state, token, attempt, acquired_at, lease_until, expires_at)
-               SELECT $1, $2, 'p', nextval('{t}_token'), 1, now(),
+               SELECT $1, $2, $5::text, nextval('{t}_token'), 1, now(),
                       now() + $3::bigint * interval '1 millisecond',
                       now() + greatest($3::bigint, $4::bigint) * interval '1 millisecond'
                 WHERE NOT EXISTS (SELECT 1 FROM live) AND NOT EXISTS (SELECT 1 FROM held)
                ON CONFLICT (key) DO UPDATE SET
-                 fingerprint = EXCLUDED.fingerprint, state = 'p', token = EXCLUDED.token,
-                 attempt = CASE WHEN r.expires_at > now() THEN r.attempt + 1 ELSE 1 END,
-                 started = CASE WHEN r.expires_at > now() THEN r.started ELSE EXCLUDED.token END,
+                 fingerprint = EXCLUDED.fingerprint, token = EXCLUDED.token,
+                 state = CASE WHEN r.expires_at > now() AND r.state <> 't' THEN 'p' ELSE EXCLUDED.state END,
+                 attempt = CASE WHEN r.expires_at > now() AND r.state <> 't' THEN r.attempt + 1 ELSE 1 END,
+                 started = CASE WHEN r.expires_at > now() AND r.state <> 't' THEN r.started ELSE EXCLUDED.token END,
                  taken = r.state,
                  acquired_at = now(), lease_until = EXCLUDED.lease_until,
                  expires_at = EXCLUDED.expires_at, response = NULL
                WHERE NOT ((r.state = 'c' AND r.expires_at > now())
-                       OR (r.state = 'p' AND r.lease_until > now()))
+                       OR (r.state IN ('p', 't') AND r.lease_until > now()))
                  AND NOT (r.expires_at > now() AND r.fingerprint <> EXCLUDED.fingerprint
                           AND {taken_steps})
                RETURNING token, attempt),
@@ -119,10 +124,10 @@ impl Statements {
             get: format!(
                 "SELECT fingerprint, state::text, token, attempt,
                     (extract(epoch FROM acquired_at) * 1000000)::bigint,
-                    (extract(epoch FROM (CASE WHEN state = 'p' THEN lease_until ELSE expires_at END - now())) * 1000)::bigint,
+                    (extract(epoch FROM (CASE WHEN state = 'c' THEN expires_at ELSE lease_until END - now())) * 1000)::bigint,
                     response
                FROM {t} WHERE key = $1
-                AND ((state = 'c' AND expires_at > now()) OR (state = 'p' AND lease_until > now()))"
+                AND ((state = 'c' AND expires_at > now()) OR (state IN ('p', 't') AND lease_until > now()))"
             ),
             // Notified, so that other instances' replay caches drop it (and waiters wake).
             purge: format!(
@@ -152,12 +157,17 @@ impl Statements {
                    AND expires_at + interval '0' < now()"
             ),
             complete: notifying(COMPLETE_SET, &forget_request),
-            release: notifying("state = 'r'", ""),
+            // A tentative record released is as if it had never been: its lease ends.
+            release: notifying(
+                "lease_until = CASE WHEN state = 't' THEN now() - interval '1 millisecond' ELSE lease_until END,
+                 state = CASE WHEN state = 't' THEN 't' ELSE 'r' END",
+                "",
+            ),
             // As the takeover found it: released when it was (its client's to retry), or when
             // nothing came before this attempt; otherwise in progress with its lease lapsed, as
             // the crash that abandoned it left it (the completer's to finish).
             give_back: notifying(
-                "state = CASE WHEN attempt = 1 OR taken = 'r' THEN 'r' ELSE 'p' END,
+                "state = CASE WHEN state = 't' THEN 't' WHEN attempt = 1 OR taken = 'r' THEN 'r' ELSE 'p' END,
                  lease_until = now() - interval '1 millisecond'",
                 "",
             ),
@@ -165,8 +175,9 @@ impl Statements {
                 "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
                  expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
             ),
+            confirm: fenced("state = 'p'"),
             mark_waiting: format!(
-                "UPDATE {t} SET waiting = true WHERE key = $1 AND state = 'p' AND NOT waiting"
+                "UPDATE {t} SET waiting = true WHERE key = $1 AND state IN ('p', 't') AND NOT waiting"
             ),
             // Two guards that fail the whole statement, its `UPDATE` included, on values the
             // planner cannot fold away: `ln(0)` when the statement runs outside a transaction

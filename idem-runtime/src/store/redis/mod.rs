@@ -287,14 +287,15 @@ impl Unreplicated {
     }
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn begin(
+impl RedisStore {
+    /// `begin`; `state` `t` for `begin_tentative` (see `Store::begin_tentative`).
+    async fn begin_as(
         &self,
         key: &StorageKey,
         fingerprint: &Fingerprint,
         lease: Duration,
         keep: Duration,
+        state: &[u8],
     ) -> Result<Begin, StoreError> {
         let lease_ms = millis(lease).to_string();
         let keep_ms = millis(keep).to_string();
@@ -304,7 +305,12 @@ impl Store for RedisStore {
                 &self.scripts.begin,
                 key,
                 index.as_deref(),
-                &[&fingerprint.0, lease_ms.as_bytes(), keep_ms.as_bytes()],
+                &[
+                    &fingerprint.0,
+                    lease_ms.as_bytes(),
+                    keep_ms.as_bytes(),
+                    state,
+                ],
                 true,
             )
             .await?
@@ -352,6 +358,37 @@ impl Store for RedisStore {
             )),
             _ => Err(corrupt("begin answer")),
         }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn begin(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.begin_as(key, fingerprint, lease, keep, b"p").await
+    }
+
+    async fn begin_tentative(
+        &self,
+        key: &StorageKey,
+        fingerprint: &Fingerprint,
+        lease: Duration,
+        keep: Duration,
+    ) -> Result<Begin, StoreError> {
+        self.begin_as(key, fingerprint, lease, keep, b"t").await
+    }
+
+    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let token = token_arg(token);
+        fenced(
+            self.write(&self.scripts.confirm, key, &[token.as_bytes()])
+                .await?,
+        )
     }
 
     async fn complete(
@@ -449,7 +486,7 @@ impl Store for RedisStore {
         let mut fp = [0u8; 32];
         fp.copy_from_slice(&raw[1..33]);
         let state = match raw[0] {
-            b'p' => RecordState::InProgress {
+            b'p' | b't' => RecordState::InProgress {
                 token: parse_token(&raw[TOKEN])?,
             },
             b'c' => RecordState::Completed {

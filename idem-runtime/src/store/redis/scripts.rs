@@ -4,7 +4,8 @@
 //!
 //! A record is `state (1 byte) ‖ fingerprint (32 raw bytes) ‖ token (16 digits) ‖ attempt
 //! (6 digits) ‖ lease end (16 digits, server ms) ‖ response`, where the state is `p` (in progress),
-//! `c` (completed) or `r` (released: free, kept only to count attempts).
+//! `t` (in progress, tentative: gone once its lease lapsed, see `Store::begin_tentative`), `c`
+//! (completed) or `r` (released: free, kept only to count attempts).
 
 /// Where the response starts in a record (Lua's 1-based offsets below are `HEADER + 1` = 72).
 pub(super) const HEADER: usize = 1 + 32 + 16 + 6 + 16;
@@ -26,15 +27,16 @@ if v then
     if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
     return {'C', string.sub(v, 72)}
   end
-  if st == 'p' then
+  if st == 'p' or st == 't' then
     local left = tonumber(string.sub(v, 56, 71)) - now
     if left > 0 then
       if string.sub(v, 2, 33) ~= ARGV[1] then return {'M'} end
       return {'P', left}
     end
   end
-  -- Six digits: clamped, so that a key retried a million times keeps a well-formed record.
-  attempt = math.min(tonumber(string.sub(v, 50, 55)) + 1, 999999)
+  -- A tentative record whose lease lapsed is as if it had never been. Six digits: clamped, so
+  -- that a key retried a million times keeps a well-formed record.
+  if st ~= 't' then attempt = math.min(tonumber(string.sub(v, 50, 55)) + 1, 999999) end
 end
 -- The server's clock in µs, but always past the key's previous token: tokens grow per key even
 -- after a failover to a replica whose clock is behind, or a clock step.
@@ -44,8 +46,11 @@ if v then
   if previous and previous >= tonumber(token) then token = string.format('%016d', previous + 1) end
 end
 local lease = tonumber(ARGV[2])
+-- ARGV[4] = 't' from `begin_tentative`: only a first attempt is made tentative.
+local state = 'p'
+if attempt == 1 and ARGV[4] == 't' then state = 't' end
 redis.call('SET', KEYS[1],
-  'p' .. ARGV[1] .. token .. string.format('%06d', attempt) .. string.format('%016d', now + lease),
+  state .. ARGV[1] .. token .. string.format('%06d', attempt) .. string.format('%016d', now + lease),
   'PX', math.max(lease, tonumber(ARGV[3])))
 -- On a cluster: the record joins its principal's index in its own slot (see index.rs).
 if KEYS[2] then
@@ -61,7 +66,9 @@ return {'A', token, attempt}
 /// and a late completion is kept instead of running the operation again.
 const HELD: &str = r"
 local v = redis.call('GET', KEYS[1])
-if (not v) or string.sub(v, 1, 1) ~= 'p' or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
+if (not v) or string.sub(v, 34, 49) ~= ARGV[1] then return 0 end
+local held = string.sub(v, 1, 1)
+if held ~= 'p' and held ~= 't' then return 0 end
 ";
 
 /// A completion sent again by the token that already completed the record (its answer was lost,
@@ -77,9 +84,20 @@ redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
+/// A tentative record released is as if it had never been: it goes.
 const RELEASE_TAIL: &str = r"
-redis.call('SET', KEYS[1], 'r' .. string.sub(v, 2, 71), 'KEEPTTL')
+if held == 't' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], 'r' .. string.sub(v, 2, 71), 'KEEPTTL')
+end
 redis.call('PUBLISH', 'idem:done', KEYS[1])
+return 1
+";
+
+/// A tentative record becomes an operation's (see `Store::confirm`).
+const CONFIRM_TAIL: &str = r"
+if held == 't' then redis.call('SET', KEYS[1], 'p' .. string.sub(v, 2), 'KEEPTTL') end
 return 1
 ";
 
@@ -102,7 +120,7 @@ local v = redis.call('GET', KEYS[1])
 if not v then return false end
 local st = string.sub(v, 1, 1)
 if st == 'c' then return {v, redis.call('PTTL', KEYS[1])} end
-if st == 'p' then
+if st == 'p' or st == 't' then
   local left = tonumber(string.sub(v, 56, 71)) - now
   if left > 0 then return {v, left} end
 end
@@ -127,6 +145,7 @@ pub(super) struct Scripts {
     pub(super) complete: Script,
     pub(super) release: Script,
     pub(super) renew: Script,
+    pub(super) confirm: Script,
     pub(super) get: Script,
     pub(super) purge: Script,
 }
@@ -138,17 +157,19 @@ impl Scripts {
             complete: Script::new(format!("{CLOCK}{ALREADY_COMPLETED}{HELD}{COMPLETE_TAIL}")),
             release: Script::new(format!("{CLOCK}{HELD}{RELEASE_TAIL}")),
             renew: Script::new(format!("{CLOCK}{HELD}{RENEW_TAIL}")),
+            confirm: Script::new(format!("{CLOCK}{HELD}{CONFIRM_TAIL}")),
             get: Script::new(format!("{CLOCK}{GET}")),
             purge: Script::new(PURGE.into()),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 6] {
+    pub(super) fn all(&self) -> [&Script; 7] {
         [
             &self.begin,
             &self.complete,
             &self.release,
             &self.renew,
+            &self.confirm,
             &self.get,
             &self.purge,
         ]
