@@ -13,6 +13,8 @@ use std::time::Duration;
 
 const OLD: &[u8] = b"the-old-app-secret-0123456789abcdef";
 const NEW: &[u8] = b"the-new-app-secret-0123456789abcdef";
+/// As a secret of these helpers: none (an app without a secret; as a previous one, its records).
+const NONE: &[u8] = b"";
 
 /// Runs of the handler body, across every instance.
 #[derive(Default)]
@@ -51,23 +53,33 @@ async fn quick(runs: web::Data<Runs>) -> HttpResponse {
     HttpResponse::Created().body(format!("charge {n}"))
 }
 
+/// `builder` writing under `secret` and looking under `previous` ([`NONE`] for either: no
+/// secret).
+fn with_secrets<S>(
+    builder: idem::IdempotencyBuilder<S>,
+    secret: &[u8],
+    previous: &[&[u8]],
+) -> idem::IdempotencyBuilder<S> {
+    let builder = match secret {
+        NONE => builder,
+        secret => builder.secret(secret.to_vec()),
+    };
+    let builder = match previous.contains(&NONE) {
+        true => builder.previously_without_secret(),
+        false => builder,
+    };
+    builder.previous_secrets(previous.iter().map(|s| s.to_vec()))
+}
+
 /// An `Idempotency` on the Redis at `url`, writing under `secret` and looking under `previous`.
 async fn app_on(url: &str, secret: &[u8], previous: &[&[u8]]) -> Idempotency {
     let store = RedisStore::connect(url).await.expect("connect");
-    common::builder()
-        .store(store)
-        .secret(secret.to_vec())
-        .previous_secrets(previous.iter().map(|s| s.to_vec()))
-        .build()
+    with_secrets(common::builder().store(store), secret, previous).build()
 }
 
 /// `app_on`, on a shared memory store.
 fn on_memory(store: &idem::MemoryStore, secret: &[u8], previous: &[&[u8]]) -> Idempotency {
-    common::builder()
-        .store(store.clone())
-        .secret(secret.to_vec())
-        .previous_secrets(previous.iter().map(|s| s.to_vec()))
-        .build()
+    with_secrets(common::builder().store(store.clone()), secret, previous).build()
 }
 
 /// The rotated app (the new secret, the old one as previous) on a `FaultyStore` over `redis`,
@@ -86,6 +98,15 @@ async fn rotated_on_faulty(
         .build();
     let _ = idem.check_secret().await;
     (store, idem)
+}
+
+/// The body of `response`, a replay (201).
+async fn replayed(response: reqwest::Response) -> String {
+    let (status, headers) = (response.status(), response.headers().clone());
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(headers["idempotent-replayed"], "true", "{body}");
+    body
 }
 
 /// An instance serving `app_on(redis, secret, previous)`.
@@ -196,12 +217,19 @@ async fn a_rolling_deploy_across_a_rotation_runs_each_key_once() {
     let runs = web::Data::new(Runs::default());
     let old = instance(&redis, OLD, &[NEW], &runs).await;
     let new = instance(&redis, NEW, &[OLD], &runs).await;
+    storm([old, new], "storm", &runs).await;
+}
+
+/// 8 rounds of concurrent retries of 10 keys (`prefix-0` to `prefix-9`) sent to both
+/// `instances` (the first round slow): every answer is 201 or 409, and each key ran once.
+async fn storm(instances: [std::net::SocketAddr; 2], prefix: &str, runs: &web::Data<Runs>) {
+    let before = runs.0.load(Ordering::SeqCst);
     let mut statuses = Vec::new();
     for round in 0..8 {
         let sends = (0..10).flat_map(|k| {
-            let key = format!("storm-{k}");
+            let key = format!("{prefix}-{k}");
             let delay = if round == 0 { 300 } else { 0 };
-            [old, new].map(move |addr| {
+            instances.map(move |addr| {
                 let key = key.clone();
                 async move { send(addr, &key, delay).await.status().as_u16() }
             })
@@ -215,12 +243,49 @@ async fn a_rolling_deploy_across_a_rotation_runs_each_key_once() {
     );
     // Every key ran by now (each got a 201 at some point): once each.
     let finals: Vec<u16> = futures_util::future::join_all((0..10).map(|k| {
-        let key = format!("storm-{k}");
-        async move { send(new, &key, 0).await.status().as_u16() }
+        let key = format!("{prefix}-{k}");
+        async move { send(instances[1], &key, 0).await.status().as_u16() }
     }))
     .await;
     assert!(finals.iter().all(|s| *s == 201), "{finals:?}");
-    assert_eq!(runs.0.load(Ordering::SeqCst), 10, "each key once");
+    assert_eq!(runs.0.load(Ordering::SeqCst) - before, 10, "each key once");
+}
+
+/// Adopting a first secret — an app that ran without one, as the startup warning asks — in the
+/// three steps of a rotation, "no secret" being the old one: a retry of a record written
+/// without a secret replays on an instance with it, and one written with it replays on an
+/// instance still without it (the sealed record opens); a duplicate of one in flight without a
+/// secret is answered as in progress; a rolling deploy of steps 1 and 2 runs each key of a
+/// storm once. Adopting the secret alone (all there was before) runs the retry again.
+#[actix_web::test]
+async fn adopting_a_first_secret_runs_no_retry_again() {
+    if !available("adopting_a_first_secret_runs_no_retry_again") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let runs = web::Data::new(Runs::default());
+    let step0 = instance(&redis, NONE, &[], &runs).await;
+    let step1 = instance(&redis, NONE, &[NEW], &runs).await;
+    let step2 = instance(&redis, NEW, &[NONE], &runs).await;
+    // Written without a secret, retried with it.
+    let first = send(step0, "a-1", 0).await.text().await.unwrap();
+    assert_eq!(replayed(send(step2, "a-1", 0).await).await, first);
+    // Written with it, retried without it: the sealed record opens.
+    let first = send(step2, "a-2", 0).await.text().await.unwrap();
+    assert_eq!(replayed(send(step1, "a-2", 0).await).await, first);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 2, "0 re-executions");
+    // In flight without a secret: the duplicate with it is answered as in progress.
+    let (slow, dup) = tokio::join!(send(step1, "a-3", 1500), async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send(step2, "a-3", 0).await
+    });
+    assert_eq!((slow.status().as_u16(), dup.status().as_u16()), (201, 409));
+    assert_eq!(runs.0.load(Ordering::SeqCst), 3);
+    storm([step1, step2], "adopt", &runs).await;
+    // Without the look, adopting the secret runs the retry again: the defect this fixes.
+    let unaware = instance(&redis, NEW, &[], &runs).await;
+    assert_eq!(send(unaware, "a-1", 0).await.status(), 201);
+    assert_eq!(runs.0.load(Ordering::SeqCst), 14, "ran again without it");
 }
 
 /// The fleet check (`Idempotency::check_secret`, also run in the background): the instances of
@@ -255,6 +320,23 @@ async fn instances_that_disagree_on_the_secrets_fail_clearly() {
     assert!(
         !rotated.check_secret().await.unwrap(),
         "an instance writes under the old secret without looking under the new"
+    );
+    // Adopting a first secret: the same steps, "no secret" the old one.
+    let adopting = RedisServer::start();
+    let none = app_on(&adopting.url(), NONE, &[]).await;
+    let step1 = app_on(&adopting.url(), NONE, &[NEW]).await;
+    assert!(none.check_secret().await.unwrap());
+    assert!(
+        step1.check_secret().await.unwrap(),
+        "adopting: steps 0 and 1 agree"
+    );
+    let skipped = RedisServer::start();
+    let none = app_on(&skipped.url(), NONE, &[]).await;
+    let adopted = app_on(&skipped.url(), NEW, &[NONE]).await;
+    assert!(none.check_secret().await.unwrap());
+    assert!(
+        !adopted.check_secret().await.unwrap(),
+        "a secret adopted without its first step"
     );
     // And two secrets with nothing in common.
     let strangers = RedisServer::start();

@@ -232,7 +232,7 @@ impl StorageKey {
     /// A token for this key's status URL that lets its holder read the sealed result; `None`
     /// when records are not sealed.
     pub(crate) fn status_token(&self) -> Option<String> {
-        self.seal.as_ref().map(|s| s.status_token(&self.full))
+        self.seal.as_ref().and_then(|s| s.status_token(&self.full))
     }
 
     /// Derives the storage key of `key` sent by `principal` to `endpoint` as an app without a

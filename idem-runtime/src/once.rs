@@ -288,7 +288,7 @@ impl Once {
         let under = |d: &crate::secret::KeyDerivation| {
             let storage_key = d
                 .storage_key(&shared.prefix, name, b"", &key)
-                .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
+                .sealed_with(shared.seal_for(d, key.as_str()));
             (storage_key, d.fingerprint(fingerprint))
         };
         let (storage_key, fingerprint) = under(&shared.derivation);

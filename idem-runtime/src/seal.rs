@@ -73,6 +73,9 @@ struct Secret {
 /// The app's secrets as sealing keys, newest first.
 pub(crate) struct Sealer {
     secrets: Vec<Secret>,
+    /// Whether new records are sealed: not by an app without a secret that adopts one (it
+    /// opens what instances with the secret sealed, and writes in clear as before).
+    seals: bool,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -86,6 +89,17 @@ impl std::fmt::Debug for Sealer {
 impl Sealer {
     /// Sealing under `secrets` (newest first); `None` without any.
     pub(crate) fn new(secrets: &[Vec<u8>]) -> Option<Arc<Sealer>> {
+        Self::with(secrets, true)
+    }
+
+    /// Opening under `secrets`, sealing nothing: an app without a secret that adopts one (it
+    /// looks under it: see `IdempotencyBuilder::previously_without_secret`). `None` without
+    /// any.
+    pub(crate) fn open_only(secrets: &[Vec<u8>]) -> Option<Arc<Sealer>> {
+        Self::with(secrets, false)
+    }
+
+    fn with(secrets: &[Vec<u8>], seals: bool) -> Option<Arc<Sealer>> {
         if secrets.is_empty() {
             return None;
         }
@@ -109,7 +123,7 @@ impl Sealer {
                 }
             })
             .collect();
-        Some(Arc::new(Sealer { secrets }))
+        Some(Arc::new(Sealer { secrets, seals }))
     }
 
     /// What seals and opens the record `storage_key` of a request carrying `raw`.
@@ -117,6 +131,7 @@ impl Sealer {
         RecordSeal {
             sealer: self.clone(),
             raw: Arc::from(raw),
+            in_clear: !self.seals,
         }
     }
 
@@ -232,6 +247,9 @@ impl Sealer {
 pub(crate) struct RecordSeal {
     sealer: Arc<Sealer>,
     raw: Arc<str>,
+    /// Whether a record in clear opens (as itself): one written without a secret, under the
+    /// public derivation, while the app adopts a secret.
+    in_clear: bool,
 }
 
 impl std::fmt::Debug for RecordSeal {
@@ -260,8 +278,19 @@ fn sealed_by(response: &StoredResponse) -> Option<&[u8]> {
 }
 
 impl RecordSeal {
-    /// `response` sealed under the newest secret, for the record `storage_key`.
+    /// This seal, also opening records in clear when `in_clear` (those of an app that ran
+    /// without a secret, found while it adopts one).
+    pub(crate) fn opening_in_clear(mut self, in_clear: bool) -> Self {
+        self.in_clear |= in_clear;
+        self
+    }
+
+    /// `response` sealed under the newest secret, for the record `storage_key` (as it is, by
+    /// an app that seals nothing).
     pub(crate) fn seal(&self, storage_key: &str, response: &StoredResponse) -> StoredResponse {
+        if !self.sealer.seals {
+            return response.clone();
+        }
         let secret = &self.sealer.secrets[0];
         let cipher = Sealer::cipher(secret, storage_key, &self.raw);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
@@ -288,7 +317,12 @@ impl RecordSeal {
         storage_key: &str,
         stored: &StoredResponse,
     ) -> Result<StoredResponse, Unreadable> {
-        let kid = sealed_by(stored).ok_or(Unreadable::Unsealed)?;
+        let Some(kid) = sealed_by(stored) else {
+            return match self.in_clear {
+                true => Ok(stored.clone()),
+                false => Err(Unreadable::Unsealed),
+            };
+        };
         let secret = self
             .sealer
             .secrets
@@ -320,8 +354,12 @@ impl RecordSeal {
     /// every duplicate, so that one operation has one status URL: the nonce is an HMAC of the
     /// storage key, and a nonce repeats only for the same storage key — hence the same raw key,
     /// the same plaintext — which reveals nothing but that equality.
-    pub(crate) fn status_token(&self, storage_key: &str) -> String {
+    /// `None` from an app that seals nothing: its records open without one.
+    pub(crate) fn status_token(&self, storage_key: &str) -> Option<String> {
         use hmac::Mac;
+        if !self.sealer.seals {
+            return None;
+        }
         let secret = &self.sealer.secrets[0];
         let mut mac = secret.token_nonce.clone();
         mac.update(storage_key.as_bytes());
@@ -341,7 +379,7 @@ impl RecordSeal {
         crate::fingerprint::push_hex(&mut out, &secret.kid);
         crate::fingerprint::push_hex(&mut out, &nonce);
         crate::fingerprint::push_hex(&mut out, &sealed);
-        out
+        Some(out)
     }
 }
 

@@ -59,13 +59,23 @@ fn records_open_under_an_older_secret_until_it_is_removed() {
 fn a_status_token_carries_the_raw_key_for_its_record_only() {
     let s = sealer(&[b"s1"]);
     let sealed = s.record("order-1").seal("idem:k1", &response());
-    let token = s.record("order-1").status_token("idem:k1");
+    let token = s
+        .record("order-1")
+        .status_token("idem:k1")
+        .expect("sealing");
     assert_eq!(
         token,
-        s.record("order-1").status_token("idem:k1"),
+        s.record("order-1")
+            .status_token("idem:k1")
+            .expect("sealing"),
         "one URL per record"
     );
-    assert_ne!(token, s.record("order-2").status_token("idem:k2"));
+    assert_ne!(
+        token,
+        s.record("order-2")
+            .status_token("idem:k2")
+            .expect("sealing")
+    );
     assert!(!token.contains("order-1"));
     let from_token = s.from_token("idem:k1", &token).expect("a valid token");
     assert_eq!(from_token.open("idem:k1", &sealed), Ok(response()));
@@ -110,5 +120,26 @@ fn a_blob_opens_under_the_secret_alone_for_its_purpose_and_key_only() {
     assert_eq!(
         sealer(&[b"s2"]).open_blob("step:0:charge", "idem:k1", &blob),
         Err(Unreadable::UnknownSecret)
+    );
+}
+
+#[test]
+fn an_app_adopting_a_secret_opens_what_it_sealed_and_seals_nothing_itself() {
+    let sealed = sealer(&[b"s1"]).record("k").seal("idem:k", &response());
+    let adopting = Sealer::open_only(&[b"s1".to_vec()])
+        .expect("secrets")
+        .record("k");
+    assert_eq!(adopting.open("idem:k", &sealed), Ok(response()));
+    // It writes in clear, as it did without a secret, and reads that back.
+    let written = adopting.seal("idem:k", &response());
+    assert!(!is_sealed(&written));
+    assert_eq!(adopting.open("idem:k", &written), Ok(response()));
+    assert_eq!(adopting.status_token("idem:k"), None);
+    // With the secret, a record in clear opens only where it was written without one.
+    let adopted = sealer(&[b"s1"]).record("k");
+    assert_eq!(adopted.open("idem:k", &written), Err(Unreadable::Unsealed));
+    assert_eq!(
+        adopted.opening_in_clear(true).open("idem:k", &written),
+        Ok(response())
     );
 }

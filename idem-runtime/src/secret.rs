@@ -108,7 +108,6 @@ impl KeyDerivation {
     }
 
     /// Whether this derivation is keyed by an app secret (not the public key).
-    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn is_keyed(&self) -> bool {
         self.keyed
     }

@@ -112,10 +112,13 @@ pub(crate) struct Settings {
     prefix: String,
     store_timeout: Duration,
     replay_headers: Vec<String>,
-    secret: Option<Vec<u8>>,
+    pub(crate) secret: Option<Vec<u8>>,
     /// Secrets used before `secret`, for lookup only (`previous_secrets`).
     pub(crate) previous_secrets: Vec<Vec<u8>>,
-    sealing_keys: Vec<Vec<u8>>,
+    /// Whether records written without a secret are looked up too
+    /// (`previously_without_secret`).
+    pub(crate) previously_without_secret: bool,
+    pub(crate) sealing_keys: Vec<Vec<u8>>,
     expiry_header: bool,
     /// Set only by [`Idempotency::disabled`].
     disabled: bool,
@@ -157,6 +160,7 @@ impl Idempotency {
                 replay_headers: Vec::new(),
                 secret: None,
                 previous_secrets: Vec::new(),
+                previously_without_secret: false,
                 sealing_keys: Vec::new(),
                 expiry_header: true,
                 disabled: false,
@@ -398,7 +402,8 @@ impl<S> IdempotencyBuilder<S> {
     /// keys, so a retry reaching another instance would run again; they notice it through the
     /// store and log it as an error (`idem_secret_mismatch_total`). Changing the secret alone
     /// orphans the records written under the old one; rotate it with
-    /// [`previous_secrets`](Self::previous_secrets) (docs/secrets.md).
+    /// [`previous_secrets`](Self::previous_secrets), and adopt a first one with
+    /// [`previously_without_secret`](Self::previously_without_secret) (docs/secrets.md).
     ///
     /// With a secret, stored responses are also sealed (encryption at rest) and fingerprints
     /// keyed; [`sealing_keys`](Self::sealing_keys) gives rotatable keys for the sealing.
@@ -498,7 +503,7 @@ impl<S> IdempotencyBuilder<S> {
                 KeyDerivation::keyed(secret)
             }
             None => {
-                tracing::warn!("idem: no app secret (IdempotencyBuilder::secret): storage keys are derived under a public key, so a store dump lets anyone confirm a guessed account id offline");
+                tracing::warn!("idem: no app secret (IdempotencyBuilder::secret): storage keys are derived under a public key, so a store dump lets anyone confirm a guessed account id offline. Adopt one in the three steps of IdempotencyBuilder::previously_without_secret, or retries across the deploy run again");
                 KeyDerivation::unkeyed()
             }
         };
@@ -526,6 +531,8 @@ impl<S> IdempotencyBuilder<S> {
             .iter()
             .map(|(n, s)| (n.clone(), engine(s.clone())))
             .collect();
+        let earlier = crate::actix::previous_secrets::earlier(&settings);
+        let sealer = crate::actix::previous_secrets::sealer(&settings);
         Idempotency {
             shared: Arc::new(Shared {
                 engine: default,
@@ -536,24 +543,8 @@ impl<S> IdempotencyBuilder<S> {
                 anonymous: settings.anonymous,
                 missing_principals: Default::default(),
                 derivation: Arc::new(derivation),
-                // The current secret among the previous ones would look up every request's own
-                // record: dropped.
-                earlier: settings
-                    .previous_secrets
-                    .iter()
-                    .filter(|s| Some(*s) != settings.secret.as_ref())
-                    .map(|s| Arc::new(KeyDerivation::keyed(s)))
-                    .collect(),
-                // Without sealing keys, records are sealed under the secret and still open
-                // under the previous ones.
-                sealer: match (&settings.sealing_keys[..], &settings.secret) {
-                    ([], Some(secret)) => crate::seal::Sealer::new(
-                        &std::iter::once(secret.clone())
-                            .chain(settings.previous_secrets.iter().cloned())
-                            .collect::<Vec<_>>(),
-                    ),
-                    (keys, _) => crate::seal::Sealer::new(keys),
-                },
+                earlier,
+                sealer,
                 expiry_header: settings.expiry_header,
                 disabled: settings.disabled,
                 max_response: settings.max_response,

@@ -71,7 +71,7 @@ impl Idempotency {
             .derivations()
             .map(|d| {
                 // With the raw key, what the record's sealed response opens with.
-                let seal = self.shared.sealer.as_ref().map(|s| s.record(key.as_str()));
+                let seal = self.shared.seal_for(d, key.as_str());
                 d.storage_key(self.prefix(), endpoint, principal.as_bytes(), &key)
                     .sealed_with(seal)
             })

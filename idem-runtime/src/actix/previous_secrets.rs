@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use super::config::{Settings, Shared};
 use super::{Idempotency, IdempotencyBuilder};
 use crate::engine::Ticket;
+use crate::seal::{RecordSeal, Sealer};
 use crate::secret::KeyDerivation;
 
 impl<S> IdempotencyBuilder<S> {
@@ -35,6 +37,61 @@ impl<S> IdempotencyBuilder<S> {
             .filter(|s: &Vec<u8>| !s.is_empty())
             .collect();
         self
+    }
+
+    /// The app ran without a [`secret`](Self::secret) before the current one: also look up
+    /// the records written without one, as a previous secret. Adopting a first secret (as the
+    /// startup warning asks) takes the three steps of a rotation, "no secret" being the old one
+    /// (docs/secrets.md):
+    /// 1. deploy without a secret, with `previous_secrets([new])` — everyone still writes
+    ///    without one (in clear), and already looks under `new` (and opens what it sealed);
+    /// 2. deploy `secret(new)` with `previously_without_secret()`;
+    /// 3. once the longest `ttl` has passed, deploy `secret(new)` alone.
+    ///
+    /// Until step 3, a record in clear under the public derivation is replayed as it is (it was
+    /// written without a secret): whoever can write to the store can plant one there.
+    /// Nothing to do for an app without a secret.
+    pub fn previously_without_secret(mut self) -> Self {
+        self.settings.previously_without_secret = true;
+        self
+    }
+}
+
+/// The derivations of the previous secrets, newest first, then the public one when the app ran
+/// without a secret before. The current secret among them would look up every request's own
+/// record: dropped.
+pub(super) fn earlier(settings: &Settings) -> Vec<Arc<KeyDerivation>> {
+    let keyed = settings
+        .previous_secrets
+        .iter()
+        .filter(|s| Some(*s) != settings.secret.as_ref())
+        .map(|s| Arc::new(KeyDerivation::keyed(s)));
+    let public = (settings.previously_without_secret && settings.secret.as_ref().is_some())
+        .then(|| Arc::new(KeyDerivation::unkeyed()));
+    keyed.chain(public).collect()
+}
+
+/// What seals and opens stored responses. Without sealing keys, records are sealed under the
+/// secret and still open under the previous ones; an app without a secret that looks under
+/// one (step 1 of adopting it) seals nothing but opens what it sealed.
+pub(super) fn sealer(settings: &Settings) -> Option<Arc<Sealer>> {
+    match (&settings.sealing_keys[..], settings.secret.as_ref()) {
+        ([], Some(secret)) => Sealer::new(
+            &std::iter::once(secret.clone())
+                .chain(settings.previous_secrets.iter().cloned())
+                .collect::<Vec<_>>(),
+        ),
+        ([], None) => Sealer::open_only(&settings.previous_secrets),
+        (keys, _) => Sealer::new(keys),
+    }
+}
+
+impl Shared {
+    /// The seal of the record of raw key `raw` under `derivation`: the app's, which also opens
+    /// a record in clear under the public derivation (written without a secret).
+    pub(crate) fn seal_for(&self, derivation: &KeyDerivation, raw: &str) -> Option<RecordSeal> {
+        let seal = self.sealer.as_ref()?.record(raw);
+        Some(seal.opening_in_clear(!derivation.is_keyed()))
     }
 }
 

@@ -138,7 +138,7 @@ pub(crate) async fn prepare<S: BodySource, T>(
     let under = |d: &KeyDerivation| {
         let storage_key = d
             .storage_key(&shared.prefix, policy.endpoint, principal.as_bytes(), &key)
-            .sealed_with(shared.sealer.as_ref().map(|s| s.record(key.as_str())));
+            .sealed_with(shared.seal_for(d, key.as_str()));
         (storage_key, d.fingerprint(raw))
     };
     let (storage_key, fingerprint) = under(&shared.derivation);

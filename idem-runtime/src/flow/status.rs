@@ -50,15 +50,18 @@ pub(crate) async fn lookup(idem: &Idempotency, principal: &str, id: &str, query:
     let shared = &idem.shared;
     // The id's tag says which secret's derivation issued it (a previous one's, during a
     // rotation).
-    let Some(key) = idem
-        .derivations()
-        .find_map(|d| d.status_key(idem.prefix(), id, principal.as_bytes()))
-    else {
+    let Some((key, keyed)) = idem.derivations().find_map(|d| {
+        d.status_key(idem.prefix(), id, principal.as_bytes())
+            .map(|key| (key, d.is_keyed()))
+    }) else {
         return Status::Problem(not_found());
     };
     let token = query.split('&').find_map(|p| p.strip_prefix("t="));
+    // A record in clear opens without a token when it was written without a secret.
     let seal = match (&shared.sealer, token) {
-        (Some(sealer), Some(t)) => sealer.from_token(key.as_str(), t),
+        (Some(sealer), Some(t)) => sealer
+            .from_token(key.as_str(), t)
+            .map(|seal| seal.opening_in_clear(!keyed)),
         _ => None,
     };
     let key = key.sealed_with(seal);
