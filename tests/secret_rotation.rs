@@ -473,3 +473,39 @@ async fn a_half_done_first_step_is_reported_whatever_the_order_of_checks() {
         }
     }
 }
+
+/// With an `admission_limit`, a retry answered from a previous secret's record is not a new
+/// operation: it spends no admission (a principal's new key after it still runs), and a
+/// principal at its limit still gets its replay (not 429).
+#[actix_web::test]
+async fn admission_counts_only_new_operations_across_a_rotation() {
+    let store = idem::MemoryStore::default();
+    let runs = web::Data::new(Runs::default());
+    let serve_on = |idem: Idempotency| {
+        let runs = runs.clone();
+        common::serve(1, move |cfg| {
+            cfg.app_data(idem.clone())
+                .app_data(runs.clone())
+                .service(pay);
+        })
+        .0
+    };
+    let limited = |secret: &[u8], previous: &[&[u8]]| {
+        let builder = common::builder()
+            .store(store.clone())
+            .admission_limit(1, Duration::from_secs(3600));
+        with_secrets(builder, secret, previous).build()
+    };
+    for key in ["adm-1", "adm-2"] {
+        let first = serve_on(limited(OLD, &[]));
+        assert_eq!(send(first, key, 0).await.status(), 201);
+    }
+    let rotated = serve_on(limited(NEW, &[OLD]));
+    // A replay spends nothing: the principal's one new key still runs afterwards.
+    replayed(send(rotated, "adm-1", 0).await).await;
+    assert_eq!(send(rotated, "adm-3", 0).await.status(), 201);
+    // At its limit now, its retries still replay.
+    assert_eq!(send(rotated, "adm-4", 0).await.status(), 429);
+    replayed(send(rotated, "adm-2", 0).await).await;
+    assert_eq!(runs.0.load(Ordering::SeqCst), 3);
+}

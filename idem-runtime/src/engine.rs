@@ -258,7 +258,7 @@ impl Engine {
     ) -> Decision {
         let wait_until = tokio::time::Instant::now() + policy.wait_timeout;
         // Whether the store already showed this key's record (the admission check reads it).
-        let seen = match self.refused_before_begin(&key).await {
+        let seen = match self.refused_before_begin(&key, earlier).await {
             Err(refusal) => return refusal,
             Ok(seen) => seen,
         };
@@ -279,20 +279,6 @@ impl Engine {
             return match answer {
                 Ok(Begin::Acquired { token, attempt }) => {
                     let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
-                    // Only a new operation (its first acquisition) spends the principal's
-                    // admission; a retry of a released or abandoned one does not.
-                    let new_operation = attempt <= 1;
-                    if let Some(wait) = new_operation
-                        .then(|| self.over_admission(ticket.key()))
-                        .flatten()
-                    {
-                        // Lost a race for the principal's last admission (checked before
-                        // `begin`, spent after it). Not this principal's turn: the record this
-                        // new operation's `begin` made goes (a release would keep it for its
-                        // TTL: a burst of new keys would fill the store past the limit).
-                        ticket.forget().await;
-                        return Decision::Reject(too_many_keys(wait));
-                    }
                     let ticket = match self.look_under_earlier(policy, ticket, earlier).await {
                         Looked::Run(ticket) => ticket,
                         Looked::Decided(decision) => return decision,
@@ -307,6 +293,21 @@ impl Engine {
                             }
                         }
                     };
+                    // Only a new operation (its first acquisition, and nothing under a previous
+                    // secret) spends the principal's admission; a retry of a released or
+                    // abandoned one does not.
+                    let new_operation = attempt <= 1;
+                    if let Some(wait) = new_operation
+                        .then(|| self.over_admission(ticket.key()))
+                        .flatten()
+                    {
+                        // Lost a race for the principal's last admission (checked before
+                        // `begin`, spent after it). Not this principal's turn: the record this
+                        // new operation's `begin` made goes (a release would keep it for its
+                        // TTL: a burst of new keys would fill the store past the limit).
+                        ticket.forget().await;
+                        return Decision::Reject(too_many_keys(wait));
+                    }
                     if attempt > 1 {
                         crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
                     } else if looks {
@@ -414,13 +415,18 @@ impl Engine {
         }
     }
 
-    /// `Err(429)` when `key`'s principal is over its admission limit and `key` has no record
-    /// (it would be a new operation): refused before `begin`, so a refusal writes nothing to
-    /// the store. A key with a record (a replay, a duplicate in flight, a retry of a released
-    /// operation) goes on to `begin`, which answers it as usual: `Ok(true)`, the store showed
-    /// the record (a store error after this never runs the request unprotected). Store errors
-    /// on that look refuse with 429 too: the request was over its limit either way.
-    async fn refused_before_begin(&self, key: &StorageKey) -> Result<bool, Decision> {
+    /// `Err(429)` when `key`'s principal is over its admission limit and `key` has no record,
+    /// under the current secret or a previous one (it would be a new operation): refused
+    /// before `begin`, so a refusal writes nothing to the store. A key with a record (a
+    /// replay, a duplicate in flight, a retry of a released operation) goes on to `begin`,
+    /// which answers it as usual: `Ok(true)`, the store showed the record (a store error after
+    /// this never runs the request unprotected). Store errors on that look refuse with 429
+    /// too: the request was over its limit either way.
+    async fn refused_before_begin(
+        &self,
+        key: &StorageKey,
+        earlier: &[Earlier],
+    ) -> Result<bool, Decision> {
         let Some(wait) = self
             .admission
             .as_ref()
@@ -428,13 +434,15 @@ impl Engine {
         else {
             return Ok(false);
         };
-        match self.get(key).await {
-            Ok(Some(_)) => Ok(true),
-            Ok(None) | Err(_) => {
-                crate::observe::count(crate::observe::metric::ADMISSION_REFUSED_TOTAL);
-                Err(Decision::Reject(too_many_keys(wait)))
+        for key in std::iter::once(key).chain(earlier.iter().map(|e| &e.key)) {
+            match self.get(key).await {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) => continue,
+                Err(_) => break,
             }
         }
+        crate::observe::count(crate::observe::metric::ADMISSION_REFUSED_TOTAL);
+        Err(Decision::Reject(too_many_keys(wait)))
     }
 
     /// How long `key`'s principal must wait for a new key, if it is over the admission limit.
