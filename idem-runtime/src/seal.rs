@@ -131,7 +131,8 @@ impl Sealer {
         RecordSeal {
             sealer: self.clone(),
             raw: Arc::from(raw),
-            in_clear: !self.seals,
+            seals: self.seals,
+            in_clear: false,
         }
     }
 
@@ -247,6 +248,8 @@ impl Sealer {
 pub(crate) struct RecordSeal {
     sealer: Arc<Sealer>,
     raw: Arc<str>,
+    /// Whether the record is written sealed (under the newest secret).
+    seals: bool,
     /// Whether a record in clear opens (as itself): one written without a secret, under the
     /// public derivation, while the app adopts a secret.
     in_clear: bool,
@@ -278,17 +281,22 @@ fn sealed_by(response: &StoredResponse) -> Option<&[u8]> {
 }
 
 impl RecordSeal {
-    /// This seal, also opening records in clear when `in_clear` (those of an app that ran
-    /// without a secret, found while it adopts one).
-    pub(crate) fn opening_in_clear(mut self, in_clear: bool) -> Self {
-        self.in_clear |= in_clear;
+    /// This seal for a record under a storage key derived from a secret (`keyed`) or from the
+    /// public key. Under a secret's key a record is always sealed — also by an app without a
+    /// secret that adopts one and resumes an operation there (its sealer opens only, but the
+    /// instances with the secret must read it) — and one in clear is refused. Under the public
+    /// key, one in clear opens (it was written without a secret); the app seals what it writes
+    /// there if it has a secret.
+    pub(crate) fn for_derivation(mut self, keyed: bool) -> Self {
+        self.seals |= keyed;
+        self.in_clear = !keyed;
         self
     }
 
     /// `response` sealed under the newest secret, for the record `storage_key` (as it is, by
     /// an app that seals nothing).
     pub(crate) fn seal(&self, storage_key: &str, response: &StoredResponse) -> StoredResponse {
-        if !self.sealer.seals {
+        if !self.seals {
             return response.clone();
         }
         let secret = &self.sealer.secrets[0];
@@ -357,7 +365,7 @@ impl RecordSeal {
     /// `None` from an app that seals nothing: its records open without one.
     pub(crate) fn status_token(&self, storage_key: &str) -> Option<String> {
         use hmac::Mac;
-        if !self.sealer.seals {
+        if !self.seals {
             return None;
         }
         let secret = &self.sealer.secrets[0];

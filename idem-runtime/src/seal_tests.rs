@@ -126,20 +126,38 @@ fn a_blob_opens_under_the_secret_alone_for_its_purpose_and_key_only() {
 #[test]
 fn an_app_adopting_a_secret_opens_what_it_sealed_and_seals_nothing_itself() {
     let sealed = sealer(&[b"s1"]).record("k").seal("idem:k", &response());
-    let adopting = Sealer::open_only(&[b"s1".to_vec()])
-        .expect("secrets")
-        .record("k");
-    assert_eq!(adopting.open("idem:k", &sealed), Ok(response()));
-    // It writes in clear, as it did without a secret, and reads that back.
-    let written = adopting.seal("idem:k", &response());
-    assert!(!is_sealed(&written));
-    assert_eq!(adopting.open("idem:k", &written), Ok(response()));
-    assert_eq!(adopting.status_token("idem:k"), None);
-    // With the secret, a record in clear opens only where it was written without one.
-    let adopted = sealer(&[b"s1"]).record("k");
-    assert_eq!(adopted.open("idem:k", &written), Err(Unreadable::Unsealed));
+    let open_only = Sealer::open_only(&[b"s1".to_vec()]).expect("secrets");
+    // Under the secret's key it opens what the secret sealed, and seals what it resumes there
+    // (the instances with the secret read it); a record in clear there is refused.
+    let keyed = open_only.record("k").for_derivation(true);
+    assert_eq!(keyed.open("idem:k", &sealed), Ok(response()));
+    let resumed = keyed.seal("idem:k", &response());
+    assert!(is_sealed(&resumed));
+    let with_secret = sealer(&[b"s1"]).record("k");
     assert_eq!(
-        adopted.opening_in_clear(true).open("idem:k", &written),
+        with_secret
+            .clone()
+            .for_derivation(true)
+            .open("idem:k", &resumed),
+        Ok(response())
+    );
+    assert_eq!(keyed.open("idem:k", &response()), Err(Unreadable::Unsealed));
+    // Under the public key it writes in clear, as it did without a secret, and reads that back.
+    let public = open_only.record("k").for_derivation(false);
+    let written = public.seal("idem:k", &response());
+    assert!(!is_sealed(&written));
+    assert_eq!(public.open("idem:k", &written), Ok(response()));
+    assert_eq!(public.status_token("idem:k"), None);
+    // With the secret, a record in clear opens only under the public key.
+    assert_eq!(
+        with_secret
+            .clone()
+            .for_derivation(true)
+            .open("idem:k", &written),
+        Err(Unreadable::Unsealed)
+    );
+    assert_eq!(
+        with_secret.for_derivation(false).open("idem:k", &written),
         Ok(response())
     );
 }

@@ -87,11 +87,11 @@ pub(super) fn sealer(settings: &Settings) -> Option<Arc<Sealer>> {
 }
 
 impl Shared {
-    /// The seal of the record of raw key `raw` under `derivation`: the app's, which also opens
-    /// a record in clear under the public derivation (written without a secret).
+    /// The seal of the record of raw key `raw` under `derivation` (see
+    /// [`RecordSeal::for_derivation`]).
     pub(crate) fn seal_for(&self, derivation: &KeyDerivation, raw: &str) -> Option<RecordSeal> {
         let seal = self.sealer.as_ref()?.record(raw);
-        Some(seal.opening_in_clear(!derivation.is_keyed()))
+        Some(seal.for_derivation(derivation.is_keyed()))
     }
 }
 

@@ -61,7 +61,7 @@ pub(crate) async fn lookup(idem: &Idempotency, principal: &str, id: &str, query:
     let seal = match (&shared.sealer, token) {
         (Some(sealer), Some(t)) => sealer
             .from_token(key.as_str(), t)
-            .map(|seal| seal.opening_in_clear(!keyed)),
+            .map(|seal| seal.for_derivation(keyed)),
         _ => None,
     };
     let key = key.sealed_with(seal);
