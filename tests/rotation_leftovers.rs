@@ -167,3 +167,60 @@ async fn a_lost_delete_under_the_old_secret_keeps_the_downstream_key() {
     assert_eq!(post(addr, 0).await.status(), 201);
     one_downstream_key(&sent, 2);
 }
+
+/// Runs of `slow`, across every instance.
+#[derive(Default)]
+struct Runs(std::sync::atomic::AtomicUsize);
+
+/// Counts a run, works 1.5 s (renewing its 1 s lease), answers 201.
+#[post("/slow")]
+#[idempotent(lease = "1s")]
+async fn slow(runs: web::Data<Runs>) -> HttpResponse {
+    runs.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    HttpResponse::Created().finish()
+}
+
+/// The `confirm` that makes a request's key its operation's is slow, past the request's
+/// lease: the request gives up (503), and neither runs nor deletes the key — by then another
+/// request may hold it. (Found by review: the give-up's unfenced delete, sent after the store
+/// deadline of 2 s, removed the record of the request that had taken the lapsed key over and
+/// was running, and a third request ran the operation again.)
+#[actix_web::test]
+async fn a_slow_confirm_neither_runs_nor_deletes_another_holders_key() {
+    if !available("a_slow_confirm_neither_runs_nor_deletes_another_holders_key") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let store = FaultyStore::new(RedisStore::connect(&redis.url()).await.expect("connect"));
+    let idem: Idempotency = common::builder()
+        .store(store.clone())
+        .store_timeout(Duration::from_secs(2))
+        .secret(NEW.to_vec())
+        .previous_secrets([OLD.to_vec()])
+        .build();
+    assert!(idem.check_secret().await.expect("a fleet check"));
+    let runs = web::Data::new(Runs::default());
+    let r = runs.clone();
+    let addr = common::serve(2, move |cfg| {
+        cfg.app_data(idem.clone()).app_data(r.clone()).service(slow);
+    })
+    .0;
+    let send = |after_ms: u64| async move {
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        common::client()
+            .post(format!("http://{addr}/slow"))
+            .header("Idempotency-Key", "c-1")
+            .send()
+            .await
+            .expect("an answer")
+            .status()
+            .as_u16()
+    };
+    store.inject(Op::Confirm, Fault::Delay(Duration::from_secs(4)), 1);
+    // The second after the first one's lease lapsed; the third once the first one's store
+    // deadline ended, while the second still runs.
+    let answers = tokio::join!(send(0), send(1100), send(2300));
+    assert_eq!(answers, (503, 201, 409));
+    assert_eq!(runs.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod tentative;
-pub use tentative::tentative_records_are_gone_once_lapsed;
+pub use tentative::{discard_is_fenced, tentative_records_are_gone_once_lapsed};
 
 use crate::{
     Begin, Fenced, FencingToken, Fingerprint, RecordState, StorageKey, Store, StoreError,
@@ -55,6 +55,7 @@ macro_rules! store_conformance_tests {
             purge_forgets_any_record,
             begin_now_answers_only_what_begin_would,
             tentative_records_are_gone_once_lapsed,
+            discard_is_fenced,
         );
     };
     (@each [$mode:ident] $make:expr; $($case:ident),* $(,)?) => {

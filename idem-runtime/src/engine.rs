@@ -348,11 +348,20 @@ impl Engine {
 
     /// Makes the tentative record `ticket` holds (made while the request looked under the
     /// previous secrets) its operation's, before the handler runs; `Err` with the answer when
-    /// it cannot. Never run unprotected: the request already showed the store its key.
+    /// it cannot. Like a renewal, under the renewal deadline, and only when it can land within
+    /// the lease: a look slower than that may have lost the key to another request. Never run
+    /// unprotected: the request already showed the store its key.
     async fn confirm(&self, policy: &Policy, ticket: &Ticket) -> Result<(), Decision> {
+        let limit = ticket.renew_deadline();
+        if tokio::time::Instant::now() + limit >= ticket.held_until() {
+            tracing::error!(endpoint = policy.endpoint, "idem: the store was too slow for this request to start its operation within its lease; rejecting the request");
+            return Err(Decision::Reject(
+                self.store_problem(&StoreError::Timeout(limit)),
+            ));
+        }
         let confirmed = deadline(
             "confirm",
-            self.store_timeout,
+            limit,
             self.store.confirm(ticket.key(), ticket.token()),
         )
         .await;
@@ -363,7 +372,7 @@ impl Engine {
             Err(e) => {
                 tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed before the operation could start; rejecting the request");
                 // Tentative: it is as if it had never been once its lease lapsed; sooner if
-                // this delete goes through.
+                // this delete can go through within the lease.
                 ticket.forget().await;
                 Err(Decision::Reject(self.store_problem(&e)))
             }
@@ -417,11 +426,13 @@ impl Engine {
 
     /// `Err(429)` when `key`'s principal is over its admission limit and `key` has no record,
     /// under the current secret or a previous one (it would be a new operation): refused
-    /// before `begin`, so a refusal writes nothing to the store. A key with a record (a
-    /// replay, a duplicate in flight, a retry of a released operation) goes on to `begin`,
-    /// which answers it as usual: `Ok(true)`, the store showed the record (a store error after
-    /// this never runs the request unprotected). Store errors on that look refuse with 429
-    /// too: the request was over its limit either way.
+    /// before `begin`, so a refusal writes nothing to the store. A key with a live record (a
+    /// replay, a duplicate in flight) goes on to `begin`, which answers it as usual:
+    /// `Ok(true)`, the store showed the record (a store error after this never runs the request
+    /// unprotected). A released or abandoned operation's record is not live (`Store::get`
+    /// shows none): its retry over the limit gets 429 like a new key, and runs once the
+    /// principal is under it again. Store errors on that look refuse with 429 too: the request
+    /// was over its limit either way.
     async fn refused_before_begin(
         &self,
         key: &StorageKey,

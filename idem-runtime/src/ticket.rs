@@ -132,7 +132,7 @@ impl Ticket {
     /// that a renewal sent every `lease / 3`, and the retry of a failed one, both end before the
     /// lease does — whatever lease the endpoint chose. A store slower than that for a short
     /// lease loses the lease (see "Failure behaviour"); it never makes the endpoint unusable.
-    fn renew_deadline(&self) -> Duration {
+    pub(crate) fn renew_deadline(&self) -> Duration {
         self.engine
             .store_timeout()
             .min(self.lease / 6)
@@ -346,7 +346,8 @@ impl Ticket {
     /// Deletes the record this ticket's `begin` made, for a request that gives its key up
     /// before anything ran (an admission refusal, a look under a previous secret): once now;
     /// when the store fails, again in the background with backoff while the lease is held —
-    /// never after it: the delete is not fenced, and a lapsed key may be another request's.
+    /// never after it: a store on the `Store::discard` default deletes unfenced, and a lapsed
+    /// key may be another request's (the built-in stores' discard is fenced).
     pub(crate) async fn forget(&self) {
         if self.forget_once().await {
             return;
@@ -358,7 +359,15 @@ impl Ticket {
     }
 
     async fn forget_once(&self) -> bool {
-        match self.engine.purge(&self.key).await {
+        let store = self.engine.store();
+        let discarded = deadline(
+            "discard",
+            self.engine.store_timeout(),
+            store.discard(&self.key, self.token),
+        )
+        .await;
+        // `Lost`: the key is another request's by now; nothing of this one is left there.
+        match discarded {
             Ok(_) => true,
             Err(error) => {
                 tracing::warn!(key = %self.key, %error, "idem: could not delete a record this request gave up; trying again while its lease is held");

@@ -1,4 +1,5 @@
-//! The conformance case of tentative records (`Store::begin_tentative`, `Store::confirm`).
+//! The conformance cases of giving a key up: tentative records (`Store::begin_tentative`,
+//! `Store::confirm`) and `Store::discard`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,4 +108,36 @@ pub async fn tentative_records_are_gone_once_lapsed(store: Arc<impl Store>) {
         "its lapsed takeover",
     );
     assert_eq!(a, 3, "a takeover is never tentative");
+}
+
+/// `discard` deletes the record its token holds, and only that: once the lease lapsed and
+/// another request took the key over, the old holder's discard leaves the new record alone.
+pub async fn discard_is_fenced(store: Arc<impl Store>) {
+    let short = Duration::from_millis(200);
+    let key = unique_key("discard");
+    let (old, _) = acquired(
+        store.begin_tentative(&key, &fp("a"), short, KEEP).await,
+        "tentative on an absent key",
+    );
+    tokio::time::sleep(short + Duration::from_millis(150)).await;
+    let (new, _) = acquired(
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
+        "after the lapse",
+    );
+    assert_eq!(
+        store.discard(&key, old).await.ok(),
+        Some(Fenced::Lost),
+        "a lapsed holder's discard is fenced"
+    );
+    assert!(
+        store.get(&key).await.ok().flatten().is_some(),
+        "the new holder's record stays"
+    );
+    assert_eq!(store.discard(&key, new).await.ok(), Some(Fenced::Done));
+    assert!(store.get(&key).await.ok().flatten().is_none(), "discarded");
+    let (_, attempt) = acquired(
+        store.begin(&key, &fp("a"), LEASE, KEEP).await,
+        "after the discard",
+    );
+    assert_eq!(attempt, 1, "a discarded record counts no attempt");
 }

@@ -298,6 +298,10 @@ impl<S: Store> Store for CachedStore<S> {
         self.begin_with(key, fingerprint, inner).await
     }
 
+    async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.inner.discard(key, token).await
+    }
+
     async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         self.inner.confirm(key, token).await
     }

@@ -147,6 +147,17 @@ pub trait Store: Send + Sync + 'static {
         Ok(Fenced::Done)
     }
 
+    /// Deletes the record `token` holds, for a request that gives its key up before anything
+    /// ran (an admission refusal, a look under a previous secret): fenced like a release, so a
+    /// key whose lease lapsed and that another request took over is left alone. The default
+    /// is [`purge`](Store::purge), unfenced: the caller then deletes only while it can count on
+    /// its lease, and a delete that lands late (a slow store) may remove another request's
+    /// record; the conformance suite's `discard_is_fenced` fails for it.
+    async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let _ = token;
+        self.purge(key).await.map(|_| Fenced::Done)
+    }
+
     /// Stores `response` as the completed result for `ttl`, only if `token` still holds the
     /// lease.
     async fn complete(

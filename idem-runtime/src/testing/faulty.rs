@@ -298,6 +298,18 @@ impl<S: Store> Store for FaultyStore<S> {
         .await
     }
 
+    /// Scripted as [`Op::Purge`]: a give-up's delete.
+    async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let inner = &self.shared.inner;
+        if self.shared.plain.load(Ordering::SeqCst) {
+            return self
+                .under(Op::Purge, inner.purge(key))
+                .await
+                .map(|_| Fenced::Done);
+        }
+        self.under(Op::Purge, inner.discard(key, token)).await
+    }
+
     async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         if self.shared.plain.load(Ordering::SeqCst) {
             return Ok(Fenced::Done);

@@ -511,6 +511,14 @@ impl Store for MemoryStore {
         self.inner.begin(key, fingerprint, lease, keep, true)
     }
 
+    async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let done = self.inner.with_lease(key, token, |inner, map, at| {
+            inner.remove_entry(map, at);
+            inner.publish();
+        });
+        Ok(fenced(done))
+    }
+
     async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
             if let Some(Entry {

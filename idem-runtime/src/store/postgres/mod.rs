@@ -385,6 +385,10 @@ impl Store for PostgresStore {
         self.begin_as(key, fingerprint, lease, keep, "t").await
     }
 
+    async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        self.fenced(&self.sql.discard, key, token, &[]).await
+    }
+
     async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         self.fenced(&self.sql.confirm, key, token, &[]).await
     }

@@ -28,6 +28,8 @@ pub(super) struct Statements {
     pub(super) renew: String,
     /// Makes a tentative record an operation's (`Store::confirm`).
     pub(super) confirm: String,
+    /// Deletes the holder's record (`Store::discard`).
+    pub(super) discard: String,
     /// Marks a row in progress as waited on, so that its completion notifies.
     pub(super) mark_waiting: String,
     /// The completion inside a transactional handler's transaction.
@@ -176,6 +178,11 @@ impl Statements {
                  expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
             ),
             confirm: fenced("state = 'p'"),
+            discard: format!(
+                "WITH d AS (DELETE FROM {t} WHERE key = $1 AND token = $2 AND state IN ('p', 't')
+                   RETURNING key, waiting)
+                 SELECT CASE WHEN waiting THEN pg_notify('{channel}', key) END FROM d"
+            ),
             mark_waiting: format!(
                 "UPDATE {t} SET waiting = true WHERE key = $1 AND state IN ('p', 't') AND NOT waiting"
             ),

@@ -383,6 +383,14 @@ impl Store for RedisStore {
         self.begin_as(key, fingerprint, lease, keep, b"t").await
     }
 
+    async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+        let token = token_arg(token);
+        fenced(
+            self.write(&self.scripts.discard, key, &[token.as_bytes()])
+                .await?,
+        )
+    }
+
     async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
         let token = token_arg(token);
         fenced(

@@ -95,6 +95,13 @@ redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
+/// The holder's record goes (see `Store::discard`).
+const DISCARD_TAIL: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', 'idem:done', KEYS[1])
+return 1
+";
+
 /// A tentative record becomes an operation's (see `Store::confirm`).
 const CONFIRM_TAIL: &str = r"
 if held == 't' then redis.call('SET', KEYS[1], 'p' .. string.sub(v, 2), 'KEEPTTL') end
@@ -146,6 +153,7 @@ pub(super) struct Scripts {
     pub(super) release: Script,
     pub(super) renew: Script,
     pub(super) confirm: Script,
+    pub(super) discard: Script,
     pub(super) get: Script,
     pub(super) purge: Script,
 }
@@ -158,18 +166,20 @@ impl Scripts {
             release: Script::new(format!("{CLOCK}{HELD}{RELEASE_TAIL}")),
             renew: Script::new(format!("{CLOCK}{HELD}{RENEW_TAIL}")),
             confirm: Script::new(format!("{CLOCK}{HELD}{CONFIRM_TAIL}")),
+            discard: Script::new(format!("{CLOCK}{HELD}{DISCARD_TAIL}")),
             get: Script::new(format!("{CLOCK}{GET}")),
             purge: Script::new(PURGE.into()),
         }
     }
 
-    pub(super) fn all(&self) -> [&Script; 7] {
+    pub(super) fn all(&self) -> [&Script; 8] {
         [
             &self.begin,
             &self.complete,
             &self.release,
             &self.renew,
             &self.confirm,
+            &self.discard,
             &self.get,
             &self.purge,
         ]
