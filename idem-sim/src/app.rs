@@ -13,14 +13,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::dev::Service as _;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use idem_runtime::__private_v0_1::{KeySource, Policy};
 use idem_runtime::testing::FaultyStore;
 use idem_runtime::{CachedStore, Guarantee, Idempotency, MemoryStore, OnConflict, OnStoreError};
 
-use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom};
+use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom, Rotation};
 use crate::world::{Life, World};
 
 /// The header a request's id travels in (the handler records it with its effect).
@@ -29,6 +29,47 @@ pub const REQ_HEADER: &str = "x-sim-req";
 pub const ACCOUNT_HEADER: &str = "x-account";
 /// `max_response_bytes` of an endpoint with small responses.
 pub const SMALL_RESPONSE: usize = 256;
+/// The app secret (the old one of a rotation).
+const OLD: &[u8] = b"the-simulated-app-secret-0123456789";
+/// The new secret of a rotation.
+const NEW: &[u8] = b"the-simulated-new-secret-0123456789";
+/// The step name a handler's downstream key is asked for.
+const STEP: &str = "charge";
+
+/// Which build of the app an instance runs: its step of the scenario's rotation (if any).
+#[derive(Debug, Clone, Copy)]
+pub struct Build<'a> {
+    pub rotation: Option<&'a Rotation>,
+    pub step: u8,
+}
+
+impl Build<'_> {
+    /// `builder` with this build's secrets (docs/secrets.md's steps; without a rotation, the
+    /// one secret).
+    fn secrets<S>(
+        &self,
+        builder: idem_runtime::IdempotencyBuilder<S>,
+    ) -> idem_runtime::IdempotencyBuilder<S> {
+        let Some(rotation) = self.rotation else {
+            return builder.secret(OLD.to_vec());
+        };
+        let old = |b: idem_runtime::IdempotencyBuilder<S>| match rotation.adopt {
+            true => b,
+            false => b.secret(OLD.to_vec()),
+        };
+        match self.step {
+            0 => old(builder),
+            1 => old(builder).previous_secrets([NEW.to_vec()]),
+            _ => {
+                let b = builder.secret(NEW.to_vec());
+                match rotation.adopt {
+                    true => b.previously_without_secret(),
+                    false => b.previous_secrets([OLD.to_vec()]),
+                }
+            }
+        }
+    }
+}
 
 /// What a request got: its status, body and `Retry-After`; `None` when the app failed to answer
 /// at all (an actix error, a broken body).
@@ -112,7 +153,9 @@ pub struct Handler {
 }
 
 impl Handler {
-    async fn answer(self, req_id: u64, body: &[u8]) -> (u16, Vec<u8>) {
+    /// The handler's answer to request `req_id`; `downstream`: the downstream key its context
+    /// hands it (none when it runs without one: unprotected).
+    async fn answer(self, req_id: u64, downstream: Option<String>, body: &[u8]) -> (u16, Vec<u8>) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
             return (400, b"{}".to_vec());
         };
@@ -123,6 +166,7 @@ impl Handler {
             op: n("op") as usize,
             principal: n("principal"),
             variant: n("variant"),
+            downstream,
         };
         self.world
             .handle(&self.life, self.generation, run, self.work)
@@ -150,13 +194,17 @@ impl tower_service::Service<http::Request<Full<Bytes>>> for Handler {
         let handler = self.clone();
         Box::pin(async move {
             let id = req_id(req.headers().get(REQ_HEADER).map(|v| v.as_bytes()));
+            let downstream = req
+                .extensions()
+                .get::<idem_runtime::IdempotencyContext>()
+                .map(|c| c.downstream_key(STEP));
             let body = req
                 .into_body()
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let (status, out) = handler.answer(id, &body).await;
+            let (status, out) = handler.answer(id, downstream, &body).await;
             let mut response = http::Response::new(Full::new(Bytes::from(out)));
             *response.status_mut() =
                 http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
@@ -170,17 +218,21 @@ impl tower_service::Service<http::Request<Full<Bytes>>> for Handler {
 }
 
 impl Generation {
-    /// Starts generation `generation` of instance `instance` on `store`.
+    /// Starts generation `generation` of instance `instance` on `store`, as `build`.
     pub async fn start(
         world: &Arc<World>,
         life: &Arc<Life>,
         instance: usize,
         store: &MemoryStore,
         endpoints: &[Endpoint],
+        build: Build<'_>,
     ) -> Generation {
         let generation = life.generation();
         let faulty = FaultyStore::new(store.clone());
-        let idems: Vec<Idempotency> = endpoints.iter().map(|e| idem_for(e, &faulty)).collect();
+        let idems: Vec<Idempotency> = endpoints
+            .iter()
+            .map(|e| idem_for(e, &faulty, build))
+            .collect();
         let handler = |e: &Endpoint| Handler {
             world: world.clone(),
             life: life.clone(),
@@ -214,8 +266,12 @@ impl Generation {
                         policy,
                         move |req, mut payload| async move {
                             let id = req_id(req.headers().get(REQ_HEADER).map(|v| v.as_bytes()));
+                            let downstream = req
+                                .extensions()
+                                .get::<idem_runtime::IdempotencyContext>()
+                                .map(|c| c.downstream_key(STEP));
                             let body = web::Bytes::from_request(&req, &mut payload).await?;
-                            let (status, out) = h.answer(id, &body).await;
+                            let (status, out) = h.answer(id, downstream, &body).await;
                             let status = actix_web::http::StatusCode::from_u16(status)
                                 .unwrap_or(actix_web::http::StatusCode::OK);
                             Ok(HttpResponse::build(status)
@@ -297,8 +353,8 @@ fn retry_after(v: Option<&[u8]>) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The `Idempotency` of endpoint `e` on `store`.
-fn idem_for(e: &Endpoint, store: &FaultyStore<MemoryStore>) -> Idempotency {
+/// The `Idempotency` of endpoint `e` on `store`, as `build`.
+fn idem_for(e: &Endpoint, store: &FaultyStore<MemoryStore>, build: Build<'_>) -> Idempotency {
     let b = Idempotency::builder();
     let b = if e.scoped {
         b.scope_by_header(actix_web::http::header::HeaderName::from_static(
@@ -307,9 +363,7 @@ fn idem_for(e: &Endpoint, store: &FaultyStore<MemoryStore>) -> Idempotency {
     } else {
         b.unscoped()
     };
-    let b = b
-        .secret(b"the-simulated-app-secret-0123456789".to_vec())
-        .store_timeout(Duration::from_millis(500));
+    let b = build.secrets(b).store_timeout(Duration::from_millis(500));
     let b = match e.admission {
         Some(n) => b.admission_limit(n, Duration::from_secs(10)),
         None => b,

@@ -50,6 +50,16 @@ pub enum Event {
     },
     /// The handler that had effect `id` returned at `at`.
     Returned { id: u64, at: u64 },
+    /// A handler began a run of operation `op` (request `req`) on `instance` — with an effect
+    /// or not (a 503 first) — handed `downstream` as the key to send downstream (none when it
+    /// ran unprotected).
+    Ran {
+        op: usize,
+        req: u64,
+        instance: usize,
+        at: u64,
+        downstream: Option<String>,
+    },
     /// A fault began on `instance` (`what`, as planned) at `at`, lasting until `until` for the
     /// lasting ones.
     Fault {
@@ -70,6 +80,7 @@ impl Event {
             | Event::Inspected { at, .. }
             | Event::Effect { at, .. }
             | Event::Returned { at, .. }
+            | Event::Ran { at, .. }
             | Event::Fault { at, .. } => *at,
         }
     }

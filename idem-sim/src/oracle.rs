@@ -8,7 +8,11 @@
 //!   `response-not-kept` marker of an operation whose response was too large to keep;
 //! - **a 422 only for another payload**: some earlier send of the operation had another body;
 //! - **a refused operation leaves no record**: one whose every request was refused before it
-//!   ran (429, 400) holds no record at the end.
+//!   ran (429, 400) holds no record at the end (unless its instance's deletes were failed);
+//! - **one downstream key per operation**: every run of an operation is handed the downstream
+//!   key the run before it was, while that run's record can still be there (across a rotation
+//!   of the app secret, a run under the other secret's key would reach a processor as another
+//!   operation).
 
 use std::collections::HashMap;
 
@@ -187,6 +191,9 @@ pub fn check(
     let mut failures: Vec<(usize, u64)> = Vec::new();
     let mut answers: Vec<(u64, u64, u16, &str)> = Vec::new();
     let mut inspected: Vec<(u64, usize, u64)> = Vec::new();
+    let mut ran: Vec<(usize, u64, u64, Option<&str>)> = Vec::new();
+    // Scripted delete failures, by instance and time injected.
+    let mut deletes_failed: Vec<(usize, u64)> = Vec::new();
     for e in &outcome.events {
         match e {
             Event::Send {
@@ -216,6 +223,18 @@ pub fn check(
                 ..
             } => {
                 *counts.statuses.entry(*status).or_default() += 1;
+                if *status == 500 {
+                    // Which problem (a 500 is never a client's fault: the table names it).
+                    let kind = body
+                        .split("urn:idem:problem:")
+                        .nth(1)
+                        .and_then(|t| t.split('"').next())
+                        .unwrap_or("not a problem");
+                    *counts
+                        .by_option
+                        .entry(format!("answer 500={kind}"))
+                        .or_default() += 1;
+                }
                 answers.push((*req, *at, *status, body));
             }
             Event::Lost { .. } => counts.lost += 1,
@@ -241,6 +260,13 @@ pub fn check(
                 began: *began,
                 returned: None,
             }),
+            Event::Ran {
+                op,
+                req,
+                at,
+                downstream,
+                ..
+            } => ran.push((*op, *req, *at, downstream.as_deref())),
             Event::Returned { id, at } => {
                 if let Some(e) = effects.iter_mut().find(|e| e.id == *id) {
                     e.returned = Some(*at);
@@ -254,6 +280,8 @@ pub fn check(
             } => {
                 if what == "kill -9" {
                     crashes.push((*instance, *at));
+                } else if what.starts_with("fail ") && what.ends_with(" deletes") {
+                    deletes_failed.push((*instance, *at));
                 } else if what == "fail a completion" {
                     failures.push((*instance, *at));
                 } else if let Some(until) = until {
@@ -307,6 +335,34 @@ pub fn check(
         }
     }
 
+    // One downstream key per operation, while the record of its last run can be there: a record
+    // lives at least `ttl` from the `begin` that made or took it, which came after its send.
+    let mut last: HashMap<usize, (u64, &str, u64)> = HashMap::new();
+    for (op, req, at, downstream) in &ran {
+        let Some(key) = downstream else { continue };
+        let since = sent.get(req).map_or(*at, |s| s.at);
+        if let Some((before, theirs, their_req)) = last.get(op) {
+            if theirs != key && *at < before + endpoint(*op).ttl_ms {
+                return Err(Violation(format!(
+                    "operation {op} ran under two downstream keys: request {their_req} was handed {theirs}, request {req} (at {at} ms) {key}, while the record of the run before could still be there"
+                )));
+            }
+        }
+        last.insert(*op, (since, key, *req));
+    }
+
+    // Every record opens: no simulated app removes a sealing key, so a 500 record-unreadable
+    // means one instance wrote what another cannot read (a rotation's or an adoption's step).
+    if let Some((req, _, _, body)) = answers
+        .iter()
+        .find(|(_, _, status, body)| *status == 500 && body.contains("record-unreadable"))
+    {
+        let op = sent.get(req).map_or(usize::MAX, |s| s.op);
+        return Err(Violation(format!(
+            "request {req} of operation {op} got 500 record-unreadable: {body}"
+        )));
+    }
+
     // Every answer: a success is this operation's, for its payload (and, under `strict`, the
     // same bytes and status every time), a 422 only for another payload.
     let mut first_answer: HashMap<u64, (u16, &str)> = HashMap::new();
@@ -349,10 +405,14 @@ pub fn check(
         let others = sent
             .iter()
             .any(|(other, s)| other != req && s.op == *op && s.at <= *at);
+        // (A refusal's delete that the store refused leaves the record: a failed delete.)
         let unreachable = sent.get(req).is_some_and(|s| {
             lasting
                 .iter()
                 .any(|l| l.instance == s.instance && l.down() && l.at <= *at && s.at <= l.until)
+                || deletes_failed
+                    .iter()
+                    .any(|(i, when)| *i == s.instance && when <= at)
         });
         if !others && !unreachable {
             return Err(Violation(format!(
@@ -383,13 +443,17 @@ pub fn check(
                 .iter()
                 .find(|(r, ..)| r == req)
                 .map_or(u64::MAX, |(_, at, ..)| *at);
-            lasting.iter().any(|l| {
-                l.instance == s.instance
-                    && l.down()
-                    && l.at <= answered
-                    && s.at <= l.until
-                    && l.until.saturating_add(STORE_TIMEOUT_MS) >= s.at + lease / 2
-            })
+            let deletes = deletes_failed
+                .iter()
+                .any(|(i, when)| *i == s.instance && *when <= answered);
+            deletes
+                || lasting.iter().any(|l| {
+                    l.instance == s.instance
+                        && l.down()
+                        && l.at <= answered
+                        && s.at <= l.until
+                        && l.until.saturating_add(STORE_TIMEOUT_MS) >= s.at + lease / 2
+                })
         });
         let reused = resolved.iter().any(|o| o.key == r.key && o.after.is_some());
         if refused && !troubled && !reused && outcome.recorded.get(op) == Some(&true) {
@@ -424,6 +488,14 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
         add(format!("cache={}", if e.cache { "on" } else { "off" }));
         add(format!("adapter={:?}", e.adapter));
         add(format!("instances={}", scenario.instances.clamp(1, 3)));
+        if let Some(rotation) = &scenario.rotation {
+            let what = if rotation.adopt {
+                "adopting"
+            } else {
+                "rotating"
+            };
+            add(format!("secret={what} from step {}", rotation.from.min(1)));
+        }
         if r.after.is_some() {
             add("client=key reused after expiry".to_owned());
         }

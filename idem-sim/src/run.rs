@@ -13,7 +13,7 @@ use idem_runtime::testing::{Condition, Fault, Op};
 use idem_runtime::MemoryStore;
 use tokio::time::Instant;
 
-use crate::app::{path, Generation, ACCOUNT_HEADER, REQ_HEADER};
+use crate::app::{path, Build, Generation, ACCOUNT_HEADER, REQ_HEADER};
 use crate::history::Event;
 use crate::scenario::{Endpoint, FaultPlan, KeyFrom, Operation, Scenario, SendPlan};
 use crate::world::{Life, OpBehaviour, World};
@@ -93,6 +93,9 @@ struct Running {
     done: Vec<tokio::sync::watch::Sender<bool>>,
     /// A healthy instance that only reads the store (what a key's record is).
     reader: Generation,
+    /// The rotation under way, if any, and each instance's step of it.
+    rotation: Option<crate::scenario::Rotation>,
+    steps: RefCell<Vec<u8>>,
 }
 
 impl Running {
@@ -104,6 +107,43 @@ impl Running {
         self.conditions.borrow()[i]
             .last()
             .map_or(Condition::Healthy, |(_, c)| *c)
+    }
+
+    /// The build instance `i` runs now.
+    fn build(&self, i: usize) -> Build<'_> {
+        Build {
+            rotation: self.rotation.as_ref(),
+            step: self.steps.borrow()[i],
+        }
+    }
+
+    /// Restarts instance `i` (its process killed and gone `down_ms`) as the build it runs now.
+    async fn restart(&self, i: usize, down_ms: u64) {
+        let life = self.lives[i].clone();
+        life.kill();
+        if let Some(g) = self.generation(i) {
+            g.faulty.crash();
+        }
+        self.generations.borrow_mut()[i] = None;
+        self.world.history.push(Event::Fault {
+            instance: i,
+            what: "kill -9".to_owned(),
+            at: self.world.now(),
+            until: Some(self.world.now() + down_ms),
+        });
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        life.restart();
+        let g = Generation::start(
+            &self.world,
+            &life,
+            i,
+            &self.store,
+            &self.endpoints,
+            self.build(i),
+        )
+        .await;
+        self.generations.borrow_mut()[i] = Some(Rc::new(g));
+        self.apply_condition(i);
     }
 
     fn apply_condition(&self, i: usize) {
@@ -139,9 +179,17 @@ async fn run_in(scenario: Scenario) -> Outcome {
     let store = MemoryStore::builder().sweep_every(None).build();
     let n = usize::from(scenario.instances.clamp(1, 3));
     let lives: Vec<Arc<Life>> = (0..n).map(|_| Arc::new(Life::new())).collect();
+    let rotation = scenario.rotation.clone();
+    let steps: Vec<u8> = (0..n)
+        .map(|i| rotation.as_ref().map_or(0, |r| r.step_of(i)))
+        .collect();
     let mut generations = Vec::new();
     for (i, life) in lives.iter().enumerate() {
-        let g = Generation::start(&world, life, i, &store, &scenario.endpoints).await;
+        let build = Build {
+            rotation: rotation.as_ref(),
+            step: steps[i],
+        };
+        let g = Generation::start(&world, life, i, &store, &scenario.endpoints, build).await;
         generations.push(Some(Rc::new(g)));
     }
     let running = Rc::new(Running {
@@ -154,14 +202,21 @@ async fn run_in(scenario: Scenario) -> Outcome {
         done: (0..scenario.ops.len())
             .map(|_| tokio::sync::watch::channel(false).0)
             .collect(),
+        // Step 2 reads under both secrets.
         reader: Generation::start(
             &world,
             &Arc::new(Life::new()),
             usize::MAX,
             &store,
             &scenario.endpoints,
+            Build {
+                rotation: rotation.as_ref(),
+                step: 2,
+            },
         )
         .await,
+        rotation,
+        steps: RefCell::new(steps),
     });
     let start = Instant::now();
     for (id, fault) in scenario.faults.iter().enumerate() {
@@ -244,7 +299,11 @@ async fn inject(running: Rc<Running>, start: Instant, id: usize, fault: FaultPla
         | FaultPlan::FailCompletion { instance, at_ms }
         | FaultPlan::Crash {
             instance, at_ms, ..
-        } => (usize::from(*instance) % n, *at_ms),
+        }
+        | FaultPlan::FailDeletes {
+            instance, at_ms, ..
+        }
+        | FaultPlan::Deploy { instance, at_ms } => (usize::from(*instance) % n, *at_ms),
     };
     tokio::time::sleep_until(start + Duration::from_millis(at_ms)).await;
     let lasting = match fault {
@@ -269,28 +328,32 @@ async fn inject(running: Rc<Running>, start: Instant, id: usize, fault: FaultPla
             None
         }
         FaultPlan::Crash { down_ms, .. } => {
-            let life = running.lives[instance].clone();
-            if !life.alive() {
-                return;
+            if running.lives[instance].alive() {
+                running.restart(instance, down_ms).await;
             }
-            life.kill();
+            None
+        }
+        FaultPlan::FailDeletes { count, .. } => {
             if let Some(g) = running.generation(instance) {
-                g.faulty.crash();
+                g.faulty.inject(Op::Purge, Fault::Fail, usize::from(count));
+                record(instance, format!("fail {count} deletes"), None);
             }
-            running.generations.borrow_mut()[instance] = None;
-            record(instance, "kill -9".to_owned(), Some(world.now() + down_ms));
-            tokio::time::sleep(Duration::from_millis(down_ms)).await;
-            life.restart();
-            let g = Generation::start(
-                &running.world,
-                &life,
-                instance,
-                &running.store,
-                &running.endpoints,
-            )
-            .await;
-            running.generations.borrow_mut()[instance] = Some(Rc::new(g));
-            running.apply_condition(instance);
+            None
+        }
+        FaultPlan::Deploy { .. } => {
+            // One step on, if the fleet stays within two adjacent steps (a deploy that would
+            // not is not made: the steps say to wait).
+            let next = {
+                let steps = running.steps.borrow();
+                let next = steps[instance] + 1;
+                let adjacent = steps.iter().all(|s| *s + 1 >= next);
+                (running.rotation.is_some() && next <= 2 && adjacent).then_some(next)
+            };
+            if let (Some(next), true) = (next, running.lives[instance].alive()) {
+                running.steps.borrow_mut()[instance] = next;
+                record(instance, format!("deploy step {next}"), None);
+                running.restart(instance, 100).await;
+            }
             None
         }
     };

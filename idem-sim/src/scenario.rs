@@ -17,6 +17,32 @@ pub struct Scenario {
     pub ops: Vec<Operation>,
     /// What goes wrong, and when.
     pub faults: Vec<FaultPlan>,
+    /// A rotation of the app secret under way, if any (a rolling deploy between two steps).
+    #[serde(default)]
+    pub rotation: Option<Rotation>,
+}
+
+/// A rotation of the app secret, or the adoption of a first one, in the steps of
+/// docs/secrets.md: step 0 writes under the old secret (none, when adopting), step 1 also looks
+/// under the new one, step 2 writes under the new one and looks under the old. A rolling deploy
+/// runs two adjacent steps at once; a [`FaultPlan::Deploy`] moves an instance one step on when
+/// the fleet stays within two adjacent steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// No secret before the new one: a first secret adopted.
+    pub adopt: bool,
+    /// The step the fleet starts at (0 or 1).
+    pub from: u8,
+    /// Per instance (modulo their number): whether it starts one step ahead.
+    pub ahead: Vec<bool>,
+}
+
+impl Rotation {
+    /// The step instance `i` starts at.
+    pub fn step_of(&self, i: usize) -> u8 {
+        let ahead = !self.ahead.is_empty() && self.ahead[i % self.ahead.len()];
+        self.from.min(1) + u8::from(ahead)
+    }
 }
 
 /// `guarantee`.
@@ -148,6 +174,11 @@ pub enum FaultPlan {
         at_ms: u64,
         down_ms: u64,
     },
+    /// `instance`'s next `count` deletes (a look's clean-up, a refusal's, a give-up) fail.
+    FailDeletes { instance: u8, at_ms: u64, count: u8 },
+    /// During a rotation, `instance` is replaced at `at_ms` (killed and restarted 100 ms later)
+    /// by the next step's build, when the fleet stays within two adjacent steps.
+    Deploy { instance: u8, at_ms: u64 },
 }
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
@@ -290,7 +321,25 @@ fn fault() -> impl Strategy<Value = FaultPlan> {
                 down_ms,
             }
         }),
+        // Enough to outlast a clean-up's tries while its lease is held, or a few.
+        (0u8..3, 0u64..25_000, prop_oneof![1u8..4, Just(60u8)]).prop_map(
+            |(instance, at_ms, count)| FaultPlan::FailDeletes {
+                instance,
+                at_ms,
+                count
+            }
+        ),
+        (0u8..3, 0u64..25_000).prop_map(|(instance, at_ms)| FaultPlan::Deploy { instance, at_ms }),
     ]
+}
+
+fn rotation() -> impl Strategy<Value = Rotation> {
+    (
+        prop::bool::weighted(0.3),
+        0u8..2,
+        prop::collection::vec(prop::bool::ANY, 3),
+    )
+        .prop_map(|(adopt, from, ahead)| Rotation { adopt, from, ahead })
 }
 
 /// Scenarios of up to `max_ops` operations and `max_faults` faults. Most faults are drawn
@@ -308,8 +357,9 @@ pub fn scenario(max_ops: usize, max_faults: usize) -> impl Strategy<Value = Scen
             ),
             0..=max_faults,
         ),
+        prop::option::weighted(0.5, rotation()),
     )
-        .prop_map(|(endpoints, instances, ops, faults)| {
+        .prop_map(|(endpoints, instances, ops, faults, rotation)| {
             // An operation marked as its predecessor's sibling is sent with it: the same
             // account, endpoint, moment and instance — a client starting several operations at
             // once (what an admission limit meets).
@@ -344,6 +394,7 @@ pub fn scenario(max_ops: usize, max_faults: usize) -> impl Strategy<Value = Scen
                 instances,
                 ops,
                 faults,
+                rotation,
             }
         })
 }
@@ -357,7 +408,9 @@ impl FaultPlan {
             | FaultPlan::Full { at_ms, .. }
             | FaultPlan::LoseCompletion { at_ms, .. }
             | FaultPlan::FailCompletion { at_ms, .. }
-            | FaultPlan::Crash { at_ms, .. } => *at_ms = at,
+            | FaultPlan::Crash { at_ms, .. }
+            | FaultPlan::FailDeletes { at_ms, .. }
+            | FaultPlan::Deploy { at_ms, .. } => *at_ms = at,
         }
     }
 }

@@ -22,7 +22,7 @@ pub struct Size {
 pub struct Failure {
     pub seed: u64,
     pub reason: String,
-    pub scenario: Option<Scenario>,
+    pub scenario: Option<Box<Scenario>>,
 }
 
 impl std::fmt::Display for Failure {
@@ -84,7 +84,7 @@ pub fn run_seed(seed: u64, size: Size, counts: &mut Counts) -> Result<(), Failur
         Err(TestError::Fail(reason, minimal)) => Err(Failure {
             seed,
             reason: reason.to_string(),
-            scenario: Some(minimal),
+            scenario: Some(Box::new(minimal)),
         }),
         Err(TestError::Abort(reason)) => Err(Failure {
             seed,

@@ -21,7 +21,7 @@ pub struct OpBehaviour {
 }
 
 /// One request as its handler reads it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// The instance it reached.
     pub instance: usize,
@@ -31,6 +31,8 @@ pub struct Run {
     pub op: usize,
     pub principal: u64,
     pub variant: u64,
+    /// The downstream key its `IdempotencyContext` hands it (none when it runs unprotected).
+    pub downstream: Option<String>,
 }
 
 /// The shared state of one run.
@@ -140,12 +142,20 @@ impl World {
             op,
             principal,
             variant,
+            downstream,
         } = run;
         let began = self.now();
         let stop = || std::future::pending::<(u16, Vec<u8>)>();
         if !life.is(g) {
             return stop().await;
         }
+        self.history.push(Event::Ran {
+            op,
+            req,
+            instance,
+            at: began,
+            downstream,
+        });
         let behaviour = self.behaviour.get(op).cloned().unwrap_or(OpBehaviour {
             fails_first: 0,
             big: false,
