@@ -36,13 +36,7 @@ async fn downstream(
         sent.push(ctx.downstream_key("charge"));
         sent.len() == 1
     };
-    let delay = req
-        .headers()
-        .get("x-delay-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(delay)).await;
+    tokio::time::sleep(common::delay_of(&req)).await;
     if first {
         return HttpResponse::ServiceUnavailable().finish();
     }

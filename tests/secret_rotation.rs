@@ -36,13 +36,7 @@ async fn pay_wait(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpRes
 /// Counts a run, waits `X-Delay-Ms`, answers 201 with the run's number.
 async fn charge(req: actix_web::HttpRequest, runs: web::Data<Runs>) -> HttpResponse {
     let n = runs.0.fetch_add(1, Ordering::SeqCst) + 1;
-    let delay = req
-        .headers()
-        .get("x-delay-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    tokio::time::sleep(Duration::from_millis(delay)).await;
+    tokio::time::sleep(common::delay_of(&req)).await;
     HttpResponse::Created().body(format!("charge {n}"))
 }
 

@@ -194,6 +194,17 @@ pub async fn reset_after(addr: SocketAddr, path: &str, key: &str, body: &Charge,
     drop(sock);
 }
 
+/// The request's `X-Delay-Ms` (0 without one): how long a test handler works.
+pub fn delay_of(req: &actix_web::HttpRequest) -> Duration {
+    let ms = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Duration::from_millis(ms)
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
