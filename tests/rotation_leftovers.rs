@@ -176,10 +176,11 @@ async fn slow(runs: web::Data<Runs>) -> HttpResponse {
 }
 
 /// The `confirm` that makes a request's key its operation's is slow, past the request's
-/// lease: the request gives up (503), and neither runs nor deletes the key — by then another
-/// request may hold it. (Found by review: the give-up's unfenced delete, sent after the store
-/// deadline of 2 s, removed the record of the request that had taken the lapsed key over and
-/// was running, and a third request ran the operation again.)
+/// lease and the store deadline: the request gives up (503), and neither runs nor deletes the
+/// key — by then another request holds it, and the give-up's delete is fenced. (Found by
+/// review: the unfenced delete, sent after the store deadline of 2 s, removed the record of
+/// the request that had taken the lapsed key over and was running, and a third request ran
+/// the operation again; it still does with an unfenced delete.)
 #[actix_web::test]
 async fn a_slow_confirm_neither_runs_nor_deletes_another_holders_key() {
     if !available("a_slow_confirm_neither_runs_nor_deletes_another_holders_key") {

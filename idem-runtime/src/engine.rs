@@ -281,6 +281,13 @@ impl Engine {
                     let ticket = Ticket::new(self.clone(), key, (token, attempt), policy, sent);
                     let ticket = match self.look_under_earlier(policy, ticket, earlier).await {
                         Looked::Run(ticket) => ticket,
+                        // Resumed under a previous secret's key: acquired again, renewed.
+                        Looked::Decided(Decision::Execute(resumed)) => {
+                            return match self.renewed_after_look(policy, &resumed, false).await {
+                                Ok(()) => Decision::Execute(resumed),
+                                Err(refused) => refused,
+                            };
+                        }
                         Looked::Decided(decision) => return decision,
                         Looked::Wait(other, ours) => {
                             match self.wait_for(policy, &other, wait_until).await {
@@ -308,12 +315,15 @@ impl Engine {
                         ticket.forget().await;
                         return Decision::Reject(too_many_keys(wait));
                     }
-                    if attempt > 1 {
-                        crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
-                    } else if looks {
-                        if let Err(refused) = self.confirm(policy, &ticket).await {
+                    if looks {
+                        if let Err(refused) =
+                            self.renewed_after_look(policy, &ticket, attempt <= 1).await
+                        {
                             return refused;
                         }
+                    }
+                    if attempt > 1 {
+                        crate::observe::count(crate::observe::metric::REATTEMPTS_TOTAL);
                     }
                     Decision::Execute(ticket)
                 }
@@ -346,34 +356,31 @@ impl Engine {
         }
     }
 
-    /// Makes the tentative record `ticket` holds (made while the request looked under the
-    /// previous secrets) its operation's, before the handler runs; `Err` with the answer when
-    /// it cannot. Like a renewal, under the renewal deadline, and only when it can land within
-    /// the lease: a look slower than that may have lost the key to another request. Never run
-    /// unprotected: the request already showed the store its key.
-    async fn confirm(&self, policy: &Policy, ticket: &Ticket) -> Result<(), Decision> {
-        let limit = ticket.renew_deadline();
-        if tokio::time::Instant::now() + limit >= ticket.held_until() {
-            tracing::error!(endpoint = policy.endpoint, "idem: the store was too slow for this request to start its operation within its lease; rejecting the request");
-            return Err(Decision::Reject(
-                self.store_problem(&StoreError::Timeout(limit)),
-            ));
-        }
-        let confirmed = deadline(
-            "confirm",
-            limit,
-            self.store.confirm(ticket.key(), ticket.token()),
-        )
-        .await;
-        match confirmed {
+    /// Gives the handler of `ticket`, which held its key while the request looked under the
+    /// previous secrets, a whole lease again — the look's store calls came out of it — before
+    /// it runs: a renewal, or for the tentative record this request's `begin` made (`fresh`),
+    /// the `confirm` that makes it the operation's. `Err` with the answer when it cannot
+    /// (the lease was lost to another request, or the store failed); never run unprotected:
+    /// the request already showed the store its key.
+    async fn renewed_after_look(
+        &self,
+        policy: &Policy,
+        ticket: &Ticket,
+        fresh: bool,
+    ) -> Result<(), Decision> {
+        match ticket.renew_before_start(fresh).await {
             Ok(crate::store::Fenced::Done) => Ok(()),
             // Its lease lapsed while it looked, and another request took the key: that one runs.
             Ok(crate::store::Fenced::Lost) => Err(Decision::Reject(in_progress())),
             Err(e) => {
                 tracing::error!(endpoint = policy.endpoint, error = %e, "idem: the store failed before the operation could start; rejecting the request");
-                // Tentative: it is as if it had never been once its lease lapsed; sooner if
-                // this delete can go through within the lease.
-                ticket.forget().await;
+                if fresh {
+                    // Tentative: it is as if it had never been once its lease lapsed; sooner
+                    // if this (fenced) delete goes through.
+                    ticket.forget().await;
+                } else if let Err(error) = ticket.give_back_once().await {
+                    tracing::warn!(key = %ticket.key(), %error, "idem: could not give a key back; it frees itself when its lease ends");
+                }
                 Err(Decision::Reject(self.store_problem(&e)))
             }
         }

@@ -132,7 +132,7 @@ impl Ticket {
     /// that a renewal sent every `lease / 3`, and the retry of a failed one, both end before the
     /// lease does — whatever lease the endpoint chose. A store slower than that for a short
     /// lease loses the lease (see "Failure behaviour"); it never makes the endpoint unusable.
-    pub(crate) fn renew_deadline(&self) -> Duration {
+    fn renew_deadline(&self) -> Duration {
         self.engine
             .store_timeout()
             .min(self.lease / 6)
@@ -141,14 +141,38 @@ impl Ticket {
 
     /// One renewal; an acknowledged one moves the local lease end.
     async fn renew_once(&self) -> Result<Fenced, StoreError> {
-        let sent = Instant::now();
         let store = self.engine.store();
-        let answer = deadline(
-            "renew",
-            self.renew_deadline(),
-            store.renew(&self.key, self.token, self.lease),
-        )
-        .await;
+        let call = store.renew(&self.key, self.token, self.lease);
+        self.renewing("renew", self.renew_deadline(), call).await
+    }
+
+    /// The renewal that gives the handler a whole lease before it starts, after what the
+    /// request did under its key took time out of it (a look under previous secrets): under
+    /// the store deadline — fenced, it lands only while this ticket holds the key — and, for
+    /// this request's own tentative record (`fresh`), the
+    /// [`confirm`](crate::store::Store::confirm) that makes it the operation's.
+    pub(crate) async fn renew_before_start(&self, fresh: bool) -> Result<Fenced, StoreError> {
+        let store = self.engine.store();
+        let limit = self.engine.store_timeout();
+        if fresh {
+            let call = store.confirm(&self.key, self.token, self.lease);
+            self.renewing("confirm", limit, call).await
+        } else {
+            let call = store.renew(&self.key, self.token, self.lease);
+            self.renewing("renew", limit, call).await
+        }
+    }
+
+    /// A call that renews the lease (`op`), under `limit`; an acknowledged one moves the local
+    /// lease end to the lease from when it was sent.
+    async fn renewing(
+        &self,
+        op: &'static str,
+        limit: Duration,
+        call: impl std::future::Future<Output = Result<Fenced, StoreError>>,
+    ) -> Result<Fenced, StoreError> {
+        let sent = Instant::now();
+        let answer = deadline(op, limit, call).await;
         if let Ok(Fenced::Done) = answer {
             let mut renewed = self.renewed.lock().unwrap_or_else(|p| p.into_inner());
             *renewed = (*renewed).max(sent);
@@ -344,10 +368,11 @@ impl Ticket {
     }
 
     /// Deletes the record this ticket's `begin` made, for a request that gives its key up
-    /// before anything ran (an admission refusal, a look under a previous secret): once now;
-    /// when the store fails, again in the background with backoff while the lease is held —
-    /// never after it: a store on the `Store::discard` default deletes unfenced, and a lapsed
-    /// key may be another request's (the built-in stores' discard is fenced).
+    /// before anything ran (an admission refusal, a look under a previous secret), with
+    /// [`Store::discard`](crate::store::Store::discard): once now; when the store fails, again
+    /// in the background with backoff while the lease is held. The built-in stores' discard is
+    /// fenced; on a store with the unfenced default, the first try is sent whatever is left of
+    /// the lease, and a try that lands after it may delete another request's record.
     pub(crate) async fn forget(&self) {
         if self.forget_once().await {
             return;

@@ -52,11 +52,11 @@ pub async fn tentative_records_are_gone_once_lapsed(store: Arc<impl Store>) {
     assert_eq!(a, 1, "a lapsed tentative record counts no attempt");
     // Confirmed: an operation's.
     assert_eq!(
-        store.confirm(&key, FencingToken(t.0 ^ 1)).await.ok(),
+        store.confirm(&key, FencingToken(t.0 ^ 1), short).await.ok(),
         Some(Fenced::Lost),
         "confirm is fenced"
     );
-    assert_eq!(store.confirm(&key, t).await.ok(), Some(Fenced::Done));
+    assert_eq!(store.confirm(&key, t, short).await.ok(), Some(Fenced::Done));
     tokio::time::sleep(past).await;
     let (_, a) = acquired(
         store.begin_tentative(&key, &fp("b"), short, KEEP).await,

@@ -302,8 +302,13 @@ impl<S: Store> Store for CachedStore<S> {
         self.inner.discard(key, token).await
     }
 
-    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.inner.confirm(key, token).await
+    async fn confirm(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.inner.confirm(key, token, lease).await
     }
 
     async fn complete(

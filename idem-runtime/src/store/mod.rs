@@ -139,12 +139,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes the tentative record held by `token` (see
     /// [`begin_tentative`](Store::begin_tentative)) an operation's, before the operation
-    /// starts: from then on it outlives its lease like any record in progress. A record that
-    /// is not tentative is left as it is. Fenced like a completion. The default, for a store
-    /// without tentative records, has nothing to do.
-    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        let _ = (key, token);
-        Ok(Fenced::Done)
+    /// starts, and extends its lease to `lease` from now, as [`renew`](Store::renew) does
+    /// (what it took to look must not shorten the operation's lease): from then on it outlives
+    /// its lease like any record in progress. A record that is not tentative is only renewed.
+    /// Fenced like a completion. The default, for a store without tentative records, renews.
+    async fn confirm(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        self.renew(key, token, lease).await
     }
 
     /// Deletes the record `token` holds, for a request that gives its key up before anything

@@ -310,12 +310,18 @@ impl<S: Store> Store for FaultyStore<S> {
         self.under(Op::Purge, inner.discard(key, token)).await
     }
 
-    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+    async fn confirm(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
         if self.shared.plain.load(Ordering::SeqCst) {
-            return Ok(Fenced::Done);
+            return self.renew(key, token, lease).await;
         }
         let inner = &self.shared.inner;
-        self.under(Op::Confirm, inner.confirm(key, token)).await
+        self.under(Op::Confirm, inner.confirm(key, token, lease))
+            .await
     }
 
     async fn complete(

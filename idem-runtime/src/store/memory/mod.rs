@@ -519,14 +519,25 @@ impl Store for MemoryStore {
         Ok(fenced(done))
     }
 
-    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+    async fn confirm(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
         Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
-            if let Some(Entry {
-                state: EntryState::InProgress { tentative, .. },
-                ..
-            }) = map.get_mut(at)
-            {
-                *tentative = false;
+            if let Some(e) = map.get_mut(at) {
+                let until = Instant::now() + lease;
+                if let EntryState::InProgress {
+                    tentative,
+                    lease_until,
+                    ..
+                } = &mut e.state
+                {
+                    *tentative = false;
+                    *lease_until = until;
+                }
+                e.expires_at = e.expires_at.max(until);
             }
         })))
     }

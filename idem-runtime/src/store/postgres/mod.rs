@@ -389,8 +389,14 @@ impl Store for PostgresStore {
         self.fenced(&self.sql.discard, key, token, &[]).await
     }
 
-    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.fenced(&self.sql.confirm, key, token, &[]).await
+    async fn confirm(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
+        let lease = ms(lease);
+        self.fenced(&self.sql.confirm, key, token, &[&lease]).await
     }
 
     async fn complete(

@@ -177,7 +177,11 @@ impl Statements {
                 "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
                  expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
             ),
-            confirm: fenced("state = 'p'"),
+            confirm: fenced(
+                "state = 'p',
+                 lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
+                 expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
+            ),
             discard: format!(
                 "WITH d AS (DELETE FROM {t} WHERE key = $1 AND token = $2 AND state IN ('p', 't')
                    RETURNING key, waiting)

@@ -391,11 +391,21 @@ impl Store for RedisStore {
         )
     }
 
-    async fn confirm(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
+    async fn confirm(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+    ) -> Result<Fenced, StoreError> {
         let token = token_arg(token);
+        let lease_ms = millis(lease).to_string();
         fenced(
-            self.write(&self.scripts.confirm, key, &[token.as_bytes()])
-                .await?,
+            self.write(
+                &self.scripts.confirm,
+                key,
+                &[token.as_bytes(), lease_ms.as_bytes()],
+            )
+            .await?,
         )
     }
 

@@ -102,9 +102,11 @@ redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
-/// A tentative record becomes an operation's (see `Store::confirm`).
+/// A tentative record becomes an operation's, and its lease is renewed (see `Store::confirm`).
 const CONFIRM_TAIL: &str = r"
-if held == 't' then redis.call('SET', KEYS[1], 'p' .. string.sub(v, 2), 'KEEPTTL') end
+local lease = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], 'p' .. string.sub(v, 2, 55) .. string.format('%016d', now + lease), 'KEEPTTL')
+if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
 ";
 
