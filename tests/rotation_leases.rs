@@ -141,3 +141,25 @@ async fn a_short_lease_is_served_during_a_rotation() {
         assert_eq!(runs.0.load(Ordering::SeqCst), 5);
     }
 }
+
+/// The `confirm` lands at once but its answer comes back 1.1 s later (a slow network, a
+/// replica `WAIT`), within the store deadline (2 s) but past the 1 s lease it renewed: a
+/// duplicate took the lapsed key over meanwhile and runs. The first request must not start its
+/// handler with no lease left (it did: two runs); it answers 503.
+#[actix_web::test]
+async fn a_late_confirm_answer_does_not_start_the_handler() {
+    let runs = web::Data::new(Runs::default());
+    runs.0.store(1, Ordering::SeqCst); // no 503 first here
+    let (store, addr) = instance(&MemoryStore::default(), NEW, Some(OLD), &runs).await;
+    store.inject(
+        Op::Confirm,
+        Fault::SlowAnswer(Duration::from_millis(1100)),
+        1,
+    );
+    let answers = tokio::join!(
+        send(addr, "/slow", "l-1", 0),
+        send(addr, "/slow", "l-1", 1050)
+    );
+    assert_eq!(answers, (503, 201));
+    assert_eq!(runs.0.load(Ordering::SeqCst), 2, "one run");
+}

@@ -378,8 +378,12 @@ impl Engine {
                     // Tentative: it is as if it had never been once its lease lapsed; sooner
                     // if this (fenced) delete goes through.
                     ticket.forget().await;
-                } else if let Err(error) = ticket.give_back_once().await {
-                    tracing::warn!(key = %ticket.key(), %error, "idem: could not give a key back; it frees itself when its lease ends");
+                } else if ticket.give_back_once().await.is_err() {
+                    // Tried again in the background, as the operation was found.
+                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                        let ticket = ticket.clone();
+                        runtime.spawn(async move { ticket.give_back_later().await });
+                    }
                 }
                 Err(Decision::Reject(self.store_problem(&e)))
             }

@@ -151,15 +151,26 @@ impl Ticket {
     /// the store deadline — fenced, it lands only while this ticket holds the key — and, for
     /// this request's own tentative record (`fresh`), the
     /// [`confirm`](crate::store::Store::confirm) that makes it the operation's.
+    ///
+    /// Its answer counts only while a third of the lease is left to send the next renewal
+    /// in: a renewal that landed but answered late (a slow network, a replica `WAIT`) leaves
+    /// the lease to whoever took the key over meanwhile, and is a timeout.
     pub(crate) async fn renew_before_start(&self, fresh: bool) -> Result<Fenced, StoreError> {
         let store = self.engine.store();
         let limit = self.engine.store_timeout();
-        if fresh {
+        let sent = Instant::now();
+        let answer = if fresh {
             let call = store.confirm(&self.key, self.token, self.lease);
             self.renewing("confirm", limit, call).await
         } else {
             let call = store.renew(&self.key, self.token, self.lease);
             self.renewing("renew", limit, call).await
+        };
+        match answer {
+            Ok(Fenced::Done) if Instant::now() + self.lease / 3 > self.held_until() => {
+                Err(StoreError::Timeout(sent.elapsed()))
+            }
+            answer => answer,
         }
     }
 

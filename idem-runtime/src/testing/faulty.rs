@@ -47,6 +47,10 @@ pub enum Fault {
     /// The inner store does the call, then the caller gets [`StoreError::Unavailable`] — the
     /// write happened but its answer was lost, as when a connection drops after the command.
     LoseAnswer,
+    /// The inner store does the call at once; its answer reaches the caller this long after
+    /// (a slow network, a replica `WAIT`): longer than the app's `store_timeout`, it times out
+    /// though the call landed.
+    SlowAnswer(Duration),
 }
 
 /// A fault that lasts: every call meets it while it is set (see
@@ -175,7 +179,7 @@ impl<S: Store> FaultyStore<S> {
 
     /// From now on, answers as a store on the [`Store`] defaults for tentative records: a
     /// custom store, or a wrapper that does not forward them. `begin_tentative` is `begin`,
-    /// `confirm` does nothing — what the engine must still handle safely.
+    /// `confirm` only renews — what the engine must still handle safely.
     pub fn without_tentative_records(&self) {
         self.shared.plain.store(true, Ordering::SeqCst);
     }
@@ -257,6 +261,11 @@ impl<S: Store> FaultyStore<S> {
             Some(Fault::LoseAnswer) => {
                 call.await?;
                 Err(injected(op, "lost its answer"))
+            }
+            Some(Fault::SlowAnswer(by)) => {
+                let answer = call.await;
+                tokio::time::sleep(by).await;
+                answer
             }
         }
     }
