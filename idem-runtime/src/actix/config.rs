@@ -531,8 +531,8 @@ impl<S> IdempotencyBuilder<S> {
             .iter()
             .map(|(n, s)| (n.clone(), engine(s.clone())))
             .collect();
-        let earlier = crate::actix::previous_secrets::earlier(&settings);
-        let sealer = crate::actix::previous_secrets::sealer(&settings);
+        let earlier = settings.earlier();
+        let sealer = settings.sealer();
         Idempotency {
             shared: Arc::new(Shared {
                 engine: default,

@@ -57,32 +57,34 @@ impl<S> IdempotencyBuilder<S> {
     }
 }
 
-/// The derivations of the previous secrets, newest first, then the public one when the app ran
-/// without a secret before. The current secret among them would look up every request's own
-/// record: dropped.
-pub(super) fn earlier(settings: &Settings) -> Vec<Arc<KeyDerivation>> {
-    let keyed = settings
-        .previous_secrets
-        .iter()
-        .filter(|s| Some(*s) != settings.secret.as_ref())
-        .map(|s| Arc::new(KeyDerivation::keyed(s)));
-    let public = (settings.previously_without_secret && settings.secret.as_ref().is_some())
-        .then(|| Arc::new(KeyDerivation::unkeyed()));
-    keyed.chain(public).collect()
-}
+impl Settings {
+    /// The derivations of the previous secrets, newest first, then the public one when the app ran
+    /// without a secret before. The current secret among them would look up every request's own
+    /// record: dropped.
+    pub(super) fn earlier(&self) -> Vec<Arc<KeyDerivation>> {
+        let keyed = self
+            .previous_secrets
+            .iter()
+            .filter(|s| Some(*s) != self.secret.as_ref())
+            .map(|s| Arc::new(KeyDerivation::keyed(s)));
+        let public = (self.previously_without_secret && self.secret.as_ref().is_some())
+            .then(|| Arc::new(KeyDerivation::unkeyed()));
+        keyed.chain(public).collect()
+    }
 
-/// What seals and opens stored responses. Without sealing keys, records are sealed under the
-/// secret and still open under the previous ones; an app without a secret that looks under
-/// one (step 1 of adopting it) seals nothing but opens what it sealed.
-pub(super) fn sealer(settings: &Settings) -> Option<Arc<Sealer>> {
-    match (&settings.sealing_keys[..], settings.secret.as_ref()) {
-        ([], Some(secret)) => Sealer::new(
-            &std::iter::once(secret.clone())
-                .chain(settings.previous_secrets.iter().cloned())
-                .collect::<Vec<_>>(),
-        ),
-        ([], None) => Sealer::open_only(&settings.previous_secrets),
-        (keys, _) => Sealer::new(keys),
+    /// What seals and opens stored responses. Without sealing keys, records are sealed under the
+    /// secret and still open under the previous ones; an app without a secret that looks under
+    /// one (step 1 of adopting it) seals nothing but opens what it sealed.
+    pub(super) fn sealer(&self) -> Option<Arc<Sealer>> {
+        match (&self.sealing_keys[..], self.secret.as_ref()) {
+            ([], Some(secret)) => Sealer::new(
+                &std::iter::once(secret.clone())
+                    .chain(self.previous_secrets.iter().cloned())
+                    .collect::<Vec<_>>(),
+            ),
+            ([], None) => Sealer::open_only(&self.previous_secrets),
+            (keys, _) => Sealer::new(keys),
+        }
     }
 }
 
