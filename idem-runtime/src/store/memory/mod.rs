@@ -13,12 +13,14 @@ use std::time::Duration;
 use crate::clock::Instant;
 use tokio::sync::Notify;
 
+mod entry;
 mod principals;
 mod shard;
 mod sweeper;
 
 use super::{Begin, Fenced, Store, StoreError};
-use crate::{FencingToken, Fingerprint, Record, RecordState, StorageKey, StoredResponse};
+use crate::{FencingToken, Fingerprint, Record, StorageKey, StoredResponse};
+use entry::{Entry, EntryState};
 use principals::Principals;
 use shard::{Hashed, Shard};
 
@@ -70,112 +72,6 @@ struct Inner {
     principals: Option<Principals>,
     /// Picks a key's shard and its bucket there; seeded per store (see [`Hashed::new`]).
     hasher: foldhash::fast::RandomState,
-}
-
-struct Entry {
-    fingerprint: Fingerprint,
-    state: EntryState,
-    /// When the record goes away entirely (TTL of a completed one; `keep` otherwise).
-    expires_at: Instant,
-    attempt: u32,
-    acquired_at: Instant,
-    size: usize,
-}
-
-enum EntryState {
-    InProgress {
-        token: FencingToken,
-        /// Wakes the duplicates waiting for it (`on_conflict = "wait"`); made by the first.
-        done: Option<Arc<Notify>>,
-        lease_until: Instant,
-        /// Made by `begin_tentative` and not confirmed yet: gone once its lease lapsed.
-        tentative: bool,
-    },
-    Completed(StoredResponse),
-    /// Free again (released); kept only to count attempts.
-    Released,
-}
-
-impl EntryState {
-    /// Drops the state, waking the duplicates waiting on it if it was in progress.
-    fn drop_waking(self) {
-        if let EntryState::InProgress {
-            done: Some(done), ..
-        } = self
-        {
-            done.notify_waiters();
-        }
-    }
-}
-
-impl Entry {
-    /// The record as `get` reports it: `None` unless live.
-    fn record(&self, now: Instant) -> Option<Record> {
-        if !self.is_live(now) {
-            return None;
-        }
-        let (state, until) = match &self.state {
-            EntryState::InProgress {
-                token, lease_until, ..
-            } => (RecordState::InProgress { token: *token }, *lease_until),
-            EntryState::Completed(r) => (
-                RecordState::Completed {
-                    response: r.clone(),
-                },
-                self.expires_at,
-            ),
-            EntryState::Released => return None,
-        };
-        Some(Record {
-            fingerprint: self.fingerprint,
-            state,
-            attempt: self.attempt,
-            acquired_at: Some(
-                crate::clock::wall() - now.saturating_duration_since(self.acquired_at),
-            ),
-            expires_in: until - now,
-        })
-    }
-
-    /// Whether the record still blocks a new acquisition: a completed record within its TTL, or
-    /// an in-progress one within its lease. Only such records are never evicted.
-    /// `begin`'s answer for this record, live at `now`, to a request with `fingerprint`.
-    fn answer(&self, fingerprint: &Fingerprint, now: Instant) -> Begin {
-        if self.fingerprint != *fingerprint {
-            return Begin::Mismatch;
-        }
-        match &self.state {
-            EntryState::InProgress { lease_until, .. } => Begin::InProgress {
-                lease_left: *lease_until - now,
-            },
-            EntryState::Completed(r) => Begin::Replay(r.clone()),
-            EntryState::Released => unreachable!("a released record is never live"),
-        }
-    }
-
-    /// Drops the entry, waking the duplicates waiting for it.
-    fn drop_waking(self) {
-        self.state.drop_waking();
-    }
-
-    /// Made by `begin_tentative` and not confirmed yet.
-    fn is_tentative(&self) -> bool {
-        matches!(
-            self.state,
-            EntryState::InProgress {
-                tentative: true,
-                ..
-            }
-        )
-    }
-
-    fn is_live(&self, now: Instant) -> bool {
-        match &self.state {
-            EntryState::Completed(_) => self.expires_at > now,
-            EntryState::InProgress { lease_until, .. } => *lease_until > now,
-            EntryState::Released => false,
-        }
-    }
 }
 
 /// Builder for [`MemoryStore`].

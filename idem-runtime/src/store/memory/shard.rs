@@ -6,7 +6,7 @@
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
-use super::Entry;
+use super::entry::Entry;
 use crate::StorageKey;
 
 /// A storage key with its hash under the store's hasher: computed once per store call.

@@ -1,0 +1,280 @@
+//! The at-least-once windows the oracle tolerates ([`Window`]): the faults a history recorded,
+//! and which of them explains an operation's further effect.
+
+use std::collections::HashMap;
+
+/// The store deadline of every simulated app (see `app.rs`).
+pub(crate) const STORE_TIMEOUT_MS: u64 = 500;
+
+/// The at-least-once windows the runtime documents, each named by the first cell of its row in
+/// docs/failure-behaviour.md ("The remaining at-least-once windows"): an effect beyond an
+/// operation's first is tolerated only when one of them explains it. A test checks that each
+/// name is in that table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    /// The instance was killed after the effect, before its record was written.
+    Crash,
+    /// The store was unreachable from the end of the handler until its lease ended.
+    CompleteAbandoned,
+    /// The store was unreachable for a lease while the handler ran.
+    LeaseLapsed,
+    /// A store slower than lease/6.
+    SlowStore,
+    /// `proceed` with the store unreachable at `begin`: run unprotected.
+    Proceed,
+    /// The record's TTL ended.
+    Expired,
+}
+
+impl Window {
+    /// Every window.
+    pub const ALL: [Window; 6] = [
+        Window::Crash,
+        Window::CompleteAbandoned,
+        Window::LeaseLapsed,
+        Window::SlowStore,
+        Window::Proceed,
+        Window::Expired,
+    ];
+
+    /// The first cell of its row in docs/failure-behaviour.md.
+    pub fn row(self) -> &'static str {
+        match self {
+            Window::Crash => "crash after the side effects, before the record is written",
+            Window::CompleteAbandoned => {
+                "the store unreachable from the end of the handler until the lease ends"
+            }
+            Window::LeaseLapsed => {
+                "the store unreachable for a whole lease *while the handler runs*, and a duplicate arrives after it"
+            }
+            Window::SlowStore => "a short lease on a store slower than lease/6",
+            Window::Proceed => "`on_store_error = \"proceed\"` with the store unreachable at `begin`",
+            Window::Expired => "the record is gone: its `ttl` ended",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Sent {
+    pub(crate) op: usize,
+    pub(crate) instance: usize,
+    pub(crate) at: u64,
+    pub(crate) variant: u8,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Effect {
+    pub(crate) id: u64,
+    pub(crate) op: usize,
+    pub(crate) req: u64,
+    pub(crate) instance: usize,
+    pub(crate) began: u64,
+    pub(crate) returned: Option<u64>,
+}
+
+/// A lasting fault on one instance: `kind` from `at` to `until`.
+#[derive(Debug, Clone)]
+pub(crate) struct Lasting {
+    pub(crate) instance: usize,
+    pub(crate) kind: String,
+    pub(crate) at: u64,
+    pub(crate) until: u64,
+}
+
+impl Lasting {
+    /// Whether every store call fails (or times out) while it lasts: down, or slower than
+    /// the store deadline (a full store still renews and reads).
+    pub(crate) fn down(&self) -> bool {
+        self.kind == "outage"
+            || self
+                .kind
+                .strip_prefix("slow ")
+                .and_then(|d| d.trim_end_matches(" ms").parse::<u64>().ok())
+                .is_some_and(|d| d >= STORE_TIMEOUT_MS)
+    }
+
+    /// Whether writes (`begin`, `complete`) fail while it lasts: down, too slow, or full.
+    pub(crate) fn unreachable(&self) -> bool {
+        self.kind == "outage"
+            || self.kind == "full"
+            || self
+                .kind
+                .strip_prefix("slow ")
+                .and_then(|d| d.trim_end_matches(" ms").parse::<u64>().ok())
+                .is_some_and(|d| d >= STORE_TIMEOUT_MS)
+    }
+
+    pub(crate) fn slow_ms(&self) -> u64 {
+        self.kind
+            .strip_prefix("slow ")
+            .and_then(|d| d.trim_end_matches(" ms").parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The faults a history recorded.
+#[derive(Clone, Copy)]
+pub(crate) struct Faults<'a> {
+    pub(crate) lasting: &'a [Lasting],
+    pub(crate) crashes: &'a [(usize, u64)],
+    pub(crate) failures: &'a [(usize, u64)],
+}
+
+/// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
+pub(crate) fn explain(
+    e: &crate::scenario::Endpoint,
+    earlier: &Effect,
+    later: &Effect,
+    sent: &HashMap<u64, Sent>,
+    faults: Faults<'_>,
+) -> Option<Window> {
+    let Faults {
+        lasting,
+        crashes,
+        failures,
+    } = faults;
+    let lease = e.lease_ms;
+    // The earliest a lease can lapse after its holder's store went away at `a`: its last
+    // renewal (every lease/3) was sent at most lease/3 before — or one renewal deadline more
+    // before, when the one then in flight was cut short (the handler returned meanwhile).
+    let lapses_after = |a: u64| a + lease - lease / 3 - (lease / 6).min(STORE_TIMEOUT_MS);
+    // Unprotected under `proceed`: a request sent while its instance's store was down or too
+    // slow (a full store fails closed).
+    let unprotected = |x: &Effect| {
+        e.proceed
+            && sent.get(&x.req).is_some_and(|s| {
+                lasting
+                    .iter()
+                    .any(|l| l.instance == s.instance && l.down() && l.at <= s.at && s.at < l.until)
+            })
+    };
+    if unprotected(earlier) || unprotected(later) {
+        return Some(Window::Proceed);
+    }
+    let returned = earlier.returned;
+    let end = returned.unwrap_or(u64::MAX);
+    let mine: Vec<&Lasting> = lasting
+        .iter()
+        .filter(|l| l.instance == earlier.instance)
+        .collect();
+    let down = merged(&mine, |l| l.down(), lease / 6);
+    let mut writes_fail = merged(&mine, |l| l.unreachable(), 1000);
+    // Scripted failures waiting for this instance's completions fail its first tries that
+    // reach the store (a try the store refused as down or full leaves them queued): each costs
+    // a try and a backoff (up to 1 s), and a slow spell as long again — after the span of
+    // failing writes the handler's return fell in, if any.
+    let pending = failures
+        .iter()
+        .filter(|(i, at)| *i == earlier.instance && *at <= end)
+        .count() as u64;
+    if pending > 0 && end != u64::MAX {
+        let slowest = mine.iter().map(|l| l.slow_ms()).max().unwrap_or(0);
+        let from = writes_fail
+            .iter()
+            .find(|(a, b)| *a <= end && end <= *b)
+            .map_or(end, |(_, b)| *b);
+        writes_fail.push((end, from + pending * (1000 + slowest)));
+        let spans: Vec<Lasting> = writes_fail
+            .iter()
+            .map(|(a, b)| Lasting {
+                instance: earlier.instance,
+                kind: "outage".to_owned(),
+                at: *a,
+                until: *b,
+            })
+            .collect();
+        let refs: Vec<&Lasting> = spans.iter().collect();
+        writes_fail = merged(&refs, |_| true, 1000);
+    }
+    // Whether the completion can have failed at every try from the handler's return until `t`:
+    // writes failing since (a try may come up to one backoff, 1 s, after they work again).
+    let failing_until = |t: u64| {
+        writes_fail
+            .iter()
+            .any(|(wa, wb)| *wa <= end && wb.saturating_add(1000) >= t)
+    };
+    // Whether its record was still unwritten at `t`: soon after it returned, or its completion
+    // failing at every try since.
+    let unwritten_at = |t: u64| t <= end.saturating_add(lease) || failing_until(t);
+    // Killed after the effect, before the record was written; the later run after the dead
+    // holder's lease lapsed (its renewals stopped at the kill, or earlier when the store was
+    // already down then).
+    if crashes.iter().any(|(i, at)| {
+        let stopped = down
+            .iter()
+            // (A renewal that failed is tried again lease/6 later: a kill that soon after the
+            // store came back met no renewal in between.)
+            .filter(|(a, b)| a <= at && *at <= b + lease / 6)
+            .map(|(a, _)| *a)
+            .min()
+            .unwrap_or(*at)
+            .max(earlier.began);
+        *i == earlier.instance
+            && *at >= earlier.began
+            && unwritten_at(*at)
+            && later.began >= lapses_after(stopped)
+    }) {
+        return Some(Window::Crash);
+    }
+    // The lease lapses when renewals fail (the store down) from `a` on, at `a + 2/3 lease` at
+    // the earliest: renewals come every lease/3 and are tried again after lease/6.
+    for (a, b) in down {
+        // (A span that began before the run counts from the run's start: its `begin` landed in
+        // a gap of it.)
+        let a = a.max(earlier.began);
+        let lapse = lapses_after(a);
+        // A failed renewal is tried again lease/6 later: a store back less than that before
+        // the lease's end may see no renewal in time.
+        if b + lease / 6 + 5 < lapse || later.began < lapse {
+            continue;
+        }
+        // The handler still ran when its lease lapsed.
+        if a <= end && end > lapse {
+            return Some(Window::LeaseLapsed);
+        }
+        // It had returned, and its completion failed at every try from then until the lapse
+        // (the renewals beside it kept the lease until the store went down).
+        if end <= lapse && failing_until(lapse) {
+            return Some(Window::CompleteAbandoned);
+        }
+    }
+    // Renewals slower than lease/6 while they were needed: the handler outlived its first
+    // renewal, or its completion was still failing then.
+    if mine.iter().any(|l| {
+        let from = l.at.max(earlier.began);
+        l.slow_ms() >= lease / 6
+            && l.until > earlier.began
+            && ((from <= end && end.saturating_sub(earlier.began) >= lease / 3)
+                || (from > end && failing_until(from)))
+    }) {
+        return Some(Window::SlowStore);
+    }
+    // Its record expired.
+    if returned.is_some_and(|r| later.began >= r + e.ttl_ms) {
+        return Some(Window::Expired);
+    }
+    None
+}
+
+/// The spans of the faults `of` that `which` selects, merged where they overlap or are apart
+/// by at most `gap` ms.
+pub(crate) fn merged(
+    of: &[&Lasting],
+    which: impl Fn(&Lasting) -> bool,
+    gap: u64,
+) -> Vec<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = of
+        .iter()
+        .filter(|l| which(l))
+        .map(|l| (l.at, l.until))
+        .collect();
+    spans.sort();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in spans {
+        match out.last_mut() {
+            Some(last) if a <= last.1 + gap => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
