@@ -93,6 +93,21 @@ impl Entry {
         self.state.drop_waking();
     }
 
+    /// The lease of this record in progress now ends at `until` (and the record lives at least
+    /// as long); `confirm`: it is no longer tentative.
+    pub(super) fn renew(&mut self, until: Instant, confirm: bool) {
+        if let EntryState::InProgress {
+            tentative,
+            lease_until,
+            ..
+        } = &mut self.state
+        {
+            *lease_until = until;
+            *tentative &= !confirm;
+        }
+        self.expires_at = self.expires_at.max(until);
+    }
+
     /// Made by `begin_tentative` and not confirmed yet.
     pub(super) fn is_tentative(&self) -> bool {
         matches!(

@@ -350,6 +350,22 @@ impl Inner {
         map.remove_where(|_, e| !e.is_live(now), |k, e| self.forget(&k, e));
     }
 
+    /// Extends the lease `token` holds on `key` to `lease` from now (`confirm`: and makes a
+    /// tentative record the operation's).
+    fn renew(
+        &self,
+        key: &StorageKey,
+        token: FencingToken,
+        lease: Duration,
+        confirm: bool,
+    ) -> Fenced {
+        fenced(self.with_lease(key, token, |_, map, at| {
+            if let Some(e) = map.get_mut(at) {
+                e.renew(Instant::now() + lease, confirm);
+            }
+        }))
+    }
+
     /// Runs `f` on the in-progress entry of `key` held by `token`; a lapsed lease that nobody
     /// took over still belongs to its holder (a takeover changes the token).
     fn with_lease<R>(
@@ -421,21 +437,7 @@ impl Store for MemoryStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
-            if let Some(e) = map.get_mut(at) {
-                let until = Instant::now() + lease;
-                if let EntryState::InProgress {
-                    tentative,
-                    lease_until,
-                    ..
-                } = &mut e.state
-                {
-                    *tentative = false;
-                    *lease_until = until;
-                }
-                e.expires_at = e.expires_at.max(until);
-            }
-        })))
+        Ok(self.inner.renew(key, token, lease, true))
     }
 
     async fn complete(
@@ -491,15 +493,7 @@ impl Store for MemoryStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        Ok(fenced(self.inner.with_lease(key, token, |_, map, at| {
-            if let Some(e) = map.get_mut(at) {
-                let until = Instant::now() + lease;
-                if let EntryState::InProgress { lease_until, .. } = &mut e.state {
-                    *lease_until = until;
-                }
-                e.expires_at = e.expires_at.max(until);
-            }
-        })))
+        Ok(self.inner.renew(key, token, lease, false))
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {

@@ -249,6 +249,21 @@ impl RedisStore {
 
     /// A write that must be replicated: an unacknowledged one is an error (retried by the
     /// engine like any failed write; every write is fenced and safe to repeat).
+    /// A write fenced by `token` (the script's first argument, before `args`).
+    async fn fenced_write(
+        &self,
+        script: &Script,
+        key: &StorageKey,
+        token: FencingToken,
+        args: &[&[u8]],
+    ) -> Result<Fenced, StoreError> {
+        let token = token_arg(token);
+        let mut all: Vec<&[u8]> = Vec::with_capacity(args.len() + 1);
+        all.push(token.as_bytes());
+        all.extend_from_slice(args);
+        fenced(self.write(script, key, &all).await?)
+    }
+
     async fn write(
         &self,
         script: &Script,
@@ -384,11 +399,8 @@ impl Store for RedisStore {
     }
 
     async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        let token = token_arg(token);
-        fenced(
-            self.write(&self.scripts.discard, key, &[token.as_bytes()])
-                .await?,
-        )
+        self.fenced_write(&self.scripts.discard, key, token, &[])
+            .await
     }
 
     async fn confirm(
@@ -397,16 +409,9 @@ impl Store for RedisStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        let token = token_arg(token);
         let lease_ms = millis(lease).to_string();
-        fenced(
-            self.write(
-                &self.scripts.confirm,
-                key,
-                &[token.as_bytes(), lease_ms.as_bytes()],
-            )
-            .await?,
-        )
+        self.fenced_write(&self.scripts.confirm, key, token, &[lease_ms.as_bytes()])
+            .await
     }
 
     async fn complete(
@@ -418,23 +423,14 @@ impl Store for RedisStore {
     ) -> Result<Fenced, StoreError> {
         let ttl_ms = millis(ttl).to_string();
         let encoded = response.encode();
-        let token = token_arg(token);
-        fenced(
-            self.write(
-                &self.scripts.complete,
-                key,
-                &[token.as_bytes(), &encoded, ttl_ms.as_bytes()],
-            )
-            .await?,
-        )
+        let args: [&[u8]; 2] = [&encoded, ttl_ms.as_bytes()];
+        self.fenced_write(&self.scripts.complete, key, token, &args)
+            .await
     }
 
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        let token = token_arg(token);
-        fenced(
-            self.write(&self.scripts.release, key, &[token.as_bytes()])
-                .await?,
-        )
+        self.fenced_write(&self.scripts.release, key, token, &[])
+            .await
     }
 
     async fn renew(
@@ -443,16 +439,9 @@ impl Store for RedisStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        let token = token_arg(token);
         let lease_ms = millis(lease).to_string();
-        fenced(
-            self.write(
-                &self.scripts.renew,
-                key,
-                &[token.as_bytes(), lease_ms.as_bytes()],
-            )
-            .await?,
-        )
+        self.fenced_write(&self.scripts.renew, key, token, &[lease_ms.as_bytes()])
+            .await
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
