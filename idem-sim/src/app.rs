@@ -18,9 +18,10 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use idem_runtime::__private_v0_1::{KeySource, Policy};
 use idem_runtime::testing::FaultyStore;
-use idem_runtime::{CachedStore, Guarantee, Idempotency, MemoryStore, OnConflict, OnStoreError};
+use idem_runtime::{CachedStore, Guarantee, Idempotency, OnConflict, OnStoreError};
 
 use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom, Rotation};
+use crate::shared_store::SharedStore;
 use crate::world::{Life, World};
 
 /// The header a request's id travels in (the handler records it with its effect).
@@ -80,7 +81,7 @@ type Call = Pin<Box<dyn Future<Output = Answered>>>;
 /// A running generation of an instance.
 pub struct Generation {
     /// Its store: faults go here.
-    pub faulty: FaultyStore<MemoryStore>,
+    pub faulty: FaultyStore<SharedStore>,
     /// One per endpoint, in order.
     pub idems: Vec<Idempotency>,
     actix: Rc<dyn Fn(actix_http::Request) -> Call>,
@@ -223,7 +224,7 @@ impl Generation {
         world: &Arc<World>,
         life: &Arc<Life>,
         instance: usize,
-        store: &MemoryStore,
+        store: &SharedStore,
         endpoints: &[Endpoint],
         build: Build<'_>,
     ) -> Generation {
@@ -354,7 +355,7 @@ fn retry_after(v: Option<&[u8]>) -> Option<u64> {
 }
 
 /// The `Idempotency` of endpoint `e` on `store`, as `build`.
-fn idem_for(e: &Endpoint, store: &FaultyStore<MemoryStore>, build: Build<'_>) -> Idempotency {
+fn idem_for(e: &Endpoint, store: &FaultyStore<SharedStore>, build: Build<'_>) -> Idempotency {
     let b = Idempotency::builder();
     let b = if e.scoped {
         b.scope_by_header(actix_web::http::header::HeaderName::from_static(

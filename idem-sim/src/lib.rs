@@ -15,6 +15,7 @@ pub mod oracle;
 pub mod run;
 pub mod scenario;
 pub mod seeds;
+pub mod shared_store;
 pub mod windows;
 pub mod world;
 

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::app::{path, Build, Generation, ACCOUNT_HEADER, REQ_HEADER};
 use crate::history::Event;
 use crate::scenario::{Endpoint, FaultPlan, KeyFrom, Operation, Scenario, SendPlan};
+use crate::shared_store::SharedStore;
 use crate::world::{Life, OpBehaviour, World};
 
 /// What a run left for the oracle.
@@ -84,7 +85,7 @@ pub fn resolve(s: &Scenario) -> Vec<Resolved> {
 
 struct Running {
     world: Arc<World>,
-    store: MemoryStore,
+    store: SharedStore,
     endpoints: Vec<Endpoint>,
     lives: Vec<Arc<Life>>,
     generations: RefCell<Vec<Option<Rc<Generation>>>>,
@@ -176,7 +177,7 @@ async fn run_in(scenario: Scenario) -> Outcome {
         })
         .collect();
     let world = Arc::new(World::new(behaviour));
-    let store = MemoryStore::builder().sweep_every(None).build();
+    let store = SharedStore::new(MemoryStore::builder().sweep_every(None).build());
     let n = usize::from(scenario.instances.clamp(1, 3));
     let lives: Vec<Arc<Life>> = (0..n).map(|_| Arc::new(Life::new())).collect();
     let rotation = scenario.rotation.clone();
