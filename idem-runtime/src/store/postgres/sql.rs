@@ -173,15 +173,8 @@ impl Statements {
                  lease_until = now() - interval '1 millisecond'",
                 "",
             ),
-            renew: fenced(
-                "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
-                 expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
-            ),
-            confirm: fenced(
-                "state = 'p',
-                 lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
-                 expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')",
-            ),
+            renew: fenced(LEASE_SET),
+            confirm: fenced(&format!("state = 'p', {LEASE_SET}")),
             discard: format!(
                 "WITH d AS (DELETE FROM {t} WHERE key = $1 AND token = $2 AND state IN ('p', 't')
                    RETURNING key, waiting)
@@ -206,6 +199,11 @@ impl Statements {
         }
     }
 }
+
+/// The `SET` of a renewal (and of a confirmation): the lease ends `$3` ms from now, and the
+/// record lives at least as long.
+const LEASE_SET: &str = "lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond',
+     expires_at = greatest(expires_at, clock_timestamp() + $3::bigint * interval '1 millisecond')";
 
 /// The `SET` of a completion: `$3` the encoded response, `$4` the TTL in milliseconds.
 const COMPLETE_SET: &str = "state = 'c', response = $3,

@@ -102,17 +102,12 @@ redis.call('PUBLISH', 'idem:done', KEYS[1])
 return 1
 ";
 
-/// A tentative record becomes an operation's, and its lease is renewed (see `Store::confirm`).
-const CONFIRM_TAIL: &str = r"
+/// The lease ends ARGV[2] ms from now, and the record lives at least as long; its state
+/// becomes `state`: renew keeps the held one, confirm makes a tentative record an operation's
+/// (see `Store::confirm`).
+const LEASE_TAIL: &str = r"
 local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], 'p' .. string.sub(v, 2, 55) .. string.format('%016d', now + lease), 'KEEPTTL')
-if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
-return 1
-";
-
-const RENEW_TAIL: &str = r"
-local lease = tonumber(ARGV[2])
-redis.call('SET', KEYS[1], string.sub(v, 1, 55) .. string.format('%016d', now + lease), 'KEEPTTL')
+redis.call('SET', KEYS[1], state .. string.sub(v, 2, 55) .. string.format('%016d', now + lease), 'KEEPTTL')
 if redis.call('PTTL', KEYS[1]) < lease then redis.call('PEXPIRE', KEYS[1], lease) end
 return 1
 ";
@@ -166,8 +161,8 @@ impl Scripts {
             begin: Script::new(format!("{CLOCK}{BEGIN}")),
             complete: Script::new(format!("{CLOCK}{ALREADY_COMPLETED}{HELD}{COMPLETE_TAIL}")),
             release: Script::new(format!("{CLOCK}{HELD}{RELEASE_TAIL}")),
-            renew: Script::new(format!("{CLOCK}{HELD}{RENEW_TAIL}")),
-            confirm: Script::new(format!("{CLOCK}{HELD}{CONFIRM_TAIL}")),
+            renew: Script::new(format!("{CLOCK}{HELD}local state = held{LEASE_TAIL}")),
+            confirm: Script::new(format!("{CLOCK}{HELD}local state = 'p'{LEASE_TAIL}")),
             discard: Script::new(format!("{CLOCK}{HELD}{DISCARD_TAIL}")),
             get: Script::new(format!("{CLOCK}{GET}")),
             purge: Script::new(PURGE.into()),
