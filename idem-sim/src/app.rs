@@ -20,7 +20,7 @@ use idem_runtime::__private_v0_1::{KeySource, Policy};
 use idem_runtime::testing::FaultyStore;
 use idem_runtime::{CachedStore, Guarantee, Idempotency, OnConflict, OnStoreError};
 
-use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom, Rotation};
+use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom, Rotation, Scenario};
 use crate::shared_store::SharedStore;
 use crate::world::{Life, World};
 
@@ -91,8 +91,8 @@ pub struct Generation {
 type TowerService = idem_runtime::tower::IdempotencyService<Handler>;
 
 /// The endpoint's policy, made once per set of options (a policy is `'static`).
-fn policy(index: usize, e: &Endpoint) -> &'static Policy {
-    type Options = (usize, u8, u8, bool, u8, u64, u64);
+fn policy(index: usize, e: &Endpoint, s: &Scenario) -> &'static Policy {
+    type Options = (usize, u8, u8, bool, u8, u64, u64, u64);
     static MADE: OnceLock<Mutex<HashMap<Options, &'static Policy>>> = OnceLock::new();
     let options: Options = (
         index,
@@ -102,6 +102,7 @@ fn policy(index: usize, e: &Endpoint) -> &'static Policy {
         e.key_from as u8,
         e.lease_ms,
         e.ttl_ms,
+        s.scale,
     );
     let mut made = MADE
         .get_or_init(Mutex::default)
@@ -124,7 +125,7 @@ fn policy(index: usize, e: &Endpoint) -> &'static Policy {
             Conflict::Wait => OnConflict::Wait,
             Conflict::Accepted => OnConflict::Accepted,
         };
-        p.wait_timeout = Duration::from_secs(5);
+        p.wait_timeout = Duration::from_millis(s.ms(5_000));
         p.on_store_error = if e.proceed {
             OnStoreError::Proceed
         } else {
@@ -225,14 +226,20 @@ impl Generation {
         life: &Arc<Life>,
         instance: usize,
         store: &SharedStore,
-        endpoints: &[Endpoint],
+        scenario: &Scenario,
         build: Build<'_>,
     ) -> Generation {
+        let endpoints = &scenario.endpoints;
         let generation = life.generation();
-        let faulty = FaultyStore::new(store.clone());
+        // (The reader, instance `usize::MAX`, is nobody's: its slow calls are not a fault.)
+        let observed = match instance {
+            usize::MAX => store.clone(),
+            i => store.for_instance(world, i),
+        };
+        let faulty = FaultyStore::new(observed);
         let idems: Vec<Idempotency> = endpoints
             .iter()
-            .map(|e| idem_for(e, &faulty, build))
+            .map(|e| idem_for(e, &faulty, build, scenario))
             .collect();
         let handler = |e: &Endpoint| Handler {
             world: world.clone(),
@@ -246,7 +253,10 @@ impl Generation {
             .enumerate()
             .map(|(i, e)| {
                 (e.adapter == Adapter::Tower).then(|| {
-                    let layer = idem_runtime::tower::IdempotencyLayer::new(&idems[i], policy(i, e));
+                    let layer = idem_runtime::tower::IdempotencyLayer::new(
+                        &idems[i],
+                        policy(i, e, scenario),
+                    );
                     tower_layer_apply(layer, handler(e))
                 })
             })
@@ -256,7 +266,7 @@ impl Generation {
             if e.adapter != Adapter::Actix {
                 continue;
             }
-            let policy = policy(i, e);
+            let policy = policy(i, e, scenario);
             let h = handler(e);
             app = app.service(web::resource(path(i)).app_data(idems[i].clone()).route(
                 web::post().to(move |req: HttpRequest, payload: web::Payload| {
@@ -355,7 +365,12 @@ fn retry_after(v: Option<&[u8]>) -> Option<u64> {
 }
 
 /// The `Idempotency` of endpoint `e` on `store`, as `build`.
-fn idem_for(e: &Endpoint, store: &FaultyStore<SharedStore>, build: Build<'_>) -> Idempotency {
+fn idem_for(
+    e: &Endpoint,
+    store: &FaultyStore<SharedStore>,
+    build: Build<'_>,
+    s: &Scenario,
+) -> Idempotency {
     let b = Idempotency::builder();
     let b = if e.scoped {
         b.scope_by_header(actix_web::http::header::HeaderName::from_static(
@@ -364,9 +379,11 @@ fn idem_for(e: &Endpoint, store: &FaultyStore<SharedStore>, build: Build<'_>) ->
     } else {
         b.unscoped()
     };
-    let b = build.secrets(b).store_timeout(Duration::from_millis(500));
+    let b = build
+        .secrets(b)
+        .store_timeout(Duration::from_millis(s.store_timeout_ms()));
     let b = match e.admission {
-        Some(n) => b.admission_limit(n, Duration::from_secs(10)),
+        Some(n) => b.admission_limit(n, Duration::from_millis(s.ms(10_000))),
         None => b,
     };
     let b = if e.small_responses {

@@ -11,10 +11,14 @@
 
 pub mod app;
 pub mod history;
+pub mod lane;
 pub mod oracle;
+pub mod real;
+pub mod real_time;
 pub mod run;
 pub mod scenario;
 pub mod seeds;
+pub mod servers;
 pub mod shared_store;
 pub mod windows;
 pub mod world;
@@ -27,4 +31,23 @@ pub fn simulate(scenario: &Scenario) -> Result<oracle::Counts, oracle::Violation
     let resolved = run::resolve(scenario);
     let outcome = run::run(scenario);
     oracle::check(scenario, &resolved, &outcome)
+}
+
+/// Runs `scenario` on `lane`'s real server (see [`run::run_on`]) and checks its history; a
+/// broken rule carries the history and the servers' logs.
+pub fn simulate_on(
+    scenario: &Scenario,
+    lane: &lane::Lane,
+) -> Result<oracle::Counts, oracle::Violation> {
+    let resolved = run::resolve(scenario);
+    let outcome = run::run_on(scenario, lane).map_err(oracle::Violation)?;
+    oracle::check(scenario, &resolved, &outcome).map_err(|v| {
+        let mut report = v.0;
+        report.push_str("\nhistory:\n");
+        for e in history::canonical(&outcome.events) {
+            report.push_str(&format!("  {e:?}\n"));
+        }
+        report.push_str(&lane.logs());
+        oracle::Violation(report)
+    })
 }

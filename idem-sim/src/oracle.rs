@@ -20,7 +20,7 @@ use crate::history::Event;
 use crate::run::{Outcome, Resolved};
 use crate::scenario::{Guarantee, Scenario};
 pub use crate::windows::Window;
-use crate::windows::{explain, Effect, Faults, Lasting, Sent, STORE_TIMEOUT_MS};
+use crate::windows::{explain, Effect, Faults, Lasting, Sent};
 
 /// A broken rule, with the history's evidence.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +72,7 @@ pub fn check(
     resolved: &[Resolved],
     outcome: &Outcome,
 ) -> Result<Counts, Violation> {
+    let timeout = scenario.store_timeout_ms();
     let mut counts = Counts {
         operations: scenario.ops.len() as u64,
         ..Counts::default()
@@ -178,11 +179,23 @@ pub fn check(
                 } else if what == "fail a completion" {
                     failures.push((*instance, *at));
                 } else if let Some(until) = until {
+                    if *instance == 0 && what.starts_with("stall ") {
+                        *counts
+                            .by_option
+                            .entry("measured=runtime stall".into())
+                            .or_default() += 1;
+                    } else if what.ends_with(", measured") {
+                        *counts
+                            .by_option
+                            .entry("measured=slow store call".into())
+                            .or_default() += 1;
+                    }
                     lasting.push(Lasting {
                         instance: *instance,
                         kind: what.clone(),
                         at: *at,
                         until: *until,
+                        timeout,
                     });
                 }
             }
@@ -205,6 +218,7 @@ pub fn check(
                     lasting: &lasting,
                     crashes: &crashes,
                     failures: &failures,
+                    timeout,
                 };
                 explain(e, earlier, later, &sent, faults)
             });
@@ -345,7 +359,7 @@ pub fn check(
                         && l.down()
                         && l.at <= answered
                         && s.at <= l.until
-                        && l.until.saturating_add(STORE_TIMEOUT_MS) >= s.at + lease / 2
+                        && l.until.saturating_add(timeout) >= s.at + lease / 2
                 })
         });
         let reused = resolved.iter().any(|o| o.key == r.key && o.after.is_some());
@@ -412,6 +426,9 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
                 add("client=doubled scope header".to_owned());
             }
         }
+    }
+    for f in &scenario.server_faults {
+        add(format!("server fault={:?}", f.what));
     }
     for f in &scenario.faults {
         let kind = format!("{f:?}");

@@ -1,7 +1,9 @@
-//! Runs a scenario: one current-thread runtime whose clock is paused (it jumps to the next timer
-//! whenever every task waits, so a run of minutes of virtual time takes milliseconds), the
-//! instances on one shared `MemoryStore`, a client task per operation, a task per fault; then
-//! reads, for the oracle, which operations still have a record.
+//! Runs a scenario: one current-thread runtime, a client task per operation, a task per fault;
+//! then reads, for the oracle, which operations still have a record. On the memory store the
+//! runtime's clock is paused (it jumps to the next timer whenever every task waits, so a run of
+//! minutes of virtual time takes milliseconds); on a real server ([`run_on`]) it is the real
+//! clock, the scenario's times scaled down, and a watch records every stall of the runtime's
+//! thread as the slow store it amounts to.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -15,7 +17,8 @@ use tokio::time::Instant;
 
 use crate::app::{path, Build, Generation, ACCOUNT_HEADER, REQ_HEADER};
 use crate::history::Event;
-use crate::scenario::{Endpoint, FaultPlan, KeyFrom, Operation, Scenario, SendPlan};
+use crate::lane::Lane;
+use crate::scenario::{Backend, Endpoint, FaultPlan, KeyFrom, Operation, Scenario, SendPlan};
 use crate::shared_store::SharedStore;
 use crate::world::{Life, OpBehaviour, World};
 
@@ -85,6 +88,7 @@ pub fn resolve(s: &Scenario) -> Vec<Resolved> {
 
 struct Running {
     world: Arc<World>,
+    scenario: Scenario,
     store: SharedStore,
     endpoints: Vec<Endpoint>,
     lives: Vec<Arc<Life>>,
@@ -139,7 +143,7 @@ impl Running {
             &life,
             i,
             &self.store,
-            &self.endpoints,
+            &self.scenario,
             self.build(i),
         )
         .await;
@@ -154,7 +158,7 @@ impl Running {
     }
 }
 
-/// Runs `scenario` and returns what happened.
+/// Runs `scenario` on the memory store, in virtual time, and returns what happened.
 pub fn run(scenario: &Scenario) -> Outcome {
     let system = actix_rt::System::with_tokio_rt(|| {
         tokio::runtime::Builder::new_current_thread()
@@ -163,10 +167,31 @@ pub fn run(scenario: &Scenario) -> Outcome {
             .build()
             .unwrap_or_else(|e| panic!("a current-thread runtime: {e}"))
     });
-    system.block_on(run_in(scenario.clone()))
+    let store = SharedStore::new(MemoryStore::builder().sweep_every(None).build());
+    system.block_on(run_in(scenario.clone(), store, None))
 }
 
-async fn run_in(scenario: Scenario) -> Outcome {
+/// Runs `scenario` on `lane`'s real server, in real time, and returns what happened (the lane
+/// is emptied first); an error when its store cannot be reached at all.
+pub fn run_on(scenario: &Scenario, lane: &Lane) -> Result<Outcome, String> {
+    if scenario.backend == Backend::Memory {
+        return Ok(run(scenario));
+    }
+    lane.reset()
+        .map_err(|e| format!("resetting the lane's servers: {e}"))?;
+    let system = actix_rt::System::with_tokio_rt(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("a current-thread runtime: {e}"))
+    });
+    system.block_on(async {
+        let store = lane.store().await?;
+        Ok(run_in(scenario.clone(), store, Some(lane)).await)
+    })
+}
+
+async fn run_in(scenario: Scenario, store: SharedStore, lane: Option<&Lane>) -> Outcome {
     let resolved = resolve(&scenario);
     let behaviour = scenario
         .ops
@@ -177,7 +202,6 @@ async fn run_in(scenario: Scenario) -> Outcome {
         })
         .collect();
     let world = Arc::new(World::new(behaviour));
-    let store = SharedStore::new(MemoryStore::builder().sweep_every(None).build());
     let n = usize::from(scenario.instances.clamp(1, 3));
     let lives: Vec<Arc<Life>> = (0..n).map(|_| Arc::new(Life::new())).collect();
     let rotation = scenario.rotation.clone();
@@ -190,11 +214,12 @@ async fn run_in(scenario: Scenario) -> Outcome {
             rotation: rotation.as_ref(),
             step: steps[i],
         };
-        let g = Generation::start(&world, life, i, &store, &scenario.endpoints, build).await;
+        let g = Generation::start(&world, life, i, &store, &scenario, build).await;
         generations.push(Some(Rc::new(g)));
     }
     let running = Rc::new(Running {
         world: world.clone(),
+        scenario: scenario.clone(),
         store: store.clone(),
         endpoints: scenario.endpoints.clone(),
         lives,
@@ -209,7 +234,7 @@ async fn run_in(scenario: Scenario) -> Outcome {
             &Arc::new(Life::new()),
             usize::MAX,
             &store,
-            &scenario.endpoints,
+            &scenario,
             Build {
                 rotation: rotation.as_ref(),
                 step: 2,
@@ -223,6 +248,15 @@ async fn run_in(scenario: Scenario) -> Outcome {
     for (id, fault) in scenario.faults.iter().enumerate() {
         actix_rt::spawn(inject(running.clone(), start, id, fault.clone()));
     }
+    let watch = (scenario.backend != Backend::Memory)
+        .then(|| actix_rt::spawn(crate::real_time::stalls(world.clone(), n)));
+    let server_faults = async {
+        let faults = scenario
+            .server_faults
+            .iter()
+            .map(|f| crate::real_time::server_fault(&running.world, n, lane, start, f));
+        futures_util::future::join_all(faults).await;
+    };
     let clients: Vec<_> = scenario
         .ops
         .iter()
@@ -237,14 +271,33 @@ async fn run_in(scenario: Scenario) -> Outcome {
             ))
         })
         .collect();
-    for c in clients {
-        let _ = c.await;
-    }
+    let clients = async {
+        for c in clients {
+            let _ = c.await;
+        }
+    };
+    futures_util::future::join(clients, server_faults).await;
     // A second for what the instances still do in the background (completions and clean-ups
     // tried again): a clean-up that does not land then is seen (the record it should have
-    // deleted still holds its lease, if the run ended within it).
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // deleted still holds its lease, if the run ended within it). In real time, a lease: the
+    // longest they go on.
+    let settle = match scenario.backend {
+        Backend::Memory => 1000,
+        _ => {
+            scenario
+                .endpoints
+                .iter()
+                .map(|e| e.lease_ms)
+                .max()
+                .unwrap_or(0)
+                + 100
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(settle)).await;
     let recorded = recorded(&running, &resolved).await;
+    if let Some(w) = watch {
+        w.abort();
+    }
     Outcome {
         events: world.history.events(),
         recorded,
@@ -353,7 +406,7 @@ async fn inject(running: Rc<Running>, start: Instant, id: usize, fault: FaultPla
             if let (Some(next), true) = (next, running.lives[instance].alive()) {
                 running.steps.borrow_mut()[instance] = next;
                 record(instance, format!("deploy step {next}"), None);
-                running.restart(instance, 100).await;
+                running.restart(instance, running.scenario.ms(100)).await;
             }
             None
         }
@@ -377,15 +430,16 @@ async fn client(running: Rc<Running>, start: Instant, i: usize, op: Operation, r
             let mut rx = running.done[j].subscribe();
             let _ = rx.wait_for(|done| *done).await;
             let e = &running.endpoints[resolved.endpoint];
-            let margin = e.ttl_ms + 3 * e.lease_ms + 2 * e.work_ms + 5_000;
-            tokio::time::sleep(Duration::from_millis(margin + op.start_ms % 1000)).await;
+            let margin = e.ttl_ms + 3 * e.lease_ms + 2 * e.work_ms + running.scenario.ms(5_000);
+            let spread = op.start_ms % running.scenario.ms(1000).max(1);
+            tokio::time::sleep(Duration::from_millis(margin + spread)).await;
             // A completion a full store delayed (its renewals go on) expires later: wait for the
             // key to have no record (bounded).
             for _ in 0..240 {
                 if !has_record(&running, &resolved).await {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(Duration::from_millis(running.scenario.ms(500))).await;
             }
         }
         None => tokio::time::sleep_until(start + Duration::from_millis(op.start_ms)).await,
@@ -393,7 +447,7 @@ async fn client(running: Rc<Running>, start: Instant, i: usize, op: Operation, r
     let mut retry_after = 0;
     for (k, send) in op.sends.iter().enumerate() {
         if k > 0 {
-            let wait = send.after_ms.max(retry_after * 1000);
+            let wait = send.after_ms.max(running.scenario.ms(retry_after * 1000));
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
         let copies = (0..send.copies.max(1)).map(|c| {

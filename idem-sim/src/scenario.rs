@@ -20,6 +20,62 @@ pub struct Scenario {
     /// A rotation of the app secret under way, if any (a rolling deploy between two steps).
     #[serde(default)]
     pub rotation: Option<Rotation>,
+    /// The store the instances share.
+    #[serde(default)]
+    pub backend: Backend,
+    /// Every time of the scenario is its drawn one divided by this (1 in virtual time; a run
+    /// on a real server runs in real time, [`REAL_SCALE`](crate::real::REAL_SCALE) times faster
+    /// than drawn).
+    #[serde(default = "one")]
+    pub scale: u64,
+    /// Faults of the real server itself, which every instance meets (none in virtual time).
+    #[serde(default)]
+    pub server_faults: Vec<ServerFaultPlan>,
+}
+
+/// What happens to a real server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerFault {
+    /// `SIGSTOP`, then `SIGCONT`: it keeps its connections and answers nothing meanwhile.
+    Stop,
+    /// At `maxmemory`: every write that needs memory answered `OOM`.
+    Full,
+    /// `kill -9`, then started again (from its append-only file).
+    Restart,
+}
+
+/// A server fault, at a time (ms, at the scenario's scale), for a while.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerFaultPlan {
+    pub what: ServerFault,
+    pub at_ms: u64,
+    pub for_ms: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl Scenario {
+    /// `ms` of the scenario as drawn, at its scale.
+    pub fn ms(&self, ms: u64) -> u64 {
+        ms / self.scale.max(1)
+    }
+
+    /// The store deadline of every instance (500 ms as drawn).
+    pub fn store_timeout_ms(&self) -> u64 {
+        self.ms(500)
+    }
+}
+
+/// The store a run's instances share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Backend {
+    /// The in-process `MemoryStore`, in virtual time.
+    #[default]
+    Memory,
+    /// A private `redis-server` (the run's lane's), in real time.
+    Redis,
 }
 
 /// A rotation of the app secret, or the adoption of a first one, in the steps of
@@ -395,6 +451,9 @@ pub fn scenario(max_ops: usize, max_faults: usize) -> impl Strategy<Value = Scen
                 ops,
                 faults,
                 rotation,
+                backend: Backend::Memory,
+                scale: 1,
+                server_faults: Vec::new(),
             }
         })
 }

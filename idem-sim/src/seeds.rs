@@ -3,8 +3,15 @@
 
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 
-use crate::oracle::Counts;
-use crate::scenario::{scenario, Scenario};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use proptest::strategy::Strategy;
+
+use crate::lane::Lane;
+use crate::oracle::{Counts, Violation};
+use crate::real::scenario_on;
+use crate::scenario::{scenario, Backend, Scenario};
 
 /// How big the scenarios of a seed are.
 #[derive(Debug, Clone, Copy)]
@@ -55,18 +62,52 @@ fn rng(seed: u64) -> TestRng {
 /// Runs the scenarios of `seed`, adding what they did to `counts`; the shrunk failure if one
 /// broke a rule.
 pub fn run_seed(seed: u64, size: Size, counts: &mut Counts) -> Result<(), Failure> {
+    let check = |s: &Scenario| crate::simulate(s);
+    run_seed_with(
+        seed,
+        size,
+        scenario(size.ops, size.faults),
+        check,
+        None,
+        counts,
+    )
+}
+
+/// Runs the scenarios of `seed` on `lane`'s real server (in real time), adding what they did to
+/// `counts`; the failure, shrunk for at most `shrink_secs`, if one broke a rule.
+pub fn run_seed_on(
+    seed: u64,
+    size: Size,
+    lane: &Lane,
+    shrink_secs: u32,
+    counts: &mut Counts,
+) -> Result<(), Failure> {
+    let strategy = scenario_on(lane.backend, size.ops, size.faults);
+    let check = |s: &Scenario| crate::simulate_on(s, lane);
+    run_seed_with(seed, size, strategy, check, Some(shrink_secs), counts)
+}
+
+fn run_seed_with(
+    seed: u64,
+    size: Size,
+    strategy: impl Strategy<Value = Scenario>,
+    check: impl Fn(&Scenario) -> Result<Counts, Violation>,
+    shrink_secs: Option<u32>,
+    counts: &mut Counts,
+) -> Result<(), Failure> {
     let config = Config {
         cases: size.cases,
         failure_persistence: None,
         max_shrink_iters: 2048,
+        max_shrink_time: shrink_secs.map_or(0, |s| s * 1000),
         ..Config::default()
     };
     let mut runner = TestRunner::new_with_rng(config, rng(seed));
     let seen = std::cell::RefCell::new(Counts::default());
     // Counted until the first failure (not the runs that shrink it), the failing one included.
     let failed = std::cell::Cell::new(false);
-    let result = runner.run(&scenario(size.ops, size.faults), |s| {
-        match crate::simulate(&s) {
+    let result = runner.run(&strategy, |s| {
+        match check(&s) {
             Ok(c) if !failed.get() => seen.borrow_mut().add(&c),
             Ok(_) => {}
             Err(v) => {
@@ -92,4 +133,59 @@ pub fn run_seed(seed: u64, size: Size, counts: &mut Counts) -> Result<(), Failur
             scenario: None,
         }),
     }
+}
+
+/// What a run of seeds on real servers did: the counts up to the first failure, and every
+/// seed that broke a rule.
+#[derive(Debug, Default)]
+pub struct LaneRun {
+    pub counts: Counts,
+    pub failures: Vec<Failure>,
+}
+
+/// Runs `seeds` on `backend`, `lanes` at once — each lane a thread with servers of its own,
+/// taking the next seed when done with one — stopping at the first failing seed (the lanes
+/// running then finish theirs); `progress` is called after every seed. An error when the
+/// servers cannot be started.
+pub fn run_seeds_on(
+    backend: Backend,
+    seeds: std::ops::Range<u64>,
+    lanes: usize,
+    size: Size,
+    shrink_secs: u32,
+    progress: &(dyn Fn(u64, &Counts) + Sync),
+) -> Result<LaneRun, String> {
+    let next = AtomicU64::new(seeds.start);
+    let done = AtomicU64::new(0);
+    let out = Mutex::new(LaneRun::default());
+    let lanes: Vec<Lane> = (0..lanes.max(1))
+        .map(|_| Lane::new(backend))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("starting a lane's servers: {e}"))?;
+    std::thread::scope(|scope| {
+        for lane in &lanes {
+            let (next, done, out) = (&next, &done, &out);
+            let end = seeds.end;
+            scope.spawn(move || loop {
+                let stop = !out
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .failures
+                    .is_empty();
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if stop || seed >= end {
+                    return;
+                }
+                let mut counts = Counts::default();
+                let result = run_seed_on(seed, size, lane, shrink_secs, &mut counts);
+                let mut out = out.lock().unwrap_or_else(|p| p.into_inner());
+                out.counts.add(&counts);
+                if let Err(f) = result {
+                    out.failures.push(f);
+                }
+                progress(done.fetch_add(1, Ordering::SeqCst) + 1, &out.counts);
+            });
+        }
+    });
+    Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
 }

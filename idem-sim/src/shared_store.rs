@@ -1,6 +1,10 @@
 //! [`SharedStore`]: any store behind one type, so that the instances of a run share the memory
-//! store or a real server's alike (`Arc<dyn Store>` is not a `Store` itself).
+//! store or a real server's alike (`Arc<dyn Store>` is not a `Store` itself). Each instance's
+//! handle also measures its calls: on a real server, one slower than [`SLOW_CALL_MS`] is
+//! recorded as a slow store (`slow N ms, measured`) on that instance — what the oracle's
+//! windows then read like a planned one, since to the runtime it is the same.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,14 +14,93 @@ use idem_runtime::{
     StoredResponse, TransactionalStore,
 };
 
+use crate::history::Event;
+use crate::world::World;
+
+/// Store calls at least this slow are recorded.
+pub const SLOW_CALL_MS: u64 = 10;
+
 /// A store shared by every instance of a run; every call goes to the store it holds.
 #[derive(Clone)]
-pub struct SharedStore(pub Arc<dyn Store>);
+pub struct SharedStore {
+    inner: Arc<dyn Store>,
+    /// Where its slow calls are recorded, and as which instance's.
+    observer: Option<(Arc<World>, usize)>,
+}
 
 impl SharedStore {
     /// `store`, shared.
     pub fn new(store: impl Store) -> Self {
-        SharedStore(Arc::new(store))
+        SharedStore {
+            inner: Arc::new(store),
+            observer: None,
+        }
+    }
+
+    /// The same store as instance `instance` of `world` uses it: its slow calls recorded.
+    pub fn for_instance(&self, world: &Arc<World>, instance: usize) -> Self {
+        SharedStore {
+            inner: self.inner.clone(),
+            observer: Some((world.clone(), instance)),
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let mut watch = self.observer.as_ref().map(|(world, instance)| Watch {
+            world,
+            instance: *instance,
+            at: world.now(),
+            dropped: None,
+        });
+        let out = call.await;
+        if let (Some(w), Err(StoreError::Unavailable(e))) = (&mut watch, &out) {
+            w.dropped = dropped(e.as_ref());
+        }
+        out
+    }
+}
+
+/// The connection failure `e` is, if it is one (a Redis connection dropped, reset or refused:
+/// what the store meets after its server was killed, on each connection's next call) — never a
+/// server's answer (an `OOM`, say): how the runtime classes those is what is under test.
+fn dropped(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let redis = e.downcast_ref::<redis::RedisError>()?;
+    (redis.is_io_error() || redis.is_connection_dropped() || redis.is_connection_refusal())
+        .then(|| redis.to_string())
+}
+
+/// One call under watch: recorded when it ends — answered, or dropped at the caller's deadline
+/// — if it took [`SLOW_CALL_MS`] or more, or failed on a dropped connection (then as an outage
+/// from [`SLOW_CALL_MS`] before it began: the request that made it was sent that little
+/// earlier).
+struct Watch<'a> {
+    world: &'a World,
+    instance: usize,
+    at: u64,
+    dropped: Option<String>,
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let took = self.world.now().saturating_sub(self.at);
+        if let Some(error) = self.dropped.take() {
+            self.world.history.push(Event::Fault {
+                instance: self.instance,
+                what: format!("outage, measured: {error}"),
+                at: self.at.saturating_sub(SLOW_CALL_MS),
+                until: Some(self.at + took + 1),
+            });
+        } else if took >= SLOW_CALL_MS {
+            self.world.history.push(Event::Fault {
+                instance: self.instance,
+                what: format!("slow {took} ms, measured"),
+                at: self.at,
+                until: Some(self.at + took),
+            });
+        }
     }
 }
 
@@ -30,7 +113,8 @@ impl Store for SharedStore {
         lease: Duration,
         keep: Duration,
     ) -> Result<Begin, StoreError> {
-        self.0.begin(key, fingerprint, lease, keep).await
+        self.timed(self.inner.begin(key, fingerprint, lease, keep))
+            .await
     }
 
     async fn begin_tentative(
@@ -40,7 +124,8 @@ impl Store for SharedStore {
         lease: Duration,
         keep: Duration,
     ) -> Result<Begin, StoreError> {
-        self.0.begin_tentative(key, fingerprint, lease, keep).await
+        self.timed(self.inner.begin_tentative(key, fingerprint, lease, keep))
+            .await
     }
 
     async fn confirm(
@@ -49,11 +134,11 @@ impl Store for SharedStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        self.0.confirm(key, token, lease).await
+        self.timed(self.inner.confirm(key, token, lease)).await
     }
 
     async fn discard(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.0.discard(key, token).await
+        self.timed(self.inner.discard(key, token)).await
     }
 
     async fn complete(
@@ -63,19 +148,20 @@ impl Store for SharedStore {
         response: &StoredResponse,
         ttl: Duration,
     ) -> Result<Fenced, StoreError> {
-        self.0.complete(key, token, response, ttl).await
+        self.timed(self.inner.complete(key, token, response, ttl))
+            .await
     }
 
     async fn release(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.0.release(key, token).await
+        self.timed(self.inner.release(key, token)).await
     }
 
     async fn give_back(&self, key: &StorageKey, token: FencingToken) -> Result<Fenced, StoreError> {
-        self.0.give_back(key, token).await
+        self.timed(self.inner.give_back(key, token)).await
     }
 
     fn begin_now(&self, key: &StorageKey, fingerprint: &Fingerprint) -> Option<Begin> {
-        self.0.begin_now(key, fingerprint)
+        self.inner.begin_now(key, fingerprint)
     }
 
     async fn renew(
@@ -84,30 +170,30 @@ impl Store for SharedStore {
         token: FencingToken,
         lease: Duration,
     ) -> Result<Fenced, StoreError> {
-        self.0.renew(key, token, lease).await
+        self.timed(self.inner.renew(key, token, lease)).await
     }
 
     async fn purge(&self, key: &StorageKey) -> Result<bool, StoreError> {
-        self.0.purge(key).await
+        self.timed(self.inner.purge(key)).await
     }
 
     async fn get(&self, key: &StorageKey) -> Result<Option<Record>, StoreError> {
-        self.0.get(key).await
+        self.timed(self.inner.get(key)).await
     }
 
     async fn wait(&self, key: &StorageKey, timeout: Duration) -> Result<(), StoreError> {
-        self.0.wait(key, timeout).await
+        self.inner.wait(key, timeout).await
     }
 
     async fn purge_prefix(&self, key_prefix: &str) -> Result<u64, StoreError> {
-        self.0.purge_prefix(key_prefix).await
+        self.timed(self.inner.purge_prefix(key_prefix)).await
     }
 
     fn transactional(&self) -> Option<&dyn TransactionalStore> {
-        self.0.transactional()
+        self.inner.transactional()
     }
 
     fn invalidations(&self) -> Option<tokio::sync::broadcast::Receiver<Invalidation>> {
-        self.0.invalidations()
+        self.inner.invalidations()
     }
 }

@@ -3,9 +3,6 @@
 
 use std::collections::HashMap;
 
-/// The store deadline of every simulated app (see `app.rs`).
-pub(crate) const STORE_TIMEOUT_MS: u64 = 500;
-
 /// The at-least-once windows the runtime documents, each named by the first cell of its row in
 /// docs/failure-behaviour.md ("The remaining at-least-once windows"): an effect beyond an
 /// operation's first is tolerated only when one of them explains it. A test checks that each
@@ -79,35 +76,38 @@ pub(crate) struct Lasting {
     pub(crate) kind: String,
     pub(crate) at: u64,
     pub(crate) until: u64,
+    /// The store deadline of the run's instances.
+    pub(crate) timeout: u64,
 }
 
 impl Lasting {
-    /// Whether every store call fails (or times out) while it lasts: down, or slower than
-    /// the store deadline (a full store still renews and reads).
+    /// Whether every store call fails (or times out) while it lasts: down (an outage planned
+    /// or a real server stopped or killed), or slower than the store deadline (a full store
+    /// still reads).
     pub(crate) fn down(&self) -> bool {
-        self.kind == "outage"
-            || self
-                .kind
-                .strip_prefix("slow ")
-                .and_then(|d| d.trim_end_matches(" ms").parse::<u64>().ok())
-                .is_some_and(|d| d >= STORE_TIMEOUT_MS)
+        self.kind.starts_with("outage") || self.slow_ms() >= self.timeout
+    }
+
+    /// Whether renewals fail while it lasts: down, or a real Redis full (its renewal script
+    /// writes: `OOM`; a simulated full store still renews).
+    pub(crate) fn renewals_fail(&self) -> bool {
+        self.down() || self.kind.starts_with("full, renewals refused")
     }
 
     /// Whether writes (`begin`, `complete`) fail while it lasts: down, too slow, or full.
     pub(crate) fn unreachable(&self) -> bool {
-        self.kind == "outage"
-            || self.kind == "full"
-            || self
-                .kind
-                .strip_prefix("slow ")
-                .and_then(|d| d.trim_end_matches(" ms").parse::<u64>().ok())
-                .is_some_and(|d| d >= STORE_TIMEOUT_MS)
+        self.down() || self.kind.starts_with("full")
     }
 
+    /// How much slower than usual every store call is while it lasts: a planned slow store
+    /// (`slow N ms`), a store call measured that slow (`slow N ms, measured`), or the run's
+    /// own thread stalled that long (`stall N ms`: every timer and answer late).
     pub(crate) fn slow_ms(&self) -> u64 {
         self.kind
             .strip_prefix("slow ")
-            .and_then(|d| d.trim_end_matches(" ms").parse().ok())
+            .or_else(|| self.kind.strip_prefix("stall "))
+            .and_then(|d| d.split(" ms").next())
+            .and_then(|d| d.parse().ok())
             .unwrap_or(0)
     }
 }
@@ -118,6 +118,8 @@ pub(crate) struct Faults<'a> {
     pub(crate) lasting: &'a [Lasting],
     pub(crate) crashes: &'a [(usize, u64)],
     pub(crate) failures: &'a [(usize, u64)],
+    /// The store deadline of the run's instances.
+    pub(crate) timeout: u64,
 }
 
 /// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
@@ -132,12 +134,13 @@ pub(crate) fn explain(
         lasting,
         crashes,
         failures,
+        timeout,
     } = faults;
     let lease = e.lease_ms;
     // The earliest a lease can lapse after its holder's store went away at `a`: its last
     // renewal (every lease/3) was sent at most lease/3 before — or one renewal deadline more
     // before, when the one then in flight was cut short (the handler returned meanwhile).
-    let lapses_after = |a: u64| a + lease - lease / 3 - (lease / 6).min(STORE_TIMEOUT_MS);
+    let lapses_after = |a: u64| a + lease - lease / 3 - (lease / 6).min(timeout);
     // Unprotected under `proceed`: a request sent while its instance's store was down or too
     // slow (a full store fails closed).
     let unprotected = |x: &Effect| {
@@ -157,7 +160,7 @@ pub(crate) fn explain(
         .iter()
         .filter(|l| l.instance == earlier.instance)
         .collect();
-    let down = merged(&mine, |l| l.down(), lease / 6);
+    let down = merged(&mine, |l| l.renewals_fail(), lease / 6);
     let mut writes_fail = merged(&mine, |l| l.unreachable(), 1000);
     // Scripted failures waiting for this instance's completions fail its first tries that
     // reach the store (a try the store refused as down or full leaves them queued): each costs
@@ -181,6 +184,7 @@ pub(crate) fn explain(
                 kind: "outage".to_owned(),
                 at: *a,
                 until: *b,
+                timeout,
             })
             .collect();
         let refs: Vec<&Lasting> = spans.iter().collect();

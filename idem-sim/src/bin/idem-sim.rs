@@ -5,12 +5,17 @@
 //! Options: `--seeds N` (default 1000), `--from S` (first seed, default 0), `--cases N`
 //! (scenarios per seed, default 16), `--ops N` (at most N operations per scenario, default
 //! 10), `--faults N` (at most N faults per scenario, default 4).
+//!
+//! On a real server: `--backend redis` runs in real time on private `redis-server`s, `--lanes N`
+//! at once (default 8, each with its own server), a failing seed shrunk for at most
+//! `--shrink S` seconds (default 120) and printed with its history and the server's log.
 
 use std::io::Write;
 use std::time::Instant;
 
 use idem_sim::oracle::Counts;
-use idem_sim::seeds::{run_seed, Size};
+use idem_sim::scenario::Backend;
+use idem_sim::seeds::{run_seed, run_seeds_on, Size};
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     args.iter()
@@ -30,7 +35,48 @@ fn main() {
         faults: arg(&args, "--faults", 4) as usize,
     };
     let started = Instant::now();
+    let backend = match args
+        .iter()
+        .position(|a| a == "--backend")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+    {
+        None | Some("memory") => Backend::Memory,
+        Some("redis") => Backend::Redis,
+        Some(other) => {
+            eprintln!("unknown --backend {other}: memory or redis");
+            std::process::exit(2);
+        }
+    };
     let mut counts = Counts::default();
+    if backend != Backend::Memory {
+        let lanes = arg(&args, "--lanes", 8) as usize;
+        let shrink = arg(&args, "--shrink", 120) as u32;
+        let progress = |done: u64, c: &Counts| {
+            eprint!(
+                "\rseed {done}/{seeds}, {} operations, {} requests, {:.0?}   ",
+                c.operations,
+                c.requests,
+                started.elapsed()
+            );
+            let _ = std::io::stderr().flush();
+        };
+        let run = match run_seeds_on(backend, from..from + seeds, lanes, size, shrink, &progress) {
+            Ok(run) => run,
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(2);
+            }
+        };
+        eprintln!();
+        counts = run.counts;
+        if let Some(failure) = run.failures.first() {
+            eprintln!("{failure}");
+            std::process::exit(1);
+        }
+        report(&counts, from, seeds, started);
+        return;
+    }
     for (done, seed) in (from..from + seeds).enumerate() {
         if let Err(failure) = run_seed(seed, size, &mut counts) {
             eprintln!();
@@ -52,6 +98,11 @@ fn main() {
         let _ = std::io::stderr().flush();
     }
     eprintln!();
+    report(&counts, from, seeds, started);
+}
+
+/// The table of what ran.
+fn report(counts: &Counts, from: u64, seeds: u64, started: Instant) {
     println!(
         "seeds {from}..{}: {} operations, {} requests, {} effects, {} lost answers, 0 violations, in {:.1?}",
         from + seeds,

@@ -1,0 +1,73 @@
+//! What a run in real time adds: a watch on the runtime's own thread, and the faults of the real
+//! server itself, made on the lane's server and recorded on every instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::history::Event;
+use crate::lane::Lane;
+use crate::scenario::{ServerFault, ServerFaultPlan};
+use crate::world::World;
+
+/// Watches the runtime's own thread (real time only): every stall of it — the thread not run
+/// for [`SLOW_CALL_MS`](crate::shared_store::SLOW_CALL_MS) or more past a 5 ms timer, on a
+/// machine shared by the run's other lanes and servers — is recorded on every instance as a
+/// stall: every timer, renewal and answer of that span was that late.
+pub(crate) async fn stalls(world: Arc<World>, instances: usize) {
+    let tick = Duration::from_millis(5);
+    loop {
+        let before = world.now();
+        tokio::time::sleep(tick).await;
+        let late = world.now().saturating_sub(before + 5);
+        if late >= crate::shared_store::SLOW_CALL_MS {
+            for instance in 0..instances {
+                world.history.push(Event::Fault {
+                    instance,
+                    what: format!("stall {late} ms"),
+                    at: before,
+                    until: Some(before + 5 + late),
+                });
+            }
+        }
+    }
+}
+
+/// Makes server fault `f` on the lane's server at its time, and ends it; recorded on every
+/// instance once over (with the time the server took to come back). The instances'
+/// connections to a restarted server each fail their next call: those failures are recorded as
+/// they happen (`SharedStore`).
+pub(crate) async fn server_fault(
+    world: &World,
+    instances: usize,
+    lane: Option<&Lane>,
+    start: Instant,
+    f: &ServerFaultPlan,
+) {
+    let Some(lane) = lane else { return };
+    tokio::time::sleep_until(start + Duration::from_millis(f.at_ms)).await;
+    let at = world.now();
+    lane.server_fault(f.what, true).await;
+    tokio::time::sleep(Duration::from_millis(f.for_ms)).await;
+    lane.server_fault(f.what, false).await;
+    let (what, until) = match f.what {
+        ServerFault::Stop => ("outage: the server stopped (SIGSTOP)", world.now()),
+        ServerFault::Restart => (
+            "outage: the server killed (kill -9) and restarted",
+            world.now(),
+        ),
+        ServerFault::Full => (
+            "full, renewals refused: the server at maxmemory",
+            world.now(),
+        ),
+    };
+    for instance in 0..instances {
+        world.history.push(Event::Fault {
+            instance,
+            what: what.to_owned(),
+            at,
+            until: Some(until),
+        });
+    }
+}
