@@ -92,7 +92,7 @@ type TowerService = idem_runtime::tower::IdempotencyService<Handler>;
 
 /// The endpoint's policy, made once per set of options (a policy is `'static`).
 fn policy(index: usize, e: &Endpoint, s: &Scenario) -> &'static Policy {
-    type Options = (usize, u8, u8, bool, u8, u64, u64, u64);
+    type Options = (usize, u8, u8, bool, u8, u64, u64, u64, bool);
     static MADE: OnceLock<Mutex<HashMap<Options, &'static Policy>>> = OnceLock::new();
     let options: Options = (
         index,
@@ -103,6 +103,7 @@ fn policy(index: usize, e: &Endpoint, s: &Scenario) -> &'static Policy {
         e.lease_ms,
         e.ttl_ms,
         s.scale,
+        e.transactional,
     );
     let mut made = MADE
         .get_or_init(Mutex::default)
@@ -131,6 +132,7 @@ fn policy(index: usize, e: &Endpoint, s: &Scenario) -> &'static Policy {
         } else {
             OnStoreError::Reject
         };
+        p.transactional = e.transactional;
         p.key = match e.key_from {
             KeyFrom::Header => &[],
             KeyFrom::Query => &[KeySource::Query("idempotency_key")],
@@ -156,8 +158,15 @@ pub struct Handler {
 
 impl Handler {
     /// The handler's answer to request `req_id`; `downstream`: the downstream key its context
-    /// hands it (none when it runs without one: unprotected).
-    async fn answer(self, req_id: u64, downstream: Option<String>, body: &[u8]) -> (u16, Vec<u8>) {
+    /// hands it (none when it runs without one: unprotected); `write`: where its effect is
+    /// written, if anywhere.
+    async fn answer(
+        self,
+        req_id: u64,
+        downstream: Option<String>,
+        body: &[u8],
+        write: Option<crate::world::Writer>,
+    ) -> (u16, Vec<u8>) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
             return (400, b"{}".to_vec());
         };
@@ -169,6 +178,7 @@ impl Handler {
             principal: n("principal"),
             variant: n("variant"),
             downstream,
+            write,
         };
         self.world
             .handle(&self.life, self.generation, run, self.work)
@@ -206,7 +216,7 @@ impl tower_service::Service<http::Request<Full<Bytes>>> for Handler {
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let (status, out) = handler.answer(id, downstream, &body).await;
+            let (status, out) = handler.answer(id, downstream, &body, None).await;
             let mut response = http::Response::new(Full::new(Bytes::from(out)));
             *response.status_mut() =
                 http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
@@ -268,9 +278,11 @@ impl Generation {
             }
             let policy = policy(i, e, scenario);
             let h = handler(e);
+            let effects = world.effects_table.clone().filter(|_| e.transactional);
             app = app.service(web::resource(path(i)).app_data(idems[i].clone()).route(
                 web::post().to(move |req: HttpRequest, payload: web::Payload| {
                     let h = h.clone();
+                    let effects = effects.clone();
                     idem_runtime::__private_v0_1::run(
                         req,
                         payload,
@@ -281,8 +293,16 @@ impl Generation {
                                 .extensions()
                                 .get::<idem_runtime::IdempotencyContext>()
                                 .map(|c| c.downstream_key(STEP));
+                            let write = match effects {
+                                Some(table) => {
+                                    let tx = idem_runtime::IdemTx::from_request(&req, &mut payload)
+                                        .await?;
+                                    Some(writer(tx, table))
+                                }
+                                None => None,
+                            };
                             let body = web::Bytes::from_request(&req, &mut payload).await?;
-                            let (status, out) = h.answer(id, downstream, &body).await;
+                            let (status, out) = h.answer(id, downstream, &body, write).await;
                             let status = actix_web::http::StatusCode::from_u16(status)
                                 .unwrap_or(actix_web::http::StatusCode::OK);
                             Ok(HttpResponse::build(status)
@@ -349,6 +369,21 @@ impl Generation {
             }
         }
     }
+}
+
+/// Writes an effect as a row of `table` in the transaction `tx`.
+fn writer(tx: idem_runtime::IdemTx, table: String) -> crate::world::Writer {
+    Box::new(move |id, op, req| {
+        Box::pin(async move {
+            let Ok(db) = tx.client().await else {
+                return false;
+            };
+            let sql = format!("INSERT INTO {table} (id, op, req) VALUES ($1, $2, $3)");
+            let params: [&(dyn idem_runtime::tokio_postgres::types::ToSql + Sync); 3] =
+                [&(id as i64), &(op as i64), &(req as i64)];
+            db.execute(sql.as_str(), &params).await.is_ok()
+        })
+    })
 }
 
 fn tower_layer_apply(

@@ -13,6 +13,7 @@ pub mod app;
 pub mod history;
 pub mod lane;
 pub mod oracle;
+pub mod proxy;
 pub mod real;
 pub mod real_time;
 pub mod run;

@@ -393,6 +393,9 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
             if e.admission.is_some() { "on" } else { "off" }
         ));
         add(format!("cache={}", if e.cache { "on" } else { "off" }));
+        if e.transactional {
+            add("transactional=on".to_owned());
+        }
         add(format!("adapter={:?}", e.adapter));
         add(format!("instances={}", scenario.instances.clamp(1, 3)));
         if let Some(rotation) = &scenario.rotation {
@@ -428,7 +431,11 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
         }
     }
     for f in &scenario.server_faults {
-        add(format!("server fault={:?}", f.what));
+        let what = format!("{:?}", f.what);
+        add(format!(
+            "server fault={}",
+            what.split('(').next().unwrap_or_default()
+        ));
     }
     for f in &scenario.faults {
         let kind = format!("{f:?}");

@@ -44,12 +44,25 @@ pub fn scenario_on(
     max_ops: usize,
     max_faults: usize,
 ) -> impl Strategy<Value = Scenario> {
-    let server_fault = (
-        prop_oneof![
+    let link = prop_oneof![
+        Just(ServerFault::LinkStall),
+        Just(ServerFault::LinkReset),
+        Just(ServerFault::LoseAnswers),
+        (1u64..40).prop_map(ServerFault::LinkDelay),
+    ];
+    // The local PostgreSQL is not ours to stop, fill or restart: only the link to it fails.
+    let what = match backend {
+        Backend::Postgres => link.boxed(),
+        _ => prop_oneof![
             Just(ServerFault::Stop),
             Just(ServerFault::Full),
-            Just(ServerFault::Restart)
-        ],
+            Just(ServerFault::Restart),
+            link
+        ]
+        .boxed(),
+    };
+    let server_fault = (
+        what,
         prop::option::weighted(0.7, (0usize..16, 0u64..300)),
         0u64..2_500,
         // Mostly within a lease (100–500 ms), sometimes longer.
@@ -58,9 +71,22 @@ pub fn scenario_on(
     (
         scenario(max_ops, max_faults),
         prop::collection::vec(server_fault, 0..=2),
+        prop::collection::vec(prop::bool::weighted(0.5), 3),
     )
-        .prop_map(move |(s, faults)| {
+        .prop_map(move |(s, faults, transactional)| {
             let mut s = on(s, backend);
+            if backend == Backend::Postgres {
+                // Transactional endpoints run on actix-web (the tower layer refuses them).
+                // (Nor with `proceed`: the attribute refuses it, the handler's writes needing the
+                // store's transaction.)
+                for (e, tx) in s.endpoints.iter_mut().zip(transactional) {
+                    e.transactional = tx;
+                    if tx {
+                        e.adapter = crate::scenario::Adapter::Actix;
+                        e.proceed = false;
+                    }
+                }
+            }
             s.server_faults = faults
                 .into_iter()
                 .map(|(what, anchor, at_ms, for_ms)| ServerFaultPlan {
@@ -71,6 +97,13 @@ pub fn scenario_on(
                     for_ms,
                 })
                 .collect();
+            // One at a time: the end of one must not undo another (a second `maxmemory`).
+            s.server_faults.sort_by_key(|f| f.at_ms);
+            let mut free_from = 0;
+            for f in &mut s.server_faults {
+                f.at_ms = f.at_ms.max(free_from);
+                free_from = f.at_ms + f.for_ms + 1;
+            }
             s
         })
 }

@@ -186,12 +186,45 @@ pub fn run_on(scenario: &Scenario, lane: &Lane) -> Result<Outcome, String> {
             .unwrap_or_else(|e| panic!("a current-thread runtime: {e}"))
     });
     system.block_on(async {
-        let store = lane.store().await?;
-        Ok(run_in(scenario.clone(), store, Some(lane)).await)
+        let conn = lane.connect().await?;
+        let mut outcome = run_in(scenario.clone(), conn.store, Some((lane, &conn.link))).await;
+        if scenario.endpoints.iter().any(|e| e.transactional) {
+            uncommitted_out(scenario, &mut outcome, &lane.committed().await?);
+        }
+        Ok(outcome)
     })
 }
 
-async fn run_in(scenario: Scenario, store: SharedStore, lane: Option<&Lane>) -> Outcome {
+/// Takes the effects of transactional endpoints that did not commit out of `outcome`: a
+/// transaction rolled back (or left open by a killed instance) had none.
+fn uncommitted_out(scenario: &Scenario, outcome: &mut Outcome, committed: &[u64]) {
+    let resolved = resolve(scenario);
+    let transactional = |op: usize| {
+        resolved
+            .get(op)
+            .is_some_and(|r| scenario.endpoints[r.endpoint].transactional)
+    };
+    let gone: Vec<u64> = outcome
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Effect { id, op, .. } if transactional(*op) && !committed.contains(id) => {
+                Some(*id)
+            }
+            _ => None,
+        })
+        .collect();
+    outcome.events.retain(|e| match e {
+        Event::Effect { id, .. } | Event::Returned { id, .. } => !gone.contains(id),
+        _ => true,
+    });
+}
+
+async fn run_in(
+    scenario: Scenario,
+    store: SharedStore,
+    lane: Option<(&Lane, &crate::proxy::FaultProxy)>,
+) -> Outcome {
     let resolved = resolve(&scenario);
     let behaviour = scenario
         .ops
@@ -201,7 +234,9 @@ async fn run_in(scenario: Scenario, store: SharedStore, lane: Option<&Lane>) -> 
             big: o.big,
         })
         .collect();
-    let world = Arc::new(World::new(behaviour));
+    let mut world = World::new(behaviour);
+    world.effects_table = lane.and_then(|(l, _)| l.effects_table());
+    let world = Arc::new(world);
     let n = usize::from(scenario.instances.clamp(1, 3));
     let lives: Vec<Arc<Life>> = (0..n).map(|_| Arc::new(Life::new())).collect();
     let rotation = scenario.rotation.clone();
@@ -295,6 +330,7 @@ async fn run_in(scenario: Scenario, store: SharedStore, lane: Option<&Lane>) -> 
     };
     tokio::time::sleep(Duration::from_millis(settle)).await;
     let recorded = recorded(&running, &resolved).await;
+    world.close_all();
     if let Some(w) = watch {
         w.abort();
     }
@@ -414,10 +450,11 @@ async fn inject(running: Rc<Running>, start: Instant, id: usize, fault: FaultPla
     if let Some((condition, for_ms, what)) = lasting {
         running.conditions.borrow_mut()[instance].push((id, condition));
         running.apply_condition(instance);
-        record(instance, what, Some(world.now() + for_ms));
+        let open = world.open_fault(instance, what);
         tokio::time::sleep(Duration::from_millis(for_ms)).await;
         running.conditions.borrow_mut()[instance].retain(|(i, _)| *i != id);
         running.apply_condition(instance);
+        world.close_fault(open);
     }
 }
 

@@ -42,6 +42,16 @@ pub enum ServerFault {
     Full,
     /// `kill -9`, then started again (from its append-only file).
     Restart,
+    /// The link between the instances and the server stalls: bytes held, delivered when it
+    /// ends.
+    LinkStall,
+    /// Every connection between the instances and the server is reset, once.
+    LinkReset,
+    /// The server's answers are lost: each connection that would carry one is reset instead
+    /// (the command ran; its caller never hears).
+    LoseAnswers,
+    /// Every chunk over the link waits this long (ms, at the scenario's scale).
+    LinkDelay(u64),
 }
 
 /// A server fault, at a time (ms, at the scenario's scale), for a while.
@@ -76,6 +86,9 @@ pub enum Backend {
     Memory,
     /// A private `redis-server` (the run's lane's), in real time.
     Redis,
+    /// A table of the local PostgreSQL (the run's lane's), in real time; endpoints may be
+    /// `transactional`.
+    Postgres,
 }
 
 /// A rotation of the app secret, or the adoption of a first one, in the steps of
@@ -154,6 +167,10 @@ pub struct Endpoint {
     pub work_ms: u64,
     /// `max_response_bytes`: the handler's big responses (see [`Operation::big`]) exceed it.
     pub small_responses: bool,
+    /// `transactional` (PostgreSQL, actix-web): the handler's effect is a row written in the
+    /// transaction its record commits with.
+    #[serde(default)]
+    pub transactional: bool,
 }
 
 /// A logical operation: one client's intent, sent as many times as its plan says.
@@ -283,6 +300,7 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
                     ttl_ms: lease_ms * ttl_factor,
                     work_ms,
                     small_responses,
+                    transactional: false,
                 }
             },
         )

@@ -189,3 +189,48 @@ pub fn run_seeds_on(
     });
     Ok(out.into_inner().unwrap_or_else(|p| p.into_inner()))
 }
+
+/// The CI seed set on `backend`'s real servers, as a test runs it: `seeds` seeds (`env`, if
+/// set, says how many), `lanes` at once, 8 scenarios of up to 10 operations and 4 faults per
+/// seed. Prints one skip line when the servers are missing (a failure under `CI`), and each
+/// failing seed with its history, the servers' logs and the shrunk scenario; panics if a seed
+/// broke a rule.
+pub fn ci_seed_set(backend: Backend, seeds: u64, lanes: usize, env: &str) {
+    let test = format!("the CI seeds on {backend:?}");
+    if let Err(missing) = crate::servers::available(backend) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {missing}, and CI is set: they must run in CI"
+        );
+        eprintln!("skipped {test}: {missing}");
+        return;
+    }
+    let seeds = std::env::var(env)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(seeds);
+    let size = Size {
+        cases: 8,
+        ops: 10,
+        faults: 4,
+    };
+    let started = std::time::Instant::now();
+    let quiet = |_: u64, _: &Counts| {};
+    let run = run_seeds_on(backend, 0..seeds, lanes, size, 60, &quiet)
+        .unwrap_or_else(|e| panic!("{test}: {e}"));
+    if !run.failures.is_empty() {
+        println!("first violation after {} operations", run.counts.operations);
+    }
+    println!(
+        "{seeds} seeds on {backend:?}, {} operations, {} requests, {} effects in {:.1?}; windows: {:?}",
+        run.counts.operations,
+        run.counts.requests,
+        run.counts.effects,
+        started.elapsed(),
+        run.counts.windows
+    );
+    for f in &run.failures {
+        eprintln!("{f}");
+    }
+    assert!(run.failures.is_empty(), "{test}: a seed broke a rule");
+}

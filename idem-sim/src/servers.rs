@@ -8,6 +8,37 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Whether the servers a run on `backend` needs are here: `redis-server` on PATH, the local
+/// PostgreSQL accepting connections; else what is missing.
+pub fn available(backend: crate::scenario::Backend) -> Result<(), String> {
+    use crate::scenario::Backend;
+    match backend {
+        Backend::Memory => Ok(()),
+        Backend::Redis if redis_available() => Ok(()),
+        Backend::Redis => Err("redis-server is not on PATH (install redis-server)".to_owned()),
+        Backend::Postgres => {
+            let config = pg_config();
+            let field = |name: &str| {
+                config
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix(name))
+            };
+            let addr = format!(
+                "{}:{}",
+                field("host=").unwrap_or("127.0.0.1"),
+                field("port=").unwrap_or("5432")
+            );
+            let reachable = addr.parse().is_ok_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
+            });
+            match reachable {
+                true => Ok(()),
+                false => Err(format!("no PostgreSQL at `{config}`")),
+            }
+        }
+    }
+}
+
 /// Whether `redis-server` is on PATH.
 pub fn redis_available() -> bool {
     Command::new("redis-server")

@@ -63,13 +63,19 @@ impl SharedStore {
     }
 }
 
-/// The connection failure `e` is, if it is one (a Redis connection dropped, reset or refused:
-/// what the store meets after its server was killed, on each connection's next call) — never a
-/// server's answer (an `OOM`, say): how the runtime classes those is what is under test.
+/// The connection failure `e` is, if it is one (a connection dropped, reset or refused: what
+/// the store meets after its server was killed or its link reset, on each connection's next
+/// call) — never a server's answer (an `OOM`, an SQLSTATE): how the runtime classes those is
+/// what is under test.
 fn dropped(e: &(dyn std::error::Error + 'static)) -> Option<String> {
-    let redis = e.downcast_ref::<redis::RedisError>()?;
-    (redis.is_io_error() || redis.is_connection_dropped() || redis.is_connection_refusal())
-        .then(|| redis.to_string())
+    if let Some(redis) = e.downcast_ref::<redis::RedisError>() {
+        return (redis.is_io_error()
+            || redis.is_connection_dropped()
+            || redis.is_connection_refusal())
+        .then(|| redis.to_string());
+    }
+    let pg = e.downcast_ref::<idem_runtime::tokio_postgres::Error>()?;
+    pg.code().is_none().then(|| pg.to_string())
 }
 
 /// One call under watch: recorded when it ends — answered, or dropped at the caller's deadline

@@ -146,13 +146,21 @@ pub(crate) fn explain(
     let unprotected = |x: &Effect| {
         e.proceed
             && sent.get(&x.req).is_some_and(|s| {
-                lasting
-                    .iter()
-                    .any(|l| l.instance == s.instance && l.down() && l.at <= s.at && s.at < l.until)
+                lasting.iter().any(|l| {
+                    l.instance == s.instance && l.down() && l.at <= s.at && s.at <= l.until
+                })
             })
     };
     if unprotected(earlier) || unprotected(later) {
         return Some(Window::Proceed);
+    }
+    // Its record expired.
+    let expired = |returned: Option<u64>| returned.is_some_and(|r| later.began >= r + e.ttl_ms);
+    // A transactional endpoint's effect commits with its record: a crash, a lapsed lease or an
+    // abandoned completion rolls it back (docs/failure-behaviour.md: "no at-least-once
+    // window"); only an unprotected run or an expired record explains a second one.
+    if e.transactional {
+        return expired(earlier.returned).then_some(Window::Expired);
     }
     let returned = earlier.returned;
     let end = returned.unwrap_or(u64::MAX);
@@ -253,8 +261,7 @@ pub(crate) fn explain(
     }) {
         return Some(Window::SlowStore);
     }
-    // Its record expired.
-    if returned.is_some_and(|r| later.began >= r + e.ttl_ms) {
+    if expired(returned) {
         return Some(Window::Expired);
     }
     None

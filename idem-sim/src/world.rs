@@ -20,8 +20,14 @@ pub struct OpBehaviour {
     pub big: bool,
 }
 
+/// Writes effect `id` of operation `op` (request `req`) where it commits with the record (a
+/// transactional endpoint's transaction); whether it was written.
+pub type Writer = Box<
+    dyn FnOnce(u64, usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+        + Send,
+>;
+
 /// One request as its handler reads it.
-#[derive(Debug, Clone)]
 pub struct Run {
     /// The instance it reached.
     pub instance: usize,
@@ -33,6 +39,9 @@ pub struct Run {
     pub variant: u64,
     /// The downstream key its `IdempotencyContext` hands it (none when it runs unprotected).
     pub downstream: Option<String>,
+    /// Where its effect is written (a transactional endpoint's transaction); none: it has its
+    /// effect when it says so.
+    pub write: Option<Writer>,
 }
 
 /// The shared state of one run.
@@ -43,9 +52,14 @@ pub struct World {
     start: Instant,
     next_effect: AtomicU64,
     next_req: AtomicU64,
+    next_fault: AtomicU64,
     runs: Mutex<HashMap<usize, u32>>,
     /// Per operation, from the scenario.
     pub behaviour: Vec<OpBehaviour>,
+    /// Lasting faults on now, by id: (instance, what, since).
+    open: Mutex<HashMap<u64, (usize, String, u64)>>,
+    /// The table committed effects are written to, on PostgreSQL (transactional endpoints).
+    pub effects_table: Option<String>,
 }
 
 /// Whether an instance runs, and which incarnation of it: a killed process's handlers never
@@ -115,8 +129,55 @@ impl World {
             start: Instant::now(),
             next_effect: AtomicU64::new(1),
             next_req: AtomicU64::new(1),
+            next_fault: AtomicU64::new(1),
             runs: Mutex::default(),
             behaviour,
+            open: Mutex::default(),
+            effects_table: None,
+        }
+    }
+
+    /// A lasting fault `what` on `instance` begins now; recorded once it ends
+    /// ([`close_fault`](Self::close_fault)) with the time it really ended — in real time
+    /// later than planned when the thread was late — or when the run ends.
+    pub fn open_fault(&self, instance: usize, what: String) -> u64 {
+        let id = self.next_fault.fetch_add(1, Ordering::SeqCst);
+        let at = self.now();
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (instance, what, at));
+        id
+    }
+
+    /// The lasting fault `id` ends now.
+    pub fn close_fault(&self, id: u64) {
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some((instance, what, at)) = open {
+            self.history.push(Event::Fault {
+                instance,
+                what,
+                at,
+                until: Some(self.now()),
+            });
+        }
+    }
+
+    /// Every lasting fault still on ends now (the run is over).
+    pub fn close_all(&self) {
+        let ids: Vec<u64> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for id in ids {
+            self.close_fault(id);
         }
     }
 
@@ -134,7 +195,8 @@ impl World {
     /// all and having its effect half-way. A killed generation never returns (its process is
     /// gone). Its answer: 503 on an operation's first `fails_first` runs (before any effect),
     /// else 201 with the operation, the client's account, the effect and the body's variant —
-    /// padded when the operation's response is big.
+    /// padded when the operation's response is big. An effect whose write fails is not had:
+    /// the handler answers 500.
     pub async fn handle(&self, life: &Life, g: u32, run: Run, work: Duration) -> (u16, Vec<u8>) {
         let Run {
             instance,
@@ -143,6 +205,7 @@ impl World {
             principal,
             variant,
             downstream,
+            write,
         } = run;
         let began = self.now();
         let stop = || std::future::pending::<(u16, Vec<u8>)>();
@@ -174,6 +237,14 @@ impl World {
             return stop().await;
         }
         let id = self.next_effect.fetch_add(1, Ordering::SeqCst);
+        if let Some(write) = write {
+            if !write(id, op, req).await {
+                return (500, b"{\"error\":\"the effect was not written\"}".to_vec());
+            }
+            if !life.is(g) {
+                return stop().await;
+            }
+        }
         self.history.push(Event::Effect {
             id,
             op,

@@ -1,5 +1,6 @@
 //! Kept histories: every shrunk scenario that once broke a rule (idem-sim/histories/*.json) is
-//! run again and must keep every rule now. `IDEM_SIM_REPLAY=<file>` replays one file and prints
+//! run again and must keep every rule now (one on a real server on a lane of its own: in real
+//! time, so it may not meet its defect again the same way). `IDEM_SIM_REPLAY=<file>` replays one file and prints
 //! its history.
 
 use idem_sim::Scenario;
@@ -10,6 +11,15 @@ fn load(path: &std::path::Path) -> Scenario {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
+/// The lane a history on a real server runs on (its servers started), or `None` for one in
+/// virtual time.
+fn lane(scenario: &Scenario) -> Option<idem_sim::lane::Lane> {
+    if scenario.backend == idem_sim::scenario::Backend::Memory {
+        return None;
+    }
+    Some(idem_sim::lane::Lane::new(scenario.backend).unwrap_or_else(|e| panic!("{e}")))
+}
+
 #[test]
 fn every_kept_history_keeps_every_rule() {
     if let Ok(one) = std::env::var("IDEM_SIM_REPLAY") {
@@ -17,7 +27,10 @@ fn every_kept_history_keeps_every_rule() {
         let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let scenario = load(&workspace.join(&one));
         let resolved = idem_sim::run::resolve(&scenario);
-        let outcome = idem_sim::run::run(&scenario);
+        let outcome = match lane(&scenario) {
+            Some(lane) => idem_sim::run::run_on(&scenario, &lane).unwrap_or_else(|e| panic!("{e}")),
+            None => idem_sim::run::run(&scenario),
+        };
         for event in &outcome.events {
             println!("{event:?}");
         }
@@ -34,7 +47,11 @@ fn every_kept_history_keeps_every_rule() {
     files.sort();
     for file in files {
         let scenario = load(&file);
-        if let Err(v) = idem_sim::simulate(&scenario) {
+        let verdict = match lane(&scenario) {
+            Some(lane) => idem_sim::simulate_on(&scenario, &lane),
+            None => idem_sim::simulate(&scenario),
+        };
+        if let Err(v) = verdict {
             panic!("{}: {v}", file.display());
         }
     }

@@ -6,8 +6,9 @@
 //! (scenarios per seed, default 16), `--ops N` (at most N operations per scenario, default
 //! 10), `--faults N` (at most N faults per scenario, default 4).
 //!
-//! On a real server: `--backend redis` runs in real time on private `redis-server`s, `--lanes N`
-//! at once (default 8, each with its own server), a failing seed shrunk for at most
+//! On a real server: `--backend redis` runs in real time on private `redis-server`s,
+//! `--backend postgres` on tables of the local PostgreSQL (`IDEM_PG`), `--lanes N` at once
+//! (default 8, each with its own server or tables), a failing seed shrunk for at most
 //! `--shrink S` seconds (default 120) and printed with its history and the server's log.
 
 use std::io::Write;
@@ -43,8 +44,9 @@ fn main() {
     {
         None | Some("memory") => Backend::Memory,
         Some("redis") => Backend::Redis,
+        Some("postgres") => Backend::Postgres,
         Some(other) => {
-            eprintln!("unknown --backend {other}: memory or redis");
+            eprintln!("unknown --backend {other}: memory, redis or postgres");
             std::process::exit(2);
         }
     };
