@@ -13,13 +13,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_web::dev::Service as _;
-use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use idem_runtime::__private_v0_1::{KeySource, Policy};
 use idem_runtime::testing::FaultyStore;
 use idem_runtime::{CachedStore, Guarantee, Idempotency, OnConflict, OnStoreError};
 
+use crate::actix_app::{Mode, Route};
+use crate::effects::{Effects, CHARGE};
 use crate::scenario::{Adapter, Conflict, Endpoint, KeyFrom, Rotation, Scenario};
 use crate::shared_store::SharedStore;
 use crate::world::{Life, World};
@@ -34,8 +35,6 @@ pub const SMALL_RESPONSE: usize = 256;
 const OLD: &[u8] = b"the-simulated-app-secret-0123456789";
 /// The new secret of a rotation.
 const NEW: &[u8] = b"the-simulated-new-secret-0123456789";
-/// The step name a handler's downstream key is asked for.
-const STEP: &str = "charge";
 
 /// Which build of the app an instance runs: its step of the scenario's rotation (if any).
 #[derive(Debug, Clone, Copy)]
@@ -86,12 +85,14 @@ pub struct Generation {
     pub idems: Vec<Idempotency>,
     actix: Rc<dyn Fn(actix_http::Request) -> Call>,
     tower: Vec<Option<TowerService>>,
+    /// Its completer, if it serves `Steps` endpoints (stopped when dropped: with the kill).
+    _completer: Option<idem_runtime::Completer>,
 }
 
 type TowerService = idem_runtime::tower::IdempotencyService<Handler>;
 
 /// The endpoint's policy, made once per set of options (a policy is `'static`).
-fn policy(index: usize, e: &Endpoint, s: &Scenario) -> &'static Policy {
+pub(crate) fn policy(index: usize, e: &Endpoint, s: &Scenario) -> &'static Policy {
     type Options = (usize, u8, u8, bool, u8, u64, u64, u64, bool);
     static MADE: OnceLock<Mutex<HashMap<Options, &'static Policy>>> = OnceLock::new();
     let options: Options = (
@@ -149,7 +150,7 @@ pub fn path(i: usize) -> String {
 /// The tower layer's inner service: the shared handler.
 #[derive(Clone)]
 pub struct Handler {
-    world: Arc<World>,
+    pub(crate) world: Arc<World>,
     life: Arc<Life>,
     generation: u32,
     instance: usize,
@@ -160,12 +161,12 @@ impl Handler {
     /// The handler's answer to request `req_id`; `downstream`: the downstream key its context
     /// hands it (none when it runs without one: unprotected); `write`: where its effect is
     /// written, if anywhere.
-    async fn answer(
+    pub(crate) async fn answer<W: Effects>(
         self,
         req_id: u64,
         downstream: Option<String>,
         body: &[u8],
-        write: Option<crate::world::Writer>,
+        write: Option<W>,
     ) -> (u16, Vec<u8>) {
         let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) else {
             return (400, b"{}".to_vec());
@@ -178,15 +179,14 @@ impl Handler {
             principal: n("principal"),
             variant: n("variant"),
             downstream,
-            write,
         };
         self.world
-            .handle(&self.life, self.generation, run, self.work)
+            .handle(&self.life, self.generation, run, self.work, write)
             .await
     }
 }
 
-fn req_id(value: Option<&[u8]>) -> u64 {
+pub(crate) fn req_id(value: Option<&[u8]>) -> u64 {
     value
         .and_then(|v| std::str::from_utf8(v).ok())
         .and_then(|v| v.parse().ok())
@@ -209,14 +209,16 @@ impl tower_service::Service<http::Request<Full<Bytes>>> for Handler {
             let downstream = req
                 .extensions()
                 .get::<idem_runtime::IdempotencyContext>()
-                .map(|c| c.downstream_key(STEP));
+                .map(|c| c.downstream_key(CHARGE));
             let body = req
                 .into_body()
                 .collect()
                 .await
                 .map(|c| c.to_bytes())
                 .unwrap_or_default();
-            let (status, out) = handler.answer(id, downstream, &body, None).await;
+            let (status, out) = handler
+                .answer(id, downstream, &body, None::<crate::effects::Untracked>)
+                .await;
             let mut response = http::Response::new(Full::new(Bytes::from(out)));
             *response.status_mut() =
                 http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::OK);
@@ -271,48 +273,37 @@ impl Generation {
                 })
             })
             .collect();
-        let mut app = actix_web::App::new();
-        for (i, e) in endpoints.iter().enumerate() {
-            if e.adapter != Adapter::Actix {
-                continue;
-            }
-            let policy = policy(i, e, scenario);
-            let h = handler(e);
-            let effects = world.effects_table.clone().filter(|_| e.transactional);
-            app = app.service(web::resource(path(i)).app_data(idems[i].clone()).route(
-                web::post().to(move |req: HttpRequest, payload: web::Payload| {
-                    let h = h.clone();
-                    let effects = effects.clone();
-                    idem_runtime::__private_v0_1::run(
-                        req,
-                        payload,
-                        policy,
-                        move |req, mut payload| async move {
-                            let id = req_id(req.headers().get(REQ_HEADER).map(|v| v.as_bytes()));
-                            let downstream = req
-                                .extensions()
-                                .get::<idem_runtime::IdempotencyContext>()
-                                .map(|c| c.downstream_key(STEP));
-                            let write = match effects {
-                                Some(table) => {
-                                    let tx = idem_runtime::IdemTx::from_request(&req, &mut payload)
-                                        .await?;
-                                    Some(writer(tx, table))
-                                }
-                                None => None,
-                            };
-                            let body = web::Bytes::from_request(&req, &mut payload).await?;
-                            let (status, out) = h.answer(id, downstream, &body, write).await;
-                            let status = actix_web::http::StatusCode::from_u16(status)
-                                .unwrap_or(actix_web::http::StatusCode::OK);
-                            Ok(HttpResponse::build(status)
-                                .content_type("application/json")
-                                .body(out))
-                        },
-                    )
-                }),
-            ));
-        }
+        let routes: Vec<Route> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.adapter == Adapter::Actix)
+            .map(|(i, e)| Route {
+                index: i,
+                policy: policy(i, e, scenario),
+                idem: idems[i].clone(),
+                handler: handler(e),
+                effects: match (&world.effects_table, e.steps, e.transactional) {
+                    (Some(t), true, _) => Mode::Steps(t.clone()),
+                    (Some(t), _, true) => Mode::Transactional(t.clone()),
+                    _ => Mode::Plain,
+                },
+            })
+            .collect();
+        // The completer of an instance serving `Steps` endpoints: the same app, built again on
+        // its own thread (it stops with the generation).
+        let completer = endpoints
+            .iter()
+            .position(|e| e.steps && e.adapter == Adapter::Actix)
+            .filter(|_| instance != usize::MAX)
+            .map(|i| {
+                let routes = routes.clone();
+                idems[i]
+                    .completer()
+                    .every(Duration::from_millis(scenario.ms(1000)))
+                    .backoff(Duration::from_millis(scenario.ms(1000)))
+                    .start(move || crate::actix_app::app(&routes))
+            });
+        let app = crate::actix_app::app(&routes);
         let service = Rc::new(actix_web::test::init_service(app).await);
         let actix: Rc<dyn Fn(actix_http::Request) -> Call> = Rc::new(move |req| {
             let service = service.clone();
@@ -330,6 +321,7 @@ impl Generation {
             idems,
             actix,
             tower,
+            _completer: completer,
         }
     }
 
@@ -369,21 +361,6 @@ impl Generation {
             }
         }
     }
-}
-
-/// Writes an effect as a row of `table` in the transaction `tx`.
-fn writer(tx: idem_runtime::IdemTx, table: String) -> crate::world::Writer {
-    Box::new(move |id, op, req| {
-        Box::pin(async move {
-            let Ok(db) = tx.client().await else {
-                return false;
-            };
-            let sql = format!("INSERT INTO {table} (id, op, req) VALUES ($1, $2, $3)");
-            let params: [&(dyn idem_runtime::tokio_postgres::types::ToSql + Sync); 3] =
-                [&(id as i64), &(op as i64), &(req as i64)];
-            db.execute(sql.as_str(), &params).await.is_ok()
-        })
-    })
 }
 
 fn tower_layer_apply(

@@ -60,6 +60,15 @@ pub enum Event {
         at: u64,
         downstream: Option<String>,
     },
+    /// A `Steps` operation's foreign step charged the processor for operation `op` (request
+    /// `req`) on `instance`, under downstream key `key` (the processor takes one charge per key).
+    Charged {
+        op: usize,
+        req: u64,
+        instance: usize,
+        at: u64,
+        key: String,
+    },
     /// A fault began on `instance` (`what`, as planned) at `at`, lasting until `until` for the
     /// lasting ones.
     Fault {
@@ -81,6 +90,7 @@ impl Event {
             | Event::Effect { at, .. }
             | Event::Returned { at, .. }
             | Event::Ran { at, .. }
+            | Event::Charged { at, .. }
             | Event::Fault { at, .. } => *at,
         }
     }

@@ -9,7 +9,9 @@
 //! history checked by the [`oracle`]. A failing scenario is shrunk by proptest to the fewest
 //! operations and faults that still fail, printed with its seed and kept as JSON for replay.
 
+pub mod actix_app;
 pub mod app;
+pub mod effects;
 pub mod history;
 pub mod lane;
 pub mod oracle;

@@ -124,9 +124,19 @@ pub fn check(
                         .nth(1)
                         .and_then(|t| t.split('"').next())
                         .unwrap_or("not a problem");
+                    // (An internal error says which in its detail.)
+                    let detail = match kind {
+                        "internal" => body
+                            .split("\"detail\":\"")
+                            .nth(1)
+                            .and_then(|t| t.split('"').next())
+                            .map(|d| format!(": {d}"))
+                            .unwrap_or_default(),
+                        _ => String::new(),
+                    };
                     *counts
                         .by_option
-                        .entry(format!("answer 500={kind}"))
+                        .entry(format!("answer 500={kind}{detail}"))
                         .or_default() += 1;
                 }
                 answers.push((*req, *at, *status, body));
@@ -160,7 +170,19 @@ pub fn check(
                 at,
                 downstream,
                 ..
-            } => ran.push((*op, *req, *at, downstream.as_deref())),
+            } => {
+                if !sent.contains_key(req) {
+                    *counts
+                        .by_option
+                        .entry("completer=re-sent a request".into())
+                        .or_default() += 1;
+                }
+                ran.push((*op, *req, *at, downstream.as_deref()))
+            }
+            // A processor charged under a step's downstream key: one key per operation too.
+            Event::Charged {
+                op, req, at, key, ..
+            } => ran.push((*op, *req, *at, Some(key.as_str()))),
             Event::Returned { id, at } => {
                 if let Some(e) = effects.iter_mut().find(|e| e.id == *id) {
                     e.returned = Some(*at);
@@ -395,6 +417,9 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
         add(format!("cache={}", if e.cache { "on" } else { "off" }));
         if e.transactional {
             add("transactional=on".to_owned());
+        }
+        if e.steps {
+            add("steps=on".to_owned());
         }
         add(format!("adapter={:?}", e.adapter));
         add(format!("instances={}", scenario.instances.clamp(1, 3)));

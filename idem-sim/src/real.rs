@@ -71,19 +71,25 @@ pub fn scenario_on(
     (
         scenario(max_ops, max_faults),
         prop::collection::vec(server_fault, 0..=2),
-        prop::collection::vec(prop::bool::weighted(0.5), 3),
+        // Per endpoint on PostgreSQL: records only (0), transactional (1) or `Steps` (2).
+        prop::collection::vec(0u8..3, 3),
     )
-        .prop_map(move |(s, faults, transactional)| {
+        .prop_map(move |(s, faults, modes)| {
             let mut s = on(s, backend);
             if backend == Backend::Postgres {
-                // Transactional endpoints run on actix-web (the tower layer refuses them).
-                // (Nor with `proceed`: the attribute refuses it, the handler's writes needing the
-                // store's transaction.)
-                for (e, tx) in s.endpoints.iter_mut().zip(transactional) {
-                    e.transactional = tx;
-                    if tx {
+                // Transactional and `Steps` endpoints run on actix-web (the tower layer refuses
+                // them), without `proceed` (the attribute refuses it: the handler's writes need
+                // the store's transaction); `Steps` not under `strict` (which does not compile
+                // with it).
+                for (e, mode) in s.endpoints.iter_mut().zip(modes) {
+                    e.transactional = mode == 1;
+                    e.steps = mode == 2;
+                    if mode > 0 {
                         e.adapter = crate::scenario::Adapter::Actix;
                         e.proceed = false;
+                    }
+                    if e.steps && e.guarantee == crate::scenario::Guarantee::Strict {
+                        e.guarantee = crate::scenario::Guarantee::Result;
                     }
                 }
             }

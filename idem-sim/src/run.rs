@@ -188,21 +188,26 @@ pub fn run_on(scenario: &Scenario, lane: &Lane) -> Result<Outcome, String> {
     system.block_on(async {
         let conn = lane.connect().await?;
         let mut outcome = run_in(scenario.clone(), conn.store, Some((lane, &conn.link))).await;
-        if scenario.endpoints.iter().any(|e| e.transactional) {
+        if scenario
+            .endpoints
+            .iter()
+            .any(|e| e.transactional || e.steps)
+        {
             uncommitted_out(scenario, &mut outcome, &lane.committed().await?);
         }
         Ok(outcome)
     })
 }
 
-/// Takes the effects of transactional endpoints that did not commit out of `outcome`: a
-/// transaction rolled back (or left open by a killed instance) had none.
+/// Takes the effects of transactional and `Steps` endpoints that did not commit out of
+/// `outcome`: a transaction rolled back (or left open by a killed instance) had none.
 fn uncommitted_out(scenario: &Scenario, outcome: &mut Outcome, committed: &[u64]) {
     let resolved = resolve(scenario);
     let transactional = |op: usize| {
-        resolved
-            .get(op)
-            .is_some_and(|r| scenario.endpoints[r.endpoint].transactional)
+        resolved.get(op).is_some_and(|r| {
+            let e = &scenario.endpoints[r.endpoint];
+            e.transactional || e.steps
+        })
     };
     let gone: Vec<u64> = outcome
         .events

@@ -171,6 +171,11 @@ pub struct Endpoint {
     /// transaction its record commits with.
     #[serde(default)]
     pub transactional: bool,
+    /// A multi-step operation (PostgreSQL, actix-web, with the completer running): the
+    /// handler's effect is a `run` step writing a row, then a `foreign` step charging a
+    /// processor under its downstream key.
+    #[serde(default)]
+    pub steps: bool,
 }
 
 /// A logical operation: one client's intent, sent as many times as its plan says.
@@ -301,6 +306,7 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
                     work_ms,
                     small_responses,
                     transactional: false,
+                    steps: false,
                 }
             },
         )

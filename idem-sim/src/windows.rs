@@ -156,10 +156,12 @@ pub(crate) fn explain(
     }
     // Its record expired.
     let expired = |returned: Option<u64>| returned.is_some_and(|r| later.began >= r + e.ttl_ms);
-    // A transactional endpoint's effect commits with its record: a crash, a lapsed lease or an
-    // abandoned completion rolls it back (docs/failure-behaviour.md: "no at-least-once
-    // window"); only an unprotected run or an expired record explains a second one.
-    if e.transactional {
+    // A transactional endpoint's effect commits with its record, a `Steps` operation's with its
+    // step record (fenced by the lease): a crash, a lapsed lease or an abandoned completion
+    // rolls it back or leaves it recorded for the next attempt to skip
+    // (docs/failure-behaviour.md: "no at-least-once window"; docs/multi-step.md); only an
+    // unprotected run or an expired record explains a second one.
+    if e.transactional || e.steps {
         return expired(earlier.returned).then_some(Window::Expired);
     }
     let returned = earlier.returned;

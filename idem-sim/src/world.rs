@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::effects::Effects;
 use crate::history::{Event, History};
 
 /// How an operation's handler behaves.
@@ -19,13 +20,6 @@ pub struct OpBehaviour {
     /// Its response is padded past a small `max_response_bytes`.
     pub big: bool,
 }
-
-/// Writes effect `id` of operation `op` (request `req`) where it commits with the record (a
-/// transactional endpoint's transaction); whether it was written.
-pub type Writer = Box<
-    dyn FnOnce(u64, usize, u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
-        + Send,
->;
 
 /// One request as its handler reads it.
 pub struct Run {
@@ -39,9 +33,6 @@ pub struct Run {
     pub variant: u64,
     /// The downstream key its `IdempotencyContext` hands it (none when it runs unprotected).
     pub downstream: Option<String>,
-    /// Where its effect is written (a transactional endpoint's transaction); none: it has its
-    /// effect when it says so.
-    pub write: Option<Writer>,
 }
 
 /// The shared state of one run.
@@ -195,9 +186,17 @@ impl World {
     /// all and having its effect half-way. A killed generation never returns (its process is
     /// gone). Its answer: 503 on an operation's first `fails_first` runs (before any effect),
     /// else 201 with the operation, the client's account, the effect and the body's variant —
-    /// padded when the operation's response is big. An effect whose write fails is not had:
-    /// the handler answers 500.
-    pub async fn handle(&self, life: &Life, g: u32, run: Run, work: Duration) -> (u16, Vec<u8>) {
+    /// padded when the operation's response is big. With a writer the effect is what it
+    /// writes (in a transaction, as a step): one that fails is not had (the handler answers
+    /// 500), and a step that already ran answers its recorded effect.
+    pub async fn handle<W: Effects>(
+        &self,
+        life: &Life,
+        g: u32,
+        run: Run,
+        work: Duration,
+        write: Option<W>,
+    ) -> (u16, Vec<u8>) {
         let Run {
             instance,
             req,
@@ -205,7 +204,6 @@ impl World {
             principal,
             variant,
             downstream,
-            write,
         } = run;
         let began = self.now();
         let stop = || std::future::pending::<(u16, Vec<u8>)>();
@@ -237,22 +235,27 @@ impl World {
             return stop().await;
         }
         let id = self.next_effect.fetch_add(1, Ordering::SeqCst);
-        if let Some(write) = write {
-            if !write(id, op, req).await {
-                return (500, b"{\"error\":\"the effect was not written\"}".to_vec());
-            }
-            if !life.is(g) {
-                return stop().await;
-            }
-        }
-        self.history.push(Event::Effect {
+        let effect = Event::Effect {
             id,
             op,
             req,
             instance,
             began,
             at: self.now(),
-        });
+        };
+        let id = match write {
+            None => {
+                self.history.push(effect);
+                id
+            }
+            Some(write) => match write.write(self, effect).await {
+                Some(id) => id,
+                None => return (500, b"{\"error\":\"the effect was not written\"}".to_vec()),
+            },
+        };
+        if !life.is(g) {
+            return stop().await;
+        }
         tokio::time::sleep(work - work / 2).await;
         if !life.is(g) {
             return stop().await;
