@@ -19,20 +19,33 @@ pub const CHARGE: &str = "charge";
 pub trait Effects {
     /// Writes `effect` (an [`Event::Effect`], recorded once its row is written, before it
     /// commits); the id of the effect that stands — this one, or the one a step recorded
-    /// before — or `None` if it could not be written.
-    fn write(self, world: &World, effect: Event) -> impl Future<Output = Option<u64>>;
+    /// before — or the status to answer instead: 500 if it could not be written, 503 if
+    /// `refused` made its processor refuse it.
+    fn write(
+        self,
+        world: &World,
+        effect: Event,
+        refused: bool,
+    ) -> impl Future<Output = Result<u64, u16>>;
+
+    /// Whether a run that fails (the operation's first runs, see `OpBehaviour::fails_first`)
+    /// fails inside the writer — a `Steps` operation's processor refusing the charge after the
+    /// first step — rather than before any effect.
+    fn fails_late(&self) -> bool {
+        false
+    }
 }
 
 /// No writer: the effect is had when the handler says so (the type of `None`).
 pub struct Untracked;
 
 impl Effects for Untracked {
-    async fn write(self, world: &World, effect: Event) -> Option<u64> {
+    async fn write(self, world: &World, effect: Event, _: bool) -> Result<u64, u16> {
         let Event::Effect { id, .. } = effect else {
-            return None;
+            return Err(500);
         };
         world.history.push(effect);
-        Some(id)
+        Ok(id)
     }
 }
 
@@ -43,32 +56,39 @@ pub struct InTransaction {
 }
 
 impl Effects for InTransaction {
-    async fn write(self, world: &World, effect: Event) -> Option<u64> {
+    async fn write(self, world: &World, effect: Event, _: bool) -> Result<u64, u16> {
         let Event::Effect { id, op, req, .. } = effect else {
-            return None;
+            return Err(500);
         };
-        let db = self.tx.client().await.ok()?;
+        let db = self.tx.client().await.map_err(|_| 500u16)?;
         let sql = format!(
             "INSERT INTO {} (id, op, req) VALUES ($1, $2, $3)",
             self.table
         );
         let params: [&(dyn ToSql + Sync); 3] = [&(id as i64), &(op as i64), &(req as i64)];
-        db.execute(sql.as_str(), &params).await.ok()?;
+        db.execute(sql.as_str(), &params)
+            .await
+            .map_err(|_| 500u16)?;
         world.history.push(effect);
-        Some(id)
+        Ok(id)
     }
 }
 
 /// The effect as the steps of a multi-step operation: a `run` step writing the row of `table`
 /// (it commits with its step record), then a `foreign` step charging the processor under its
-/// downstream key (recorded as [`Event::Charged`]).
+/// downstream key (recorded as [`Event::Charged`]) — which refuses it on the operation's first
+/// failing runs: a 503 after the first step, which the next attempt resumes.
 pub struct AsSteps {
     pub steps: Steps,
     pub table: String,
 }
 
 impl Effects for AsSteps {
-    async fn write(self, world: &World, effect: Event) -> Option<u64> {
+    fn fails_late(&self) -> bool {
+        true
+    }
+
+    async fn write(self, world: &World, effect: Event, refused: bool) -> Result<u64, u16> {
         let Event::Effect {
             id,
             op,
@@ -77,7 +97,7 @@ impl Effects for AsSteps {
             ..
         } = effect.clone()
         else {
-            return None;
+            return Err(500);
         };
         let table = self.table;
         let stood: u64 = self
@@ -91,9 +111,12 @@ impl Effects for AsSteps {
                 Ok::<u64, idem_runtime::tokio_postgres::Error>(id)
             })
             .await
-            .ok()?;
+            .map_err(|_| 500u16)?;
         self.steps
             .foreign(CHARGE, async |key| {
+                if refused {
+                    return Err(std::io::Error::other("the processor is down"));
+                }
                 world.history.push(Event::Charged {
                     op,
                     req,
@@ -104,7 +127,7 @@ impl Effects for AsSteps {
                 Ok::<String, std::io::Error>(key.to_owned())
             })
             .await
-            .ok()?;
-        Some(stood)
+            .map_err(|_| 503u16)?;
+        Ok(stood)
     }
 }

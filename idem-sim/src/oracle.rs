@@ -141,7 +141,13 @@ pub fn check(
                 }
                 answers.push((*req, *at, *status, body));
             }
-            Event::Lost { .. } => counts.lost += 1,
+            Event::Lost { req, why, .. } => {
+                counts.lost += 1;
+                // Refused at the door of a dead instance: it reached no store, nor handler.
+                if why.starts_with("refused") {
+                    sent.remove(req);
+                }
+            }
             Event::Inspected {
                 req,
                 op,
@@ -224,6 +230,16 @@ pub fn check(
         }
     }
     counts.effects = effects.len() as u64;
+    let held_off: std::collections::HashSet<u64> = answers
+        .iter()
+        .filter(|(_, _, status, _)| matches!(status, 409 | 202 | 422))
+        .map(|(req, ..)| *req)
+        .collect();
+    let mut ran_at: HashMap<u64, u64> = HashMap::new();
+    for (_, req, at, _) in &ran {
+        let first = ran_at.entry(*req).or_insert(*at);
+        *first = (*first).min(*at);
+    }
     tally(scenario, resolved, &mut counts);
     let endpoint = |op: usize| &scenario.endpoints[resolved[op].endpoint];
 
@@ -241,6 +257,8 @@ pub fn check(
                     crashes: &crashes,
                     failures: &failures,
                     timeout,
+                    held_off: &held_off,
+                    ran_at: &ran_at,
                 };
                 explain(e, earlier, later, &sent, faults)
             });
@@ -304,7 +322,7 @@ pub fn check(
                 req: *req,
                 variant: s.variant,
             };
-            if let Some(effect) = success(asked, resolved, scenario, &by_op, *status, body)? {
+            if let Some(effect) = success(asked, resolved, scenario, &by_op, &sent, *status, body)? {
                 let strict =
                     scenario.endpoints[resolved[op].endpoint].guarantee == Guarantee::Strict;
                 let first = *first_answer.entry(effect).or_insert((*status, body));
@@ -486,6 +504,7 @@ fn success(
     resolved: &[Resolved],
     scenario: &Scenario,
     by_op: &HashMap<usize, Vec<&Effect>>,
+    sent: &HashMap<u64, Sent>,
     status: u16,
     text: &str,
 ) -> Result<Option<u64>, Violation> {
@@ -528,12 +547,20 @@ fn success(
             "request {req} of operation {op} sent payload {variant} and got the response to payload {their_variant}: another payload's result (422 expected)"
         )));
     }
-    if !by_op
+    let Some(had) = by_op
         .get(&op)
-        .is_some_and(|list| list.iter().any(|e| e.id == effect))
-    {
+        .and_then(|list| list.iter().find(|e| e.id == effect))
+    else {
         return Err(Violation(format!(
             "request {req} of operation {op} got effect {effect}, which is not one of its effects"
+        )));
+    };
+    // The effect was had for this payload (a step recorded for another one, resumed, is
+    // another payload's result too).
+    if let Some(theirs) = sent.get(&had.req).filter(|s| s.variant != variant) {
+        return Err(Violation(format!(
+            "request {req} of operation {op} sent payload {variant} and got effect {effect}, had by request {} for payload {}: another payload's work resumed (422 expected)",
+            had.req, theirs.variant
         )));
     }
     Ok(Some(effect))

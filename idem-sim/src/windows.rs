@@ -120,6 +120,11 @@ pub(crate) struct Faults<'a> {
     pub(crate) failures: &'a [(usize, u64)],
     /// The store deadline of the run's instances.
     pub(crate) timeout: u64,
+    /// Requests answered that another held the key (409, 202) or that it was another
+    /// payload's (422): their `begin` took no record.
+    pub(crate) held_off: &'a std::collections::HashSet<u64>,
+    /// When each request's handler began (its `begin` came before).
+    pub(crate) ran_at: &'a HashMap<u64, u64>,
 }
 
 /// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
@@ -135,6 +140,8 @@ pub(crate) fn explain(
         crashes,
         failures,
         timeout,
+        held_off,
+        ran_at,
     } = faults;
     let lease = e.lease_ms;
     // The earliest a lease can lapse after its holder's store went away at `a`: its last
@@ -154,8 +161,27 @@ pub(crate) fn explain(
     if unprotected(earlier) || unprotected(later) {
         return Some(Window::Proceed);
     }
-    // Its record expired.
-    let expired = |returned: Option<u64>| returned.is_some_and(|r| later.began >= r + e.ttl_ms);
+    // Its record expired: `ttl` after the completion that kept it — or, for an operation never
+    // completed (released, its steps unfinished), `ttl` after the last `begin` that took it,
+    // which came before some other request of it ran, or within the store deadline after it
+    // was sent (one not held off by another's record, and of the later one's payload: one of
+    // another payload that took the record would have held the later one off with a 422).
+    let variant = sent.get(&later.req).map(|s| s.variant);
+    let last_begin = sent
+        .iter()
+        .filter(|(req, s)| {
+            s.op == later.op
+                && **req != later.req
+                && s.at <= later.began
+                && !held_off.contains(req)
+                && variant.is_none_or(|v| v == s.variant)
+        })
+        .map(|(req, s)| ran_at.get(req).copied().unwrap_or(s.at + timeout))
+        .max();
+    let expired = |returned: Option<u64>| match returned {
+        Some(r) => later.began >= r + e.ttl_ms,
+        None => last_begin.is_some_and(|b| later.began >= b + e.ttl_ms),
+    };
     // A transactional endpoint's effect commits with its record, a `Steps` operation's with its
     // step record (fenced by the lease): a crash, a lapsed lease or an abandoned completion
     // rolls it back or leaves it recorded for the next attempt to skip

@@ -227,7 +227,9 @@ impl World {
             *n += 1;
             *n
         };
-        if nth <= u32::from(behaviour.fails_first) {
+        let failing = nth <= u32::from(behaviour.fails_first);
+        let fails_late = write.as_ref().is_some_and(|w| w.fails_late());
+        if failing && !fails_late {
             return (503, b"{\"error\":\"try again\"}".to_vec());
         }
         tokio::time::sleep(work / 2).await;
@@ -248,9 +250,15 @@ impl World {
                 self.history.push(effect);
                 id
             }
-            Some(write) => match write.write(self, effect).await {
-                Some(id) => id,
-                None => return (500, b"{\"error\":\"the effect was not written\"}".to_vec()),
+            Some(write) => match write.write(self, effect, failing).await {
+                Ok(id) => id,
+                Err(503) => return (503, b"{\"error\":\"try again\"}".to_vec()),
+                Err(status) => {
+                    return (
+                        status,
+                        b"{\"error\":\"the effect was not written\"}".to_vec(),
+                    )
+                }
             },
         };
         if !life.is(g) {
