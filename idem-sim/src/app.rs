@@ -391,6 +391,7 @@ fn idem_for(
     } else {
         b.unscoped()
     };
+    let b = if e.anonymous { b.allow_anonymous() } else { b };
     let b = build
         .secrets(b)
         .store_timeout(Duration::from_millis(s.store_timeout_ms()));

@@ -322,7 +322,8 @@ pub fn check(
                 req: *req,
                 variant: s.variant,
             };
-            if let Some(effect) = success(asked, resolved, scenario, &by_op, &sent, *status, body)? {
+            if let Some(effect) = success(asked, resolved, scenario, &by_op, &sent, *status, body)?
+            {
                 let strict =
                     scenario.endpoints[resolved[op].endpoint].guarantee == Guarantee::Strict;
                 let first = *first_answer.entry(effect).or_insert((*status, body));
@@ -438,6 +439,9 @@ fn tally(scenario: &Scenario, resolved: &[Resolved], counts: &mut Counts) {
         }
         if e.steps {
             add("steps=on".to_owned());
+        }
+        if e.anonymous {
+            add("scope=header, anonymous allowed".to_owned());
         }
         add(format!("adapter={:?}", e.adapter));
         add(format!("instances={}", scenario.instances.clamp(1, 3)));

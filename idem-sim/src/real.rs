@@ -73,9 +73,14 @@ pub fn scenario_on(
         prop::collection::vec(server_fault, 0..=2),
         // Per endpoint on PostgreSQL: records only (0), transactional (1) or `Steps` (2).
         prop::collection::vec(0u8..3, 3),
+        // Per scoped endpoint: `allow_anonymous`.
+        prop::collection::vec(prop::bool::weighted(0.4), 3),
     )
-        .prop_map(move |(s, faults, modes)| {
+        .prop_map(move |(s, faults, modes, anonymous)| {
             let mut s = on(s, backend);
+            for (e, anonymous) in s.endpoints.iter_mut().zip(anonymous) {
+                e.anonymous = e.scoped && anonymous;
+            }
             if backend == Backend::Postgres {
                 // Transactional and `Steps` endpoints run on actix-web (the tower layer refuses
                 // them), without `proceed` (the attribute refuses it: the handler's writes need

@@ -156,6 +156,11 @@ pub struct Endpoint {
     pub key_from: KeyFrom,
     /// Scoped by the `X-Account` header (else unscoped).
     pub scoped: bool,
+    /// Scoped, with `allow_anonymous`: a request without the header runs in the anonymous
+    /// scope (the completer's re-sent request carries no `X-Account`: it must still resume
+    /// under the recorded principal).
+    #[serde(default)]
+    pub anonymous: bool,
     /// `admission_limit(n, 10 s)`.
     pub admission: Option<u32>,
     /// A `CachedStore` in front of the instance's store.
@@ -307,6 +312,7 @@ fn endpoint() -> impl Strategy<Value = Endpoint> {
                     small_responses,
                     transactional: false,
                     steps: false,
+                    anonymous: false,
                 }
             },
         )
