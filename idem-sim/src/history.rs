@@ -47,6 +47,9 @@ pub enum Event {
         instance: usize,
         began: u64,
         at: u64,
+        /// The payload (body variant) it was had for.
+        #[serde(default)]
+        variant: u64,
     },
     /// The handler that had effect `id` returned at `at`.
     Returned { id: u64, at: u64 },

@@ -84,6 +84,7 @@ pub fn check(
     // Scripted completion failures, by instance and time injected (each fails one try).
     let mut failures: Vec<(usize, u64)> = Vec::new();
     let mut answers: Vec<(u64, u64, u16, &str)> = Vec::new();
+    let mut lost_at: Vec<(u64, u64)> = Vec::new();
     let mut inspected: Vec<(u64, usize, u64)> = Vec::new();
     let mut ran: Vec<(usize, u64, u64, Option<&str>)> = Vec::new();
     // Scripted delete failures, by instance and time injected.
@@ -141,8 +142,9 @@ pub fn check(
                 }
                 answers.push((*req, *at, *status, body));
             }
-            Event::Lost { req, why, .. } => {
+            Event::Lost { req, why, at } => {
                 counts.lost += 1;
+                lost_at.push((*req, *at));
                 // Refused at the door of a dead instance: it reached no store, nor handler.
                 if why.starts_with("refused") {
                     sent.remove(req);
@@ -161,6 +163,7 @@ pub fn check(
                 req,
                 instance,
                 began,
+                variant,
                 ..
             } => effects.push(Effect {
                 id: *id,
@@ -169,6 +172,7 @@ pub fn check(
                 instance: *instance,
                 began: *began,
                 returned: None,
+                variant: *variant,
             }),
             Event::Ran {
                 op,
@@ -230,10 +234,25 @@ pub fn check(
         }
     }
     counts.effects = effects.len() as u64;
+    // Held off by another's record: a 409 in-progress, a 202, a 422.
     let held_off: std::collections::HashSet<u64> = answers
         .iter()
-        .filter(|(_, _, status, _)| matches!(status, 409 | 202 | 422))
+        .filter(|(_, _, status, body)| {
+            matches!(status, 202 | 422) || (*status == 409 && body.contains("in-progress"))
+        })
         .map(|(req, ..)| *req)
+        .collect();
+    let unprotected: std::collections::HashSet<u64> = ran
+        .iter()
+        .filter(|(_, _, _, downstream)| downstream.is_none())
+        .map(|(_, req, ..)| *req)
+        .collect();
+    let mut ended: HashMap<u64, u64> = answers.iter().map(|(req, at, ..)| (*req, *at)).collect();
+    ended.extend(lost_at.iter().map(|(req, at)| (*req, *at)));
+    let completer_runs: Vec<(usize, u64)> = ran
+        .iter()
+        .filter(|(_, req, ..)| !sent.contains_key(req))
+        .map(|(op, _, at, _)| (*op, *at))
         .collect();
     let mut ran_at: HashMap<u64, u64> = HashMap::new();
     for (_, req, at, _) in &ran {
@@ -259,6 +278,9 @@ pub fn check(
                     timeout,
                     held_off: &held_off,
                     ran_at: &ran_at,
+                    unprotected: &unprotected,
+                    ended: &ended,
+                    completer_runs: &completer_runs,
                 };
                 explain(e, earlier, later, &sent, faults)
             });
@@ -322,8 +344,7 @@ pub fn check(
                 req: *req,
                 variant: s.variant,
             };
-            if let Some(effect) = success(asked, resolved, scenario, &by_op, &sent, *status, body)?
-            {
+            if let Some(effect) = success(asked, resolved, scenario, &by_op, *status, body)? {
                 let strict =
                     scenario.endpoints[resolved[op].endpoint].guarantee == Guarantee::Strict;
                 let first = *first_answer.entry(effect).or_insert((*status, body));
@@ -508,7 +529,6 @@ fn success(
     resolved: &[Resolved],
     scenario: &Scenario,
     by_op: &HashMap<usize, Vec<&Effect>>,
-    sent: &HashMap<u64, Sent>,
     status: u16,
     text: &str,
 ) -> Result<Option<u64>, Violation> {
@@ -560,11 +580,11 @@ fn success(
         )));
     };
     // The effect was had for this payload (a step recorded for another one, resumed, is
-    // another payload's result too).
-    if let Some(theirs) = sent.get(&had.req).filter(|s| s.variant != variant) {
+    // another payload's result too — whoever had it, a client's request or the completer's).
+    if had.variant != u64::from(variant) {
         return Err(Violation(format!(
             "request {req} of operation {op} sent payload {variant} and got effect {effect}, had by request {} for payload {}: another payload's work resumed (422 expected)",
-            had.req, theirs.variant
+            had.req, had.variant
         )));
     }
     Ok(Some(effect))

@@ -62,7 +62,7 @@ pub(crate) async fn server_fault(
         ServerFault::Full => "full, renewals refused: the server at maxmemory".to_owned(),
         ServerFault::LinkStall => "outage: the link stalled".to_owned(),
         ServerFault::LinkReset => "outage: every connection reset".to_owned(),
-        ServerFault::LoseAnswers => "outage: the server's answers lost".to_owned(),
+        ServerFault::LoseAnswers => "answers lost: the server ran every call".to_owned(),
         // A round trip crosses the link twice.
         ServerFault::LinkDelay(ms) => format!("slow {} ms, the link delayed", 2 * ms),
     };

@@ -74,8 +74,11 @@ fn dropped(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             || redis.is_connection_refusal())
         .then(|| redis.to_string());
     }
+    // (Not a decoding or protocol error, which has no SQLSTATE either: only the connection
+    // closed, or an I/O error under it.)
     let pg = e.downcast_ref::<idem_runtime::tokio_postgres::Error>()?;
-    pg.code().is_none().then(|| pg.to_string())
+    let io = std::error::Error::source(pg).is_some_and(|s| s.is::<std::io::Error>());
+    (pg.is_closed() || io).then(|| pg.to_string())
 }
 
 /// One call under watch: recorded when it ends — answered, or dropped at the caller's deadline

@@ -67,6 +67,8 @@ pub(crate) struct Effect {
     pub(crate) instance: usize,
     pub(crate) began: u64,
     pub(crate) returned: Option<u64>,
+    /// The payload it was had for.
+    pub(crate) variant: u64,
 }
 
 /// A lasting fault on one instance: `kind` from `at` to `until`.
@@ -86,6 +88,13 @@ impl Lasting {
     /// still reads).
     pub(crate) fn down(&self) -> bool {
         self.kind.starts_with("outage") || self.slow_ms() >= self.timeout
+    }
+
+    /// Whether a `begin` may have failed while it lasts: down, or the server's answers lost
+    /// (the server ran every call — renewals and completions landed — but its callers heard
+    /// errors).
+    pub(crate) fn begin_fails(&self) -> bool {
+        self.down() || self.kind.starts_with("answers lost")
     }
 
     /// Whether renewals fail while it lasts: down, or a real Redis full (its renewal script
@@ -125,6 +134,12 @@ pub(crate) struct Faults<'a> {
     pub(crate) held_off: &'a std::collections::HashSet<u64>,
     /// When each request's handler began (its `begin` came before).
     pub(crate) ran_at: &'a HashMap<u64, u64>,
+    /// Requests whose handler ran without a record (no `IdempotencyContext`: unprotected).
+    pub(crate) unprotected: &'a std::collections::HashSet<u64>,
+    /// When each request was answered or lost.
+    pub(crate) ended: &'a HashMap<u64, u64>,
+    /// Runs the completer re-sent: (operation, when its handler began).
+    pub(crate) completer_runs: &'a [(usize, u64)],
 }
 
 /// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
@@ -142,19 +157,23 @@ pub(crate) fn explain(
         timeout,
         held_off,
         ran_at,
+        unprotected: ran_unprotected,
+        ended,
+        completer_runs,
     } = faults;
     let lease = e.lease_ms;
     // The earliest a lease can lapse after its holder's store went away at `a`: its last
     // renewal (every lease/3) was sent at most lease/3 before — or one renewal deadline more
     // before, when the one then in flight was cut short (the handler returned meanwhile).
     let lapses_after = |a: u64| a + lease - lease / 3 - (lease / 6).min(timeout);
-    // Unprotected under `proceed`: a request sent while its instance's store was down or too
-    // slow (a full store fails closed).
+    // Unprotected under `proceed`: a request whose handler ran without a record, sent while
+    // its instance's store was down or too slow (a full store fails closed).
     let unprotected = |x: &Effect| {
         e.proceed
+            && ran_unprotected.contains(&x.req)
             && sent.get(&x.req).is_some_and(|s| {
                 lasting.iter().any(|l| {
-                    l.instance == s.instance && l.down() && l.at <= s.at && s.at <= l.until
+                    l.instance == s.instance && l.begin_fails() && l.at <= s.at && s.at <= l.until
                 })
             })
     };
@@ -167,6 +186,14 @@ pub(crate) fn explain(
     // was sent (one not held off by another's record, and of the later one's payload: one of
     // another payload that took the record would have held the later one off with a 422).
     let variant = sent.get(&later.req).map(|s| s.variant);
+    let wait = if e.on_conflict == crate::scenario::Conflict::Wait {
+        10 * timeout
+    } else {
+        0
+    };
+    // Each such request's record lives at least `ttl` past its `begin` (before its handler
+    // ran, or its answer; else within the store deadline and a wait after its send), and a
+    // lease past its end (its renewals); the completer's re-sent requests take it too.
     let last_begin = sent
         .iter()
         .filter(|(req, s)| {
@@ -176,11 +203,25 @@ pub(crate) fn explain(
                 && !held_off.contains(req)
                 && variant.is_none_or(|v| v == s.variant)
         })
-        .map(|(req, s)| ran_at.get(req).copied().unwrap_or(s.at + timeout))
+        .map(|(req, s)| {
+            let begin = ran_at
+                .get(req)
+                .or(ended.get(req))
+                .copied()
+                .unwrap_or(s.at + timeout + wait);
+            let renewed = ended.get(req).map_or(0, |end| end + lease);
+            (begin + e.ttl_ms).max(renewed)
+        })
+        .chain(
+            completer_runs
+                .iter()
+                .filter(|(op, at)| *op == later.op && *at < later.began)
+                .map(|(_, at)| at + e.ttl_ms),
+        )
         .max();
     let expired = |returned: Option<u64>| match returned {
         Some(r) => later.began >= r + e.ttl_ms,
-        None => last_begin.is_some_and(|b| later.began >= b + e.ttl_ms),
+        None => last_begin.is_some_and(|gone| later.began >= gone),
     };
     // A transactional endpoint's effect commits with its record, a `Steps` operation's with its
     // step record (fenced by the lease): a crash, a lapsed lease or an abandoned completion
@@ -280,10 +321,19 @@ pub(crate) fn explain(
     }
     // Renewals slower than lease/6 while they were needed: the handler outlived its first
     // renewal, or its completion was still failing then.
+    // (A stall of the runtime's own thread delays the renewals but abandons none: it loses
+    // the lease only when it outlasts the renewals' margin, half a lease. Either way the later
+    // run came after the lease could lapse.)
     if mine.iter().any(|l| {
         let from = l.at.max(earlier.began);
-        l.slow_ms() >= lease / 6
+        let needed = if l.kind.starts_with("stall ") {
+            lease / 2
+        } else {
+            lease / 6
+        };
+        l.slow_ms() >= needed
             && l.until > earlier.began
+            && later.began >= lapses_after(from)
             && ((from <= end && end.saturating_sub(earlier.began) >= lease / 3)
                 || (from > end && failing_until(from)))
     }) {

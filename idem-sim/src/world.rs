@@ -244,6 +244,7 @@ impl World {
             instance,
             began,
             at: self.now(),
+            variant,
         };
         let id = match write {
             None => {
