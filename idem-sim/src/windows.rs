@@ -166,14 +166,16 @@ pub(crate) fn explain(
     // renewal (every lease/3) was sent at most lease/3 before — or one renewal deadline more
     // before, when the one then in flight was cut short (the handler returned meanwhile).
     let lapses_after = |a: u64| a + lease - lease / 3 - (lease / 6).min(timeout);
-    // Unprotected under `proceed`: a request whose handler ran without a record, sent while
-    // its instance's store was down or too slow (a full store fails closed).
+    // Unprotected under `proceed`: a request whose handler ran without a record, its `begin`
+    // (between its send and its handler's start) met while its instance's store was down or
+    // too slow (a full store fails closed).
     let unprotected = |x: &Effect| {
+        let ran = ran_at.get(&x.req).copied().unwrap_or(x.began);
         e.proceed
             && ran_unprotected.contains(&x.req)
             && sent.get(&x.req).is_some_and(|s| {
                 lasting.iter().any(|l| {
-                    l.instance == s.instance && l.begin_fails() && l.at <= s.at && s.at <= l.until
+                    l.instance == s.instance && l.begin_fails() && l.at <= ran && s.at <= l.until
                 })
             })
     };
