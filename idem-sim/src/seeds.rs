@@ -205,10 +205,7 @@ pub fn ci_seed_set(backend: Backend, seeds: u64, lanes: usize, env: &str) {
         eprintln!("skipped {test}: {missing}");
         return;
     }
-    let seeds = std::env::var(env)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(seeds);
+    let seeds = seeds_from_env(env, seeds);
     let size = Size {
         cases: 8,
         ops: 10,
@@ -233,4 +230,12 @@ pub fn ci_seed_set(backend: Backend, seeds: u64, lanes: usize, env: &str) {
         eprintln!("{f}");
     }
     assert!(run.failures.is_empty(), "{test}: a seed broke a rule");
+}
+
+/// How many seeds a CI set runs: the number in `env` if it is set, else `default`.
+pub fn seeds_from_env(env: &str, default: u64) -> u64 {
+    std::env::var(env)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -10,10 +10,7 @@ const SEEDS: u64 = 64;
 
 #[test]
 fn the_ci_seeds_keep_every_rule() {
-    let seeds = std::env::var("IDEM_SIM_SEEDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(SEEDS);
+    let seeds = idem_sim::seeds::seeds_from_env("IDEM_SIM_SEEDS", SEEDS);
     let size = Size {
         cases: 32,
         ops: 10,
