@@ -234,11 +234,14 @@ pub fn check(
         }
     }
     counts.effects = effects.len() as u64;
-    // Held off by another's record: a 409 in-progress, a 202, a 422.
+    // Requests whose `begin` took no record: held off by another's (a 409 in-progress, a 202,
+    // a 422), refused before it (400), or refused by a full store.
     let held_off: std::collections::HashSet<u64> = answers
         .iter()
         .filter(|(_, _, status, body)| {
-            matches!(status, 202 | 422) || (*status == 409 && body.contains("in-progress"))
+            matches!(status, 202 | 422 | 400)
+                || (*status == 409 && body.contains("in-progress"))
+                || (*status == 503 && body.contains("store is full"))
         })
         .map(|(req, ..)| *req)
         .collect();
