@@ -193,10 +193,11 @@ pub(crate) fn explain(
     } else {
         0
     };
-    // Each such request's record lives at least `ttl` past its `begin` (before its handler
-    // ran, or its answer; else within the store deadline and a wait after its send), and a
-    // lease past its end (its renewals); the completer's re-sent requests take it too.
-    let last_begin = sent
+    // Each such request's `begin` may have taken the record (before its handler ran, or its
+    // answer; else within the store deadline and a wait after its send): it then lives `ttl`
+    // past that `begin`, and a lease past the request's end (its renewals); the completer's
+    // re-sent requests take it too. In send order: (sent, lives until at most).
+    let mut takes: Vec<(u64, u64)> = sent
         .iter()
         .filter(|(req, s)| {
             s.op == later.op
@@ -212,18 +213,44 @@ pub(crate) fn explain(
                 .copied()
                 .unwrap_or(s.at + timeout + wait);
             let renewed = ended.get(req).map_or(0, |end| end + lease);
-            (begin + e.ttl_ms).max(renewed)
+            (s.at, (begin + e.ttl_ms).max(renewed))
         })
         .chain(
             completer_runs
                 .iter()
                 .filter(|(op, at)| *op == later.op && *at < later.began)
-                .map(|(_, at)| at + e.ttl_ms),
+                .map(|(_, at)| (*at, at + e.ttl_ms)),
         )
-        .max();
+        .collect();
+    takes.sort_unstable();
+    // Whether the record, live until `until` at most, was certainly gone when the later run
+    // began: each request sent while it could still live may have kept it longer; one sent
+    // after it was certainly gone started a new operation (its `begin` found none).
+    let gone_by = |mut until: u64| {
+        for (at, lives) in &takes {
+            if *at >= later.began {
+                break;
+            }
+            if *at >= until {
+                return true;
+            }
+            until = until.max(*lives);
+        }
+        later.began >= until
+    };
+    // (A handler that returned while its instance's writes failed may never have completed its
+    // record: then it expired as a never-completed one.)
+    let uncompleted = |r: u64| {
+        lasting
+            .iter()
+            .any(|l| l.instance == earlier.instance && l.unreachable() && l.at <= r && r <= l.until)
+    };
+    // (A completed record is found by the requests after it — replays, which take nothing:
+    // it lives `ttl` past its completion.)
     let expired = |returned: Option<u64>| match returned {
-        Some(r) => later.began >= r + e.ttl_ms,
-        None => last_begin.is_some_and(|gone| later.began >= gone),
+        Some(r) if later.began >= r + e.ttl_ms => true,
+        Some(r) if !uncompleted(r) => false,
+        _ => gone_by(earlier.began),
     };
     // A transactional endpoint's effect commits with its record, a `Steps` operation's with its
     // step record (fenced by the lease): a crash, a lapsed lease or an abandoned completion
