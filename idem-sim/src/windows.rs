@@ -169,14 +169,29 @@ pub(crate) fn explain(
     // Unprotected under `proceed`: a request whose handler ran without a record, its `begin`
     // (between its send and its handler's start) met while its instance's store was down or
     // too slow (a full store fails closed).
+    // Slowness adds up across layers: a planned slow store (the instance's `FaultyStore`), the
+    // server or link below it (measured, or a link delay), and the runtime's own stalls.
     let unprotected = |x: &Effect| {
         let ran = ran_at.get(&x.req).copied().unwrap_or(x.began);
         e.proceed
             && ran_unprotected.contains(&x.req)
             && sent.get(&x.req).is_some_and(|s| {
-                lasting.iter().any(|l| {
-                    l.instance == s.instance && l.begin_fails() && l.at <= ran && s.at <= l.until
-                })
+                let during: Vec<&Lasting> = lasting
+                    .iter()
+                    .filter(|l| l.instance == s.instance && l.at <= ran && s.at <= l.until)
+                    .collect();
+                let layer = |which: &dyn Fn(&Lasting) -> bool| {
+                    during
+                        .iter()
+                        .filter(|l| which(l))
+                        .map(|l| l.slow_ms())
+                        .max()
+                        .unwrap_or(0)
+                };
+                let planned = layer(&|l| l.kind.starts_with("slow ") && l.kind.ends_with(" ms"));
+                let stalled = layer(&|l| l.kind.starts_with("stall "));
+                let below = layer(&|l| l.kind.starts_with("slow ") && !l.kind.ends_with(" ms"));
+                during.iter().any(|l| l.begin_fails()) || planned + stalled + below >= timeout
             })
     };
     if unprotected(earlier) || unprotected(later) {
