@@ -379,9 +379,7 @@ pub fn check(
             .any(|(other, s)| other != req && s.op == *op && s.at <= *at);
         // (A refusal's delete that the store refused leaves the record: a failed delete.)
         let unreachable = sent.get(req).is_some_and(|s| {
-            lasting
-                .iter()
-                .any(|l| l.instance == s.instance && l.down() && l.at <= *at && s.at <= l.until)
+            crate::windows::store_may_fail(&lasting, s.instance, s.at, *at, timeout)
                 || deletes_failed
                     .iter()
                     .any(|(i, when)| *i == s.instance && when <= at)

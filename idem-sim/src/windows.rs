@@ -142,6 +142,37 @@ pub(crate) struct Faults<'a> {
     pub(crate) completer_runs: &'a [(usize, u64)],
 }
 
+/// Whether a store call of `instance` between `from` and `to` may have failed: a fault that
+/// fails it, or slowness enough to run out the deadline `timeout` — adding up across layers: a
+/// planned slow store (the instance's `FaultyStore`), the server or link below it (measured, or
+/// a link delay) and the runtime's own stalls, with as much again as a call under the
+/// recording threshold may have taken unrecorded.
+pub(crate) fn store_may_fail(
+    lasting: &[Lasting],
+    instance: usize,
+    from: u64,
+    to: u64,
+    timeout: u64,
+) -> bool {
+    let during: Vec<&Lasting> = lasting
+        .iter()
+        .filter(|l| l.instance == instance && l.at <= to && from <= l.until)
+        .collect();
+    let layer = |which: &dyn Fn(&Lasting) -> bool| {
+        during
+            .iter()
+            .filter(|l| which(l))
+            .map(|l| l.slow_ms())
+            .max()
+            .unwrap_or(0)
+    };
+    let planned = layer(&|l| l.kind.starts_with("slow ") && l.kind.ends_with(" ms"));
+    let stalled = layer(&|l| l.kind.starts_with("stall "));
+    let below = layer(&|l| l.kind.starts_with("slow ") && !l.kind.ends_with(" ms"));
+    let unrecorded = crate::shared_store::SLOW_CALL_MS;
+    during.iter().any(|l| l.begin_fails()) || planned + stalled + below + unrecorded >= timeout
+}
+
 /// The window that explains `later`, an effect of the operation `earlier` had one of, if any.
 pub(crate) fn explain(
     e: &crate::scenario::Endpoint,
@@ -169,33 +200,13 @@ pub(crate) fn explain(
     // Unprotected under `proceed`: a request whose handler ran without a record, its `begin`
     // (between its send and its handler's start) met while its instance's store was down or
     // too slow (a full store fails closed).
-    // Slowness adds up across layers: a planned slow store (the instance's `FaultyStore`), the
-    // server or link below it (measured, or a link delay), and the runtime's own stalls.
     let unprotected = |x: &Effect| {
         let ran = ran_at.get(&x.req).copied().unwrap_or(x.began);
         e.proceed
             && ran_unprotected.contains(&x.req)
-            && sent.get(&x.req).is_some_and(|s| {
-                let during: Vec<&Lasting> = lasting
-                    .iter()
-                    .filter(|l| l.instance == s.instance && l.at <= ran && s.at <= l.until)
-                    .collect();
-                let layer = |which: &dyn Fn(&Lasting) -> bool| {
-                    during
-                        .iter()
-                        .filter(|l| which(l))
-                        .map(|l| l.slow_ms())
-                        .max()
-                        .unwrap_or(0)
-                };
-                let planned = layer(&|l| l.kind.starts_with("slow ") && l.kind.ends_with(" ms"));
-                let stalled = layer(&|l| l.kind.starts_with("stall "));
-                let below = layer(&|l| l.kind.starts_with("slow ") && !l.kind.ends_with(" ms"));
-                // (Calls under `SLOW_CALL_MS` are not recorded: as much again may be missing.)
-                let unrecorded = crate::shared_store::SLOW_CALL_MS;
-                during.iter().any(|l| l.begin_fails())
-                    || planned + stalled + below + unrecorded >= timeout
-            })
+            && sent
+                .get(&x.req)
+                .is_some_and(|s| store_may_fail(lasting, s.instance, s.at, ran, timeout))
     };
     if unprotected(earlier) || unprotected(later) {
         return Some(Window::Proceed);
