@@ -62,7 +62,9 @@ pub(crate) async fn server_fault(
         ServerFault::Full => "full, renewals refused: the server at maxmemory".to_owned(),
         ServerFault::LinkStall => "outage: the link stalled".to_owned(),
         ServerFault::LinkReset => "outage: every connection reset".to_owned(),
-        ServerFault::LoseAnswers => "answers lost: the server ran every call".to_owned(),
+        // (A reset on an answer also drops the commands queued behind it on that connection:
+        // some calls ran unheard, others never ran — renewals and completions among them.)
+        ServerFault::LoseAnswers => "outage: answers lost, connections reset".to_owned(),
         // A round trip crosses the link twice.
         ServerFault::LinkDelay(ms) => format!("slow {} ms, the link delayed", 2 * ms),
     };

@@ -90,11 +90,10 @@ impl Lasting {
         self.kind.starts_with("outage") || self.slow_ms() >= self.timeout
     }
 
-    /// Whether a `begin` may have failed while it lasts: down, or the server's answers lost
-    /// (the server ran every call — renewals and completions landed — but its callers heard
-    /// errors).
+    /// Whether a `begin` may have failed while it lasts: down (lost answers reset their
+    /// connections: an outage too).
     pub(crate) fn begin_fails(&self) -> bool {
-        self.down() || self.kind.starts_with("answers lost")
+        self.down()
     }
 
     /// Whether renewals fail while it lasts: down, or a real Redis full (its renewal script
