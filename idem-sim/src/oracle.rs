@@ -235,13 +235,17 @@ pub fn check(
     }
     counts.effects = effects.len() as u64;
     // Requests whose `begin` took no record: held off by another's (a 409 in-progress, a 202,
-    // a 422), refused before it (400), or refused by a full store.
+    // a 422), refused before it (400), or refused by a full store — or may have taken none: a
+    // store error before any handler ran (the begin failed, or landed unheard: a story in
+    // which it failed is as consistent).
+    let ran_reqs: std::collections::HashSet<u64> = ran.iter().map(|(_, req, ..)| *req).collect();
     let held_off: std::collections::HashSet<u64> = answers
         .iter()
-        .filter(|(_, _, status, body)| {
+        .filter(|(req, _, status, body)| {
             matches!(status, 202 | 422 | 400)
                 || (*status == 409 && body.contains("in-progress"))
                 || (*status == 503 && body.contains("store is full"))
+                || (*status == 503 && body.contains("store-unavailable") && !ran_reqs.contains(req))
         })
         .map(|(req, ..)| *req)
         .collect();
