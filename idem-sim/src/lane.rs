@@ -13,7 +13,7 @@ use idem_runtime::{PostgresStore, RedisStore};
 
 use crate::proxy::FaultProxy;
 use crate::scenario::{Backend, ServerFault};
-use crate::servers::{pg_config, RedisServer};
+use crate::servers::{pg_address, pg_config, RedisServer};
 use crate::shared_store::SharedStore;
 
 /// Pooled PostgreSQL connections per lane (every lane's, and the run's other tests', within
@@ -204,18 +204,4 @@ async fn client(config: &str) -> Result<tokio_postgres::Client, String> {
         .map_err(|e| format!("connecting to PostgreSQL ({config}): {e}"))?;
     tokio::spawn(conn);
     Ok(db)
-}
-
-/// The host and port in a libpq connection string (loopback).
-fn pg_address(config: &str) -> Result<SocketAddr, String> {
-    let field = |name: &str| {
-        config
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix(name))
-    };
-    let host = field("host=").unwrap_or("127.0.0.1");
-    let port = field("port=").unwrap_or("5432");
-    format!("{host}:{port}")
-        .parse()
-        .map_err(|e| format!("the PostgreSQL address in `{config}`: {e}"))
 }

@@ -18,17 +18,7 @@ pub fn available(backend: crate::scenario::Backend) -> Result<(), String> {
         Backend::Redis => Err("redis-server is not on PATH (install redis-server)".to_owned()),
         Backend::Postgres => {
             let config = pg_config();
-            let field = |name: &str| {
-                config
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix(name))
-            };
-            let addr = format!(
-                "{}:{}",
-                field("host=").unwrap_or("127.0.0.1"),
-                field("port=").unwrap_or("5432")
-            );
-            let reachable = addr.parse().is_ok_and(|a| {
+            let reachable = pg_address(&config).is_ok_and(|a| {
                 std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok()
             });
             match reachable {
@@ -37,6 +27,20 @@ pub fn available(backend: crate::scenario::Backend) -> Result<(), String> {
             }
         }
     }
+}
+
+/// The host and port in a libpq connection string (loopback).
+pub fn pg_address(config: &str) -> Result<std::net::SocketAddr, String> {
+    let field = |name: &str| {
+        config
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name))
+    };
+    let host = field("host=").unwrap_or("127.0.0.1");
+    let port = field("port=").unwrap_or("5432");
+    format!("{host}:{port}")
+        .parse()
+        .map_err(|e| format!("the PostgreSQL address in `{config}`: {e}"))
 }
 
 /// Whether `redis-server` is on PATH.
